@@ -1,0 +1,278 @@
+//! `readmark demo`: the main job for a newcomer. Builds a small chat world
+//! on a real store, runs a realistic reading workload through the public
+//! API, and prints what it did with sample answers.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
+use readmark::{Config, ConversationId, MessageId, Page, ReadTime, Store, Timestamp, UserId};
+
+use super::workload::{Kind, Step, Workload, WorldParams};
+use super::DemoArgs;
+
+/// Simulated wall clock start (ms since the epoch) and step length.
+const START_MS: u64 = 1_700_000_000_000;
+const STEP_MS: u64 = 40;
+
+#[derive(Default)]
+struct Tally {
+    messages: u64,
+    sessions: u64,
+    mark_calls: u64,
+    deletes: u64,
+    flags: u64,
+    leaves: u64,
+    late_joins: u64,
+}
+
+pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
+    let tmp;
+    let (path, temporary) = match &args.path {
+        Some(p) => (p.clone(), false),
+        None => {
+            tmp = tempfile::tempdir()?;
+            (tmp.path().to_path_buf(), true)
+        }
+    };
+    println!(
+        "readmark demo: store at {}{}",
+        path.display(),
+        if temporary {
+            " (temporary, removed at exit)"
+        } else {
+            ""
+        }
+    );
+    let store = Store::open(&path, Config::new())?;
+    let params = WorldParams::for_users(args.users.max(50));
+    let mut w = Workload::new(args.seed, &params);
+
+    let setup_started = Instant::now();
+    let mut memberships = 0u64;
+    for conv in &w.convs {
+        let c = ConversationId(conv.id);
+        store.create_conversation(c)?;
+        for &u in &conv.members {
+            store.add_member(c, UserId(u), Timestamp(START_MS))?;
+            memberships += 1;
+        }
+    }
+    let count_kind = |k: Kind| w.convs.iter().filter(|c| c.kind == k).count();
+    let size_range = |k: Kind| {
+        let sizes = w
+            .convs
+            .iter()
+            .filter(|c| c.kind == k)
+            .map(|c| c.members.len());
+        (sizes.clone().min().unwrap_or(0), sizes.max().unwrap_or(0))
+    };
+    let (gmin, gmax) = size_range(Kind::Group);
+    let (cmin, cmax) = size_range(Kind::Channel);
+    println!(
+        "setup: {} users; {} conversations: {} DMs, {} groups of {gmin}-{gmax} members, {} channels of {cmin}-{cmax}; {} memberships in {:.2} s",
+        params.users,
+        w.convs.len(),
+        count_kind(Kind::Dm),
+        count_kind(Kind::Group),
+        count_kind(Kind::Channel),
+        thousands(memberships),
+        setup_started.elapsed().as_secs_f64()
+    );
+
+    // Per conversation: message ids in order. Per (conversation, reader):
+    // how many of them the reader has scrolled past.
+    let mut messages: Vec<Vec<u64>> = vec![Vec::new(); w.convs.len()];
+    let mut seen: HashMap<(usize, u64), usize> = HashMap::new();
+    let mut tally = Tally::default();
+    let mut next_user = params.users;
+    let mut seq = 0u64;
+
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.steps)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} workload [{bar:30}] {pos}/{len} steps ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let mut mark_time = std::time::Duration::ZERO;
+    for step in 0..args.steps {
+        let now = START_MS + step * STEP_MS;
+        match w.next_step() {
+            Step::Messages {
+                conv,
+                sender,
+                count,
+            } => {
+                let c = ConversationId(w.convs[conv].id);
+                for k in 0..u64::from(count) {
+                    seq += 1;
+                    // Snowflake-like: time in the high bits, a sequence below.
+                    let id = ((now + k) << 16) | (seq & 0xFFFF);
+                    store.record_message(c, MessageId(id), UserId(sender), Timestamp(now + k))?;
+                    messages[conv].push(id);
+                    tally.messages += 1;
+                }
+                seen.insert((conv, sender), messages[conv].len());
+            }
+            Step::Read { conv, reader } => {
+                let c = ConversationId(w.convs[conv].id);
+                let from = seen.get(&(conv, reader)).copied().unwrap_or(0);
+                let to = messages[conv].len();
+                if from < to {
+                    tally.sessions += 1;
+                }
+                // One update per message scrolled past, ~250 ms apart.
+                for (i, &id) in messages[conv][from..to].iter().enumerate() {
+                    let t0 = Instant::now();
+                    store.mark_read(
+                        c,
+                        UserId(reader),
+                        MessageId(id),
+                        Timestamp(now + 250 * i as u64),
+                    )?;
+                    mark_time += t0.elapsed();
+                    tally.mark_calls += 1;
+                }
+                seen.insert((conv, reader), to);
+                let rng = &mut w.rng;
+                if rng.random_bool(0.01) {
+                    store.set_unread_flag(c, UserId(reader), Timestamp(now + 1))?;
+                    tally.flags += 1;
+                }
+            }
+        }
+        let rng = &mut w.rng;
+        if rng.random_bool(0.005) {
+            let conv = rng.random_range(0..w.convs.len());
+            if let Some(&id) = messages[conv].last() {
+                store.delete_message(ConversationId(w.convs[conv].id), MessageId(id))?;
+                tally.deletes += 1;
+            }
+        }
+        if rng.random_bool(0.005) {
+            // Churn outside DMs: a member leaves, a new user joins late.
+            let conv = rng.random_range(0..w.convs.len());
+            if w.convs[conv].kind != Kind::Dm && w.convs[conv].members.len() > 2 {
+                let i = rng.random_range(0..w.convs[conv].members.len());
+                let c = ConversationId(w.convs[conv].id);
+                let leaver = w.convs[conv].members[i];
+                store.remove_member(c, UserId(leaver))?;
+                seen.remove(&(conv, leaver));
+                tally.leaves += 1;
+                store.add_member(c, UserId(next_user), Timestamp(now))?;
+                seen.insert((conv, next_user), messages[conv].len());
+                w.convs[conv].members[i] = next_user;
+                next_user += 1;
+                tally.late_joins += 1;
+            }
+        }
+        if step % 256 == 0 {
+            bar.set_position(step);
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let per_sec = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    println!(
+        "workload: {} steps in {elapsed:.2} s: {} messages recorded, {} reading sessions, {} mark_read calls (one per message scrolled past; {:.0} calls/s inside mark_read), {} deletes, {} marked unread, {} leaves and {} late joins",
+        thousands(args.steps),
+        thousands(tally.messages),
+        thousands(tally.sessions),
+        thousands(tally.mark_calls),
+        per_sec(tally.mark_calls, mark_time.as_secs_f64()),
+        tally.deletes,
+        tally.flags,
+        tally.leaves,
+        tally.late_joins,
+    );
+
+    println!("sample answers:");
+    for kind in [Kind::Group, Kind::Channel] {
+        let busiest = (0..w.convs.len())
+            .filter(|&i| w.convs[i].kind == kind)
+            .max_by_key(|&i| messages[i].len());
+        let Some(i) = busiest else { continue };
+        let c = ConversationId(w.convs[i].id);
+        // A message a few back from the newest, so some have read it.
+        let Some(&m) = messages[i].iter().rev().nth(5).or(messages[i].first()) else {
+            continue;
+        };
+        let rb = store.read_by(c, MessageId(m), Page::first(5))?;
+        let names: Vec<String> = rb
+            .readers
+            .iter()
+            .map(|r| match r.read_at {
+                ReadTime::NoLaterThan(t) => {
+                    format!("{} (by +{} ms)", r.user, t.get().saturating_sub(START_MS))
+                }
+                _ => r.user.to_string(),
+            })
+            .collect();
+        println!(
+            "  read by, busiest {:?} {c} ({} members, {} messages), message m{m}: {} readers ({:?}); first: {}{}",
+            kind,
+            store.member_count(c)?,
+            messages[i].len(),
+            rb.count,
+            rb.source,
+            names.join(", "),
+            if rb.next.is_some() { ", ..." } else { "" }
+        );
+    }
+    // The user in the most conversations: their login badge list.
+    let mut per_user: HashMap<u64, usize> = HashMap::new();
+    for conv in &w.convs {
+        for &u in &conv.members {
+            *per_user.entry(u).or_default() += 1;
+        }
+    }
+    if let Some((&user, _)) = per_user
+        .iter()
+        .max_by_key(|(u, n)| (**n, std::cmp::Reverse(**u)))
+    {
+        let t0 = Instant::now();
+        let counts = store.unread_counts(UserId(user))?;
+        let took = t0.elapsed();
+        let unread: Vec<String> = counts
+            .iter()
+            .filter(|(_, u)| u.count > 0 || u.marked_unread)
+            .take(8)
+            .map(|(c, u)| format!("{c}={}{}", u.count, if u.marked_unread { "*" } else { "" }))
+            .collect();
+        println!(
+            "  unread counts at login for u{user}: {} conversations computed in {:.2} ms; with unread: {} (* = marked unread)",
+            counts.len(),
+            took.as_secs_f64() * 1e3,
+            if unread.is_empty() { "none".to_string() } else { unread.join(" ") }
+        );
+    }
+    let stats = store.stats();
+    println!(
+        "store stats: {} mark updates accepted, {} malformed merge operands",
+        thousands(stats.mark_updates),
+        stats.malformed_operands
+    );
+    store.close()?;
+    Ok(())
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}

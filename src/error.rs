@@ -1,0 +1,132 @@
+//! The one error type of the crate.
+
+use std::path::PathBuf;
+
+use crate::ids::{ConversationId, MessageId, UserId};
+
+/// Result alias used across readmark.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, as data a caller can match on.
+///
+/// Input errors (`UnknownConversation`, `NotMember`, ...) change nothing in
+/// the store. Storage errors (`RocksDb`, `Io`) are carried with their
+/// source, never turned into panics.
+///
+/// # Examples
+///
+/// ```
+/// use readmark::{Config, ConversationId, Error, MessageId, Store, Timestamp, UserId};
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path(), Config::new())?;
+/// let err = store
+///     .mark_read(ConversationId(1), UserId(1), MessageId(1), Timestamp(0))
+///     .unwrap_err();
+/// assert!(matches!(err, Error::UnknownConversation(ConversationId(1))));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The conversation was never created.
+    #[error("unknown conversation {0}")]
+    UnknownConversation(ConversationId),
+
+    /// The conversation already exists.
+    #[error("conversation {0} already exists")]
+    ConversationExists(ConversationId),
+
+    /// The user is not (or no longer) a member of the conversation.
+    #[error("user {user} is not a member of conversation {conversation}")]
+    NotMember {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The user.
+        user: UserId,
+    },
+
+    /// The user is already a member of the conversation.
+    #[error("user {user} is already a member of conversation {conversation}")]
+    AlreadyMember {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The user.
+        user: UserId,
+    },
+
+    /// A message id was not greater than the last one recorded in its
+    /// conversation (ids must increase).
+    #[error("message {message} in conversation {conversation} is not after the last recorded message {last}")]
+    MessageOutOfOrder {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The rejected message id.
+        message: MessageId,
+        /// The newest message already recorded.
+        last: MessageId,
+    },
+
+    /// The message was never recorded in this conversation.
+    #[error("unknown message {message} in conversation {conversation}")]
+    UnknownMessage {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The message.
+        message: MessageId,
+    },
+
+    /// The store on disk has a format version this build does not read.
+    #[error(
+        "unsupported store format version {found} at {path} (this build reads version {supported})"
+    )]
+    UnsupportedFormat {
+        /// Version found on disk.
+        found: u32,
+        /// Version this build reads and writes.
+        supported: u32,
+        /// The store's directory.
+        path: PathBuf,
+    },
+
+    /// A record could not be decoded: the data on disk is damaged or was not
+    /// written by readmark.
+    #[error("corrupt {column_family} record at key {key:02x?}: {reason}")]
+    Corrupt {
+        /// The column family holding the record.
+        column_family: &'static str,
+        /// The record's key.
+        key: Vec<u8>,
+        /// What was wrong with it.
+        reason: &'static str,
+    },
+
+    /// An argument is out of range (for example a page limit of 0).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+
+    /// A [`Config`](crate::Config) value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// An error from RocksDB (I/O, corruption detected by RocksDB, ...).
+    #[cfg(feature = "store")]
+    #[error("rocksdb: {0}")]
+    RocksDb(#[from] rocksdb::Error),
+
+    /// An I/O error outside RocksDB.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn io_error_is_the_source() {
+        let e = Error::from(std::io::Error::other("disk on fire"));
+        assert!(e.source().is_some());
+        assert!(e.to_string().contains("disk on fire"));
+    }
+}

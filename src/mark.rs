@@ -1,0 +1,365 @@
+//! The read-mark record: its value encoding and its join (the max that the
+//! merge operator computes).
+//!
+//! One record per (conversation, user) holds the last-read pointer and the
+//! "marked as unread" flag. Both are join-semilattices, so the record is too:
+//! merging is commutative, associative and idempotent, which is what lets
+//! RocksDB apply operands in any grouping (partial merges, compactions) and
+//! lets duplicated or reordered updates from many devices converge.
+//!
+//! ```text
+//! 0       1       2
+//! | ver=1 | bits  | fields...                                  (packed, in this order)
+//!
+//! field        size  present iff
+//! up_to        8 BE  bits & BIT_MARK
+//! at           8 BE  bits & BIT_MARK
+//! flag_time    8 BE  bits & BIT_FLAG
+//! flag_pos     8 BE  bits & BIT_FLAG_POS (only with BIT_FLAG)
+//! ```
+//!
+//! Fields are packed: an absent field takes no space, so `flag_time` starts
+//! at offset 2 in a flag-only record and at 18 after a mark.
+//! Absent fields take no space: a plain mark is 18 bytes.
+
+use byteorder::{BigEndian, ByteOrder};
+
+use crate::ids::{MessageId, Timestamp};
+
+/// Value format version, byte 0 of every mark value and operand.
+pub(crate) const MARK_VERSION: u8 = 1;
+/// Offset of the version byte.
+pub(crate) const VERSION_OFFSET: usize = 0;
+/// Offset of the presence bits.
+pub(crate) const BITS_OFFSET: usize = 1;
+/// Offset of the first optional field.
+pub(crate) const FIELDS_OFFSET: usize = 2;
+/// Bit: the `up_to` and `at` fields are present.
+pub(crate) const BIT_MARK: u8 = 0x01;
+/// Bit: the `flag_time` field is present.
+pub(crate) const BIT_FLAG: u8 = 0x02;
+/// Bit: the flag is set (marked unread); clear means explicitly cleared.
+pub(crate) const BIT_FLAG_SET: u8 = 0x04;
+/// Bit: the `flag_pos` field is present (a mark existed when the flag was written).
+pub(crate) const BIT_FLAG_POS: u8 = 0x08;
+const KNOWN_BITS: u8 = BIT_MARK | BIT_FLAG | BIT_FLAG_SET | BIT_FLAG_POS;
+/// Length of a value holding a mark and no flag.
+#[cfg(test)]
+pub(crate) const PLAIN_MARK_LEN: usize = FIELDS_OFFSET + 16;
+
+/// A last-read pointer: `user` has read everything up to and including
+/// `up_to`, and reached it at `at`.
+///
+/// # Examples
+///
+/// ```
+/// use readmark::{MessageId, ReadMark, Timestamp};
+/// let m = ReadMark { up_to: MessageId(10), at: Timestamp(5) };
+/// assert!(m.covers(MessageId(10)));
+/// assert!(!m.covers(MessageId(11)));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReadMark {
+    /// The newest message read (inclusive).
+    pub up_to: MessageId,
+    /// When the mark first reached `up_to` (caller's clock, ms).
+    pub at: Timestamp,
+}
+
+impl ReadMark {
+    /// Whether this mark covers (has read) `message`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{MessageId, ReadMark, Timestamp};
+    /// assert!(ReadMark { up_to: MessageId(3), at: Timestamp(0) }.covers(MessageId(1)));
+    /// ```
+    #[must_use]
+    pub fn covers(&self, message: MessageId) -> bool {
+        message <= self.up_to
+    }
+
+    /// The join order: a higher `up_to` wins; at equal `up_to` the earlier
+    /// `at` wins (the first time the user reached that message). This is a
+    /// total order, so "keep the greatest" is commutative, associative and
+    /// idempotent.
+    fn rank(&self) -> (u64, std::cmp::Reverse<u64>) {
+        (self.up_to.0, std::cmp::Reverse(self.at.0))
+    }
+
+    pub(crate) fn join(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(x), Some(y)) => Some(if y.rank() > x.rank() { y } else { x }),
+            (x, None) => x,
+            (None, y) => y,
+        }
+    }
+}
+
+/// The "marked as unread" flag, a last-writer-wins register by `time`.
+///
+/// `pos` is the mark's `up_to` when the flag was written (`None` if there
+/// was no mark). The flag is in force while the mark has not advanced past
+/// `pos`: the next advance clears it without anyone rewriting it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct UnreadFlag {
+    pub(crate) time: u64,
+    pub(crate) set: bool,
+    pub(crate) pos: Option<u64>,
+}
+
+impl UnreadFlag {
+    /// Later `time` wins; at equal time `set` beats clear, then the larger
+    /// position: a total order, so the join converges.
+    fn rank(&self) -> (u64, bool, Option<u64>) {
+        (self.time, self.set, self.pos)
+    }
+
+    fn join(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(x), Some(y)) => Some(if y.rank() > x.rank() { y } else { x }),
+            (x, None) => x,
+            (None, y) => y,
+        }
+    }
+}
+
+/// The decoded record: both halves are optional.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct MarkState {
+    pub(crate) mark: Option<ReadMark>,
+    pub(crate) flag: Option<UnreadFlag>,
+}
+
+impl MarkState {
+    pub(crate) fn from_mark(up_to: MessageId, at: Timestamp) -> Self {
+        Self {
+            mark: Some(ReadMark { up_to, at }),
+            flag: None,
+        }
+    }
+
+    pub(crate) fn from_flag(flag: UnreadFlag) -> Self {
+        Self {
+            mark: None,
+            flag: Some(flag),
+        }
+    }
+
+    /// The semilattice join of two records.
+    #[must_use]
+    pub(crate) fn join(self, other: Self) -> Self {
+        Self {
+            mark: ReadMark::join(self.mark, other.mark),
+            flag: UnreadFlag::join(self.flag, other.flag),
+        }
+    }
+
+    /// Whether the user has marked the conversation unread and not read
+    /// anything newer since.
+    pub(crate) fn marked_unread(&self) -> bool {
+        match (self.flag, self.mark) {
+            (Some(f), _) if !f.set => false,
+            (Some(_), None) => true,
+            (Some(f), Some(m)) => f.pos.is_some_and(|p| p >= m.up_to.0),
+            (None, _) => false,
+        }
+    }
+
+    pub(crate) fn encoded_len(&self) -> usize {
+        let mut n = FIELDS_OFFSET;
+        if self.mark.is_some() {
+            n += 16;
+        }
+        if let Some(f) = self.flag {
+            n += 8;
+            if f.pos.is_some() {
+                n += 8;
+            }
+        }
+        n
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
+        let mut bits = 0u8;
+        if self.mark.is_some() {
+            bits |= BIT_MARK;
+        }
+        if let Some(f) = self.flag {
+            bits |= BIT_FLAG;
+            if f.set {
+                bits |= BIT_FLAG_SET;
+            }
+            if f.pos.is_some() {
+                bits |= BIT_FLAG_POS;
+            }
+        }
+        out.push(MARK_VERSION);
+        out.push(bits);
+        let mut word = [0u8; 8];
+        if let Some(m) = self.mark {
+            BigEndian::write_u64(&mut word, m.up_to.0);
+            out.extend_from_slice(&word);
+            BigEndian::write_u64(&mut word, m.at.0);
+            out.extend_from_slice(&word);
+        }
+        if let Some(f) = self.flag {
+            BigEndian::write_u64(&mut word, f.time);
+            out.extend_from_slice(&word);
+            if let Some(p) = f.pos {
+                BigEndian::write_u64(&mut word, p);
+                out.extend_from_slice(&word);
+            }
+        }
+    }
+
+    /// Decodes a value or operand; `None` if it is malformed in any way
+    /// (wrong version, unknown bits, flag bits without a flag, wrong length).
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < FIELDS_OFFSET || bytes[VERSION_OFFSET] != MARK_VERSION {
+            return None;
+        }
+        let bits = bytes[BITS_OFFSET];
+        if bits & !KNOWN_BITS != 0 {
+            return None;
+        }
+        let has_flag = bits & BIT_FLAG != 0;
+        if !has_flag && bits & (BIT_FLAG_SET | BIT_FLAG_POS) != 0 {
+            return None;
+        }
+        let mut rest = &bytes[FIELDS_OFFSET..];
+        let mut take = || -> Option<u64> {
+            if rest.len() < 8 {
+                return None;
+            }
+            let v = BigEndian::read_u64(&rest[..8]);
+            rest = &rest[8..];
+            Some(v)
+        };
+        let mark = if bits & BIT_MARK != 0 {
+            let up_to = take()?;
+            let at = take()?;
+            Some(ReadMark {
+                up_to: MessageId(up_to),
+                at: Timestamp(at),
+            })
+        } else {
+            None
+        };
+        let flag = if has_flag {
+            let time = take()?;
+            let pos = if bits & BIT_FLAG_POS != 0 {
+                Some(take()?)
+            } else {
+                None
+            };
+            Some(UnreadFlag {
+                time,
+                set: bits & BIT_FLAG_SET != 0,
+                pos,
+            })
+        } else {
+            None
+        };
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(Self { mark, flag })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_plain_mark() {
+        let s = MarkState::from_mark(MessageId(0x0102), Timestamp(0x0A0B));
+        let bytes = s.encode();
+        assert_eq!(bytes.len(), PLAIN_MARK_LEN);
+        assert_eq!(
+            bytes,
+            [1, BIT_MARK, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0x0A, 0x0B]
+        );
+        assert_eq!(MarkState::decode(&bytes), Some(s));
+    }
+
+    #[test]
+    fn golden_flag_only() {
+        let s = MarkState::from_flag(UnreadFlag {
+            time: 0x0C,
+            set: false,
+            pos: None,
+        });
+        let bytes = s.encode();
+        assert_eq!(bytes, [1, BIT_FLAG, 0, 0, 0, 0, 0, 0, 0, 0x0C]);
+        assert_eq!(MarkState::decode(&bytes), Some(s));
+    }
+
+    #[test]
+    fn golden_mark_and_flag() {
+        let s = MarkState {
+            mark: Some(ReadMark {
+                up_to: MessageId(1),
+                at: Timestamp(2),
+            }),
+            flag: Some(UnreadFlag {
+                time: 3,
+                set: true,
+                pos: Some(4),
+            }),
+        };
+        let bytes = s.encode();
+        let mut want = vec![1, BIT_MARK | BIT_FLAG | BIT_FLAG_SET | BIT_FLAG_POS];
+        for v in [1u64, 2, 3, 4] {
+            want.extend_from_slice(&v.to_be_bytes());
+        }
+        assert_eq!(bytes, want);
+        assert_eq!(bytes.len(), 34);
+        assert_eq!(MarkState::decode(&bytes), Some(s));
+    }
+
+    #[test]
+    fn malformed_is_rejected() {
+        assert_eq!(MarkState::decode(&[]), None);
+        assert_eq!(MarkState::decode(&[2, 0]), None);
+        assert_eq!(MarkState::decode(&[1, 0x10]), None);
+        assert_eq!(MarkState::decode(&[1, BIT_FLAG_SET]), None);
+        assert_eq!(MarkState::decode(&[1, BIT_MARK, 0]), None);
+        let mut long = MarkState::from_mark(MessageId(1), Timestamp(1)).encode();
+        long.push(0);
+        assert_eq!(MarkState::decode(&long), None);
+        assert_eq!(MarkState::decode(&[1, 0]), Some(MarkState::default()));
+    }
+
+    #[test]
+    fn tie_keeps_earliest_time() {
+        let a = MarkState::from_mark(MessageId(5), Timestamp(10));
+        let b = MarkState::from_mark(MessageId(5), Timestamp(7));
+        assert_eq!(a.join(b).mark.map(|m| m.at), Some(Timestamp(7)));
+        assert_eq!(b.join(a).mark.map(|m| m.at), Some(Timestamp(7)));
+    }
+
+    #[test]
+    fn flag_cleared_by_advance() {
+        let flagged = MarkState::from_mark(MessageId(5), Timestamp(1)).join(MarkState::from_flag(
+            UnreadFlag {
+                time: 2,
+                set: true,
+                pos: Some(5),
+            },
+        ));
+        assert!(flagged.marked_unread());
+        let stale = flagged.join(MarkState::from_mark(MessageId(4), Timestamp(3)));
+        assert!(stale.marked_unread());
+        let advanced = flagged.join(MarkState::from_mark(MessageId(6), Timestamp(3)));
+        assert!(!advanced.marked_unread());
+    }
+}

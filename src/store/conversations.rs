@@ -1,0 +1,276 @@
+//! Conversations and membership, with the second index
+//! (user → conversations) kept in the same write batch as the first.
+
+use std::ops::ControlFlow;
+
+use rocksdb::WriteBatch;
+
+use super::{corrupt, Cf, Store, View};
+use crate::error::{Error, Result};
+use crate::ids::{ConversationId, Timestamp, UserId};
+use crate::keys;
+use crate::records::{ConversationRecord, MemberRecord};
+
+impl Store {
+    /// Creates an empty conversation.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConversationExists`] if it already exists.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, Error, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// store.create_conversation(ConversationId(9))?;
+    /// assert!(matches!(store.create_conversation(ConversationId(9)), Err(Error::ConversationExists(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn create_conversation(&self, conversation: ConversationId) -> Result<()> {
+        let _guard = self.lock(conversation);
+        match self.view().conversation_record(conversation) {
+            Ok(_) => return Err(Error::ConversationExists(conversation)),
+            Err(Error::UnknownConversation(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(Cf::Conversations),
+            keys::id_key(conversation.0),
+            ConversationRecord::default().encode(),
+        );
+        self.write_structural(batch)
+    }
+
+    /// Adds `user` to `conversation`. Unread counting for the new member
+    /// starts after the newest message recorded so far: history is not
+    /// shown as unread.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`], [`Error::AlreadyMember`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// store.create_conversation(ConversationId(1))?;
+    /// store.add_member(ConversationId(1), UserId(5), Timestamp(0))?;
+    /// assert_eq!(store.member_count(ConversationId(1))?, 1);
+    /// assert_eq!(store.conversations_of(UserId(5))?, vec![ConversationId(1)]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn add_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        at: Timestamp,
+    ) -> Result<()> {
+        let _guard = self.lock(conversation);
+        let view = self.view();
+        let mut conv = view.conversation_record(conversation)?;
+        if view.member_record(conversation, user)?.is_some() {
+            return Err(Error::AlreadyMember { conversation, user });
+        }
+        let member = MemberRecord {
+            joined_after: conv.last_message(),
+            joined_at: at,
+        };
+        conv.member_count += 1;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(Cf::Members),
+            keys::member_key(conversation, user),
+            member.encode(),
+        );
+        batch.put_cf(
+            self.cf(Cf::UserConversations),
+            keys::user_index_key(user, conversation),
+            [],
+        );
+        // A mark write that raced an earlier leave may have landed after the
+        // leave deleted the mark; a new membership starts from nothing.
+        batch.delete_cf(self.cf(Cf::Marks), keys::member_key(conversation, user));
+        batch.put_cf(
+            self.cf(Cf::Conversations),
+            keys::id_key(conversation.0),
+            conv.encode(),
+        );
+        self.write_structural(batch)
+    }
+
+    /// Removes `user` from `conversation`, with their read mark: a member
+    /// who left has no unread count and no longer appears in "read by".
+    /// If they join again, unread counting restarts at the newest message.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`], [`Error::NotMember`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, Error, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # store.create_conversation(ConversationId(1))?;
+    /// store.add_member(ConversationId(1), UserId(5), Timestamp(0))?;
+    /// store.remove_member(ConversationId(1), UserId(5))?;
+    /// assert!(matches!(store.unread_count(ConversationId(1), UserId(5)), Err(Error::NotMember { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn remove_member(&self, conversation: ConversationId, user: UserId) -> Result<()> {
+        let _guard = self.lock(conversation);
+        let view = self.view();
+        let mut conv = view.conversation_record(conversation)?;
+        if view.member_record(conversation, user)?.is_none() {
+            return Err(Error::NotMember { conversation, user });
+        }
+        conv.member_count = conv.member_count.saturating_sub(1);
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(Cf::Members), keys::member_key(conversation, user));
+        batch.delete_cf(
+            self.cf(Cf::UserConversations),
+            keys::user_index_key(user, conversation),
+        );
+        batch.delete_cf(self.cf(Cf::Marks), keys::member_key(conversation, user));
+        batch.put_cf(
+            self.cf(Cf::Conversations),
+            keys::id_key(conversation.0),
+            conv.encode(),
+        );
+        self.write_structural(batch)
+    }
+
+    /// Whether `user` is currently a member of `conversation`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// store.create_conversation(ConversationId(1))?;
+    /// assert!(!store.is_member(ConversationId(1), UserId(2))?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_member(&self, conversation: ConversationId, user: UserId) -> Result<bool> {
+        match self.view().require_member(conversation, user) {
+            Ok(_) => Ok(true),
+            Err(Error::NotMember { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Number of current members.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// store.create_conversation(ConversationId(1))?;
+    /// assert_eq!(store.member_count(ConversationId(1))?, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn member_count(&self, conversation: ConversationId) -> Result<u64> {
+        Ok(self.view().conversation_record(conversation)?.member_count)
+    }
+
+    /// Current members in id order, starting after `after`, at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// store.create_conversation(ConversationId(1))?;
+    /// for u in 1..=3 { store.add_member(ConversationId(1), UserId(u), Timestamp(0))?; }
+    /// assert_eq!(store.members(ConversationId(1), Some(UserId(1)), 10)?, vec![UserId(2), UserId(3)]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn members(
+        &self,
+        conversation: ConversationId,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserId>> {
+        let view = self.snapshot_view();
+        view.conversation_record(conversation)?;
+        let from = match after {
+            None => 0,
+            Some(u) => match u.0.checked_add(1) {
+                Some(f) => f,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        view.scan_prefix(Cf::Members, conversation.0, from, |user, _| {
+            out.push(UserId(user));
+            Ok(if out.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// Every conversation `user` is a member of, in id order, from the
+    /// second index (one prefix scan).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RocksDb`] or [`Error::Corrupt`] only.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, Store, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// assert!(store.conversations_of(UserId(1))?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationId>> {
+        conversations_in(&self.view(), user)
+    }
+}
+
+/// The conversations of `user` from the second index, read through `view`.
+pub(super) fn conversations_in(view: &View<'_>, user: UserId) -> Result<Vec<ConversationId>> {
+    let mut out = Vec::new();
+    view.scan_prefix(Cf::UserConversations, user.0, 0, |conv, v| {
+        if !v.is_empty() {
+            return Err(corrupt(
+                Cf::UserConversations,
+                &keys::user_index_key(user, ConversationId(conv)),
+                "index value is not empty",
+            ));
+        }
+        out.push(ConversationId(conv));
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(out)
+}

@@ -1,0 +1,407 @@
+//! Read marks: the write path (one merge operand, no read of the mark),
+//! point and prefix reads, "read by" derived from marks, and the unread flag.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+
+use super::{Cf, Store};
+use crate::config::Durability;
+use crate::error::{Error, Result};
+use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
+use crate::keys;
+use crate::mark::{MarkState, ReadMark, UnreadFlag};
+
+/// A page request: items strictly after `after` (a cursor returned by the
+/// previous page), at most `limit` of them.
+///
+/// # Examples
+///
+/// ```
+/// use readmark::{Page, UserId};
+/// let first = Page::first(50);
+/// let next = Page { after: Some(UserId(7)), limit: 50 };
+/// assert_eq!(first.limit, next.limit);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// Cursor: start after this user.
+    pub after: Option<UserId>,
+    /// Largest number of items returned.
+    pub limit: usize,
+}
+
+impl Page {
+    /// The first page of at most `limit` items.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(readmark::Page::first(10).after, None);
+    /// ```
+    #[must_use]
+    pub fn first(limit: usize) -> Self {
+        Self { after: None, limit }
+    }
+}
+
+/// Which data answered a "read by" query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReceiptSource {
+    /// Derived from the members' read marks: a member read message `M` iff
+    /// their mark is at or past `M`.
+    Marks,
+}
+
+/// When a reader read the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReadTime {
+    /// Derived from a read mark: the member's mark reached its current
+    /// position at this time, so they read the message no later than this.
+    NoLaterThan(Timestamp),
+}
+
+/// One member who read a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Reader {
+    /// The member.
+    pub user: UserId,
+    /// When they read it.
+    pub read_at: ReadTime,
+}
+
+/// One page of the answer to "who read message M".
+///
+/// # Examples
+///
+/// See [`Store::read_by`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadBy {
+    /// Members (other than the message's sender) who read it, over all pages.
+    pub count: u64,
+    /// This page of readers, in user id order.
+    pub readers: Vec<Reader>,
+    /// Cursor for the next page, `None` on the last page.
+    pub next: Option<UserId>,
+    /// What answered.
+    pub source: ReceiptSource,
+}
+
+impl Store {
+    /// Records that `user` has read `conversation` up to and including
+    /// `up_to`, at time `at`, with the store's durability.
+    ///
+    /// Writes one merge operand: no read of the current mark. The stored mark
+    /// is the maximum of every update ever made (higher `up_to` wins; at equal
+    /// `up_to` the earliest `at`), so stale, duplicated and reordered updates
+    /// are harmless no-ops, not errors. Membership is checked with one point
+    /// lookup.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`], [`Error::NotMember`], storage errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, u) = (ConversationId(1), UserId(1));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, u, Timestamp(0))?;
+    /// store.mark_read(c, u, MessageId(20), Timestamp(2))?;
+    /// store.mark_read(c, u, MessageId(10), Timestamp(3))?; // late, ignored
+    /// assert_eq!(store.mark(c, u)?.map(|m| m.up_to), Some(MessageId(20)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn mark_read(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        up_to: MessageId,
+        at: Timestamp,
+    ) -> Result<()> {
+        self.mark_read_with(conversation, user, up_to, at, self.config.durability)
+    }
+
+    /// [`mark_read`](Store::mark_read) with a per-call durability.
+    ///
+    /// # Errors
+    ///
+    /// As [`mark_read`](Store::mark_read).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, Durability, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, u) = (ConversationId(1), UserId(1));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, u, Timestamp(0))?;
+    /// store.mark_read_with(c, u, MessageId(5), Timestamp(1), Durability::PowerLoss)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn mark_read_with(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        up_to: MessageId,
+        at: Timestamp,
+        durability: Durability,
+    ) -> Result<()> {
+        self.view().require_member(conversation, user)?;
+        self.db.merge_cf_opt(
+            self.cf(Cf::Marks),
+            keys::member_key(conversation, user),
+            MarkState::from_mark(up_to, at).encode(),
+            &self.write_options(durability),
+        )?;
+        self.mark_updates.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The read mark of `user` in `conversation`, `None` if they have read
+    /// nothing yet.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`], [`Error::NotMember`].
+    ///
+    /// # Examples
+    ///
+    /// See [`Store::mark_read`].
+    pub fn mark(&self, conversation: ConversationId, user: UserId) -> Result<Option<ReadMark>> {
+        let view = self.snapshot_view();
+        view.require_member(conversation, user)?;
+        Ok(view.mark_state(conversation, user)?.mark)
+    }
+
+    /// Every current member's mark in `conversation`, in user id order
+    /// (members who have read nothing are left out). One prefix scan of the
+    /// marks, merge-joined with one of the members.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let c = ConversationId(1);
+    /// # store.create_conversation(c)?;
+    /// # for u in 1..=2 { store.add_member(c, UserId(u), Timestamp(0))?; }
+    /// store.mark_read(c, UserId(2), MessageId(4), Timestamp(1))?;
+    /// let marks = store.marks(c)?;
+    /// assert_eq!(marks.len(), 1);
+    /// assert_eq!(marks[0].0, UserId(2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn marks(&self, conversation: ConversationId) -> Result<Vec<(UserId, ReadMark)>> {
+        let view = self.snapshot_view();
+        view.conversation_record(conversation)?;
+        let mut out = Vec::new();
+        view.for_each_member(conversation, |user, _, state| {
+            if let Some(m) = state.mark {
+                out.push((user, m));
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
+    /// Who read `message`: every current member other than its sender whose
+    /// mark is at or past it, with the total count and one page of readers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`], [`Error::UnknownMessage`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Page, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let c = ConversationId(1);
+    /// # store.create_conversation(c)?;
+    /// # for u in 1..=4 { store.add_member(c, UserId(u), Timestamp(0))?; }
+    /// store.record_message(c, MessageId(10), UserId(1), Timestamp(1))?;
+    /// store.mark_read(c, UserId(2), MessageId(10), Timestamp(2))?;
+    /// store.mark_read(c, UserId(3), MessageId(12), Timestamp(3))?;
+    /// let page = store.read_by(c, MessageId(10), Page::first(1))?;
+    /// assert_eq!(page.count, 2);
+    /// assert_eq!(page.readers[0].user, UserId(2));
+    /// let rest = store.read_by(c, MessageId(10), Page { after: page.next, limit: 1 })?;
+    /// assert_eq!(rest.readers[0].user, UserId(3));
+    /// assert_eq!(rest.next, None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read_by(
+        &self,
+        conversation: ConversationId,
+        message: MessageId,
+        page: Page,
+    ) -> Result<ReadBy> {
+        if page.limit == 0 {
+            return Err(Error::InvalidArgument("page limit must be at least 1"));
+        }
+        let view = self.snapshot_view();
+        view.conversation_record(conversation)?;
+        let record = view
+            .message_record(conversation, message)?
+            .ok_or(Error::UnknownMessage {
+                conversation,
+                message,
+            })?;
+        let mut count = 0u64;
+        let mut readers = Vec::new();
+        let mut more = false;
+        view.for_each_member(conversation, |user, _, state| {
+            let Some(mark) = state.mark.filter(|m| m.covers(message)) else {
+                return ControlFlow::Continue(());
+            };
+            if user == record.sender {
+                return ControlFlow::Continue(());
+            }
+            count += 1;
+            if page.after.is_none_or(|a| user > a) {
+                if readers.len() < page.limit {
+                    readers.push(Reader {
+                        user,
+                        read_at: ReadTime::NoLaterThan(mark.at),
+                    });
+                } else {
+                    more = true;
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        let next = if more {
+            readers.last().map(|r| r.user)
+        } else {
+            None
+        };
+        Ok(ReadBy {
+            count,
+            readers,
+            next,
+            source: ReceiptSource::Marks,
+        })
+    }
+
+    /// Marks the conversation as unread for `user` (Telegram's
+    /// `unread_mark`, Matrix's `m.marked_unread`) without moving the mark
+    /// backwards. The flag stays until the mark next advances past its
+    /// current position, or until [`clear_unread_flag`](Store::clear_unread_flag)
+    /// with a later time. Between flag writes, the later `at` wins.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`], [`Error::NotMember`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, u) = (ConversationId(1), UserId(1));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, u, Timestamp(0))?;
+    /// store.mark_read(c, u, MessageId(5), Timestamp(1))?;
+    /// store.set_unread_flag(c, u, Timestamp(2))?;
+    /// assert!(store.unread_count(c, u)?.marked_unread);
+    /// store.mark_read(c, u, MessageId(6), Timestamp(3))?; // the next advance clears it
+    /// assert!(!store.unread_count(c, u)?.marked_unread);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_unread_flag(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        at: Timestamp,
+    ) -> Result<()> {
+        self.write_flag(conversation, user, at, true)
+    }
+
+    /// Clears the flag set by [`set_unread_flag`](Store::set_unread_flag),
+    /// if `at` is later than the time it was set.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`], [`Error::NotMember`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, u) = (ConversationId(1), UserId(1));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, u, Timestamp(0))?;
+    /// store.set_unread_flag(c, u, Timestamp(2))?;
+    /// store.clear_unread_flag(c, u, Timestamp(3))?;
+    /// assert!(!store.unread_count(c, u)?.marked_unread);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn clear_unread_flag(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        at: Timestamp,
+    ) -> Result<()> {
+        self.write_flag(conversation, user, at, false)
+    }
+
+    fn write_flag(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        at: Timestamp,
+        set: bool,
+    ) -> Result<()> {
+        let view = self.view();
+        view.require_member(conversation, user)?;
+        // The flag records the mark's position it applies to, so a later
+        // advance clears it without rewriting it. This read is on a rare
+        // user action, not on the mark path.
+        let pos = view.mark_state(conversation, user)?.mark.map(|m| m.up_to.0);
+        let operand = MarkState::from_flag(UnreadFlag {
+            time: at.0,
+            set,
+            pos,
+        });
+        self.db.merge_cf_opt(
+            self.cf(Cf::Marks),
+            keys::member_key(conversation, user),
+            operand.encode(),
+            &self.write_options(self.config.durability),
+        )?;
+        Ok(())
+    }
+
+    /// Testing hook: writes `operand` verbatim as a merge operand of the
+    /// mark of (`conversation`, `user`), so tests can show that a malformed
+    /// operand is skipped and counted. Not part of the API.
+    #[doc(hidden)]
+    pub fn __merge_raw_mark_operand(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        operand: &[u8],
+    ) -> Result<()> {
+        self.db.merge_cf(
+            self.cf(Cf::Marks),
+            keys::member_key(conversation, user),
+            operand,
+        )?;
+        Ok(())
+    }
+}

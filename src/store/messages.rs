@@ -1,0 +1,304 @@
+//! Messages, deletions and exact unread counts.
+//!
+//! Each message record stores its ordinal (1-based position among all
+//! messages ever recorded in the conversation). With `P` the newest message
+//! a member has seen (their mark, or the newest message when they joined,
+//! whichever is later):
+//!
+//! ```text
+//! unread = message_count - ordinal(newest message <= P) - deleted messages after P
+//! ```
+//!
+//! The ordinal is one `seek_for_prev`; deleted messages after `P` are a
+//! range scan over the `deletions` index, which only holds deleted messages
+//! (rare, and usually recent). No unread message is ever visited.
+
+use std::ops::ControlFlow;
+
+use rocksdb::WriteBatch;
+
+use super::conversations::conversations_in;
+use super::{corrupt, Cf, Store, View};
+use crate::error::{Error, Result};
+use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
+use crate::keys;
+use crate::mark::MarkState;
+use crate::records::{ConversationRecord, MemberRecord, MessageRecord};
+
+/// Unread state of one member in one conversation.
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// # store.create_conversation(ConversationId(1))?;
+/// # store.add_member(ConversationId(1), UserId(1), Timestamp(0))?;
+/// let u = store.unread_count(ConversationId(1), UserId(1))?;
+/// assert_eq!((u.count, u.marked_unread), (0, false));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Unread {
+    /// Live (not deleted) messages after the member's read position.
+    pub count: u64,
+    /// The member marked the conversation unread and has not advanced their
+    /// mark since (shown as a badge even when `count` is 0).
+    pub marked_unread: bool,
+}
+
+impl Store {
+    /// Records a message. Ids must increase inside a conversation. Sending
+    /// counts as reading: the sender's mark advances to the message in the
+    /// same atomic batch, so a user's own messages are never unread to them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`], [`Error::NotMember`] (the sender),
+    /// [`Error::MessageOutOfOrder`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, Error, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # store.create_conversation(ConversationId(1))?;
+    /// # store.add_member(ConversationId(1), UserId(1), Timestamp(0))?;
+    /// store.record_message(ConversationId(1), MessageId(10), UserId(1), Timestamp(1))?;
+    /// let err = store.record_message(ConversationId(1), MessageId(10), UserId(1), Timestamp(2));
+    /// assert!(matches!(err, Err(Error::MessageOutOfOrder { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn record_message(
+        &self,
+        conversation: ConversationId,
+        message: MessageId,
+        sender: UserId,
+        sent_at: Timestamp,
+    ) -> Result<()> {
+        let _guard = self.lock(conversation);
+        let view = self.view();
+        let mut conv = view.conversation_record(conversation)?;
+        view.require_member(conversation, sender)?;
+        if let Some(last) = conv.last_message() {
+            if message <= last {
+                return Err(Error::MessageOutOfOrder {
+                    conversation,
+                    message,
+                    last,
+                });
+            }
+        }
+        conv.message_count += 1;
+        conv.last_message = message.0;
+        let record = MessageRecord {
+            ordinal: conv.message_count,
+            sender,
+            sent_at,
+            deleted: false,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(Cf::Messages),
+            keys::message_key(conversation, message),
+            record.encode(),
+        );
+        batch.put_cf(
+            self.cf(Cf::Conversations),
+            keys::id_key(conversation.0),
+            conv.encode(),
+        );
+        batch.merge_cf(
+            self.cf(Cf::Marks),
+            keys::member_key(conversation, sender),
+            MarkState::from_mark(message, sent_at).encode(),
+        );
+        self.write_structural(batch)
+    }
+
+    /// Deletes a message: it stops counting as unread for everyone. Deleting
+    /// an already deleted message changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`], [`Error::UnknownMessage`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let c = ConversationId(1);
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, UserId(1), Timestamp(0))?;
+    /// # store.add_member(c, UserId(2), Timestamp(0))?;
+    /// store.record_message(c, MessageId(10), UserId(1), Timestamp(1))?;
+    /// assert_eq!(store.unread_count(c, UserId(2))?.count, 1);
+    /// store.delete_message(c, MessageId(10))?;
+    /// assert_eq!(store.unread_count(c, UserId(2))?.count, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn delete_message(&self, conversation: ConversationId, message: MessageId) -> Result<()> {
+        let _guard = self.lock(conversation);
+        let view = self.view();
+        let mut conv = view.conversation_record(conversation)?;
+        let mut record =
+            view.message_record(conversation, message)?
+                .ok_or(Error::UnknownMessage {
+                    conversation,
+                    message,
+                })?;
+        if record.deleted {
+            return Ok(());
+        }
+        record.deleted = true;
+        conv.deleted_count += 1;
+        let key = keys::message_key(conversation, message);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(Cf::Messages), key, record.encode());
+        batch.put_cf(self.cf(Cf::Deletions), key, []);
+        batch.put_cf(
+            self.cf(Cf::Conversations),
+            keys::id_key(conversation.0),
+            conv.encode(),
+        );
+        self.write_structural(batch)
+    }
+
+    /// The unread state of `user` in `conversation`, exact across deletes,
+    /// late joins and the unread flag.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`], [`Error::NotMember`] (a member who
+    /// left has no count).
+    ///
+    /// # Examples
+    ///
+    /// See [`Store`].
+    pub fn unread_count(&self, conversation: ConversationId, user: UserId) -> Result<Unread> {
+        let view = self.snapshot_view();
+        let member = view.require_member(conversation, user)?;
+        let conv = view.conversation_record(conversation)?;
+        let state = view.mark_state(conversation, user)?;
+        unread_from(&view, conversation, &conv, &member, &state)
+    }
+
+    /// The unread state of every conversation `user` is a member of, in
+    /// conversation id order: a few point lookups and one seek each, cheap
+    /// enough for every conversation at login.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors only.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// for c in 1..=2 {
+    ///     store.create_conversation(ConversationId(c))?;
+    ///     store.add_member(ConversationId(c), UserId(7), Timestamp(0))?;
+    /// }
+    /// let all = store.unread_counts(UserId(7))?;
+    /// assert_eq!(all.len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unread_counts(&self, user: UserId) -> Result<Vec<(ConversationId, Unread)>> {
+        let mut out = Vec::new();
+        let view = self.snapshot_view();
+        for conversation in conversations_in(&view, user)? {
+            let member = view.member_record(conversation, user)?.ok_or_else(|| {
+                corrupt(
+                    Cf::Members,
+                    &keys::member_key(conversation, user),
+                    "user index names a membership that does not exist",
+                )
+            })?;
+            let conv = view.conversation_record(conversation)?;
+            let state = view.mark_state(conversation, user)?;
+            out.push((
+                conversation,
+                unread_from(&view, conversation, &conv, &member, &state)?,
+            ));
+        }
+        Ok(out)
+    }
+}
+
+fn unread_from(
+    view: &View<'_>,
+    conversation: ConversationId,
+    conv: &ConversationRecord,
+    member: &MemberRecord,
+    state: &MarkState,
+) -> Result<Unread> {
+    let seen = match (state.mark.map(|m| m.up_to), member.joined_after) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let count = match seen {
+        None => conv.message_count - conv.deleted_count,
+        Some(p) if conv.last_message().is_none_or(|last| p >= last) => 0,
+        Some(p) => {
+            let seen_ordinal = ordinal_at_or_before(view, conversation, p)?;
+            let deleted_after = if conv.deleted_count == 0 {
+                0
+            } else {
+                deleted_after(view, conversation, p)?
+            };
+            conv.message_count
+                .checked_sub(seen_ordinal)
+                .and_then(|n| n.checked_sub(deleted_after))
+                .ok_or_else(|| {
+                    corrupt(
+                        Cf::Conversations,
+                        &keys::id_key(conversation.0),
+                        "message count below a message ordinal",
+                    )
+                })?
+        }
+    };
+    Ok(Unread {
+        count,
+        marked_unread: state.marked_unread(),
+    })
+}
+
+/// Ordinal of the newest message with id `<= p`, 0 if none.
+fn ordinal_at_or_before(
+    view: &View<'_>,
+    conversation: ConversationId,
+    p: MessageId,
+) -> Result<u64> {
+    let mut it = view.prefix_iter(Cf::Messages, conversation.0, 0);
+    it.seek_for_prev(keys::message_key(conversation, p));
+    let ordinal = match (it.key(), it.value()) {
+        (Some(k), Some(v)) => {
+            MessageRecord::decode(v)
+                .ok_or_else(|| corrupt(Cf::Messages, k, "bad message record"))?
+                .ordinal
+        }
+        _ => 0,
+    };
+    it.status()?;
+    Ok(ordinal)
+}
+
+/// Deleted messages with id `> p`.
+fn deleted_after(view: &View<'_>, conversation: ConversationId, p: MessageId) -> Result<u64> {
+    let Some(from) = p.0.checked_add(1) else {
+        return Ok(0);
+    };
+    let mut n = 0u64;
+    view.scan_prefix(Cf::Deletions, conversation.0, from, |_, _| {
+        n += 1;
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(n)
+}

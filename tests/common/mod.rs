@@ -1,0 +1,29 @@
+//! Shared helpers for the integration tests: real RocksDB stores in
+//! temporary directories, never mocks.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use readmark::{Config, Store};
+
+/// A store in a fresh temporary directory (kept alive by the returned guard).
+pub fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), small_config()).expect("open store");
+    (dir, store)
+}
+
+/// Small memtables so tests exercise flushes and SST reads, not just memory.
+pub fn small_config() -> Config {
+    Config::new()
+        .write_buffer_bytes(256 << 10)
+        .block_cache_bytes(8 << 20)
+}
+
+/// Opens the store's RocksDB directly, with every column family and no
+/// readmark options, to tamper with it the way a bug or a foreign tool would.
+pub fn raw_open(path: &Path) -> rocksdb::DB {
+    let opts = rocksdb::Options::default();
+    let cfs = rocksdb::DB::list_cf(&opts, path).expect("list column families");
+    rocksdb::DB::open_cf(&opts, path, cfs).expect("raw open")
+}

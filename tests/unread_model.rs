@@ -1,0 +1,302 @@
+//! Unread counts (and "read by" from marks) against a model that counts
+//! messages one by one, across deletes, late joins, leaves, mark-unread and
+//! reopen.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use readmark::{ConversationId, Error, MessageId, Page, Store, Timestamp, Unread, UserId};
+
+const USERS: u64 = 5;
+const CONVS: u64 = 2;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Join {
+        conv: u64,
+        user: u64,
+    },
+    Leave {
+        conv: u64,
+        user: u64,
+    },
+    Send {
+        conv: u64,
+        user: u64,
+        gap: u64,
+    },
+    Delete {
+        conv: u64,
+        pick: usize,
+    },
+    /// Read up to the `pick`-th message (or an id past every message).
+    Read {
+        conv: u64,
+        user: u64,
+        pick: usize,
+        past_end: bool,
+    },
+    Flag {
+        conv: u64,
+        user: u64,
+        set: bool,
+    },
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let c = 0..CONVS;
+    let u = 0..USERS;
+    prop_oneof![
+        3 => (c.clone(), u.clone()).prop_map(|(conv, user)| Op::Join { conv, user }),
+        1 => (c.clone(), u.clone()).prop_map(|(conv, user)| Op::Leave { conv, user }),
+        6 => (c.clone(), u.clone(), 1u64..4).prop_map(|(conv, user, gap)| Op::Send { conv, user, gap }),
+        2 => (c.clone(), any::<usize>()).prop_map(|(conv, pick)| Op::Delete { conv, pick }),
+        6 => (c.clone(), u.clone(), any::<usize>(), proptest::bool::weighted(0.1))
+            .prop_map(|(conv, user, pick, past_end)| Op::Read { conv, user, pick, past_end }),
+        2 => (c.clone(), u.clone(), any::<bool>()).prop_map(|(conv, user, set)| Op::Flag { conv, user, set }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+#[derive(Default, Debug)]
+struct Msg {
+    id: u64,
+    sender: u64,
+    deleted: bool,
+}
+
+#[derive(Default, Debug)]
+struct Conv {
+    msgs: Vec<Msg>,
+    /// user -> joined_after (newest message id at join)
+    members: BTreeMap<u64, Option<u64>>,
+    /// user -> (up_to, at)
+    marks: BTreeMap<u64, (u64, u64)>,
+    /// user -> (time, set, pos)
+    flags: BTreeMap<u64, (u64, bool, Option<u64>)>,
+}
+
+impl Conv {
+    fn last(&self) -> Option<u64> {
+        self.msgs.last().map(|m| m.id)
+    }
+
+    fn advance(&mut self, user: u64, up_to: u64, at: u64) {
+        let e = self.marks.entry(user).or_insert((up_to, at));
+        if up_to > e.0 || (up_to == e.0 && at < e.1) {
+            *e = (up_to, at);
+        }
+    }
+
+    /// Counted one message at a time, as a user would.
+    fn unread(&self, user: u64) -> Option<Unread> {
+        let joined_after = *self.members.get(&user)?;
+        let mark = self.marks.get(&user).map(|m| m.0);
+        let seen = match (mark, joined_after) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let count = self
+            .msgs
+            .iter()
+            .filter(|m| !m.deleted && seen.is_none_or(|p| m.id > p))
+            .count() as u64;
+        let marked_unread = match self.flags.get(&user) {
+            Some(&(_, true, pos)) => match mark {
+                None => true,
+                Some(up) => pos.is_some_and(|p| p >= up),
+            },
+            _ => false,
+        };
+        Some(Unread {
+            count,
+            marked_unread,
+        })
+    }
+
+    fn read_by_count(&self, msg: &Msg) -> u64 {
+        self.members
+            .keys()
+            .filter(|&&u| u != msg.sender && self.marks.get(&u).is_some_and(|m| m.0 >= msg.id))
+            .count() as u64
+    }
+}
+
+fn check(store: &Store, model: &BTreeMap<u64, Conv>) -> Result<(), TestCaseError> {
+    for user in 0..USERS {
+        let mut expected_all = Vec::new();
+        for (&c, conv) in model {
+            let got = store.unread_count(ConversationId(c), UserId(user));
+            match conv.unread(user) {
+                Some(want) => {
+                    prop_assert_eq!(got.unwrap(), want, "user {} conv {}", user, c);
+                    expected_all.push((ConversationId(c), want));
+                }
+                None => {
+                    let not_member = matches!(got, Err(Error::NotMember { .. }));
+                    prop_assert!(not_member);
+                }
+            }
+        }
+        prop_assert_eq!(store.unread_counts(UserId(user)).unwrap(), expected_all);
+    }
+    for (&c, conv) in model {
+        prop_assert_eq!(
+            store.member_count(ConversationId(c)).unwrap(),
+            conv.members.len() as u64
+        );
+        for msg in &conv.msgs {
+            let rb = store
+                .read_by(ConversationId(c), MessageId(msg.id), Page::first(2))
+                .unwrap();
+            prop_assert_eq!(rb.count, conv.read_by_count(msg), "message {}", msg.id);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn unread_counts_match_model(ops in proptest::collection::vec(op(), 1..70)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Some(Store::open(dir.path(), common::small_config()).unwrap());
+        let mut model: BTreeMap<u64, Conv> = BTreeMap::new();
+        for c in 0..CONVS {
+            store.as_ref().unwrap().create_conversation(ConversationId(c)).unwrap();
+            model.insert(c, Conv::default());
+        }
+        let mut clock = 1u64;
+        for op in ops {
+            clock += 1;
+            let s = store.as_ref().unwrap();
+            match op {
+                Op::Join { conv, user } => {
+                    let m = model.get_mut(&conv).unwrap();
+                    let r = s.add_member(ConversationId(conv), UserId(user), Timestamp(clock));
+                    if m.members.contains_key(&user) {
+                        let already = matches!(r, Err(Error::AlreadyMember { .. }));
+                        prop_assert!(already);
+                    } else {
+                        r.unwrap();
+                        let last = m.last();
+                        m.members.insert(user, last);
+                    }
+                }
+                Op::Leave { conv, user } => {
+                    let m = model.get_mut(&conv).unwrap();
+                    let r = s.remove_member(ConversationId(conv), UserId(user));
+                    if m.members.remove(&user).is_some() {
+                        r.unwrap();
+                        m.marks.remove(&user);
+                        m.flags.remove(&user);
+                    } else {
+                        let not_member = matches!(r, Err(Error::NotMember { .. }));
+                        prop_assert!(not_member);
+                    }
+                }
+                Op::Send { conv, user, gap } => {
+                    let m = model.get_mut(&conv).unwrap();
+                    let id = m.last().unwrap_or(0) + gap;
+                    let r = s.record_message(ConversationId(conv), MessageId(id), UserId(user), Timestamp(clock));
+                    if m.members.contains_key(&user) {
+                        r.unwrap();
+                        m.msgs.push(Msg { id, sender: user, deleted: false });
+                        m.advance(user, id, clock);
+                    } else {
+                        let not_member = matches!(r, Err(Error::NotMember { .. }));
+                        prop_assert!(not_member);
+                    }
+                }
+                Op::Delete { conv, pick } => {
+                    let m = model.get_mut(&conv).unwrap();
+                    if !m.msgs.is_empty() {
+                        let i = pick % m.msgs.len();
+                        s.delete_message(ConversationId(conv), MessageId(m.msgs[i].id)).unwrap();
+                        m.msgs[i].deleted = true;
+                    }
+                }
+                Op::Read { conv, user, pick, past_end } => {
+                    let m = model.get_mut(&conv).unwrap();
+                    let id = if past_end || m.msgs.is_empty() {
+                        m.last().unwrap_or(0) + 1
+                    } else {
+                        m.msgs[pick % m.msgs.len()].id
+                    };
+                    let r = s.mark_read(ConversationId(conv), UserId(user), MessageId(id), Timestamp(clock));
+                    if m.members.contains_key(&user) {
+                        r.unwrap();
+                        m.advance(user, id, clock);
+                    } else {
+                        let not_member = matches!(r, Err(Error::NotMember { .. }));
+                        prop_assert!(not_member);
+                    }
+                }
+                Op::Flag { conv, user, set } => {
+                    let m = model.get_mut(&conv).unwrap();
+                    let (c, u, t) = (ConversationId(conv), UserId(user), Timestamp(clock));
+                    let r = if set { s.set_unread_flag(c, u, t) } else { s.clear_unread_flag(c, u, t) };
+                    if m.members.contains_key(&user) {
+                        r.unwrap();
+                        let pos = m.marks.get(&user).map(|x| x.0);
+                        m.flags.insert(user, (clock, set, pos));
+                    } else {
+                        let not_member = matches!(r, Err(Error::NotMember { .. }));
+                        prop_assert!(not_member);
+                    }
+                }
+                Op::Reopen => {
+                    store.take().unwrap().close().unwrap();
+                    store = Some(Store::open(dir.path(), common::small_config()).unwrap());
+                }
+            }
+            check(store.as_ref().unwrap(), &model)?;
+        }
+    }
+}
+
+#[test]
+fn late_joiner_sees_no_history_as_unread() {
+    let (_d, s) = common::temp_store();
+    let c = ConversationId(1);
+    s.create_conversation(c).unwrap();
+    s.add_member(c, UserId(1), Timestamp(0)).unwrap();
+    for m in 1..=100 {
+        s.record_message(c, MessageId(m), UserId(1), Timestamp(m))
+            .unwrap();
+    }
+    s.add_member(c, UserId(2), Timestamp(200)).unwrap();
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().count, 0);
+    s.record_message(c, MessageId(101), UserId(1), Timestamp(201))
+        .unwrap();
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().count, 1);
+}
+
+#[test]
+fn deleting_unread_and_read_messages() {
+    let (_d, s) = common::temp_store();
+    let c = ConversationId(1);
+    s.create_conversation(c).unwrap();
+    s.add_member(c, UserId(1), Timestamp(0)).unwrap();
+    s.add_member(c, UserId(2), Timestamp(0)).unwrap();
+    for m in [10, 20, 30, 40] {
+        s.record_message(c, MessageId(m), UserId(1), Timestamp(m))
+            .unwrap();
+    }
+    s.mark_read(c, UserId(2), MessageId(20), Timestamp(50))
+        .unwrap();
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().count, 2);
+    s.delete_message(c, MessageId(10)).unwrap(); // already read: no change
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().count, 2);
+    s.delete_message(c, MessageId(30)).unwrap();
+    s.delete_message(c, MessageId(30)).unwrap(); // idempotent
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().count, 1);
+    // A mark that points at a deleted message still counts from there.
+    s.mark_read(c, UserId(2), MessageId(30), Timestamp(60))
+        .unwrap();
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().count, 1);
+}
