@@ -1,5 +1,7 @@
 //! Store configuration and durability levels.
 
+use std::time::Duration;
+
 use crate::error::{Error, Result};
 
 /// What an acknowledged write survives.
@@ -43,6 +45,11 @@ pub enum Durability {
 /// | [`block_cache_bytes`](Config::block_cache_bytes) | 64 MiB |
 /// | [`max_successive_merges`](Config::max_successive_merges) | 16 |
 /// | [`write_buffer_bytes`](Config::write_buffer_bytes) | 32 MiB per column family |
+/// | [`flush_interval`](Config::flush_interval) | 1 s |
+/// | [`flush_after_updates`](Config::flush_after_updates) | 100 updates of one key |
+/// | [`combiner_max_bytes`](Config::combiner_max_bytes) | 32 MiB |
+/// | [`journal_segment_bytes`](Config::journal_segment_bytes) | 8 MiB (two segments) |
+/// | [`recovery_mode`](Config::recovery_mode) | [`RecoveryMode::Strict`] |
 ///
 /// # Examples
 ///
@@ -61,7 +68,40 @@ pub struct Config {
     pub(crate) block_cache_bytes: usize,
     pub(crate) max_successive_merges: usize,
     pub(crate) write_buffer_bytes: usize,
+    pub(crate) flush_interval: Duration,
+    pub(crate) flush_after_updates: u32,
+    pub(crate) combiner_max_bytes: usize,
+    pub(crate) journal_segment_bytes: usize,
+    pub(crate) recovery_mode: RecoveryMode,
 }
+
+/// What opening a store does with damage in the journal's synced data.
+///
+/// A torn tail (a write cut short by a crash, after the last fsync) is
+/// always truncated with a log line: nothing in it was acknowledged at
+/// [`Durability::PowerLoss`], and a process crash can only tear the last
+/// frame. This mode decides about damage *before* synced data ends.
+///
+/// # Examples
+///
+/// ```
+/// use readmark::{Config, RecoveryMode};
+/// let config = Config::new().recovery_mode(RecoveryMode::TolerateCorruption);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RecoveryMode {
+    /// Refuse to open with [`Error::JournalCorrupt`] naming the file and
+    /// offset; nothing is changed.
+    #[default]
+    Strict,
+    /// Replay every frame that validates, skip the damaged ranges (logged).
+    TolerateCorruption,
+}
+
+/// Estimated memory of one buffered key (map entry and node overhead),
+/// used to turn [`Config::combiner_max_bytes`] into a key count.
+pub(crate) const PENDING_ENTRY_BYTES: usize = 96;
 
 impl Default for Config {
     fn default() -> Self {
@@ -78,6 +118,11 @@ impl Config {
             block_cache_bytes: 64 << 20,
             max_successive_merges: 16,
             write_buffer_bytes: 32 << 20,
+            flush_interval: Duration::from_secs(1),
+            flush_after_updates: 100,
+            combiner_max_bytes: 32 << 20,
+            journal_segment_bytes: 8 << 20,
+            recovery_mode: RecoveryMode::Strict,
         }
     }
 
@@ -127,7 +172,68 @@ impl Config {
         self
     }
 
+    /// How often buffered marks are written to RocksDB: at most one durable
+    /// write per key per interval. Default 1 s; at least 1 ms.
+    pub fn flush_interval(mut self, every: Duration) -> Self {
+        self.flush_interval = every;
+        self
+    }
+
+    /// A key is flushed at once after this many updates since its last
+    /// flush (a long scroll). Default 100; at least 1.
+    pub fn flush_after_updates(mut self, n: u32) -> Self {
+        self.flush_after_updates = n;
+        self
+    }
+
+    /// Memory cap of the write-combining buffer; reaching it flushes
+    /// everything. Default 32 MiB (about 350 000 keys); at least 4 KiB.
+    pub fn combiner_max_bytes(mut self, bytes: usize) -> Self {
+        self.combiner_max_bytes = bytes;
+        self
+    }
+
+    /// Size of each of the journal's two segment files; a full segment
+    /// triggers a flush. Default 8 MiB; at least 64 KiB. Changing it on an
+    /// existing store is allowed (the journal is replayed, then resized).
+    pub fn journal_segment_bytes(mut self, bytes: usize) -> Self {
+        self.journal_segment_bytes = bytes;
+        self
+    }
+
+    /// What to do with damage in synced journal data at open. Default
+    /// [`RecoveryMode::Strict`].
+    pub fn recovery_mode(mut self, mode: RecoveryMode) -> Self {
+        self.recovery_mode = mode;
+        self
+    }
+
+    pub(crate) fn max_pending_keys(&self) -> usize {
+        (self.combiner_max_bytes / PENDING_ENTRY_BYTES).max(1)
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.flush_interval < Duration::from_millis(1) {
+            return Err(Error::InvalidConfig(
+                "flush_interval must be at least 1 ms".into(),
+            ));
+        }
+        if self.flush_after_updates == 0 {
+            return Err(Error::InvalidConfig(
+                "flush_after_updates must be at least 1".into(),
+            ));
+        }
+        if self.combiner_max_bytes < 4096 {
+            return Err(Error::InvalidConfig(
+                "combiner_max_bytes must be at least 4096".into(),
+            ));
+        }
+        if self.journal_segment_bytes < crate::journal::MIN_SEGMENT_BYTES {
+            return Err(Error::InvalidConfig(format!(
+                "journal_segment_bytes must be at least {}",
+                crate::journal::MIN_SEGMENT_BYTES
+            )));
+        }
         if self.max_successive_merges == 0 {
             return Err(Error::InvalidConfig(
                 "max_successive_merges must be at least 1".into(),

@@ -100,6 +100,24 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// An earlier write or fsync failed, so the store no longer knows what
+    /// reached the disk and refuses writes. Close it and open it again:
+    /// recovery replays the journal and loses nothing acknowledged.
+    #[error("store is poisoned by an earlier I/O failure ({0}); close and reopen it")]
+    Poisoned(String),
+
+    /// The journal holds damage in data that had been synced (not a torn
+    /// tail). Nothing was changed; open with
+    /// [`RecoveryMode::TolerateCorruption`](crate::RecoveryMode) to replay
+    /// every valid frame and skip the damage.
+    #[error("journal {path} is corrupt at offset {offset}")]
+    JournalCorrupt {
+        /// The journal segment file.
+        path: PathBuf,
+        /// Byte offset of the first damaged frame.
+        offset: u64,
+    },
+
     /// An argument is out of range (for example a page limit of 0).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),

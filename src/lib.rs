@@ -39,9 +39,11 @@
 // Without the store, the encodings are only reached through `fuzzing`.
 #![cfg_attr(not(feature = "store"), allow(dead_code))]
 
+mod combiner;
 mod config;
 mod error;
 mod ids;
+mod journal;
 mod keys;
 mod mark;
 mod merge;
@@ -49,7 +51,7 @@ mod records;
 #[cfg(feature = "store")]
 mod store;
 
-pub use config::{Config, Durability};
+pub use config::{Config, Durability, RecoveryMode};
 pub use error::{Error, Result};
 pub use ids::{ConversationId, MessageId, Timestamp, UserId};
 pub use mark::ReadMark;

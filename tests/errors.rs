@@ -242,3 +242,40 @@ fn malformed_operand_survives_flush_and_reopen() {
     let s = Store::open(dir.path(), small_config()).unwrap();
     assert_eq!(s.mark(C, ALICE).unwrap().unwrap().up_to, MessageId(3));
 }
+
+/// Regression (found by `crash::kill_9_at_random_points`): a store killed
+/// during its very first open has RocksDB's `CURRENT` and only the `default`
+/// column family; open used to refuse it as "no meta column family" instead
+/// of adopting the empty store.
+#[test]
+fn regression_store_killed_during_first_open_is_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        rocksdb::DB::open(&opts, dir.path()).unwrap();
+    }
+    let s = Store::open(dir.path(), small_config()).unwrap();
+    s.create_conversation(C).unwrap();
+    s.close().unwrap();
+    Store::open(dir.path(), small_config()).unwrap();
+}
+
+/// The same half-created store, but holding data (not readmark's): refused.
+#[test]
+fn foreign_rocksdb_with_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        let db = rocksdb::DB::open(&opts, dir.path()).unwrap();
+        db.put(b"k", b"v").unwrap();
+    }
+    assert!(matches!(
+        Store::open(dir.path(), small_config()),
+        Err(Error::Corrupt {
+            column_family: "meta",
+            ..
+        })
+    ));
+}

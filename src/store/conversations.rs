@@ -124,6 +124,7 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn remove_member(&self, conversation: ConversationId, user: UserId) -> Result<()> {
+        self.writer.flush_all(true)?;
         let _guard = self.lock(conversation);
         let view = self.view();
         let mut conv = view.conversation_record(conversation)?;

@@ -2,7 +2,6 @@
 //! point and prefix reads, "read by" derived from marks, and the unread flag.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::Ordering;
 
 use super::{Cf, Store};
 use crate::config::Durability;
@@ -152,15 +151,18 @@ impl Store {
         at: Timestamp,
         durability: Durability,
     ) -> Result<()> {
-        self.view().require_member(conversation, user)?;
-        self.db.merge_cf_opt(
-            self.cf(Cf::Marks),
-            keys::member_key(conversation, user),
-            MarkState::from_mark(up_to, at).encode(),
-            &self.write_options(durability),
-        )?;
-        self.mark_updates.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        // A key already buffered passed this check moments ago: a scroll
+        // burst pays one membership lookup, not one per update. (A leave
+        // flushes the buffer first, so the key is not buffered after it.)
+        if !self.writer.combiner.contains(conversation.0, user.0) {
+            self.view().require_member(conversation, user)?;
+        }
+        self.writer.update(
+            conversation.0,
+            user.0,
+            MarkState::from_mark(up_to, at),
+            durability,
+        )
     }
 
     /// The read mark of `user` in `conversation`, `None` if they have read
@@ -378,13 +380,8 @@ impl Store {
             set,
             pos,
         });
-        self.db.merge_cf_opt(
-            self.cf(Cf::Marks),
-            keys::member_key(conversation, user),
-            operand.encode(),
-            &self.write_options(self.config.durability),
-        )?;
-        Ok(())
+        self.writer
+            .update(conversation.0, user.0, operand, self.config.durability)
     }
 
     /// Testing hook: writes `operand` verbatim as a merge operand of the

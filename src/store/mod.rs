@@ -9,10 +9,13 @@ mod conversations;
 mod marks;
 mod messages;
 mod view;
+mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use byteorder::{BigEndian, ByteOrder};
 use parking_lot::{Mutex, MutexGuard};
@@ -21,10 +24,13 @@ use rocksdb::{
     WriteOptions, DB,
 };
 
-use crate::config::{Config, Durability};
+use crate::config::{Config, Durability, RecoveryMode};
 use crate::error::{Error, Result};
 use crate::ids::ConversationId;
+use crate::journal::{self, record::MarkRecord, Journal};
+use crate::keys;
 use crate::merge::{adapter, MergeCounters};
+use writer::Writer;
 
 pub use marks::{Page, ReadBy, ReadTime, Reader, ReceiptSource};
 pub use messages::Unread;
@@ -101,8 +107,24 @@ impl Cf {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// `mark_read` calls accepted (logical updates).
+    /// Logical mark updates accepted (`mark_read` and unread-flag calls).
     pub mark_updates: u64,
+    /// Updates joined into a key already buffered: they cost no write.
+    pub combined_away: u64,
+    /// RocksDB write batches issued by flushes (full and single-key).
+    pub durable_batches: u64,
+    /// fsyncs: journal group commits, durable retirements, and synced
+    /// RocksDB writes.
+    pub fsyncs: u64,
+    /// Keys written to RocksDB by flushes (one merge operand each).
+    pub keys_written: u64,
+    /// Bytes appended to the journal (frames, including headers).
+    pub journal_bytes: u64,
+    /// Keys buffered right now.
+    pub pending_keys: u64,
+    /// Journal replay at open: frames replayed, and frames skipped because
+    /// their member had left.
+    pub replayed_frames: u64,
     /// Times a merge skipped an input it could not decode (corruption or a
     /// foreign writer; the rest of the record is kept). One bad operand is
     /// counted each time a read or compaction meets it, until a compaction
@@ -135,11 +157,14 @@ pub struct Stats {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Store {
-    db: DB,
+    db: Arc<DB>,
     path: PathBuf,
     config: Config,
     merge_counters: Arc<MergeCounters>,
-    mark_updates: AtomicU64,
+    writer: Arc<Writer>,
+    timer: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+    replayed: u64,
     locks: Box<[Mutex<()>]>,
 }
 
@@ -205,18 +230,55 @@ impl Store {
             ColumnFamilyDescriptor::new(name.as_str(), opts)
         });
         let mut db = DB::open_cf_descriptors(&db_opts, &path, descriptors)?;
-        check_format(&db, &path, is_new, &names)?;
+        let version = check_format(&db, &path, is_new, &names)?;
         for cf in Cf::ALL {
             if !names.iter().any(|n| n == cf.name()) {
                 db.create_cf(cf.name(), &cf_options(cf, &config, &cache, &merge_counters))?;
             }
         }
+        if version.is_none() {
+            let meta = db
+                .cf_handle(Cf::Meta.name())
+                .ok_or(Error::InvalidArgument("no meta column family"))?;
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.put_cf_opt(
+                meta,
+                FORMAT_VERSION_KEY,
+                FORMAT_VERSION.to_be_bytes(),
+                &opts,
+            )?;
+        }
+        let db = Arc::new(db);
+        let journal_dir = path.join(journal::JOURNAL_DIR);
+        let recovery = journal::recover(
+            &journal_dir,
+            config.recovery_mode == RecoveryMode::TolerateCorruption,
+        )?;
+        let replayed = replay(&db, &recovery, config.recovery_mode, &journal_dir)?;
+        let journal = Journal::create(&journal_dir, config.journal_segment_bytes, &recovery)?;
+        let writer = Arc::new(Writer::new(
+            db.clone(),
+            journal,
+            config.max_pending_keys(),
+            config.flush_after_updates,
+        ));
+        let timer = {
+            let writer = writer.clone();
+            let interval = config.flush_interval;
+            std::thread::Builder::new()
+                .name("readmark-flush".into())
+                .spawn(move || writer.run_timer(interval))?
+        };
         Ok(Store {
             db,
             path,
             config,
             merge_counters,
-            mark_updates: AtomicU64::new(0),
+            writer,
+            timer: Mutex::new(Some(timer)),
+            closed: AtomicBool::new(false),
+            replayed,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
         })
     }
@@ -238,11 +300,95 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn close(self) -> Result<()> {
+        self.shutdown()?;
         let cfs: Vec<&ColumnFamily> = Cf::ALL.iter().map(|&c| self.cf(c)).collect();
         self.db
             .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
         self.db.flush_wal(true)?;
         Ok(())
+    }
+
+    /// Stops the flush timer and flushes the combiner (once).
+    fn shutdown(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.writer.stop_timer();
+        if let Some(t) = self.timer.lock().take() {
+            let _ = t.join();
+        }
+        self.writer.flush_all(true)
+    }
+
+    /// Writes every buffered mark to RocksDB now and retires the journal
+    /// segment that held them. The timer does this every
+    /// [`Config::flush_interval`]; call it to bound what a
+    /// [`Durability::Memory`] update can lose.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Poisoned`] after an earlier failure; a failing write poisons
+    /// the store and returns its error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new())?;
+    /// store.flush()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn flush(&self) -> Result<()> {
+        self.writer.flush_all(false)
+    }
+
+    /// Writes one user's buffered mark in one conversation now. Call it when
+    /// the user leaves the conversation (closes it on screen): their burst of
+    /// scroll updates becomes one write without waiting for the timer.
+    /// Does nothing if nothing is buffered.
+    ///
+    /// # Errors
+    ///
+    /// As [`flush`](Store::flush).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, u) = (ConversationId(1), UserId(1));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, u, Timestamp(0))?;
+    /// for m in 1..=50 {
+    ///     store.mark_read(c, u, MessageId(m), Timestamp(m))?;
+    /// }
+    /// store.flush_key(c, u)?; // one durable write for the 50 updates
+    /// assert_eq!(store.stats().keys_written, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn flush_key(&self, conversation: ConversationId, user: crate::ids::UserId) -> Result<()> {
+        self.writer.flush_key(conversation.0, user.0)
+    }
+
+    /// Testing hook: waits until at least `n` flushes happened since open.
+    #[doc(hidden)]
+    pub fn __wait_for_flushes(&self, n: u64, timeout: Duration) -> bool {
+        self.writer.wait_flushes(n, timeout)
+    }
+
+    /// Testing hook (fault injection): the `ops`-th journal operation from
+    /// now fails with an I/O error.
+    #[doc(hidden)]
+    pub fn __fail_journal_after(&self, ops: u64) {
+        self.writer.journal.fail_after(ops);
+    }
+
+    /// Testing hook: flushes observed since open.
+    #[doc(hidden)]
+    pub fn __flush_count(&self) -> u64 {
+        self.writer.flush_count()
     }
 
     /// The directory the store lives in.
@@ -254,8 +400,17 @@ impl Store {
     /// Counters since this store was opened.
     #[must_use]
     pub fn stats(&self) -> Stats {
+        let c = &self.writer.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Stats {
-            mark_updates: self.mark_updates.load(Ordering::Relaxed),
+            mark_updates: load(&c.updates),
+            combined_away: load(&c.combined),
+            durable_batches: load(&c.batches),
+            fsyncs: load(&c.rocksdb_syncs) + self.writer.journal.syncs(),
+            keys_written: load(&c.keys_written),
+            journal_bytes: self.writer.journal.bytes_appended(),
+            pending_keys: self.writer.combiner.keys() as u64,
+            replayed_frames: self.replayed,
             malformed_operands: self.merge_counters.malformed.load(Ordering::Relaxed),
         }
     }
@@ -276,25 +431,16 @@ impl Store {
         self.locks[i].lock()
     }
 
-    pub(crate) fn write_options(&self, durability: Durability) -> WriteOptions {
-        let mut o = WriteOptions::default();
-        match durability {
-            Durability::Memory => o.disable_wal(true),
-            Durability::ProcessCrash => {}
-            Durability::PowerLoss => o.set_sync(true),
-        }
-        o
-    }
-
-    /// Membership and message writes are logged even at
-    /// [`Durability::Memory`]: losing a mark only costs a re-read, losing a
-    /// membership change would leave counts inconsistent.
+    /// Membership and message writes go straight to RocksDB's write-ahead
+    /// log (they are rare and must not be lost to a process crash), synced
+    /// at [`Durability::PowerLoss`].
     pub(crate) fn write_structural(&self, batch: WriteBatch) -> Result<()> {
-        let d = match self.config.durability {
-            Durability::Memory => Durability::ProcessCrash,
-            d => d,
-        };
-        self.db.write_opt(batch, &self.write_options(d))?;
+        self.writer.check_poison()?;
+        let mut o = WriteOptions::default();
+        o.set_sync(self.config.durability == Durability::PowerLoss);
+        if let Err(e) = self.db.write_opt(batch, &o) {
+            return Err(self.writer.poison("RocksDB write", e.into()));
+        }
         Ok(())
     }
 
@@ -317,23 +463,74 @@ impl Store {
     }
 }
 
-/// Reads the format version: refuses an unknown one, writes it into a new
-/// store, and adopts a store that has none only if it holds no record at all
-/// (created, then killed before the version was written).
-fn check_format(db: &DB, path: &Path, is_new: bool, names: &[String]) -> Result<()> {
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "flush at drop failed; the journal keeps what was acknowledged");
+        }
+    }
+}
+
+/// Replays recovered journal frames into RocksDB (synced) before the journal
+/// is re-initialised. Merges are idempotent, so a frame whose update had
+/// already been flushed is harmless; frames of users who are no longer
+/// members are skipped (their membership ended after the frame was written).
+fn replay(db: &DB, recovery: &journal::Recovery, mode: RecoveryMode, dir: &Path) -> Result<u64> {
+    let marks = db
+        .cf_handle(Cf::Marks.name())
+        .ok_or(Error::InvalidArgument("no marks column family"))?;
+    let members = db
+        .cf_handle(Cf::Members.name())
+        .ok_or(Error::InvalidArgument("no members column family"))?;
+    let mut batch = WriteBatch::default();
+    let mut n = 0u64;
+    for payload in &recovery.payloads {
+        let Some(r) = MarkRecord::decode(payload) else {
+            if mode == RecoveryMode::Strict {
+                return Err(Error::JournalCorrupt {
+                    path: dir.to_path_buf(),
+                    offset: 0,
+                });
+            }
+            tracing::warn!("journal: skipped a frame whose payload does not decode");
+            continue;
+        };
+        let key = keys::pair_key(r.conversation, r.user);
+        if db.get_pinned_cf(members, key)?.is_none() {
+            continue;
+        }
+        batch.merge_cf(marks, key, r.state.encode());
+        n += 1;
+    }
+    if !batch.is_empty() {
+        let mut o = WriteOptions::default();
+        o.set_sync(true);
+        db.write_opt(batch, &o)?;
+        tracing::info!(frames = n, "journal replayed");
+    }
+    Ok(n)
+}
+
+/// Reads the format version and refuses an unknown one. `Ok(None)` means
+/// "no version": a new store, or one created and killed before its version
+/// was written (RocksDB writes `CURRENT` before it creates the column
+/// families), which is adopted only if it holds no record at all. Changes
+/// nothing on disk.
+fn check_format(db: &DB, path: &Path, is_new: bool, names: &[String]) -> Result<Option<u32>> {
     let no_version = |reason| Error::Corrupt {
         column_family: Cf::Meta.name(),
         key: FORMAT_VERSION_KEY.to_vec(),
         reason,
     };
-    let meta = db
-        .cf_handle(Cf::Meta.name())
-        .ok_or(no_version("no meta column family"))?;
-    match db.get_cf(meta, FORMAT_VERSION_KEY)? {
+    let stored = match db.cf_handle(Cf::Meta.name()) {
+        Some(meta) => db.get_cf(meta, FORMAT_VERSION_KEY)?,
+        None => None,
+    };
+    match stored {
         Some(v) if v.len() == 4 => {
             let found = BigEndian::read_u32(&v);
             if found == FORMAT_VERSION {
-                Ok(())
+                Ok(Some(found))
             } else {
                 Err(Error::UnsupportedFormat {
                     found,
@@ -357,15 +554,7 @@ fn check_format(db: &DB, path: &Path, is_new: bool, names: &[String]) -> Result<
                     it.status()?;
                 }
             }
-            let mut opts = WriteOptions::default();
-            opts.set_sync(true);
-            db.put_cf_opt(
-                meta,
-                FORMAT_VERSION_KEY,
-                FORMAT_VERSION.to_be_bytes(),
-                &opts,
-            )?;
-            Ok(())
+            Ok(None)
         }
     }
 }

@@ -91,18 +91,25 @@ impl<'a> View<'a> {
         }
     }
 
+    /// The mark state as the user sees it: what RocksDB holds joined with
+    /// what the write-combining buffer still holds (read-your-writes).
     pub(crate) fn mark_state(
         &self,
         conversation: ConversationId,
         user: UserId,
     ) -> Result<MarkState> {
         let key = keys::member_key(conversation, user);
-        match self.get(Cf::Marks, &key)? {
-            None => Ok(MarkState::default()),
-            Some(raw) => {
-                MarkState::decode(&raw).ok_or_else(|| corrupt(Cf::Marks, &key, "bad mark record"))
-            }
-        }
+        let stored = match self.get(Cf::Marks, &key)? {
+            None => MarkState::default(),
+            Some(raw) => MarkState::decode(&raw)
+                .ok_or_else(|| corrupt(Cf::Marks, &key, "bad mark record"))?,
+        };
+        Ok(
+            match self.store.writer.combiner.peek(conversation.0, user.0) {
+                Some(p) => stored.join(p),
+                None => stored,
+            },
+        )
     }
 
     /// A raw iterator over the pair keys `(outer, inner >= from)` of `cf`.
@@ -147,6 +154,8 @@ impl<'a> View<'a> {
         conversation: ConversationId,
         mut f: impl FnMut(UserId, MemberRecord, MarkState) -> ControlFlow<()>,
     ) -> Result<()> {
+        let pending = self.store.writer.combiner.pending_in(conversation.0);
+        let mut pending = pending.iter().peekable();
         let mut members = self.prefix_iter(Cf::Members, conversation.0, 0);
         let mut marks = self.prefix_iter(Cf::Marks, conversation.0, 0);
         while let (Some(k), Some(v)) = (members.key(), members.value()) {
@@ -168,6 +177,10 @@ impl<'a> View<'a> {
                         .ok_or_else(|| corrupt(Cf::Marks, mk, "bad mark record"))?;
                 }
                 break;
+            }
+            while pending.next_if(|(u, _)| *u < user).is_some() {}
+            if let Some((_, p)) = pending.next_if(|(u, _)| *u == user) {
+                state = state.join(*p);
             }
             if f(UserId(user), member, state).is_break() {
                 break;

@@ -1,0 +1,408 @@
+//! The journal: CRC-framed records in two memory-mapped segments that are
+//! reused in turn, so an acknowledged update survives a process crash
+//! (bytes in a shared file mapping are the page cache's, not the process's)
+//! and, after a group-commit fsync, power loss.
+//!
+//! Life of a segment: `reset` (new epoch in the header, end marker after
+//! it) → frames appended while it is active → `rotate` makes the other one
+//! active → the combiner flushes to RocksDB → `retire` (a new epoch: every
+//! old frame stops validating). Only two segments ever exist, so the pages
+//! written are the same pages again and again, and the bytes that reach the
+//! disk per logical update fall as more updates share a page between
+//! write-backs.
+//!
+//! Formats: [`frame`] (segment header, frame), [`record`] (payload).
+//! Recovery rules: [`scan`].
+
+pub(crate) mod frame;
+pub(crate) mod record;
+pub(crate) mod scan;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::MmapMut;
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use frame::{
+    frame_size, write_frame, write_header, FRAME_HEADER_LEN, MAX_PAYLOAD, SEGMENT_HEADER_LEN,
+};
+use scan::{scan_segment, ScanEnd};
+
+/// Number of segments.
+pub(crate) const SEGMENTS: usize = 2;
+/// Directory of the journal inside the store directory.
+pub(crate) const JOURNAL_DIR: &str = "readmark-journal";
+/// Smallest segment accepted by the configuration.
+pub(crate) const MIN_SEGMENT_BYTES: usize = 64 << 10;
+
+pub(crate) fn segment_path(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("segment-{i}"))
+}
+
+/// What recovery found: payloads to replay, and where numbering resumes.
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    pub(crate) payloads: Vec<Vec<u8>>,
+    pub(crate) max_epoch: u64,
+    pub(crate) max_seq: u64,
+    /// Torn tails truncated: (file, offset).
+    pub(crate) torn: Vec<(PathBuf, usize)>,
+    /// Ranges skipped in tolerant mode: (file, from, to).
+    pub(crate) skipped: Vec<(PathBuf, usize, usize)>,
+}
+
+/// Reads every valid frame of every segment, without changing anything.
+/// Files are read, not mapped: a file truncated by someone else cannot
+/// raise SIGBUS here.
+pub(crate) fn recover(dir: &Path, tolerant: bool) -> Result<Recovery> {
+    let mut rec = Recovery::default();
+    for i in 0..SEGMENTS {
+        let path = segment_path(dir, i);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let scan = scan_segment(&bytes, tolerant);
+        if let Some((epoch, _)) = scan.header {
+            rec.max_epoch = rec.max_epoch.max(epoch);
+        }
+        match scan.end {
+            ScanEnd::Corrupt { offset } => {
+                return Err(Error::JournalCorrupt {
+                    path,
+                    offset: offset as u64,
+                })
+            }
+            ScanEnd::TornTail { offset } => {
+                tracing::warn!(file = %path.display(), offset, "journal: torn tail truncated (a write cut short by a crash; nothing after it had been synced)");
+                rec.torn.push((path.clone(), offset));
+            }
+            ScanEnd::Clean { .. } => {}
+        }
+        for (from, to) in &scan.skipped {
+            tracing::warn!(file = %path.display(), from, to, "journal: damaged range skipped (tolerant recovery)");
+            rec.skipped.push((path.clone(), *from, *to));
+        }
+        for f in scan.frames {
+            rec.max_seq = rec.max_seq.max(f.seq);
+            rec.payloads.push(f.payload.to_vec());
+        }
+    }
+    Ok(rec)
+}
+
+struct State {
+    maps: Vec<MmapMut>,
+    epochs: [u64; SEGMENTS],
+    write_off: [usize; SEGMENTS],
+    frames: [u64; SEGMENTS],
+    active: usize,
+    next_seq: u64,
+    next_epoch: u64,
+}
+
+impl State {
+    fn reset(&mut self, i: usize) {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        let map = &mut self.maps[i];
+        write_header(&mut map[..SEGMENT_HEADER_LEN], epoch, self.next_seq);
+        map[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + FRAME_HEADER_LEN].fill(0);
+        self.epochs[i] = epoch;
+        self.write_off[i] = SEGMENT_HEADER_LEN;
+        self.frames[i] = 0;
+    }
+}
+
+/// The journal of an open store.
+pub(crate) struct Journal {
+    state: Mutex<State>,
+    /// Handles for fdatasync outside the state lock (group commit).
+    files: Vec<File>,
+    sync_lock: Mutex<()>,
+    /// Highest seq whose bytes are fully in a mapped page.
+    written: AtomicU64,
+    /// Highest seq made durable by an fsync.
+    synced: AtomicU64,
+    bytes_appended: AtomicU64,
+    syncs: AtomicU64,
+    /// Fault injection: journal operations left before one fails (-1: never).
+    fail_after: std::sync::atomic::AtomicI64,
+}
+
+impl Journal {
+    /// Fault injection for tests: the `ops`-th journal operation from now
+    /// (append, fsync, durable retire) fails with an I/O error, as a full
+    /// disk or a failing device would.
+    pub(crate) fn fail_after(&self, ops: u64) {
+        self.fail_after
+            .store(i64::try_from(ops).unwrap_or(i64::MAX), Ordering::SeqCst);
+    }
+
+    fn injected_fault(&self) -> std::io::Result<()> {
+        let left = self.fail_after.load(Ordering::SeqCst);
+        if left < 0 {
+            return Ok(());
+        }
+        if self.fail_after.fetch_sub(1, Ordering::SeqCst) <= 0 {
+            self.fail_after.store(-1, Ordering::SeqCst);
+            return Err(std::io::Error::other(
+                "injected fault (Store::__fail_journal_after)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates or re-initialises both segments after `recovery`'s payloads
+    /// are durable elsewhere: new epochs, so nothing recovered is replayed
+    /// twice.
+    pub(crate) fn create(dir: &Path, segment_bytes: usize, recovery: &Recovery) -> Result<Journal> {
+        std::fs::create_dir_all(dir)?;
+        let mut files = Vec::with_capacity(SEGMENTS);
+        let mut maps = Vec::with_capacity(SEGMENTS);
+        for i in 0..SEGMENTS {
+            let path = segment_path(dir, i);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            if file.metadata()?.len() != segment_bytes as u64 {
+                preallocate(&file, segment_bytes)?;
+            }
+            maps.push(map_file(&file)?);
+            files.push(file);
+        }
+        sync_dir(dir)?;
+        let mut state = State {
+            maps,
+            epochs: [0; SEGMENTS],
+            write_off: [SEGMENT_HEADER_LEN; SEGMENTS],
+            frames: [0; SEGMENTS],
+            active: 0,
+            next_seq: recovery.max_seq + 1,
+            next_epoch: recovery.max_epoch + 1,
+        };
+        for i in 0..SEGMENTS {
+            state.reset(i);
+        }
+        for m in &state.maps {
+            m.flush()?;
+        }
+        let synced = recovery.max_seq;
+        Ok(Journal {
+            state: Mutex::new(state),
+            files,
+            sync_lock: Mutex::new(()),
+            written: AtomicU64::new(synced),
+            synced: AtomicU64::new(synced),
+            bytes_appended: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            fail_after: std::sync::atomic::AtomicI64::new(-1),
+        })
+    }
+
+    /// Appends one frame to the active segment. `Ok(None)` when it is full:
+    /// flush (which rotates) and retry.
+    pub(crate) fn append(&self, payload: &[u8]) -> Result<Option<u64>> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(Error::InvalidArgument("journal payload too large"));
+        }
+        let size = frame_size(payload.len());
+        self.injected_fault()?;
+        let mut st = self.state.lock();
+        let a = st.active;
+        let off = st.write_off[a];
+        if off + size + FRAME_HEADER_LEN > st.maps[a].len() {
+            return Ok(None);
+        }
+        let seq = st.next_seq;
+        let epoch = st.epochs[a];
+        let synced = self.synced.load(Ordering::Acquire);
+        let map = &mut st.maps[a];
+        write_frame(&mut map[off..off + size], epoch, seq, synced, payload);
+        // End marker: recovery stops here instead of reading old frames.
+        map[off + size..off + size + FRAME_HEADER_LEN].fill(0);
+        st.write_off[a] = off + size;
+        st.frames[a] += 1;
+        st.next_seq = seq + 1;
+        self.written.store(seq, Ordering::Release);
+        self.bytes_appended
+            .fetch_add(size as u64, Ordering::Relaxed);
+        Ok(Some(seq))
+    }
+
+    /// Returns once frame `seq` is durable. Concurrent callers share one
+    /// fsync: whoever takes the lock syncs everything written so far, and
+    /// the others find their frame already covered.
+    pub(crate) fn sync_to(&self, seq: u64) -> std::io::Result<()> {
+        if self.synced.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let _leader = self.sync_lock.lock();
+        if self.synced.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        self.injected_fault()?;
+        let target = self.written.load(Ordering::Acquire);
+        // fdatasync on the mapped file: Linux marks pages of a shared
+        // mapping dirty in the page cache at the first write fault, and
+        // msync(MS_SYNC) itself is vfs_fsync_range on the file.
+        for f in &self.files {
+            f.sync_data()?;
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.synced.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Makes the other segment active and returns the one to retire once
+    /// the combiner's contents are durable in RocksDB, with whether it holds
+    /// any frame.
+    pub(crate) fn rotate(&self) -> (usize, bool) {
+        let mut st = self.state.lock();
+        let old = st.active;
+        let new = (old + 1) % SEGMENTS;
+        st.reset(new);
+        st.active = new;
+        (old, st.frames[old] > 0)
+    }
+
+    /// Invalidates every frame of segment `i` (a new epoch). With `durable`,
+    /// the new header is fsynced before returning, so no crash can bring the
+    /// old frames back.
+    pub(crate) fn retire(&self, i: usize, durable: bool) -> std::io::Result<()> {
+        let mut st = self.state.lock();
+        if st.active == i {
+            return Ok(());
+        }
+        st.reset(i);
+        if durable {
+            self.injected_fault()?;
+            st.maps[i].flush_range(0, SEGMENT_HEADER_LEN + FRAME_HEADER_LEN)?;
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Bytes of frames appended since open.
+    pub(crate) fn bytes_appended(&self) -> u64 {
+        self.bytes_appended.load(Ordering::Relaxed)
+    }
+
+    /// Group-commit fsyncs (and durable retirements) since open.
+    pub(crate) fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Frames in the active and the other segment.
+    pub(crate) fn frames(&self) -> [u64; SEGMENTS] {
+        self.state.lock().frames
+    }
+}
+
+/// Gives the file real blocks (zeros written, then fsynced): writing into a
+/// hole of a sparse file through a mapping could need a block at fault time
+/// and raise SIGBUS on a full disk; this way a full disk is an error here.
+fn preallocate(file: &File, len: usize) -> std::io::Result<()> {
+    file.set_len(0)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let zeros = vec![0u8; 1 << 16];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        w.write_all(&zeros[..n])?;
+        left -= n;
+    }
+    w.flush()?;
+    drop(w);
+    file.sync_all()
+}
+
+#[allow(unsafe_code)]
+fn map_file(file: &File) -> std::io::Result<MmapMut> {
+    // SAFETY: the file is readmark's own, sized and filled by `create`
+    // before mapping, and only this process writes it while the store is
+    // open (RocksDB's LOCK file in the same directory keeps a second
+    // process out). If another program truncates it anyway, access raises
+    // SIGBUS: the argument is in docs/design.md.
+    unsafe { MmapMut::map_mut(file) }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{MessageId, Timestamp};
+    use crate::mark::MarkState;
+    use record::MarkRecord;
+
+    fn payload(i: u64) -> Vec<u8> {
+        MarkRecord {
+            conversation: 1,
+            user: i,
+            state: MarkState::from_mark(MessageId(i), Timestamp(i)),
+        }
+        .encode()
+    }
+
+    #[test]
+    fn append_recover_roundtrip_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), MIN_SEGMENT_BYTES, &Recovery::default()).unwrap();
+        for i in 1..=10 {
+            assert_eq!(j.append(&payload(i)).unwrap(), Some(i));
+        }
+        j.sync_to(10).unwrap();
+        let rec = recover(dir.path(), false).unwrap();
+        assert_eq!(rec.payloads, (1..=10).map(payload).collect::<Vec<_>>());
+        // Rotate and retire: the old frames are gone, new ones are kept.
+        let (old, nonempty) = j.rotate();
+        assert!(nonempty);
+        j.append(&payload(11)).unwrap();
+        j.retire(old, true).unwrap();
+        let rec = recover(dir.path(), false).unwrap();
+        assert_eq!(rec.payloads, vec![payload(11)]);
+        assert_eq!(rec.max_seq, 11);
+    }
+
+    #[test]
+    fn full_segment_asks_for_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), MIN_SEGMENT_BYTES, &Recovery::default()).unwrap();
+        let mut n = 0u64;
+        while j.append(&payload(n + 1)).unwrap().is_some() {
+            n += 1;
+        }
+        assert!(n > 1000);
+        let (old, _) = j.rotate();
+        assert!(j.append(&payload(1)).unwrap().is_some());
+        j.retire(old, false).unwrap();
+    }
+
+    #[test]
+    fn reopen_continues_numbering_and_never_replays_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::create(dir.path(), MIN_SEGMENT_BYTES, &Recovery::default()).unwrap();
+            for i in 1..=3 {
+                j.append(&payload(i)).unwrap();
+            }
+        }
+        let rec = recover(dir.path(), false).unwrap();
+        assert_eq!(rec.payloads.len(), 3);
+        let j = Journal::create(dir.path(), MIN_SEGMENT_BYTES, &rec).unwrap();
+        assert_eq!(j.append(&payload(9)).unwrap(), Some(4));
+        let again = recover(dir.path(), false).unwrap();
+        assert_eq!(again.payloads, vec![payload(9)]);
+    }
+}

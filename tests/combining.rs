@@ -1,0 +1,376 @@
+//! The write-combining buffer on a real store: one durable write per key per
+//! flush, every flush trigger, read-your-writes, poisoning.
+
+mod common;
+
+use std::time::Duration;
+
+use readmark::{
+    Config, ConversationId, Durability, Error, MessageId, Page, Store, Timestamp, UserId,
+};
+
+const C: ConversationId = ConversationId(1);
+
+/// A store whose timer never fires during a test, so every flush is one the
+/// test caused.
+fn quiet_config() -> Config {
+    common::small_config().flush_interval(Duration::from_secs(3600))
+}
+
+fn setup(store: &Store, members: u64) {
+    store.create_conversation(C).unwrap();
+    for u in 0..members {
+        store.add_member(C, UserId(u), Timestamp(0)).unwrap();
+    }
+}
+
+#[test]
+fn burst_of_50_updates_is_one_key_write_per_flush() {
+    for durability in [
+        Durability::Memory,
+        Durability::ProcessCrash,
+        Durability::PowerLoss,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), quiet_config().durability(durability)).unwrap();
+        setup(&store, 2);
+        let before = store.stats();
+        for m in 1..=50 {
+            store
+                .mark_read(C, UserId(1), MessageId(m), Timestamp(m))
+                .unwrap();
+        }
+        // Read-your-writes before any flush.
+        assert_eq!(
+            store.mark(C, UserId(1)).unwrap().unwrap().up_to,
+            MessageId(50)
+        );
+        let mid = store.stats();
+        assert_eq!(
+            mid.keys_written, before.keys_written,
+            "{durability:?}: nothing written yet"
+        );
+        assert_eq!(mid.combined_away - before.combined_away, 49);
+        store.flush().unwrap();
+        let after = store.stats();
+        assert_eq!(
+            after.keys_written - before.keys_written,
+            1,
+            "{durability:?}"
+        );
+        assert_eq!(
+            after.durable_batches - before.durable_batches,
+            1,
+            "{durability:?}"
+        );
+        assert_eq!(after.mark_updates - before.mark_updates, 50);
+        if durability == Durability::Memory {
+            assert_eq!(after.journal_bytes, before.journal_bytes);
+        } else {
+            assert!(after.journal_bytes > before.journal_bytes);
+        }
+        store.close().unwrap();
+        let store = Store::open(dir.path(), quiet_config()).unwrap();
+        assert_eq!(
+            store.mark(C, UserId(1)).unwrap().unwrap().up_to,
+            MessageId(50)
+        );
+    }
+}
+
+#[test]
+fn timer_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        common::small_config().flush_interval(Duration::from_millis(20)),
+    )
+    .unwrap();
+    setup(&store, 2);
+    let flushes = store.__flush_count();
+    for m in 1..=10 {
+        store
+            .mark_read(C, UserId(1), MessageId(m), Timestamp(m))
+            .unwrap();
+    }
+    assert!(
+        store.__wait_for_flushes(flushes + 1, Duration::from_secs(30)),
+        "the timer never flushed"
+    );
+    // Wait for the flush that drained the buffer (the first one may have
+    // raced the updates).
+    let mut n = flushes + 1;
+    while store.stats().pending_keys > 0 {
+        n += 1;
+        assert!(store.__wait_for_flushes(n, Duration::from_secs(30)));
+    }
+    assert_eq!(store.stats().keys_written, 1);
+}
+
+#[test]
+fn flush_key_when_the_user_leaves_the_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), quiet_config()).unwrap();
+    setup(&store, 3);
+    for m in 1..=20 {
+        store
+            .mark_read(C, UserId(1), MessageId(m), Timestamp(m))
+            .unwrap();
+        store
+            .mark_read(C, UserId(2), MessageId(m), Timestamp(m))
+            .unwrap();
+    }
+    store.flush_key(C, UserId(1)).unwrap();
+    let s = store.stats();
+    assert_eq!((s.keys_written, s.pending_keys), (1, 1));
+    store.flush_key(C, UserId(1)).unwrap(); // nothing left: no write
+    assert_eq!(store.stats().keys_written, 1);
+}
+
+#[test]
+fn count_trigger_flushes_a_hot_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), quiet_config().flush_after_updates(10)).unwrap();
+    setup(&store, 2);
+    for m in 1..=9 {
+        store
+            .mark_read(C, UserId(1), MessageId(m), Timestamp(m))
+            .unwrap();
+    }
+    assert_eq!(store.stats().keys_written, 0);
+    store
+        .mark_read(C, UserId(1), MessageId(10), Timestamp(10))
+        .unwrap();
+    assert_eq!(store.stats().keys_written, 1);
+    assert_eq!(store.stats().pending_keys, 0);
+    for m in 11..=30 {
+        store
+            .mark_read(C, UserId(1), MessageId(m), Timestamp(m))
+            .unwrap();
+    }
+    assert_eq!(store.stats().keys_written, 3);
+}
+
+#[test]
+fn memory_cap_flushes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4096 bytes / 96 bytes per key = 42 keys.
+    let store = Store::open(dir.path(), quiet_config().combiner_max_bytes(4096)).unwrap();
+    setup(&store, 60);
+    for u in 0..41 {
+        store
+            .mark_read(C, UserId(u), MessageId(1), Timestamp(1))
+            .unwrap();
+    }
+    assert_eq!(store.stats().keys_written, 0);
+    store
+        .mark_read(C, UserId(41), MessageId(1), Timestamp(1))
+        .unwrap();
+    let s = store.stats();
+    assert_eq!((s.keys_written, s.pending_keys), (42, 0));
+}
+
+#[test]
+fn full_journal_segment_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        quiet_config()
+            .journal_segment_bytes(64 << 10)
+            .flush_after_updates(u32::MAX),
+    )
+    .unwrap();
+    setup(&store, 2);
+    // 64 KiB / 48-byte frames: a little over 1,300 frames fill a segment.
+    for m in 1..=5_000u64 {
+        store
+            .mark_read(C, UserId(1), MessageId(m), Timestamp(m))
+            .unwrap();
+    }
+    let s = store.stats();
+    assert!(s.durable_batches >= 3, "{s:?}");
+    assert_eq!(
+        store.mark(C, UserId(1)).unwrap().unwrap().up_to,
+        MessageId(5_000)
+    );
+}
+
+#[test]
+fn close_flushes_and_drop_does_too() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), quiet_config().durability(Durability::Memory)).unwrap();
+        setup(&store, 2);
+        store
+            .mark_read(C, UserId(0), MessageId(7), Timestamp(1))
+            .unwrap();
+        store.close().unwrap();
+    }
+    {
+        let store = Store::open(dir.path(), quiet_config().durability(Durability::Memory)).unwrap();
+        assert_eq!(
+            store.mark(C, UserId(0)).unwrap().unwrap().up_to,
+            MessageId(7)
+        );
+        store
+            .mark_read(C, UserId(1), MessageId(9), Timestamp(1))
+            .unwrap();
+        // dropped without close
+    }
+    let store = Store::open(dir.path(), quiet_config()).unwrap();
+    assert_eq!(
+        store.mark(C, UserId(1)).unwrap().unwrap().up_to,
+        MessageId(9)
+    );
+}
+
+#[test]
+fn buffered_marks_are_visible_to_every_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), quiet_config()).unwrap();
+    setup(&store, 3);
+    store
+        .record_message(C, MessageId(10), UserId(0), Timestamp(1))
+        .unwrap();
+    store
+        .record_message(C, MessageId(11), UserId(0), Timestamp(2))
+        .unwrap();
+    store
+        .mark_read(C, UserId(1), MessageId(10), Timestamp(3))
+        .unwrap();
+    store
+        .mark_read(C, UserId(2), MessageId(11), Timestamp(4))
+        .unwrap();
+    assert_eq!(store.stats().pending_keys, 2);
+    assert_eq!(
+        store
+            .read_by(C, MessageId(10), Page::first(10))
+            .unwrap()
+            .count,
+        2
+    );
+    assert_eq!(store.marks(C).unwrap().len(), 3);
+    assert_eq!(store.unread_count(C, UserId(1)).unwrap().count, 1);
+    assert_eq!(store.unread_count(C, UserId(2)).unwrap().count, 0);
+    store.set_unread_flag(C, UserId(2), Timestamp(5)).unwrap();
+    assert!(store.unread_count(C, UserId(2)).unwrap().marked_unread);
+}
+
+#[test]
+fn leaving_member_takes_no_buffered_mark_along_and_rejoin_starts_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), quiet_config()).unwrap();
+    setup(&store, 2);
+    store
+        .record_message(C, MessageId(5), UserId(0), Timestamp(1))
+        .unwrap();
+    store
+        .mark_read(C, UserId(1), MessageId(5), Timestamp(2))
+        .unwrap();
+    store.remove_member(C, UserId(1)).unwrap();
+    store.add_member(C, UserId(1), Timestamp(3)).unwrap();
+    assert_eq!(store.mark(C, UserId(1)).unwrap(), None);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), quiet_config()).unwrap();
+    assert_eq!(store.mark(C, UserId(1)).unwrap(), None);
+}
+
+#[test]
+fn failed_fsync_poisons_and_reopen_recovers_everything_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store =
+            Store::open(dir.path(), quiet_config().durability(Durability::PowerLoss)).unwrap();
+        setup(&store, 3);
+        store
+            .mark_read(C, UserId(1), MessageId(10), Timestamp(1))
+            .unwrap();
+        // Next journal operation: the append of the following update works,
+        // its fsync fails.
+        store.__fail_journal_after(1);
+        let err = store
+            .mark_read(C, UserId(2), MessageId(20), Timestamp(2))
+            .unwrap_err();
+        assert!(matches!(err, Error::Io(_)), "{err:?}");
+        // Poisoned: every write is refused, reads still work.
+        for r in [
+            store.mark_read(C, UserId(1), MessageId(11), Timestamp(3)),
+            store.record_message(C, MessageId(1), UserId(0), Timestamp(3)),
+            store.flush(),
+        ] {
+            assert!(matches!(r, Err(Error::Poisoned(_))), "{r:?}");
+        }
+        assert_eq!(
+            store.mark(C, UserId(1)).unwrap().unwrap().up_to,
+            MessageId(10)
+        );
+    }
+    let store = Store::open(dir.path(), quiet_config()).unwrap();
+    assert_eq!(
+        store.mark(C, UserId(1)).unwrap().unwrap().up_to,
+        MessageId(10)
+    );
+    store
+        .mark_read(C, UserId(1), MessageId(12), Timestamp(4))
+        .unwrap();
+}
+
+#[test]
+fn failed_append_poisons_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), quiet_config()).unwrap();
+        setup(&store, 3);
+        store
+            .mark_read(C, UserId(1), MessageId(10), Timestamp(1))
+            .unwrap();
+        store.__fail_journal_after(0);
+        assert!(store
+            .mark_read(C, UserId(2), MessageId(20), Timestamp(2))
+            .is_err());
+        assert!(matches!(
+            store.mark_read(C, UserId(2), MessageId(21), Timestamp(2)),
+            Err(Error::Poisoned(_))
+        ));
+        // The refused update was not buffered either.
+        assert_eq!(store.mark(C, UserId(2)).unwrap(), None);
+    }
+    let store = Store::open(dir.path(), quiet_config()).unwrap();
+    assert_eq!(
+        store.mark(C, UserId(1)).unwrap().unwrap().up_to,
+        MessageId(10)
+    );
+    assert_eq!(store.mark(C, UserId(2)).unwrap(), None);
+}
+
+#[test]
+fn concurrent_power_loss_writers_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), quiet_config().durability(Durability::PowerLoss)).unwrap();
+    setup(&store, 8);
+    let per_thread = 200u64;
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let store = &store;
+            s.spawn(move || {
+                for m in 1..=per_thread {
+                    store
+                        .mark_read(C, UserId(t), MessageId(m), Timestamp(m))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let s = store.stats();
+    assert_eq!(s.mark_updates, 8 * per_thread);
+    // Every update was acknowledged after an fsync; group commit means no
+    // more fsyncs than updates (usually far fewer, but that is for the
+    // benchmark to measure, not for a test to assume).
+    assert!(s.fsyncs <= s.mark_updates, "{s:?}");
+    for t in 0..8 {
+        assert_eq!(
+            store.mark(C, UserId(t)).unwrap().unwrap().up_to,
+            MessageId(per_thread)
+        );
+    }
+}

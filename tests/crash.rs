@@ -1,0 +1,190 @@
+//! Crash safety shown with real kills: the test re-executes its own binary
+//! as a child that writes marks and reports each acknowledged one on
+//! stdout; the parent SIGKILLs it at a random moment, reopens the store and
+//! checks that nothing acknowledged at `ProcessCrash` or `PowerLoss` was
+//! lost and that no mark went backwards. (Model: sled's
+//! `test_crash_recovery`, RocksDB's `db_crashtest.py`.)
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use readmark::{Config, ConversationId, Durability, Error, MessageId, Store, Timestamp, UserId};
+
+const ENV_DIR: &str = "READMARK_CRASH_CHILD_DIR";
+const ENV_SEED: &str = "READMARK_CRASH_CHILD_SEED";
+const CONVS: u64 = 3;
+const USERS: u64 = 4;
+/// Runs, and a wall-clock budget so CI stays bounded on a loaded machine.
+const RUNS: u64 = 120;
+const BUDGET: Duration = Duration::from_secs(120);
+
+fn config() -> Config {
+    // Small segments and a short timer: kills land during appends, group
+    // commits, rotations, flushes and retirements alike.
+    Config::new()
+        .write_buffer_bytes(256 << 10)
+        .journal_segment_bytes(64 << 10)
+        .flush_interval(Duration::from_millis(5))
+        .flush_after_updates(40)
+}
+
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// The child: runs only when re-executed by `kill_9_at_random_points`.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var(ENV_DIR) else {
+        return;
+    };
+    let mut rng: u64 = std::env::var(ENV_SEED).unwrap().parse().unwrap();
+    let store = Store::open(&dir, config()).unwrap();
+    for c in 0..CONVS {
+        match store.create_conversation(ConversationId(c)) {
+            Ok(()) | Err(Error::ConversationExists(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+        for u in 0..USERS {
+            match store.add_member(ConversationId(c), UserId(u), Timestamp(0)) {
+                Ok(()) | Err(Error::AlreadyMember { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    writeln!(out, "READY").unwrap();
+    out.flush().unwrap();
+    for i in 0u64.. {
+        let r = xorshift(&mut rng);
+        let (c, u) = (r % CONVS, (r >> 8) % USERS);
+        // Mostly advancing, sometimes stale.
+        let up_to = i / 2 + (r >> 16) % 64;
+        let level = match (r >> 24) % 4 {
+            0 => Durability::Memory,
+            1 | 2 => Durability::ProcessCrash,
+            _ => Durability::PowerLoss,
+        };
+        store
+            .mark_read_with(
+                ConversationId(c),
+                UserId(u),
+                MessageId(up_to),
+                Timestamp(i),
+                level,
+            )
+            .unwrap();
+        writeln!(out, "ACK {level:?} {c} {u} {up_to}").unwrap();
+        out.flush().unwrap();
+        if (r >> 32).is_multiple_of(97) {
+            store.flush_key(ConversationId(c), UserId(u)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn kill_9_at_random_points() {
+    if std::env::var(ENV_DIR).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    // Durable floor per key: what the last verification saw.
+    let mut floor: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    let mut rng = 0x5EED_u64;
+    let started = Instant::now();
+    let mut runs = 0u64;
+    let mut checked_acks = 0u64;
+    while runs < RUNS && started.elapsed() < BUDGET {
+        runs += 1;
+        let mut child = Command::new(&exe)
+            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .env(ENV_DIR, dir.path())
+            .env(ENV_SEED, (xorshift(&mut rng) | 1).to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut acks = Vec::new();
+            let mut ready = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line == "READY" {
+                    ready = true;
+                }
+                if let Some(rest) = line.strip_prefix("ACK ") {
+                    let f: Vec<&str> = rest.split(' ').collect();
+                    acks.push((
+                        f[0].to_string(),
+                        f[1].parse::<u64>().unwrap(),
+                        f[2].parse::<u64>().unwrap(),
+                        f[3].parse::<u64>().unwrap(),
+                    ));
+                }
+            }
+            (ready, acks)
+        });
+        // The kill point: a random delay once the child is running.
+        let delay = Duration::from_millis(5 + xorshift(&mut rng) % 80);
+        std::thread::sleep(delay);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let (ready, acks) = reader.join().unwrap();
+
+        let store = Store::open(dir.path(), config()).unwrap();
+        let mut durable: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+        for (level, c, u, up_to) in &acks {
+            if level != "Memory" {
+                let e = durable.entry((*c, *u)).or_insert(0);
+                *e = (*e).max(*up_to);
+            }
+        }
+        for c in 0..CONVS {
+            for u in 0..USERS {
+                let got = match store.mark(ConversationId(c), UserId(u)) {
+                    Ok(m) => m.map_or(0, |m| m.up_to.0),
+                    // Killed before its setup finished: nothing was
+                    // acknowledged for this key, nothing can be lost.
+                    Err(Error::UnknownConversation(_) | Error::NotMember { .. }) => {
+                        assert!(
+                            !ready && !durable.contains_key(&(c, u)),
+                            "run {runs}: membership lost"
+                        );
+                        0
+                    }
+                    Err(e) => panic!("run {runs}: {e}"),
+                };
+                if let Some(&want) = durable.get(&(c, u)) {
+                    assert!(
+                        got >= want,
+                        "run {runs}: acknowledged mark ({c},{u}) >= {want} lost: found {got}"
+                    );
+                    checked_acks += 1;
+                }
+                let before = floor.get(&(c, u)).copied().unwrap_or(0);
+                assert!(
+                    got >= before,
+                    "run {runs}: mark ({c},{u}) went backwards: {before} -> {got}"
+                );
+                floor.insert((c, u), got);
+            }
+        }
+        store.close().unwrap();
+    }
+    assert!(runs >= 20, "only {runs} runs fit in the budget");
+    assert!(
+        checked_acks > 0,
+        "no child acknowledged anything: the harness is broken"
+    );
+    eprintln!("crash test: {runs} kills, {checked_acks} acknowledged keys verified");
+}
