@@ -87,6 +87,24 @@ pub mod fuzzing {
     pub fn message_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
         crate::records::MessageRecord::decode(bytes).map(|r| r.encode().to_vec())
     }
+    /// Scans a journal segment image (strict mode): the `(offset, size)` of
+    /// every valid frame, and how the log ends (`"clean"`, `"torn"`,
+    /// `"corrupt"`) with its offset.
+    pub fn journal_scan(bytes: &[u8]) -> (Vec<(usize, usize)>, &'static str, usize) {
+        use crate::journal::scan::{scan_segment, ScanEnd};
+        let scan = scan_segment(bytes, false);
+        let frames = scan
+            .frames
+            .iter()
+            .map(|f| (f.offset, crate::journal::frame::frame_size(f.payload.len())))
+            .collect();
+        let (kind, off) = match scan.end {
+            ScanEnd::Clean { offset } => ("clean", offset),
+            ScanEnd::TornTail { offset } => ("torn", offset),
+            ScanEnd::Corrupt { offset } => ("corrupt", offset),
+        };
+        (frames, kind, off)
+    }
     /// Decodes a pair key.
     pub fn pair_key(bytes: &[u8]) -> Option<(u64, u64)> {
         crate::keys::decode_pair_key(bytes)

@@ -43,10 +43,18 @@ pub(crate) fn segment_path(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("segment-{i}"))
 }
 
+/// One recovered frame's payload and where it was.
+#[derive(Debug)]
+pub(crate) struct RecoveredPayload {
+    pub(crate) path: PathBuf,
+    pub(crate) offset: usize,
+    pub(crate) bytes: Vec<u8>,
+}
+
 /// What recovery found: payloads to replay, and where numbering resumes.
 #[derive(Debug, Default)]
 pub(crate) struct Recovery {
-    pub(crate) payloads: Vec<Vec<u8>>,
+    pub(crate) payloads: Vec<RecoveredPayload>,
     pub(crate) max_epoch: u64,
     pub(crate) max_seq: u64,
     /// Torn tails truncated: (file, offset).
@@ -90,7 +98,11 @@ pub(crate) fn recover(dir: &Path, tolerant: bool) -> Result<Recovery> {
         }
         for f in scan.frames {
             rec.max_seq = rec.max_seq.max(f.seq);
-            rec.payloads.push(f.payload.to_vec());
+            rec.payloads.push(RecoveredPayload {
+                path: path.clone(),
+                offset: f.offset,
+                bytes: f.payload.to_vec(),
+            });
         }
     }
     Ok(rec)
@@ -364,14 +376,16 @@ mod tests {
         }
         j.sync_to(10).unwrap();
         let rec = recover(dir.path(), false).unwrap();
-        assert_eq!(rec.payloads, (1..=10).map(payload).collect::<Vec<_>>());
+        let got: Vec<Vec<u8>> = rec.payloads.iter().map(|p| p.bytes.clone()).collect();
+        assert_eq!(got, (1..=10).map(payload).collect::<Vec<_>>());
         // Rotate and retire: the old frames are gone, new ones are kept.
         let (old, nonempty) = j.rotate();
         assert!(nonempty);
         j.append(&payload(11)).unwrap();
         j.retire(old, true).unwrap();
         let rec = recover(dir.path(), false).unwrap();
-        assert_eq!(rec.payloads, vec![payload(11)]);
+        assert_eq!(rec.payloads.len(), 1);
+        assert_eq!(rec.payloads[0].bytes, payload(11));
         assert_eq!(rec.max_seq, 11);
     }
 
@@ -403,6 +417,7 @@ mod tests {
         let j = Journal::create(dir.path(), MIN_SEGMENT_BYTES, &rec).unwrap();
         assert_eq!(j.append(&payload(9)).unwrap(), Some(4));
         let again = recover(dir.path(), false).unwrap();
-        assert_eq!(again.payloads, vec![payload(9)]);
+        assert_eq!(again.payloads.len(), 1);
+        assert_eq!(again.payloads[0].bytes, payload(9));
     }
 }

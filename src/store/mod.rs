@@ -255,7 +255,7 @@ impl Store {
             &journal_dir,
             config.recovery_mode == RecoveryMode::TolerateCorruption,
         )?;
-        let replayed = replay(&db, &recovery, config.recovery_mode, &journal_dir)?;
+        let replayed = replay(&db, &recovery, config.recovery_mode)?;
         let journal = Journal::create(&journal_dir, config.journal_segment_bytes, &recovery)?;
         let writer = Arc::new(Writer::new(
             db.clone(),
@@ -475,7 +475,7 @@ impl Drop for Store {
 /// is re-initialised. Merges are idempotent, so a frame whose update had
 /// already been flushed is harmless; frames of users who are no longer
 /// members are skipped (their membership ended after the frame was written).
-fn replay(db: &DB, recovery: &journal::Recovery, mode: RecoveryMode, dir: &Path) -> Result<u64> {
+fn replay(db: &DB, recovery: &journal::Recovery, mode: RecoveryMode) -> Result<u64> {
     let marks = db
         .cf_handle(Cf::Marks.name())
         .ok_or(Error::InvalidArgument("no marks column family"))?;
@@ -485,11 +485,13 @@ fn replay(db: &DB, recovery: &journal::Recovery, mode: RecoveryMode, dir: &Path)
     let mut batch = WriteBatch::default();
     let mut n = 0u64;
     for payload in &recovery.payloads {
-        let Some(r) = MarkRecord::decode(payload) else {
+        let Some(r) = MarkRecord::decode(&payload.bytes) else {
+            // The frame's checksum held, so this is not a torn write: a
+            // newer writer's record kind, or a bug.
             if mode == RecoveryMode::Strict {
                 return Err(Error::JournalCorrupt {
-                    path: dir.to_path_buf(),
-                    offset: 0,
+                    path: payload.path.clone(),
+                    offset: payload.offset as u64,
                 });
             }
             tracing::warn!("journal: skipped a frame whose payload does not decode");
