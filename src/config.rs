@@ -50,6 +50,7 @@ pub enum Durability {
 /// | [`combiner_max_bytes`](Config::combiner_max_bytes) | 32 MiB |
 /// | [`journal_segment_bytes`](Config::journal_segment_bytes) | 8 MiB (two segments) |
 /// | [`recovery_mode`](Config::recovery_mode) | [`RecoveryMode::Strict`] |
+/// | [`statistics`](Config::statistics) | `false` |
 ///
 /// # Examples
 ///
@@ -73,6 +74,7 @@ pub struct Config {
     pub(crate) combiner_max_bytes: usize,
     pub(crate) journal_segment_bytes: usize,
     pub(crate) recovery_mode: RecoveryMode,
+    pub(crate) statistics: bool,
 }
 
 /// What opening a store does with damage in the journal's synced data.
@@ -123,6 +125,7 @@ impl Config {
             combiner_max_bytes: 32 << 20,
             journal_segment_bytes: 8 << 20,
             recovery_mode: RecoveryMode::Strict,
+            statistics: false,
         }
     }
 
@@ -205,6 +208,15 @@ impl Config {
     /// [`RecoveryMode::Strict`].
     pub fn recovery_mode(mut self, mode: RecoveryMode) -> Self {
         self.recovery_mode = mode;
+        self
+    }
+
+    /// Collect RocksDB's statistics (bytes written, WAL bytes and syncs,
+    /// flush and compaction bytes), read with
+    /// [`Store::rocksdb_io`](crate::Store::rocksdb_io). Costs a few percent
+    /// of write throughput. Default `false`.
+    pub fn statistics(mut self, yes: bool) -> Self {
+        self.statistics = yes;
         self
     }
 

@@ -58,7 +58,7 @@ pub use mark::ReadMark;
 pub use merge::{merge_marks, MergeOutcome};
 #[cfg(feature = "store")]
 pub use store::{
-    Page, ReadBy, ReadTime, Reader, ReceiptSource, Stats, Store, Unread, FORMAT_VERSION,
+    Page, ReadBy, ReadTime, Reader, ReceiptSource, RocksDbIo, Stats, Store, Unread, FORMAT_VERSION,
 };
 
 // The README's usage example is compiled and run as a doc test.

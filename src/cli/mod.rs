@@ -1,6 +1,8 @@
 //! Command-line entry point.
 
+mod bench;
 mod demo;
+mod measure;
 mod workload;
 
 use std::path::PathBuf;
@@ -24,6 +26,33 @@ enum Command {
     /// Run a realistic workload (DMs, groups, channels; members scrolling and
     /// marking read) on a store, print what it did and sample answers.
     Demo(DemoArgs),
+    /// Measure mark_read at each durability level: updates/s, p50/p99
+    /// latency, fsyncs, keys written, bytes to disk (medians of --runs).
+    Bench(BenchArgs),
+}
+
+/// Options of `readmark bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct BenchArgs {
+    /// Logical updates per run and level.
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) updates: u64,
+    /// Writer threads.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) threads: u64,
+    /// Updates per key before the user leaves (flush_key): the combining
+    /// factor (1, 10, 50).
+    #[arg(long, default_value_t = 50)]
+    pub(crate) burst: u64,
+    /// Runs per level (median and spread are reported).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) runs: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub(crate) quiet: bool,
 }
 
 /// Options of `readmark demo`.
@@ -57,6 +86,7 @@ pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,7 +19,6 @@ pub(crate) mod record;
 pub(crate) mod scan;
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -319,21 +318,24 @@ impl Journal {
     }
 }
 
-/// Gives the file real blocks (zeros written, then fsynced): writing into a
-/// hole of a sparse file through a mapping could need a block at fault time
-/// and raise SIGBUS on a full disk; this way a full disk is an error here.
+/// Gives the file its blocks with `posix_fallocate`, then fsyncs it.
+///
+/// Allocated blocks mean a write through the mapping never needs a new
+/// block at fault time, so a full disk is an error here, not a SIGBUS later.
+/// Not writing zeros matters as much: on Linux 6.x a file filled by
+/// buffered writes sits in the page cache as large folios (2 MiB measured
+/// here), and dirtying one byte of a mapped large folio makes the next fsync
+/// write all of it (2 MiB per group commit instead of 4 KiB, measured with
+/// `/proc/self/io`). Unwritten extents are faulted in as 4 KiB pages.
+#[allow(unsafe_code)]
 fn preallocate(file: &File, len: usize) -> std::io::Result<()> {
-    file.set_len(0)?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let zeros = vec![0u8; 1 << 16];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(zeros.len());
-        w.write_all(&zeros[..n])?;
-        left -= n;
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::other("segment too large"))?;
+    // SAFETY: plain system call on a file descriptor we own.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
     }
-    w.flush()?;
-    drop(w);
     file.sync_all()
 }
 

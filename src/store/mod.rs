@@ -132,6 +132,22 @@ pub struct Stats {
     pub malformed_operands: u64,
 }
 
+/// RocksDB's I/O counters (see [`Store::rocksdb_io`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RocksDbIo {
+    /// `rocksdb.bytes.written`: bytes of keys and values written.
+    pub bytes_written: u64,
+    /// `rocksdb.wal.bytes`: bytes appended to the write-ahead log.
+    pub wal_bytes: u64,
+    /// `rocksdb.wal.synced`: WAL fsyncs.
+    pub wal_syncs: u64,
+    /// `rocksdb.flush.write.bytes`: bytes written by memtable flushes.
+    pub flush_bytes: u64,
+    /// `rocksdb.compact.write.bytes`: bytes written by compactions.
+    pub compaction_bytes: u64,
+}
+
 /// A readmark store: read marks, membership, messages and unread counts on
 /// one RocksDB database.
 ///
@@ -158,6 +174,7 @@ pub struct Stats {
 /// ```
 pub struct Store {
     db: Arc<DB>,
+    db_opts: Options,
     path: PathBuf,
     config: Config,
     merge_counters: Arc<MergeCounters>,
@@ -204,6 +221,9 @@ impl Store {
         db_opts.create_if_missing(config.create_if_missing);
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(4);
+        if config.statistics {
+            db_opts.enable_statistics();
+        }
 
         let merge_counters = Arc::new(MergeCounters::default());
         let cache = Cache::new_lru_cache(config.block_cache_bytes);
@@ -272,6 +292,7 @@ impl Store {
         };
         Ok(Store {
             db,
+            db_opts,
             path,
             config,
             merge_counters,
@@ -413,6 +434,64 @@ impl Store {
             replayed_frames: self.replayed,
             malformed_operands: self.merge_counters.malformed.load(Ordering::Relaxed),
         }
+    }
+
+    /// RocksDB's own I/O counters since open; all zero unless
+    /// [`Config::statistics`] is on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().statistics(true))?;
+    /// let io = store.rocksdb_io();
+    /// assert!(io.wal_bytes >= 8); // the format version was written
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn rocksdb_io(&self) -> RocksDbIo {
+        use rocksdb::statistics::Ticker;
+        let t = |k| self.db_opts.get_ticker_count(k);
+        RocksDbIo {
+            bytes_written: t(Ticker::BytesWritten),
+            wal_bytes: t(Ticker::WalFileBytes),
+            wal_syncs: t(Ticker::WalFileSynced),
+            flush_bytes: t(Ticker::FlushWriteBytes),
+            compaction_bytes: t(Ticker::CompactWriteBytes),
+        }
+    }
+
+    /// Bytes of the store's files on disk (RocksDB files and journal).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the directory cannot be read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new())?;
+    /// assert!(store.disk_bytes()? > 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn disk_bytes(&self) -> Result<u64> {
+        fn walk(p: &Path) -> std::io::Result<u64> {
+            let mut n = 0;
+            for e in std::fs::read_dir(p)? {
+                let e = e?;
+                let md = e.metadata()?;
+                n += if md.is_dir() {
+                    walk(&e.path())?
+                } else {
+                    md.len()
+                };
+            }
+            Ok(n)
+        }
+        Ok(walk(&self.path)?)
     }
 
     pub(crate) fn cf(&self, cf: Cf) -> &ColumnFamily {
