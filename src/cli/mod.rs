@@ -44,6 +44,13 @@ pub(crate) struct BenchArgs {
     /// factor (1, 10, 50).
     #[arg(long, default_value_t = 50)]
     pub(crate) burst: u64,
+    /// Durability levels to measure, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "memory,process-crash,power-loss"
+    )]
+    pub(crate) levels: Vec<LevelArg>,
     /// Runs per level (median and spread are reported).
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: u64,
@@ -74,6 +81,24 @@ pub(crate) struct DemoArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub(crate) quiet: bool,
+}
+
+/// A durability level on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LevelArg {
+    Memory,
+    ProcessCrash,
+    PowerLoss,
+}
+
+impl From<LevelArg> for readmark::Durability {
+    fn from(l: LevelArg) -> Self {
+        match l {
+            LevelArg::Memory => readmark::Durability::Memory,
+            LevelArg::ProcessCrash => readmark::Durability::ProcessCrash,
+            LevelArg::PowerLoss => readmark::Durability::PowerLoss,
+        }
+    }
 }
 
 pub(crate) fn main() -> ExitCode {

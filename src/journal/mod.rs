@@ -112,6 +112,8 @@ struct State {
     epochs: [u64; SEGMENTS],
     write_off: [usize; SEGMENTS],
     frames: [u64; SEGMENTS],
+    /// Segments written since their last fsync.
+    unsynced: [bool; SEGMENTS],
     active: usize,
     next_seq: u64,
     next_epoch: u64,
@@ -135,7 +137,12 @@ pub(crate) struct Journal {
     state: Mutex<State>,
     /// Handles for fdatasync outside the state lock (group commit).
     files: Vec<File>,
-    sync_lock: Mutex<()>,
+    /// Group commit: whether a leader is syncing; waiters sleep on `sync_cv`.
+    syncing: Mutex<bool>,
+    sync_cv: parking_lot::Condvar,
+    /// A sync failed: no later sync may acknowledge anything (the failed
+    /// one may have lost dirty pages that a retry would not rewrite).
+    sync_failed: std::sync::atomic::AtomicBool,
     /// Highest seq whose bytes are fully in a mapped page.
     written: AtomicU64,
     /// Highest seq made durable by an fsync.
@@ -196,6 +203,7 @@ impl Journal {
             epochs: [0; SEGMENTS],
             write_off: [SEGMENT_HEADER_LEN; SEGMENTS],
             frames: [0; SEGMENTS],
+            unsynced: [false; SEGMENTS],
             active: 0,
             next_seq: recovery.max_seq + 1,
             next_epoch: recovery.max_epoch + 1,
@@ -210,7 +218,9 @@ impl Journal {
         Ok(Journal {
             state: Mutex::new(state),
             files,
-            sync_lock: Mutex::new(()),
+            syncing: Mutex::new(false),
+            sync_cv: parking_lot::Condvar::new(),
+            sync_failed: std::sync::atomic::AtomicBool::new(false),
             written: AtomicU64::new(synced),
             synced: AtomicU64::new(synced),
             bytes_appended: AtomicU64::new(0),
@@ -242,6 +252,7 @@ impl Journal {
         map[off + size..off + size + FRAME_HEADER_LEN].fill(0);
         st.write_off[a] = off + size;
         st.frames[a] += 1;
+        st.unsynced[a] = true;
         st.next_seq = seq + 1;
         self.written.store(seq, Ordering::Release);
         self.bytes_appended
@@ -250,23 +261,56 @@ impl Journal {
     }
 
     /// Returns once frame `seq` is durable. Concurrent callers share one
-    /// fsync: whoever takes the lock syncs everything written so far, and
-    /// the others find their frame already covered.
+    /// fsync: one caller leads and syncs everything written so far; the
+    /// others sleep until a sync covers their frame, and are woken together
+    /// the moment it does, so the next sync carries everyone who appended
+    /// in the meantime.
     pub(crate) fn sync_to(&self, seq: u64) -> std::io::Result<()> {
-        if self.synced.load(Ordering::Acquire) >= seq {
+        let covered = |j: &Self| -> std::io::Result<bool> {
+            if j.sync_failed.load(Ordering::Acquire) {
+                return Err(std::io::Error::other("an earlier journal fsync failed"));
+            }
+            Ok(j.synced.load(Ordering::Acquire) >= seq)
+        };
+        if covered(self)? {
             return Ok(());
         }
-        let _leader = self.sync_lock.lock();
-        if self.synced.load(Ordering::Acquire) >= seq {
-            return Ok(());
+        let mut syncing = self.syncing.lock();
+        loop {
+            if covered(self)? {
+                return Ok(());
+            }
+            if !*syncing {
+                break;
+            }
+            self.sync_cv.wait(&mut syncing);
         }
-        self.injected_fault()?;
-        let target = self.written.load(Ordering::Acquire);
+        *syncing = true;
+        drop(syncing);
+        let result = self.sync_now();
+        *self.syncing.lock() = false;
+        self.sync_cv.notify_all();
+        result
+    }
+
+    fn sync_now(&self) -> std::io::Result<()> {
+        let fail = |e: std::io::Error| {
+            self.sync_failed.store(true, Ordering::Release);
+            e
+        };
+        self.injected_fault().map_err(fail)?;
+        let (target, dirty) = {
+            let mut st = self.state.lock();
+            let dirty = st.unsynced;
+            st.unsynced = [false; SEGMENTS];
+            (self.written.load(Ordering::Acquire), dirty)
+        };
         // fdatasync on the mapped file: Linux marks pages of a shared
         // mapping dirty in the page cache at the first write fault, and
-        // msync(MS_SYNC) itself is vfs_fsync_range on the file.
-        for f in &self.files {
-            f.sync_data()?;
+        // msync(MS_SYNC) itself is vfs_fsync_range on the file. The handle
+        // lets the sync run without the append lock.
+        for (f, _) in self.files.iter().zip(dirty).filter(|(_, d)| *d) {
+            f.sync_data().map_err(fail)?;
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.synced.fetch_max(target, Ordering::AcqRel);
