@@ -25,8 +25,6 @@ pub(crate) struct Pending {
     pub(crate) state: MarkState,
     /// Updates combined into this entry.
     pub(crate) updates: u32,
-    /// Some update asked for power-loss durability.
-    pub(crate) sync: bool,
 }
 
 /// Outcome of [`Combiner::add`].
@@ -82,7 +80,6 @@ impl Combiner {
         conversation: u64,
         user: u64,
         state: MarkState,
-        sync: bool,
         under_lock: impl FnOnce() -> Result<T, E>,
     ) -> Result<Added<T>, E> {
         let mut shard = self.shard(conversation).lock();
@@ -91,18 +88,10 @@ impl Combiner {
             Some(p) => {
                 p.state = p.state.join(state);
                 p.updates = p.updates.saturating_add(1);
-                p.sync |= sync;
                 (true, p.updates)
             }
             None => {
-                shard.insert(
-                    (conversation, user),
-                    Pending {
-                        state,
-                        updates: 1,
-                        sync,
-                    },
-                );
+                shard.insert((conversation, user), Pending { state, updates: 1 });
                 (false, 1)
             }
         };
@@ -143,27 +132,32 @@ impl Combiner {
             .collect()
     }
 
-    /// Removes and returns one key's entry.
-    pub(crate) fn take(&self, conversation: u64, user: u64) -> Option<Pending> {
-        let p = self
-            .shard(conversation)
-            .lock()
-            .remove(&(conversation, user));
-        if p.is_some() {
-            self.keys.fetch_sub(1, Ordering::Relaxed);
-        }
-        p
-    }
-
-    /// Removes and returns every entry, shard by shard.
-    pub(crate) fn drain(&self) -> Vec<((u64, u64), Pending)> {
+    /// Every buffered entry, copied (entries stay buffered, and visible to
+    /// reads, until [`remove_if_unchanged`](Combiner::remove_if_unchanged)
+    /// after they are written).
+    pub(crate) fn snapshot(&self) -> Vec<((u64, u64), MarkState)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            let taken = std::mem::take(&mut *shard.lock());
-            self.keys.fetch_sub(taken.len(), Ordering::Relaxed);
-            out.extend(taken);
+            out.extend(shard.lock().iter().map(|(&k, p)| (k, p.state)));
         }
         out
+    }
+
+    /// Removes each key whose buffered state is still the one given (it was
+    /// written); a key updated since keeps its entry, whose state includes
+    /// what was written (the join only grows), for the next flush. Returns
+    /// the number removed.
+    pub(crate) fn remove_if_unchanged(&self, written: &[((u64, u64), MarkState)]) -> usize {
+        let mut removed = 0;
+        for &((c, u), state) in written {
+            let mut shard = self.shard(c).lock();
+            if shard.get(&(c, u)).is_some_and(|p| p.state == state) {
+                shard.remove(&(c, u));
+                removed += 1;
+            }
+        }
+        self.keys.fetch_sub(removed, Ordering::Relaxed);
+        removed
     }
 
     /// Keys buffered now.
@@ -207,7 +201,7 @@ mod tests {
                 match op {
                     Op::Add(conv, user, m, t) => {
                         let s = MarkState::from_mark(MessageId(m), Timestamp(t));
-                        let added = c.add(conv, user, s, false, || Ok::<_, ()>(())).unwrap();
+                        let added = c.add(conv, user, s, || Ok::<_, ()>(())).unwrap();
                         let e = model.entry((conv, user)).or_insert((MarkState::default(), 0));
                         prop_assert_eq!(added.combined, e.1 > 0);
                         e.0 = e.0.join(s);
@@ -215,12 +209,14 @@ mod tests {
                         prop_assert_eq!(added.updates, e.1);
                     }
                     Op::Take(conv, user) => {
-                        let got = c.take(conv, user);
+                        // A single-key flush: copy, "write", remove.
+                        let got = c.peek(conv, user);
                         let want = model.remove(&(conv, user));
-                        prop_assert_eq!(got.map(|p| (p.state, p.updates)), want);
-                        if let Some(p) = got {
+                        prop_assert_eq!(got, want.map(|w| w.0));
+                        if let Some(s) = got {
+                            prop_assert_eq!(c.remove_if_unchanged(&[((conv, user), s)]), 1);
                             let f = flushed.entry((conv, user)).or_default();
-                            *f = f.join(p.state);
+                            *f = f.join(s);
                         }
                         if let Some((s, _)) = want {
                             let f = flushed_model.entry((conv, user)).or_default();
@@ -228,9 +224,11 @@ mod tests {
                         }
                     }
                     Op::Drain => {
-                        for (k, p) in c.drain() {
+                        let all = c.snapshot();
+                        prop_assert_eq!(c.remove_if_unchanged(&all), all.len());
+                        for (k, s) in all {
                             let f = flushed.entry(k).or_default();
-                            *f = f.join(p.state);
+                            *f = f.join(s);
                         }
                         for (k, (s, _)) in std::mem::take(&mut model) {
                             let f = flushed_model.entry(k).or_default();
@@ -251,11 +249,21 @@ mod tests {
     fn failed_under_lock_changes_nothing() {
         let c = Combiner::new();
         let s = MarkState::from_mark(MessageId(1), Timestamp(1));
-        assert!(c
-            .add(1, 1, s, false, || Err::<(), _>("journal full"))
-            .is_err());
+        assert!(c.add(1, 1, s, || Err::<(), _>("journal full")).is_err());
         assert_eq!(c.keys(), 0);
         assert_eq!(c.peek(1, 1), None);
+    }
+
+    #[test]
+    fn an_entry_updated_during_its_flush_stays_buffered() {
+        let c = Combiner::new();
+        let s1 = MarkState::from_mark(MessageId(1), Timestamp(1));
+        c.add(1, 1, s1, || Ok::<_, ()>(())).unwrap();
+        let copied = c.snapshot();
+        let s2 = MarkState::from_mark(MessageId(2), Timestamp(2));
+        c.add(1, 1, s2, || Ok::<_, ()>(())).unwrap();
+        assert_eq!(c.remove_if_unchanged(&copied), 0);
+        assert_eq!(c.peek(1, 1), Some(s1.join(s2)));
     }
 
     #[test]
@@ -266,7 +274,6 @@ mod tests {
                 conv,
                 user,
                 MarkState::from_mark(MessageId(user), Timestamp(0)),
-                false,
                 || Ok::<_, ()>(()),
             )
             .unwrap();

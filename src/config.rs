@@ -19,17 +19,20 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Durability {
-    /// Acknowledged once applied in memory (RocksDB memtable, write-ahead log
-    /// off). Survives nothing: a process crash loses every update not yet
-    /// flushed to an SST file by RocksDB. Reads see it at once.
+    /// Acknowledged once in the write-combining buffer. Survives a clean
+    /// close, nothing else: a crash loses the updates not yet flushed, at
+    /// most one [`flush_interval`](Config::flush_interval) of them. Costs no
+    /// I/O per update. (Membership and message writes are always logged.)
     Memory,
-    /// Acknowledged once handed to the operating system (RocksDB write-ahead
-    /// log, no fsync). Survives a process crash (kill -9, panic, abort);
-    /// a power loss or kernel crash may lose the last few seconds.
+    /// Acknowledged once appended to the journal through a shared memory
+    /// map: no system call, no fsync. Survives a process crash (kill -9,
+    /// panic, abort: the kernel owns the mapped pages); a power loss or
+    /// kernel crash may lose what was written since the last fsync.
     #[default]
     ProcessCrash,
-    /// Acknowledged only after an fsync of the write-ahead log. Survives
-    /// power loss and kernel crashes, as far as the disk honours fsync.
+    /// Acknowledged only after the journal is fsynced; concurrent callers
+    /// share one fsync (group commit). Survives power loss and kernel
+    /// crashes, as far as the disk honours fsync.
     PowerLoss,
 }
 

@@ -181,7 +181,7 @@ fn full_journal_segment_flushes() {
     )
     .unwrap();
     setup(&store, 2);
-    // 64 KiB / 48-byte frames: a little over 1,300 frames fill a segment.
+    // 64 KiB / 64-byte frames: about 1,020 frames fill a segment.
     for m in 1..=5_000u64 {
         store
             .mark_read(C, UserId(1), MessageId(m), Timestamp(m))

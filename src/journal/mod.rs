@@ -86,7 +86,7 @@ pub(crate) fn recover(dir: &Path, tolerant: bool) -> Result<Recovery> {
                 })
             }
             ScanEnd::TornTail { offset } => {
-                tracing::warn!(file = %path.display(), offset, "journal: torn tail truncated (a write cut short by a crash; nothing after it had been synced)");
+                tracing::warn!(file = %path.display(), offset, "journal: torn tail ignored (a write cut short by a crash; nothing after it had been synced)");
                 rec.torn.push((path.clone(), offset));
             }
             ScanEnd::Clean { .. } => {}
@@ -185,19 +185,26 @@ impl Journal {
         let mut maps = Vec::with_capacity(SEGMENTS);
         for i in 0..SEGMENTS {
             let path = segment_path(dir, i);
+            // Always a new file, swapped in by rename once allocated: the old
+            // one's frames were replayed (and are durable in RocksDB) before
+            // this is called, and a fresh inode has no page-cache folios left
+            // by recovery's read (see `preallocate`).
+            let tmp = dir.join(format!("segment-{i}.new"));
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
-                .truncate(false)
-                .open(&path)?;
-            if file.metadata()?.len() != segment_bytes as u64 {
-                preallocate(&file, segment_bytes)?;
-            }
+                .truncate(true)
+                .open(&tmp)?;
+            preallocate(&file, segment_bytes)?;
+            std::fs::rename(&tmp, &path)?;
             maps.push(map_file(&file)?);
             files.push(file);
         }
         sync_dir(dir)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
         let mut state = State {
             maps,
             epochs: [0; SEGMENTS],
@@ -338,9 +345,14 @@ impl Journal {
             return Ok(());
         }
         st.reset(i);
+        drop(st);
         if durable {
+            // Both files: the active segment's header was rewritten by the
+            // rotation and must not fall back to an older epoch either.
             self.injected_fault()?;
-            st.maps[i].flush_range(0, SEGMENT_HEADER_LEN + FRAME_HEADER_LEN)?;
+            for f in &self.files {
+                f.sync_data()?;
+            }
             self.syncs.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())

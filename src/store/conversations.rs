@@ -70,6 +70,9 @@ impl Store {
         user: UserId,
         at: Timestamp,
     ) -> Result<()> {
+        // Nothing buffered or journaled from before this membership may be
+        // written or replayed after it (docs/design.md, membership).
+        self.writer.flush_all(true)?;
         let _guard = self.lock(conversation);
         let view = self.view();
         let mut conv = view.conversation_record(conversation)?;

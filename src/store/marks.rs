@@ -369,12 +369,15 @@ impl Store {
         at: Timestamp,
         set: bool,
     ) -> Result<()> {
-        let view = self.view();
-        view.require_member(conversation, user)?;
         // The flag records the mark's position it applies to, so a later
         // advance clears it without rewriting it. This read is on a rare
-        // user action, not on the mark path.
-        let pos = view.mark_state(conversation, user)?.mark.map(|m| m.up_to.0);
+        // user action, not on the mark path. The view is dropped before the
+        // update, which may flush (and a flush waits for readers).
+        let pos = {
+            let view = self.view();
+            view.require_member(conversation, user)?;
+            view.mark_state(conversation, user)?.mark.map(|m| m.up_to.0)
+        };
         let operand = MarkState::from_flag(UnreadFlag {
             time: at.0,
             set,

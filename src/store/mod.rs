@@ -122,8 +122,8 @@ pub struct Stats {
     pub journal_bytes: u64,
     /// Keys buffered right now.
     pub pending_keys: u64,
-    /// Journal replay at open: frames replayed, and frames skipped because
-    /// their member had left.
+    /// Journal frames replayed into RocksDB at open (frames of users who
+    /// are no longer members are skipped and not counted).
     pub replayed_frames: u64,
     /// Times a merge skipped an input it could not decode (corruption or a
     /// foreign writer; the rest of the record is kept). One bad operand is
@@ -528,6 +528,7 @@ impl Store {
         View {
             store: self,
             snapshot: None,
+            _gate: self.writer.read_gate.read(),
         }
     }
 
@@ -535,9 +536,13 @@ impl Store {
     /// several records (an unread count must not see a deletion without the
     /// message it deletes).
     pub(crate) fn snapshot_view(&self) -> View<'_> {
+        // The gate first: the snapshot must not predate a write whose
+        // entries then leave the buffer before this view reads it.
+        let gate = self.writer.read_gate.read();
         View {
             store: self,
             snapshot: Some(self.db.snapshot()),
+            _gate: gate,
         }
     }
 }

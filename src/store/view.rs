@@ -3,6 +3,7 @@
 
 use std::ops::ControlFlow;
 
+use parking_lot::RwLockReadGuard;
 use rocksdb::{DBPinnableSlice, DBRawIterator, ReadOptions, Snapshot};
 
 use super::{corrupt, Cf, Store};
@@ -16,6 +17,9 @@ use crate::records::{ConversationRecord, MemberRecord, MessageRecord};
 pub(crate) struct View<'a> {
     pub(super) store: &'a Store,
     pub(super) snapshot: Option<Snapshot<'a>>,
+    /// Held for the view's life: buffered marks cannot leave the buffer
+    /// between this view's read of the buffer and its read of RocksDB.
+    pub(super) _gate: RwLockReadGuard<'a, ()>,
 }
 
 impl<'a> View<'a> {
@@ -99,17 +103,16 @@ impl<'a> View<'a> {
         user: UserId,
     ) -> Result<MarkState> {
         let key = keys::member_key(conversation, user);
+        let pending = self.store.writer.combiner.peek(conversation.0, user.0);
         let stored = match self.get(Cf::Marks, &key)? {
             None => MarkState::default(),
             Some(raw) => MarkState::decode(&raw)
                 .ok_or_else(|| corrupt(Cf::Marks, &key, "bad mark record"))?,
         };
-        Ok(
-            match self.store.writer.combiner.peek(conversation.0, user.0) {
-                Some(p) => stored.join(p),
-                None => stored,
-            },
-        )
+        Ok(match pending {
+            Some(p) => stored.join(p),
+            None => stored,
+        })
     }
 
     /// A raw iterator over the pair keys `(outer, inner >= from)` of `cf`.

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use super::Cf;
@@ -56,6 +56,9 @@ pub(crate) struct Writer {
     pub(crate) combiner: Combiner,
     pub(crate) journal: Journal,
     flush_lock: Mutex<()>,
+    /// Held shared by every read view, exclusively while written entries
+    /// leave the buffer.
+    pub(crate) read_gate: RwLock<()>,
     poisoned: Mutex<Option<String>>,
     is_poisoned: AtomicBool,
     max_keys: usize,
@@ -74,6 +77,7 @@ impl Writer {
             combiner: Combiner::new(),
             journal,
             flush_lock: Mutex::new(()),
+            read_gate: RwLock::new(()),
             poisoned: Mutex::new(None),
             is_poisoned: AtomicBool::new(false),
             max_keys,
@@ -135,7 +139,7 @@ impl Writer {
         let added = loop {
             let r = self
                 .combiner
-                .add(conversation, user, state, sync, || match &payload {
+                .add(conversation, user, state, || match &payload {
                     None => Ok(0),
                     Some(p) => match self.journal.append(p) {
                         Ok(Some(seq)) => Ok(seq),
@@ -174,7 +178,7 @@ impl Writer {
     pub(crate) fn flush_key(&self, conversation: u64, user: u64) -> Result<()> {
         self.check_poison()?;
         let _flush = self.flush_lock.lock();
-        let Some(p) = self.combiner.take(conversation, user) else {
+        let Some(state) = self.combiner.peek(conversation, user) else {
             return Ok(());
         };
         // No sync: until the journal segment holding this key's frames is
@@ -184,11 +188,12 @@ impl Writer {
         if let Err(e) = self.db.merge_cf_opt(
             self.marks_cf(),
             key,
-            p.state.encode(),
+            state.encode(),
             &WriteOptions::default(),
         ) {
             return Err(self.poison("RocksDB write", e.into()));
         }
+        self.remove_written(&[((conversation, user), state)]);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters.keys_written.fetch_add(1, Ordering::Relaxed);
         self.note_flush();
@@ -206,12 +211,14 @@ impl Writer {
             return Ok(());
         }
         let (old, had_frames) = self.journal.rotate();
-        let entries = self.combiner.drain();
+        // Copied, not removed: entries stay visible to reads until RocksDB
+        // holds them (`remove_written`).
+        let entries = self.combiner.snapshot();
         if !entries.is_empty() {
             let cf = self.marks_cf();
             let mut batch = WriteBatch::default();
-            for ((c, u), p) in &entries {
-                batch.merge_cf(cf, keys::pair_key(*c, *u), p.state.encode());
+            for ((c, u), state) in &entries {
+                batch.merge_cf(cf, keys::pair_key(*c, *u), state.encode());
             }
             let mut wo = WriteOptions::default();
             wo.set_sync(had_frames);
@@ -225,6 +232,7 @@ impl Writer {
             if had_frames {
                 self.counters.rocksdb_syncs.fetch_add(1, Ordering::Relaxed);
             }
+            self.remove_written(&entries);
         } else if had_frames {
             if let Err(e) = self.db.flush_wal(true) {
                 return Err(self.poison("RocksDB WAL sync", e.into()));
@@ -237,6 +245,15 @@ impl Writer {
         self.counters.flushes.fetch_add(1, Ordering::Relaxed);
         self.note_flush();
         Ok(())
+    }
+
+    /// Drops written entries from the buffer. Readers hold the gate shared
+    /// across their read of the buffer and of RocksDB, so none can miss an
+    /// entry by reading RocksDB before the write and the buffer after the
+    /// removal.
+    fn remove_written(&self, written: &[((u64, u64), MarkState)]) {
+        let _gate = self.read_gate.write();
+        self.combiner.remove_if_unchanged(written);
     }
 
     fn note_flush(&self) {
