@@ -71,7 +71,7 @@ impl Combiner {
     /// Joins `state` into the entry of (`conversation`, `user`). `under_lock`
     /// runs while the shard is locked, before the entry changes: the store
     /// appends to the journal there, so an update is in the journal and in
-    /// the buffer together or in neither, and a flush that drains this
+    /// the buffer together or in neither, and a flush that copies this
     /// shard after rotating the journal sees every update whose frame went
     /// to the segment it is about to retire. If `under_lock` fails, nothing
     /// changes.

@@ -171,11 +171,7 @@ fn run_once(
 
 #[allow(clippy::cast_precision_loss)]
 pub(crate) fn run(args: &BenchArgs) -> Result<(), readmark::Error> {
-    let levels = [
-        Durability::Memory,
-        Durability::ProcessCrash,
-        Durability::PowerLoss,
-    ];
+    let levels: Vec<Durability> = args.levels.iter().map(|&l| l.into()).collect();
     let total =
         args.updates / args.threads.max(1) * args.threads.max(1) * levels.len() as u64 * args.runs;
     let bar = if args.quiet || args.json {

@@ -56,7 +56,7 @@ pub(crate) struct Recovery {
     pub(crate) payloads: Vec<RecoveredPayload>,
     pub(crate) max_epoch: u64,
     pub(crate) max_seq: u64,
-    /// Torn tails truncated: (file, offset).
+    /// Torn tails found (ignored, not replayed): (file, offset).
     pub(crate) torn: Vec<(PathBuf, usize)>,
     /// Ranges skipped in tolerant mode: (file, from, to).
     pub(crate) skipped: Vec<(PathBuf, usize, usize)>,

@@ -103,7 +103,13 @@ impl Store {
             keys::id_key(conversation.0),
             conv.encode(),
         );
-        self.write_structural(batch)
+        drop(view); // a view holds the read gate, which discard takes
+        self.write_structural(batch)?;
+        // An update that passed its membership check before this change
+        // may have been buffered after the flush above: it predates the
+        // change, and a buffered key skips the check, so drop it.
+        self.writer.discard(conversation.0, user.0);
+        Ok(())
     }
 
     /// Removes `user` from `conversation`, with their read mark: a member
@@ -147,7 +153,13 @@ impl Store {
             keys::id_key(conversation.0),
             conv.encode(),
         );
-        self.write_structural(batch)
+        drop(view); // a view holds the read gate, which discard takes
+        self.write_structural(batch)?;
+        // An update that passed its membership check before this change
+        // may have been buffered after the flush above: it predates the
+        // change, and a buffered key skips the check, so drop it.
+        self.writer.discard(conversation.0, user.0);
+        Ok(())
     }
 
     /// Whether `user` is currently a member of `conversation`.

@@ -5,14 +5,17 @@
 //! 1. An update is appended to the journal and joined into the combiner
 //!    under the same shard lock ([`Combiner::add`]).
 //! 2. `flush_all` first rotates the journal (new frames go to the other
-//!    segment), then drains every shard. An update whose frame is in the old
-//!    segment finished its shard insert before the drain of that shard
-//!    could take the lock, so it is in the drained set.
-//! 3. The drained set is written to RocksDB with the write-ahead log synced
+//!    segment), then copies every shard. An update whose frame is in the old
+//!    segment finished its shard insert before the copy of that shard
+//!    could take the lock, so it is in the copied set.
+//! 3. The copied set is written to RocksDB with the write-ahead log synced
 //!    (which also makes every earlier RocksDB write durable, including
 //!    single-key flushes), and only then is the old segment retired.
 //! 4. Flushes are serialised by `flush_lock`, so a single-key flush is
 //!    entirely before or after a full flush.
+//! 5. Written entries leave the buffer only if unchanged since the copy, and
+//!    under `read_gate`, which every reader holds shared: a mark is always
+//!    in the buffer, in RocksDB, or both, for every reader.
 //!
 //! Any failed journal sync or RocksDB write poisons the store: writes are
 //! refused until it is reopened, because after a failed fsync the page
@@ -150,7 +153,7 @@ impl Writer {
             match r {
                 Ok(added) => break added,
                 // The active segment is full: a flush rotates to the empty
-                // one. Done outside the shard lock, which the flush drains.
+                // one. Done outside the shard lock, which the flush copies.
                 Err(AppendError::Full) => self.flush_all(false)?,
                 Err(AppendError::Failed(e)) => return Err(self.poison("journal append", e)),
             }
@@ -254,6 +257,16 @@ impl Writer {
     fn remove_written(&self, written: &[((u64, u64), MarkState)]) {
         let _gate = self.read_gate.write();
         self.combiner.remove_if_unchanged(written);
+    }
+
+    /// Drops a key's buffered state without writing it: after a membership
+    /// change, whatever is buffered for the key predates it.
+    pub(crate) fn discard(&self, conversation: u64, user: u64) {
+        let _gate = self.read_gate.write();
+        if let Some(state) = self.combiner.peek(conversation, user) {
+            self.combiner
+                .remove_if_unchanged(&[((conversation, user), state)]);
+        }
     }
 
     fn note_flush(&self) {
