@@ -67,46 +67,7 @@ pub use store::{
 pub struct ReadmeDoctests;
 
 /// Entry points for fuzz targets and external test harnesses: the decoders
-/// of every on-disk format, reachable without making them public API.
+/// of every on-disk format and the bodies of the `cargo fuzz` targets,
+/// reachable without making them public API.
 #[doc(hidden)]
-pub mod fuzzing {
-    /// Decodes a mark value/operand; re-encodes it if it decodes, so a target
-    /// can check the round trip.
-    pub fn mark_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
-        crate::mark::MarkState::decode(bytes).map(|s| s.encode())
-    }
-    /// Decodes then re-encodes a conversation record.
-    pub fn conversation_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
-        crate::records::ConversationRecord::decode(bytes).map(|r| r.encode().to_vec())
-    }
-    /// Decodes then re-encodes a member record.
-    pub fn member_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
-        crate::records::MemberRecord::decode(bytes).map(|r| r.encode().to_vec())
-    }
-    /// Decodes then re-encodes a message record.
-    pub fn message_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
-        crate::records::MessageRecord::decode(bytes).map(|r| r.encode().to_vec())
-    }
-    /// Scans a journal segment image (strict mode): the `(offset, size)` of
-    /// every valid frame, and how the log ends (`"clean"`, `"torn"`,
-    /// `"corrupt"`) with its offset.
-    pub fn journal_scan(bytes: &[u8]) -> (Vec<(usize, usize)>, &'static str, usize) {
-        use crate::journal::scan::{scan_segment, ScanEnd};
-        let scan = scan_segment(bytes, false);
-        let frames = scan
-            .frames
-            .iter()
-            .map(|f| (f.offset, crate::journal::frame::frame_size(f.payload.len())))
-            .collect();
-        let (kind, off) = match scan.end {
-            ScanEnd::Clean { offset } => ("clean", offset),
-            ScanEnd::TornTail { offset } => ("torn", offset),
-            ScanEnd::Corrupt { offset } => ("corrupt", offset),
-        };
-        (frames, kind, off)
-    }
-    /// Decodes a pair key.
-    pub fn pair_key(bytes: &[u8]) -> Option<(u64, u64)> {
-        crate::keys::decode_pair_key(bytes)
-    }
-}
+pub mod fuzzing;

@@ -332,6 +332,10 @@ impl Store {
     /// Stops the flush timer and flushes the combiner (once).
     fn shutdown(&self) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
+            self.writer.stop_timer();
+            if let Some(t) = self.timer.lock().take() {
+                let _ = t.join();
+            }
             return Ok(());
         }
         self.writer.stop_timer();
@@ -397,6 +401,16 @@ impl Store {
     #[doc(hidden)]
     pub fn __wait_for_flushes(&self, n: u64, timeout: Duration) -> bool {
         self.writer.wait_flushes(n, timeout)
+    }
+
+    /// Testing hook: drops the store the way a process crash would. The
+    /// write-combining buffer is not flushed (Memory-level updates are lost);
+    /// the journal's mapped pages and RocksDB's write-ahead log stay, as the
+    /// page cache keeps them when a process dies.
+    #[doc(hidden)]
+    pub fn __simulate_crash(self) {
+        self.closed.store(true, Ordering::Release);
+        drop(self);
     }
 
     /// Testing hook (fault injection): the `ops`-th journal operation from

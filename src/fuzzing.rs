@@ -1,0 +1,414 @@
+//! Bodies of the `cargo fuzz` targets (`fuzz/fuzz_targets/`), kept in the
+//! crate so that `tests/fuzz_corpus.rs` runs every checked-in corpus input
+//! through them on every CI run, and decoders for external harnesses.
+//! Not public API.
+
+use crate::journal::frame::{frame_size, write_frame, write_header, SEGMENT_HEADER_LEN};
+use crate::journal::scan::{scan_segment, ScanEnd};
+use crate::mark::MarkState;
+use crate::merge::merge_marks;
+use crate::records::{ConversationRecord, MemberRecord, MessageRecord};
+
+/// Decodes a mark value/operand; re-encodes it if it decodes.
+pub fn mark_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    MarkState::decode(bytes).map(|s| s.encode())
+}
+/// Decodes then re-encodes a conversation record.
+pub fn conversation_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    ConversationRecord::decode(bytes).map(|r| r.encode().to_vec())
+}
+/// Decodes then re-encodes a member record.
+pub fn member_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    MemberRecord::decode(bytes).map(|r| r.encode().to_vec())
+}
+/// Decodes then re-encodes a message record.
+pub fn message_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    MessageRecord::decode(bytes).map(|r| r.encode().to_vec())
+}
+/// Decodes then re-encodes a journal payload.
+pub fn journal_record_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    crate::journal::record::MarkRecord::decode(bytes).map(|r| r.encode())
+}
+/// Decodes a pair key.
+pub fn pair_key(bytes: &[u8]) -> Option<(u64, u64)> {
+    crate::keys::decode_pair_key(bytes)
+}
+
+/// Scans a journal segment image (strict mode): the `(offset, size)` of
+/// every valid frame, and how the log ends (`"clean"`, `"torn"`,
+/// `"corrupt"`) with its offset.
+pub fn journal_scan(bytes: &[u8]) -> (Vec<(usize, usize)>, &'static str, usize) {
+    let scan = scan_segment(bytes, false);
+    let frames = scan
+        .frames
+        .iter()
+        .map(|f| (f.offset, frame_size(f.payload.len())))
+        .collect();
+    let (kind, off) = match scan.end {
+        ScanEnd::Clean { offset } => ("clean", offset),
+        ScanEnd::TornTail { offset } => ("torn", offset),
+        ScanEnd::Corrupt { offset } => ("corrupt", offset),
+    };
+    (frames, kind, off)
+}
+
+/// Target `merge_marks`: the merge function on arbitrary inputs never
+/// panics, always yields a value that decodes, and gives the same value
+/// however the operands are grouped or ordered.
+pub fn merge_marks_target(data: &[u8]) {
+    // Operands are separated by 0xFF; the first part, if not empty, is the
+    // base value.
+    let parts: Vec<&[u8]> = data.split(|&b| b == 0xFF).collect();
+    let (base, ops) = match parts.split_first() {
+        Some((b, rest)) if !b.is_empty() => (Some(*b), rest),
+        _ => (None, &parts[..]),
+    };
+    let all = merge_marks(base, ops.iter().copied());
+    assert!(
+        MarkState::decode(&all.value).is_some(),
+        "merge output must decode"
+    );
+    let mid = ops.len() / 2;
+    let left = merge_marks(base, ops[..mid].iter().copied());
+    let right = merge_marks(None, ops[mid..].iter().copied());
+    let grouped = merge_marks(Some(&left.value), [right.value.as_slice()]);
+    assert_eq!(
+        all.value, grouped.value,
+        "partial merges must not change the result"
+    );
+    let reversed = merge_marks(base, ops.iter().rev().copied());
+    assert_eq!(
+        all.value, reversed.value,
+        "order must not change the result"
+    );
+    assert_eq!(all.skipped, left.skipped + right.skipped);
+}
+
+/// Target `decoders`: every on-disk decoder on arbitrary bytes never panics,
+/// and whatever decodes re-encodes to the same bytes (one canonical form).
+pub fn decoders_target(data: &[u8]) {
+    for roundtrip in [
+        mark_roundtrip,
+        conversation_roundtrip,
+        member_roundtrip,
+        message_roundtrip,
+        journal_record_roundtrip,
+    ] {
+        if let Some(again) = roundtrip(data) {
+            assert_eq!(again, data, "decode/encode must round-trip");
+        }
+    }
+    if let Some((a, b)) = pair_key(data) {
+        let mut k = a.to_be_bytes().to_vec();
+        k.extend_from_slice(&b.to_be_bytes());
+        assert_eq!(k, data);
+    }
+}
+
+/// Target `journal`: the recovery scan on arbitrary segment images never
+/// panics and stays in bounds; on a well-formed segment damaged at an
+/// input-chosen place, strict recovery returns a prefix of what was written
+/// and tolerant recovery a superset of strict's, never a frame that was
+/// not written.
+pub fn journal_target(data: &[u8]) {
+    for tolerant in [false, true] {
+        let scan = scan_segment(data, tolerant);
+        for f in &scan.frames {
+            assert!(f.offset + f.payload.len() <= data.len());
+        }
+    }
+    // A valid segment built from the input, then damaged.
+    let Some((&ctl, rest)) = data.split_first() else {
+        return;
+    };
+    let mut seg = vec![0u8; 4096];
+    write_header(&mut seg, 7, 1);
+    let mut off = SEGMENT_HEADER_LEN;
+    let mut written = Vec::new();
+    for (i, chunk) in rest.chunks(9).take(40).enumerate() {
+        let size = frame_size(chunk.len());
+        if off + size + 24 > seg.len() {
+            break;
+        }
+        let seq = i as u64 + 1;
+        // `synced` lags by a control-chosen distance.
+        let synced = seq.saturating_sub(1 + u64::from(ctl % 4));
+        write_frame(&mut seg[off..off + size], 7, seq, synced, chunk);
+        written.push((off, chunk.to_vec()));
+        off += size;
+    }
+    let damage_at = SEGMENT_HEADER_LEN + usize::from(ctl) * 7 % (off - SEGMENT_HEADER_LEN + 1);
+    if damage_at < seg.len() {
+        seg[damage_at] ^= 0x5A;
+    }
+    let strict = scan_segment(&seg, false);
+    for (i, f) in strict.frames.iter().enumerate() {
+        assert_eq!(
+            (f.offset, f.payload),
+            (written[i].0, written[i].1.as_slice()),
+            "strict recovery returns a prefix"
+        );
+    }
+    let tolerant = scan_segment(&seg, true);
+    assert!(tolerant.frames.len() >= strict.frames.len());
+    for f in &tolerant.frames {
+        assert!(
+            written
+                .iter()
+                .any(|(o, p)| *o == f.offset && p.as_slice() == f.payload),
+            "tolerant recovery must not invent a frame"
+        );
+    }
+}
+
+#[cfg(feature = "store")]
+pub use api::api_target;
+
+#[cfg(feature = "store")]
+mod api {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Duration;
+
+    use crate::{Config, ConversationId, Durability, Error, MessageId, Store, Timestamp, UserId};
+
+    const CONVS: u64 = 3;
+    const USERS: u64 = 4;
+
+    #[derive(Default)]
+    struct Model {
+        convs: BTreeSet<u64>,
+        /// (conv, user) -> joined_after
+        members: BTreeMap<(u64, u64), Option<u64>>,
+        /// conv -> [(id, sender, deleted)]
+        msgs: BTreeMap<u64, Vec<(u64, u64, bool)>>,
+        /// (conv, user) -> (up_to, at): what reads must show
+        marks: BTreeMap<(u64, u64), (u64, u64)>,
+        /// (conv, user) -> highest up_to acknowledged at ProcessCrash or
+        /// above (or written by a flush): a crash may not go below it.
+        floor: BTreeMap<(u64, u64), u64>,
+        /// Every up_to written per key since its membership began.
+        written: BTreeMap<(u64, u64), BTreeSet<u64>>,
+    }
+
+    fn join(m: &mut BTreeMap<(u64, u64), (u64, u64)>, k: (u64, u64), up: u64, at: u64) {
+        let e = m.entry(k).or_insert((up, at));
+        if up > e.0 || (up == e.0 && at < e.1) {
+            *e = (up, at);
+        }
+    }
+
+    fn config() -> Config {
+        Config::new()
+            .write_buffer_bytes(64 << 10)
+            .block_cache_bytes(1 << 20)
+            .flush_interval(Duration::from_secs(3600))
+            .flush_after_updates(3)
+            .combiner_max_bytes(4096)
+            .journal_segment_bytes(64 << 10)
+    }
+
+    /// Target `api_ops`: the public API driven by an arbitrary operation
+    /// sequence (membership, messages, deletes, marks at every durability,
+    /// flushes, close/reopen, simulated crashes), checked after every step
+    /// against a model: marks, unread counts, typed errors.
+    pub fn api_target(data: &[u8]) {
+        let Ok(dir) = tempfile::tempdir() else { return };
+        let mut store = Some(Store::open(dir.path(), config()).expect("open"));
+        let mut m = Model::default();
+        let mut clock = 0u64;
+        let mut crashes = 0;
+        for op in data.chunks(4).take(64) {
+            let [kind, a, b, c] = [
+                op[0],
+                *op.get(1).unwrap_or(&0),
+                *op.get(2).unwrap_or(&0),
+                *op.get(3).unwrap_or(&0),
+            ];
+            let s = store.as_ref().expect("store");
+            let conv = u64::from(a) % CONVS;
+            let user = u64::from(b) % USERS;
+            let key = (conv, user);
+            clock += 1;
+            let (cid, uid) = (ConversationId(conv), UserId(user));
+            match kind % 10 {
+                0 => {
+                    let r = s.create_conversation(cid);
+                    if m.convs.insert(conv) {
+                        r.expect("create");
+                        m.msgs.insert(conv, Vec::new());
+                    } else {
+                        assert!(matches!(r, Err(Error::ConversationExists(_))));
+                    }
+                }
+                1 => {
+                    let r = s.add_member(cid, uid, Timestamp(clock));
+                    if !m.convs.contains(&conv) {
+                        assert!(matches!(r, Err(Error::UnknownConversation(_))));
+                    } else if m.members.contains_key(&key) {
+                        assert!(matches!(r, Err(Error::AlreadyMember { .. })));
+                    } else {
+                        r.expect("add");
+                        let last = m.msgs[&conv].last().map(|x| x.0);
+                        m.members.insert(key, last);
+                    }
+                }
+                2 => {
+                    let r = s.remove_member(cid, uid);
+                    if !m.convs.contains(&conv) {
+                        assert!(matches!(r, Err(Error::UnknownConversation(_))));
+                    } else if m.members.remove(&key).is_some() {
+                        r.expect("remove");
+                        m.marks.remove(&key);
+                        m.floor.remove(&key);
+                        m.written.remove(&key);
+                    } else {
+                        assert!(matches!(r, Err(Error::NotMember { .. })));
+                    }
+                }
+                3 => {
+                    let last = m.msgs.get(&conv).and_then(|v| v.last()).map_or(0, |x| x.0);
+                    let id = if c == 0 { last } else { last + u64::from(c) };
+                    let r = s.record_message(cid, MessageId(id), uid, Timestamp(clock));
+                    if !m.convs.contains(&conv) {
+                        assert!(matches!(r, Err(Error::UnknownConversation(_))));
+                    } else if !m.members.contains_key(&key) {
+                        assert!(matches!(r, Err(Error::NotMember { .. })));
+                    } else if !m.msgs[&conv].is_empty() && id <= last {
+                        assert!(matches!(r, Err(Error::MessageOutOfOrder { .. })));
+                    } else {
+                        r.expect("record");
+                        m.msgs.get_mut(&conv).expect("conv").push((id, user, false));
+                        // Structural batch with the WAL: durable like the message.
+                        join(&mut m.marks, key, id, clock);
+                        let f = m.floor.entry(key).or_insert(0);
+                        *f = (*f).max(id);
+                        m.written.entry(key).or_default().insert(id);
+                    }
+                }
+                4 => {
+                    if let Some(v) = m.msgs.get_mut(&conv) {
+                        if !v.is_empty() {
+                            let i = usize::from(c) % v.len();
+                            s.delete_message(cid, MessageId(v[i].0)).expect("delete");
+                            v[i].2 = true;
+                        }
+                    }
+                }
+                5 | 6 => {
+                    let up = u64::from(c);
+                    let level = match a / 3 % 3 {
+                        0 => Durability::Memory,
+                        1 => Durability::ProcessCrash,
+                        _ => Durability::PowerLoss,
+                    };
+                    let r = s.mark_read_with(cid, uid, MessageId(up), Timestamp(clock), level);
+                    if !m.convs.contains(&conv) {
+                        assert!(matches!(r, Err(Error::UnknownConversation(_))));
+                    } else if !m.members.contains_key(&key) {
+                        assert!(matches!(r, Err(Error::NotMember { .. })));
+                    } else {
+                        r.expect("mark_read");
+                        join(&mut m.marks, key, up, clock);
+                        m.written.entry(key).or_default().insert(up);
+                        if level != Durability::Memory {
+                            let f = m.floor.entry(key).or_insert(0);
+                            *f = (*f).max(up);
+                        }
+                    }
+                }
+                7 => {
+                    if b % 2 == 0 {
+                        s.flush().expect("flush");
+                    } else {
+                        s.flush_key(cid, uid).expect("flush_key");
+                    }
+                    // Whatever is in RocksDB now survives a crash.
+                    for (k, v) in &m.marks {
+                        let f = m.floor.entry(*k).or_insert(0);
+                        if b % 2 == 0 || *k == key {
+                            *f = (*f).max(v.0);
+                        }
+                    }
+                }
+                8 => {
+                    store.take().expect("store").close().expect("close");
+                    store = Some(Store::open(dir.path(), config()).expect("reopen"));
+                    for (k, v) in &m.marks {
+                        let f = m.floor.entry(*k).or_insert(0);
+                        *f = (*f).max(v.0);
+                    }
+                }
+                _ => {
+                    if crashes >= 2 {
+                        continue;
+                    }
+                    crashes += 1;
+                    store.take().expect("store").__simulate_crash();
+                    let s = Store::open(dir.path(), config()).expect("open after crash");
+                    // Memory-level updates may be lost: adopt what survived,
+                    // after checking it is between the floor and the model.
+                    for (&k, &(up, _)) in &m.marks.clone() {
+                        let got = s.mark(ConversationId(k.0), UserId(k.1)).expect("mark");
+                        let floor = m.floor.get(&k).copied();
+                        match got {
+                            None => assert!(floor.is_none(), "acknowledged mark {k:?} lost"),
+                            Some(g) => {
+                                assert!(g.up_to.0 <= up, "mark {k:?} above anything written");
+                                assert!(
+                                    floor.is_none_or(|f| g.up_to.0 >= f),
+                                    "mark {k:?} below its durable floor"
+                                );
+                                assert!(
+                                    m.written[&k].contains(&g.up_to.0),
+                                    "mark {k:?} never written"
+                                );
+                                m.marks.insert(k, (g.up_to.0, g.at.0));
+                            }
+                        }
+                        if got.is_none() {
+                            m.marks.remove(&k);
+                        }
+                    }
+                    store = Some(s);
+                }
+            }
+            check(store.as_ref().expect("store"), &m);
+        }
+        if let Some(s) = store {
+            s.close().expect("close");
+        }
+    }
+
+    fn check(s: &Store, m: &Model) {
+        for conv in 0..CONVS {
+            for user in 0..USERS {
+                let (cid, uid) = (ConversationId(conv), UserId(user));
+                let mark = s.mark(cid, uid);
+                let unread = s.unread_count(cid, uid);
+                match m.members.get(&(conv, user)) {
+                    None => {
+                        assert!(mark.is_err() && unread.is_err());
+                    }
+                    Some(joined_after) => {
+                        let want = m.marks.get(&(conv, user)).copied();
+                        let got = mark.expect("mark").map(|x| (x.up_to.0, x.at.0));
+                        assert_eq!(got.map(|g| g.0), want.map(|w| w.0), "mark ({conv},{user})");
+                        let seen = match (want.map(|w| w.0), *joined_after) {
+                            (Some(x), Some(y)) => Some(x.max(y)),
+                            (x, y) => x.or(y),
+                        };
+                        let count = m.msgs[&conv]
+                            .iter()
+                            .filter(|x| !x.2 && seen.is_none_or(|p| x.0 > p))
+                            .count() as u64;
+                        assert_eq!(
+                            unread.expect("unread").count,
+                            count,
+                            "unread ({conv},{user})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
