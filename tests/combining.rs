@@ -287,7 +287,7 @@ fn failed_fsync_poisons_and_reopen_recovers_everything_acknowledged() {
             .unwrap();
         // Next journal operation: the append of the following update works,
         // its fsync fails.
-        store.__fail_journal_after(1);
+        store.__fail_journal_after(1, libc::EIO);
         let err = store
             .mark_read(C, UserId(2), MessageId(20), Timestamp(2))
             .unwrap_err();
@@ -324,7 +324,7 @@ fn failed_append_poisons_and_loses_nothing_acknowledged() {
         store
             .mark_read(C, UserId(1), MessageId(10), Timestamp(1))
             .unwrap();
-        store.__fail_journal_after(0);
+        store.__fail_journal_after(0, libc::ENOSPC);
         assert!(store
             .mark_read(C, UserId(2), MessageId(20), Timestamp(2))
             .is_err());

@@ -151,13 +151,15 @@ pub(crate) struct Journal {
     syncs: AtomicU64,
     /// Fault injection: journal operations left before one fails (-1: never).
     fail_after: std::sync::atomic::AtomicI64,
+    fail_errno: std::sync::atomic::AtomicI32,
 }
 
 impl Journal {
     /// Fault injection for tests: the `ops`-th journal operation from now
     /// (append, fsync, durable retire) fails with an I/O error, as a full
     /// disk or a failing device would.
-    pub(crate) fn fail_after(&self, ops: u64) {
+    pub(crate) fn fail_after(&self, ops: u64, errno: i32) {
+        self.fail_errno.store(errno, Ordering::SeqCst);
         self.fail_after
             .store(i64::try_from(ops).unwrap_or(i64::MAX), Ordering::SeqCst);
     }
@@ -169,8 +171,8 @@ impl Journal {
         }
         if self.fail_after.fetch_sub(1, Ordering::SeqCst) <= 0 {
             self.fail_after.store(-1, Ordering::SeqCst);
-            return Err(std::io::Error::other(
-                "injected fault (Store::__fail_journal_after)",
+            return Err(std::io::Error::from_raw_os_error(
+                self.fail_errno.load(Ordering::SeqCst),
             ));
         }
         Ok(())
@@ -233,6 +235,7 @@ impl Journal {
             bytes_appended: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             fail_after: std::sync::atomic::AtomicI64::new(-1),
+            fail_errno: std::sync::atomic::AtomicI32::new(libc::EIO),
         })
     }
 

@@ -414,10 +414,11 @@ impl Store {
     }
 
     /// Testing hook (fault injection): the `ops`-th journal operation from
-    /// now fails with an I/O error.
+    /// now (append, fsync, durable retire; 0 = the next one) fails with the
+    /// OS error `errno` (`libc::ENOSPC` for a full disk, `libc::EIO`, ...).
     #[doc(hidden)]
-    pub fn __fail_journal_after(&self, ops: u64) {
-        self.writer.journal.fail_after(ops);
+    pub fn __fail_journal_after(&self, ops: u64, errno: i32) {
+        self.writer.journal.fail_after(ops, errno);
     }
 
     /// Testing hook: flushes observed since open.
