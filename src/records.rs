@@ -65,7 +65,10 @@ impl ConversationRecord {
             last_message: get(b, CONV_LAST_MESSAGE),
             deleted_count: get(b, CONV_DELETED_COUNT),
         };
-        (r.deleted_count <= r.message_count).then_some(r)
+        // Counts far beyond anything reachable are damage, and would
+        // overflow when incremented.
+        let sane = r.member_count < 1 << 62 && r.message_count < 1 << 62;
+        (sane && r.deleted_count <= r.message_count).then_some(r)
     }
 }
 

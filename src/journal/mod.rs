@@ -35,6 +35,8 @@ use scan::{scan_segment, ScanEnd};
 pub(crate) const SEGMENTS: usize = 2;
 /// Directory of the journal inside the store directory.
 pub(crate) const JOURNAL_DIR: &str = "readmark-journal";
+/// Epochs and sequence numbers at or above this are refused at recovery.
+const COUNTER_LIMIT: u64 = 1 << 62;
 /// Smallest segment accepted by the configuration.
 pub(crate) const MIN_SEGMENT_BYTES: usize = 64 << 10;
 
@@ -75,7 +77,13 @@ pub(crate) fn recover(dir: &Path, tolerant: bool) -> Result<Recovery> {
             Err(e) => return Err(e.into()),
         };
         let scan = scan_segment(&bytes, tolerant);
-        if let Some((epoch, _)) = scan.header {
+        if let Some((epoch, first_seq)) = scan.header {
+            // Numbering resumes after these: values no journal can reach
+            // (2^62 frames) are damage that happens to pass the CRC, or a
+            // foreign file, and would overflow.
+            if epoch >= COUNTER_LIMIT || first_seq >= COUNTER_LIMIT {
+                return Err(Error::JournalCorrupt { path, offset: 0 });
+            }
             rec.max_epoch = rec.max_epoch.max(epoch);
         }
         match scan.end {
@@ -96,6 +104,12 @@ pub(crate) fn recover(dir: &Path, tolerant: bool) -> Result<Recovery> {
             rec.skipped.push((path.clone(), *from, *to));
         }
         for f in scan.frames {
+            if f.seq >= COUNTER_LIMIT {
+                return Err(Error::JournalCorrupt {
+                    path,
+                    offset: f.offset as u64,
+                });
+            }
             rec.max_seq = rec.max_seq.max(f.seq);
             rec.payloads.push(RecoveredPayload {
                 path: path.clone(),
@@ -114,6 +128,8 @@ struct State {
     frames: [u64; SEGMENTS],
     /// Segments written since their last fsync.
     unsynced: [bool; SEGMENTS],
+    /// Segments whose last retirement (or creation) is known durable.
+    retire_synced: [bool; SEGMENTS],
     active: usize,
     next_seq: u64,
     next_epoch: u64,
@@ -213,6 +229,7 @@ impl Journal {
             write_off: [SEGMENT_HEADER_LEN; SEGMENTS],
             frames: [0; SEGMENTS],
             unsynced: [false; SEGMENTS],
+            retire_synced: [true; SEGMENTS],
             active: 0,
             next_seq: recovery.max_seq + 1,
             next_epoch: recovery.max_epoch + 1,
@@ -330,13 +347,53 @@ impl Journal {
     /// Makes the other segment active and returns the one to retire once
     /// the combiner's contents are durable in RocksDB, with whether it holds
     /// any frame.
-    pub(crate) fn rotate(&self) -> (usize, bool) {
+    ///
+    /// Refuses (an error, which poisons the store) to reuse a segment that
+    /// still holds frames: they were never retired, so they may be the only
+    /// copy of acknowledged updates (a flush that failed after rotating).
+    pub(crate) fn rotate(&self) -> std::io::Result<(usize, bool)> {
         let mut st = self.state.lock();
         let old = st.active;
         let new = (old + 1) % SEGMENTS;
+        if st.frames[new] > 0 {
+            return Err(std::io::Error::other(
+                "journal segment to reuse was never retired (an earlier flush failed)",
+            ));
+        }
         st.reset(new);
         st.active = new;
-        (old, st.frames[old] > 0)
+        Ok((old, st.frames[old] > 0))
+    }
+
+    /// Makes every retirement durable that is not yet: before a segment is
+    /// reused (so a power loss cannot bring back its old header under new
+    /// frames) and before a membership change (so no crash can replay frames
+    /// from before it). At most one fsync per segment.
+    pub(crate) fn sync_retirements(&self) -> std::io::Result<()> {
+        let pending = {
+            let st = self.state.lock();
+            st.retire_synced
+        };
+        for (i, f) in self.files.iter().enumerate() {
+            if !pending[i] {
+                self.checked_sync(f)?;
+                self.state.lock().retire_synced[i] = true;
+                self.syncs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// One fdatasync; a failure is sticky (see `sync_failed`).
+    fn checked_sync(&self, f: &File) -> std::io::Result<()> {
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(std::io::Error::other("an earlier journal fsync failed"));
+        }
+        let r = self.injected_fault().and_then(|()| f.sync_data());
+        if r.is_err() {
+            self.sync_failed.store(true, Ordering::Release);
+        }
+        r
     }
 
     /// Invalidates every frame of segment `i` (a new epoch). With `durable`,
@@ -348,14 +405,15 @@ impl Journal {
             return Ok(());
         }
         st.reset(i);
+        st.retire_synced[i] = false;
         drop(st);
         if durable {
             // Both files: the active segment's header was rewritten by the
             // rotation and must not fall back to an older epoch either.
-            self.injected_fault()?;
             for f in &self.files {
-                f.sync_data()?;
+                self.checked_sync(f)?;
             }
+            self.state.lock().retire_synced = [true; SEGMENTS];
             self.syncs.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -440,7 +498,7 @@ mod tests {
         let got: Vec<Vec<u8>> = rec.payloads.iter().map(|p| p.bytes.clone()).collect();
         assert_eq!(got, (1..=10).map(payload).collect::<Vec<_>>());
         // Rotate and retire: the old frames are gone, new ones are kept.
-        let (old, nonempty) = j.rotate();
+        let (old, nonempty) = j.rotate().unwrap();
         assert!(nonempty);
         j.append(&payload(11)).unwrap();
         j.retire(old, true).unwrap();
@@ -448,6 +506,22 @@ mod tests {
         assert_eq!(rec.payloads.len(), 1);
         assert_eq!(rec.payloads[0].bytes, payload(11));
         assert_eq!(rec.max_seq, 11);
+    }
+
+    /// Regression (review): a flush that failed after rotating left its
+    /// segment unretired; the next flush rotated back onto it and reset it,
+    /// invalidating frames that were the only copy of acknowledged updates.
+    #[test]
+    fn a_segment_that_was_never_retired_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), MIN_SEGMENT_BYTES, &Recovery::default()).unwrap();
+        j.append(&payload(1)).unwrap();
+        let (old, _) = j.rotate().unwrap(); // the flush then fails: no retire
+        assert!(j.rotate().is_err());
+        let rec = recover(dir.path(), false).unwrap();
+        assert_eq!(rec.payloads.len(), 1, "the unretired frame is still there");
+        j.retire(old, false).unwrap();
+        assert!(j.rotate().is_ok());
     }
 
     #[test]
@@ -459,7 +533,7 @@ mod tests {
             n += 1;
         }
         assert!(n > 1000);
-        let (old, _) = j.rotate();
+        let (old, _) = j.rotate().unwrap();
         assert!(j.append(&payload(1)).unwrap().is_some());
         j.retire(old, false).unwrap();
     }

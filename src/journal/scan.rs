@@ -86,11 +86,15 @@ pub(crate) fn scan_segment(buf: &[u8], tolerant: bool) -> Scan<'_> {
                     scan.end = ScanEnd::TornTail { offset: off };
                     return scan;
                 }
-                Some((next_off, next_seq)) => {
+                Some(_) => {
                     if !tolerant {
                         scan.end = ScanEnd::Corrupt { offset: off };
                         return scan;
                     }
+                    // Resume at the first valid frame after the hole, not
+                    // at the proof: frames between them may be intact.
+                    let (next_off, next_seq) =
+                        find_next_valid(buf, off, epoch, expected).unwrap_or((buf.len(), expected));
                     scan.skipped.push((off, next_off));
                     off = next_off;
                     expected = next_seq;
@@ -98,6 +102,20 @@ pub(crate) fn scan_segment(buf: &[u8], tolerant: bool) -> Scan<'_> {
             },
         }
     }
+}
+
+/// The first valid frame of `epoch` after `from` with `seq >= min_seq`.
+fn find_next_valid(buf: &[u8], from: usize, epoch: u64, min_seq: u64) -> Option<(usize, u64)> {
+    let mut probe = from + FRAME_ALIGN;
+    while probe + FRAME_HEADER_LEN <= buf.len() {
+        if let FrameAt::Valid { seq, .. } = read_frame(&buf[probe..], epoch) {
+            if seq >= min_seq {
+                return Some((probe, seq));
+            }
+        }
+        probe += FRAME_ALIGN;
+    }
+    None
 }
 
 /// The first valid frame after `from` whose `synced` covers `hole_seq`, if
@@ -194,6 +212,21 @@ mod tests {
             vec![1, 3, 4]
         );
         assert_eq!(t.skipped.len(), 1);
+    }
+
+    /// Regression (review): tolerant recovery jumped straight to the frame
+    /// proving the corruption and dropped intact frames in between.
+    #[test]
+    fn tolerant_keeps_intact_frames_before_the_proof() {
+        // Frame 3 was written before frame 2's sync completed (synced = 1),
+        // frame 4 after (synced = 3).
+        let (mut buf, offsets) = segment(4, |seq| [0, 0, 1, 1, 3][seq as usize]);
+        buf[offsets[1] + FRAME_HEADER_LEN] ^= 1;
+        let t = scan_segment(&buf, true);
+        assert_eq!(
+            t.frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            vec![1, 3, 4]
+        );
     }
 
     #[test]

@@ -104,12 +104,12 @@ impl Store {
             conv.encode(),
         );
         drop(view); // a view holds the read gate, which discard takes
-        self.write_structural(batch)?;
-        // An update that passed its membership check before this change
-        // may have been buffered after the flush above: it predates the
-        // change, and a buffered key skips the check, so drop it.
+                    // Before the batch: until it lands the user is not a member, so
+                    // anything buffered for the key predates this membership (an update
+                    // that passed its check before an earlier leave). After it, a
+                    // buffered entry could be a new member's acknowledged update.
         self.writer.discard(conversation.0, user.0);
-        Ok(())
+        self.write_structural(batch)
     }
 
     /// Removes `user` from `conversation`, with their read mark: a member

@@ -181,6 +181,9 @@ impl Writer {
     pub(crate) fn flush_key(&self, conversation: u64, user: u64) -> Result<()> {
         self.check_poison()?;
         let _flush = self.flush_lock.lock();
+        // Again under the lock: a flush that failed while this one waited
+        // left a segment unretired, which must not be reused.
+        self.check_poison()?;
         let Some(state) = self.combiner.peek(conversation, user) else {
             return Ok(());
         };
@@ -210,10 +213,24 @@ impl Writer {
     pub(crate) fn flush_all(&self, durable_retire: bool) -> Result<()> {
         self.check_poison()?;
         let _flush = self.flush_lock.lock();
+        // Again under the lock: a flush that failed while this one waited
+        // left a segment unretired, which must not be reused.
+        self.check_poison()?;
         if self.combiner.keys() == 0 && self.journal.frames().iter().all(|&n| n == 0) {
+            if durable_retire {
+                if let Err(e) = self.journal.sync_retirements() {
+                    return Err(self.poison("journal fsync", e.into()));
+                }
+            }
             return Ok(());
         }
-        let (old, had_frames) = self.journal.rotate();
+        if let Err(e) = self.journal.sync_retirements() {
+            return Err(self.poison("journal fsync", e.into()));
+        }
+        let (old, had_frames) = match self.journal.rotate() {
+            Ok(r) => r,
+            Err(e) => return Err(self.poison("journal rotate", e.into())),
+        };
         // Copied, not removed: entries stay visible to reads until RocksDB
         // holds them (`remove_written`).
         let entries = self.combiner.snapshot();
