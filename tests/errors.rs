@@ -279,3 +279,67 @@ fn foreign_rocksdb_with_data_is_refused() {
         })
     ));
 }
+
+/// Ids at the edges of `u64` work like any other: keys sort and scan
+/// correctly at 0 and `u64::MAX` (no upper bound past the last conversation).
+#[test]
+fn ids_at_the_edges() {
+    let (_d, s) = temp_store();
+    for conv in [ConversationId(0), ConversationId(u64::MAX)] {
+        s.create_conversation(conv).unwrap();
+        for user in [UserId(0), UserId(u64::MAX)] {
+            s.add_member(conv, user, Timestamp(0)).unwrap();
+        }
+        s.record_message(conv, MessageId(0), UserId(0), Timestamp(u64::MAX))
+            .unwrap();
+        s.record_message(conv, MessageId(u64::MAX), UserId(0), Timestamp(1))
+            .unwrap();
+        assert!(matches!(
+            s.record_message(conv, MessageId(u64::MAX), UserId(0), Timestamp(2)),
+            Err(Error::MessageOutOfOrder { .. })
+        ));
+        assert_eq!(s.unread_count(conv, UserId(u64::MAX)).unwrap().count, 2);
+        s.mark_read(conv, UserId(u64::MAX), MessageId(0), Timestamp(u64::MAX))
+            .unwrap();
+        assert_eq!(s.unread_count(conv, UserId(u64::MAX)).unwrap().count, 1);
+        s.delete_message(conv, MessageId(u64::MAX)).unwrap();
+        assert_eq!(s.unread_count(conv, UserId(u64::MAX)).unwrap().count, 0);
+        s.mark_read(conv, UserId(u64::MAX), MessageId(u64::MAX), Timestamp(0))
+            .unwrap();
+        let rb = s.read_by(conv, MessageId(0), Page::first(10)).unwrap();
+        assert_eq!(rb.count, 1);
+        assert_eq!(rb.readers[0].user, UserId(u64::MAX));
+        assert_eq!(s.members(conv, Some(UserId(u64::MAX)), 10).unwrap(), vec![]);
+        assert_eq!(s.marks(conv).unwrap().len(), 2);
+    }
+    assert_eq!(
+        s.conversations_of(UserId(u64::MAX)).unwrap(),
+        vec![ConversationId(0), ConversationId(u64::MAX)]
+    );
+    assert!(matches!(
+        s.read_by(ConversationId(0), MessageId(0), Page::first(0)),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+/// A conversation far above any group size, and a burst of updates far
+/// above every flush trigger, in one go.
+#[test]
+fn large_conversation_and_huge_burst() {
+    let (_d, s) = temp_store();
+    let c = ConversationId(5);
+    s.create_conversation(c).unwrap();
+    for u in 0..5_000 {
+        s.add_member(c, UserId(u), Timestamp(0)).unwrap();
+    }
+    assert_eq!(s.member_count(c).unwrap(), 5_000);
+    s.record_message(c, MessageId(1), UserId(0), Timestamp(1))
+        .unwrap();
+    for i in 0..100_000u64 {
+        s.mark_read(c, UserId(i % 5_000), MessageId(1 + i / 5_000), Timestamp(i))
+            .unwrap();
+    }
+    let rb = s.read_by(c, MessageId(1), Page::first(100)).unwrap();
+    assert_eq!(rb.count, 4_999); // everyone but the sender
+    assert_eq!(rb.readers.len(), 100);
+}
