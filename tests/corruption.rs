@@ -35,19 +35,6 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), t).unwrap();
-        }
-    }
-}
-
 /// A store whose marks are partly in SST files (flushed and closed), partly
 /// in the WAL and partly in the journal (a second session killed in place).
 fn build() -> (tempfile::TempDir, BTreeMap<u64, u64>) {
@@ -100,7 +87,7 @@ fn random_damage_never_panics_and_never_returns_a_wrong_mark() {
     for trial in 0..150 {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("s");
-        copy_dir(dir.path(), &root);
+        common::copy_dir(dir.path(), &root);
         let victim = files(&root)[(next() as usize) % all.len()].clone();
         let mut bytes = std::fs::read(&victim).unwrap();
         if bytes.is_empty() {

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use readmark::{
@@ -20,19 +19,6 @@ fn config() -> Config {
     common::small_config()
         .flush_interval(Duration::from_secs(3600))
         .flush_after_updates(u32::MAX)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else if e.file_name() != "LOCK" {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 struct Image {
@@ -84,7 +70,7 @@ fn crash_image(seed: u64, synced: u64, unsynced: u64) -> Image {
     }
     let image = tempfile::tempdir().unwrap();
     let path = image.path().join("store");
-    copy_dir(live.path(), &path);
+    common::copy_dir(live.path(), &path);
     std::mem::forget(store); // the live store "loses power": no close
     let seg = std::fs::read(path.join("readmark-journal/segment-0")).unwrap();
     let (frames, end, _) = readmark::fuzzing::journal_scan(&seg);
@@ -126,7 +112,7 @@ fn check(store: &Store, img: &Image) {
 
 fn trial_dir(img: &Image) -> tempfile::TempDir {
     let t = tempfile::tempdir().unwrap();
-    copy_dir(&img.path, &t.path().join("s"));
+    common::copy_dir(&img.path, &t.path().join("s"));
     t
 }
 

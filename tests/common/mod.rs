@@ -27,3 +27,18 @@ pub fn raw_open(path: &Path) -> rocksdb::DB {
     let cfs = rocksdb::DB::list_cf(&opts, path).expect("list column families");
     rocksdb::DB::open_cf(&opts, path, cfs).expect("raw open")
 }
+
+/// Copies a store directory (without RocksDB's `LOCK`), e.g. to take a crash
+/// image of a store that is still open.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("dir entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else if e.file_name() != "LOCK" {
+            std::fs::copy(e.path(), target).expect("copy");
+        }
+    }
+}
