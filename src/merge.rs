@@ -88,23 +88,15 @@ pub(crate) mod adapter {
 
     use super::{merge_marks, MergeCounters};
 
-    /// Installs the mark merge operator (full and partial merge are the same
-    /// join) on a column family's options.
+    /// Installs the mark merge operator on a column family's options. The
+    /// join is associative, so full and partial merge are the same function.
     pub(crate) fn install_mark_operator(opts: &mut rocksdb::Options, counters: Arc<MergeCounters>) {
-        let full = {
-            let counters = counters.clone();
-            move |_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands| {
-                let out = merge_marks(existing, ops.iter());
-                counters.record(out.skipped);
-                Some(out.value)
-            }
-        };
-        let partial = move |_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands| {
+        let merge = move |_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands| {
             let out = merge_marks(existing, ops.iter());
             counters.record(out.skipped);
             Some(out.value)
         };
-        opts.set_merge_operator(super::MARK_MERGE_NAME, full, partial);
+        opts.set_merge_operator_associative(super::MARK_MERGE_NAME, merge);
     }
 }
 

@@ -58,10 +58,6 @@ pub(crate) struct Recovery {
     pub(crate) payloads: Vec<RecoveredPayload>,
     pub(crate) max_epoch: u64,
     pub(crate) max_seq: u64,
-    /// Torn tails found (ignored, not replayed): (file, offset).
-    pub(crate) torn: Vec<(PathBuf, usize)>,
-    /// Ranges skipped in tolerant mode: (file, from, to).
-    pub(crate) skipped: Vec<(PathBuf, usize, usize)>,
 }
 
 /// Reads every valid frame of every segment, without changing anything.
@@ -95,13 +91,11 @@ pub(crate) fn recover(dir: &Path, tolerant: bool) -> Result<Recovery> {
             }
             ScanEnd::TornTail { offset } => {
                 tracing::warn!(file = %path.display(), offset, "journal: torn tail ignored (a write cut short by a crash; nothing after it had been synced)");
-                rec.torn.push((path.clone(), offset));
             }
             ScanEnd::Clean { .. } => {}
         }
         for (from, to) in &scan.skipped {
             tracing::warn!(file = %path.display(), from, to, "journal: damaged range skipped (tolerant recovery)");
-            rec.skipped.push((path.clone(), *from, *to));
         }
         for f in scan.frames {
             if f.seq >= COUNTER_LIMIT {

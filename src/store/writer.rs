@@ -46,7 +46,6 @@ pub(crate) struct WriterCounters {
     pub(crate) batches: AtomicU64,
     pub(crate) rocksdb_syncs: AtomicU64,
     pub(crate) keys_written: AtomicU64,
-    pub(crate) flushes: AtomicU64,
 }
 
 enum AppendError {
@@ -262,7 +261,6 @@ impl Writer {
         if let Err(e) = self.journal.retire(old, durable_retire) {
             return Err(self.poison("journal retire", e.into()));
         }
-        self.counters.flushes.fetch_add(1, Ordering::Relaxed);
         self.note_flush();
         Ok(())
     }
