@@ -54,6 +54,8 @@ pub enum Durability {
 /// | [`journal_segment_bytes`](Config::journal_segment_bytes) | 8 MiB (two segments) |
 /// | [`recovery_mode`](Config::recovery_mode) | [`RecoveryMode::Strict`] |
 /// | [`statistics`](Config::statistics) | `false` |
+/// | [`receipt_threshold`](Config::receipt_threshold) | 50 members |
+/// | [`receipt_retention`](Config::receipt_retention) | 7 days |
 ///
 /// # Examples
 ///
@@ -78,6 +80,8 @@ pub struct Config {
     pub(crate) journal_segment_bytes: usize,
     pub(crate) recovery_mode: RecoveryMode,
     pub(crate) statistics: bool,
+    pub(crate) receipt_threshold: u32,
+    pub(crate) receipt_retention: Duration,
 }
 
 /// What opening a store does with damage in the journal's synced data.
@@ -129,6 +133,8 @@ impl Config {
             journal_segment_bytes: 8 << 20,
             recovery_mode: RecoveryMode::Strict,
             statistics: false,
+            receipt_threshold: 50,
+            receipt_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 
@@ -223,6 +229,45 @@ impl Config {
         self
     }
 
+    /// Conversations with at most this many members keep per-message
+    /// receipts (a bitset per message: who read it, with read times);
+    /// larger ones keep read marks only and write nothing per message.
+    /// Default 50 (the ADR's figure); at most 4096. A conversation can
+    /// override it ([`Store::set_receipt_threshold`](crate::Store::set_receipt_threshold)).
+    /// A change takes effect for a conversation at its next membership or
+    /// threshold change, which is when its mode is decided.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = readmark::Config::new().receipt_threshold(20);
+    /// assert_eq!(config.get_receipt_threshold(), 20);
+    /// ```
+    pub fn receipt_threshold(mut self, members: u32) -> Self {
+        self.receipt_threshold = members;
+        self
+    }
+
+    /// The configured receipt threshold.
+    #[must_use]
+    pub fn get_receipt_threshold(&self) -> u32 {
+        self.receipt_threshold
+    }
+
+    /// How long per-message receipts are kept after the message was sent
+    /// (Telegram keeps them 7 days). Older receipts are dropped by a
+    /// compaction filter and answers for those messages come from the read
+    /// marks. Measured against [`Timestamp`](crate::Timestamp)s read as
+    /// milliseconds since the Unix epoch. Default 7 days; at least 1 ms.
+    pub fn receipt_retention(mut self, keep: Duration) -> Self {
+        self.receipt_retention = keep;
+        self
+    }
+
+    pub(crate) fn retention_ms(&self) -> u64 {
+        u64::try_from(self.receipt_retention.as_millis()).unwrap_or(u64::MAX)
+    }
+
     pub(crate) fn max_pending_keys(&self) -> usize {
         (self.combiner_max_bytes / PENDING_ENTRY_BYTES).max(1)
     }
@@ -252,6 +297,18 @@ impl Config {
         if self.max_successive_merges == 0 {
             return Err(Error::InvalidConfig(
                 "max_successive_merges must be at least 1".into(),
+            ));
+        }
+        if self.receipt_threshold > crate::receipts::MAX_SLOTS {
+            return Err(Error::InvalidConfig(format!(
+                "receipt_threshold must be at most {}, got {}",
+                crate::receipts::MAX_SLOTS,
+                self.receipt_threshold
+            )));
+        }
+        if self.receipt_retention < Duration::from_millis(1) {
+            return Err(Error::InvalidConfig(
+                "receipt_retention must be at least 1 ms".into(),
             ));
         }
         if self.write_buffer_bytes < 64 << 10 {

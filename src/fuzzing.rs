@@ -7,6 +7,7 @@ use crate::journal::frame::{frame_size, write_frame, write_header, SEGMENT_HEADE
 use crate::journal::scan::{scan_segment, ScanEnd};
 use crate::mark::MarkState;
 use crate::merge::merge_marks;
+use crate::receipts::{merge_bitsets, Bitset, ReadTimeRecord};
 use crate::records::{ConversationRecord, MemberRecord, MessageRecord};
 
 /// Decodes a mark value/operand; re-encodes it if it decodes.
@@ -28,6 +29,23 @@ pub fn message_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
 /// Decodes then re-encodes a journal payload.
 pub fn journal_record_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
     crate::journal::record::MarkRecord::decode(bytes).map(|r| r.encode())
+}
+/// Decodes then re-encodes a per-message receipt bitset.
+pub fn bitset_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    Bitset::decode(bytes).map(|b| {
+        // The slot iterator and membership test agree with the bytes.
+        let mut again = Bitset::new(b.sent_at);
+        for s in b.slots() {
+            assert!(b.contains(s));
+            again.set(s);
+        }
+        assert_eq!(again, b, "slots() must list exactly the set bits");
+        b.encode()
+    })
+}
+/// Decodes then re-encodes a read-time record.
+pub fn read_time_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    ReadTimeRecord::decode(bytes).map(|r| r.encode().to_vec())
 }
 /// Decodes a pair key.
 pub fn pair_key(bytes: &[u8]) -> Option<(u64, u64)> {
@@ -84,6 +102,44 @@ pub fn merge_marks_target(data: &[u8]) {
     assert_eq!(all.skipped, left.skipped + right.skipped);
 }
 
+/// Target `merge_receipts`: the bitset OR merge on arbitrary inputs never
+/// panics, always yields a value that decodes, gives the same value however
+/// the operands are grouped or ordered, and holds exactly the union of the
+/// slots of the inputs that decode.
+pub fn merge_receipts_target(data: &[u8]) {
+    let parts: Vec<&[u8]> = data.split(|&b| b == 0xFE).collect();
+    let (base, ops) = match parts.split_first() {
+        Some((b, rest)) if !b.is_empty() => (Some(*b), rest),
+        _ => (None, &parts[..]),
+    };
+    let all = merge_bitsets(base, ops.iter().copied());
+    let merged = Bitset::decode(&all.value).expect("merge output must decode");
+    let mid = ops.len() / 2;
+    let left = merge_bitsets(base, ops[..mid].iter().copied());
+    let right = merge_bitsets(None, ops[mid..].iter().copied());
+    let grouped = merge_bitsets(Some(&left.value), [right.value.as_slice()]);
+    assert_eq!(
+        all.value, grouped.value,
+        "partial merges must not change the result"
+    );
+    let reversed = merge_bitsets(base, ops.iter().rev().copied());
+    assert_eq!(
+        all.value, reversed.value,
+        "order must not change the result"
+    );
+    assert_eq!(all.skipped, left.skipped + right.skipped);
+    let mut union = std::collections::BTreeSet::new();
+    for input in base.into_iter().chain(ops.iter().copied()) {
+        if let Some(b) = Bitset::decode(input) {
+            union.extend(b.slots());
+        }
+    }
+    assert!(
+        merged.slots().eq(union.into_iter()),
+        "merge must be the union"
+    );
+}
+
 /// Target `decoders`: every on-disk decoder on arbitrary bytes never panics,
 /// and whatever decodes re-encodes to the same bytes (one canonical form).
 pub fn decoders_target(data: &[u8]) {
@@ -93,6 +149,8 @@ pub fn decoders_target(data: &[u8]) {
         member_roundtrip,
         message_roundtrip,
         journal_record_roundtrip,
+        bitset_roundtrip,
+        read_time_roundtrip,
     ] {
         if let Some(again) = roundtrip(data) {
             assert_eq!(again, data, "decode/encode must round-trip");

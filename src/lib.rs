@@ -47,6 +47,7 @@ mod journal;
 mod keys;
 mod mark;
 mod merge;
+mod receipts;
 mod records;
 #[cfg(feature = "store")]
 mod store;
@@ -58,7 +59,8 @@ pub use mark::ReadMark;
 pub use merge::{merge_marks, MergeOutcome};
 #[cfg(feature = "store")]
 pub use store::{
-    Page, ReadBy, ReadTime, Reader, ReceiptSource, RocksDbIo, Stats, Store, Unread, FORMAT_VERSION,
+    Page, ReadBy, ReadCount, ReadTime, Reader, ReceiptSource, RocksDbIo, Stats, Store, Unread,
+    FORMAT_VERSION,
 };
 
 // The README's usage example is compiled and run as a doc test.

@@ -65,7 +65,7 @@ pub(crate) struct MergeCounters {
 }
 
 impl MergeCounters {
-    fn record(&self, skipped: u64) {
+    pub(crate) fn record(&self, skipped: u64) {
         if skipped > 0 {
             let before = self.malformed.fetch_add(skipped, Ordering::Relaxed);
             if before == 0 {

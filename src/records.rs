@@ -20,8 +20,10 @@ fn get(buf: &[u8], at: usize) -> u64 {
 /// `conversations` value.
 ///
 /// ```text
-/// 0     1        2                10                 18                26                34
-/// | ver | flags  | member_count   | message_count   | last_message    | deleted_count   |
+/// 0     1        2                10                 18                26                34                38
+/// | ver | flags  | member_count   | message_count   | last_message    | deleted_count   | threshold u32 |
+///         bit0: per-message receipts on
+///         bit1: threshold override present (else the field is 0)
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ConversationRecord {
@@ -32,13 +34,21 @@ pub(crate) struct ConversationRecord {
     pub(crate) last_message: u64,
     /// Messages deleted so far (each also has a `deletions` key).
     pub(crate) deleted_count: u64,
+    /// Per-message receipts are kept for messages recorded now (the
+    /// conversation was small at its last membership or threshold change).
+    pub(crate) per_message: bool,
+    /// This conversation's own receipt threshold, if set.
+    pub(crate) threshold: Option<u32>,
 }
 
 pub(crate) const CONV_MEMBER_COUNT: usize = 2;
 pub(crate) const CONV_MESSAGE_COUNT: usize = 10;
 pub(crate) const CONV_LAST_MESSAGE: usize = 18;
 pub(crate) const CONV_DELETED_COUNT: usize = 26;
-pub(crate) const CONV_LEN: usize = 34;
+pub(crate) const CONV_THRESHOLD: usize = 34;
+pub(crate) const CONV_LEN: usize = 38;
+pub(crate) const CONV_FLAG_PER_MESSAGE: u8 = 0x01;
+pub(crate) const CONV_FLAG_THRESHOLD: u8 = 0x02;
 
 impl ConversationRecord {
     pub(crate) fn last_message(&self) -> Option<MessageId> {
@@ -52,11 +62,24 @@ impl ConversationRecord {
         put(&mut b, CONV_MESSAGE_COUNT, self.message_count);
         put(&mut b, CONV_LAST_MESSAGE, self.last_message);
         put(&mut b, CONV_DELETED_COUNT, self.deleted_count);
+        if self.per_message {
+            b[1] |= CONV_FLAG_PER_MESSAGE;
+        }
+        if let Some(t) = self.threshold {
+            b[1] |= CONV_FLAG_THRESHOLD;
+            BigEndian::write_u32(&mut b[CONV_THRESHOLD..CONV_LEN], t);
+        }
         b
     }
 
     pub(crate) fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != CONV_LEN || b[0] != RECORD_VERSION || b[1] != 0 {
+        let known = CONV_FLAG_PER_MESSAGE | CONV_FLAG_THRESHOLD;
+        if b.len() != CONV_LEN || b[0] != RECORD_VERSION || b[1] & !known != 0 {
+            return None;
+        }
+        let threshold = BigEndian::read_u32(&b[CONV_THRESHOLD..CONV_LEN]);
+        let has_threshold = b[1] & CONV_FLAG_THRESHOLD != 0;
+        if !has_threshold && threshold != 0 {
             return None;
         }
         let r = Self {
@@ -64,6 +87,8 @@ impl ConversationRecord {
             message_count: get(b, CONV_MESSAGE_COUNT),
             last_message: get(b, CONV_LAST_MESSAGE),
             deleted_count: get(b, CONV_DELETED_COUNT),
+            per_message: b[1] & CONV_FLAG_PER_MESSAGE != 0,
+            threshold: has_threshold.then_some(threshold),
         };
         // Counts far beyond anything reachable are damage, and would
         // overflow when incremented.
@@ -75,21 +100,27 @@ impl ConversationRecord {
 /// `members` value.
 ///
 /// ```text
-/// 0     1        2                   10               18
-/// | ver | flags  | joined_after      | joined_at      |
+/// 0     1        2                   10               18         20
+/// | ver | flags  | joined_after      | joined_at      | slot u16 |
 ///         bit0: joined_after present
+///         bit1: slot present (else the field is 0)
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct MemberRecord {
     /// Newest message when the member joined: unread counting starts after it.
     pub(crate) joined_after: Option<MessageId>,
     pub(crate) joined_at: Timestamp,
+    /// Bit position in the per-message bitsets; assigned while the
+    /// conversation keeps per-message receipts.
+    pub(crate) slot: Option<u16>,
 }
 
 pub(crate) const MEMBER_FLAG_JOINED_AFTER: u8 = 0x01;
+pub(crate) const MEMBER_FLAG_SLOT: u8 = 0x02;
 pub(crate) const MEMBER_JOINED_AFTER: usize = 2;
 pub(crate) const MEMBER_JOINED_AT: usize = 10;
-pub(crate) const MEMBER_LEN: usize = 18;
+pub(crate) const MEMBER_SLOT: usize = 18;
+pub(crate) const MEMBER_LEN: usize = 20;
 
 impl MemberRecord {
     pub(crate) fn encode(&self) -> [u8; MEMBER_LEN] {
@@ -100,23 +131,33 @@ impl MemberRecord {
             put(&mut b, MEMBER_JOINED_AFTER, m.0);
         }
         put(&mut b, MEMBER_JOINED_AT, self.joined_at.0);
+        if let Some(s) = self.slot {
+            b[1] |= MEMBER_FLAG_SLOT;
+            BigEndian::write_u16(&mut b[MEMBER_SLOT..MEMBER_LEN], s);
+        }
         b
     }
 
     pub(crate) fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != MEMBER_LEN || b[0] != RECORD_VERSION || b[1] & !MEMBER_FLAG_JOINED_AFTER != 0
-        {
+        let known = MEMBER_FLAG_JOINED_AFTER | MEMBER_FLAG_SLOT;
+        if b.len() != MEMBER_LEN || b[0] != RECORD_VERSION || b[1] & !known != 0 {
             return None;
         }
         let has_joined_after = b[1] & MEMBER_FLAG_JOINED_AFTER != 0;
+        let has_slot = b[1] & MEMBER_FLAG_SLOT != 0;
+        let slot = BigEndian::read_u16(&b[MEMBER_SLOT..MEMBER_LEN]);
         // Canonical form only: an absent field is all zeros.
-        if !has_joined_after && get(b, MEMBER_JOINED_AFTER) != 0 {
+        if !has_joined_after && get(b, MEMBER_JOINED_AFTER) != 0 || !has_slot && slot != 0 {
+            return None;
+        }
+        if has_slot && u32::from(slot) >= crate::receipts::MAX_SLOTS {
             return None;
         }
         let joined_after = has_joined_after.then(|| MessageId(get(b, MEMBER_JOINED_AFTER)));
         Some(Self {
             joined_after,
             joined_at: Timestamp(get(b, MEMBER_JOINED_AT)),
+            slot: has_slot.then_some(slot),
         })
     }
 }
@@ -127,6 +168,7 @@ impl MemberRecord {
 /// 0     1        2                10               18               26
 /// | ver | flags  | ordinal        | sender         | sent_at        |
 ///         bit0: deleted
+///         bit1: tracked (recorded with per-message receipts)
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct MessageRecord {
@@ -135,9 +177,12 @@ pub(crate) struct MessageRecord {
     pub(crate) sender: UserId,
     pub(crate) sent_at: Timestamp,
     pub(crate) deleted: bool,
+    /// Recorded while the conversation kept per-message receipts.
+    pub(crate) tracked: bool,
 }
 
 pub(crate) const MESSAGE_FLAG_DELETED: u8 = 0x01;
+pub(crate) const MESSAGE_FLAG_TRACKED: u8 = 0x02;
 pub(crate) const MESSAGE_ORDINAL: usize = 2;
 pub(crate) const MESSAGE_SENDER: usize = 10;
 pub(crate) const MESSAGE_SENT_AT: usize = 18;
@@ -148,7 +193,10 @@ impl MessageRecord {
         let mut b = [0u8; MESSAGE_LEN];
         b[0] = RECORD_VERSION;
         if self.deleted {
-            b[1] = MESSAGE_FLAG_DELETED;
+            b[1] |= MESSAGE_FLAG_DELETED;
+        }
+        if self.tracked {
+            b[1] |= MESSAGE_FLAG_TRACKED;
         }
         put(&mut b, MESSAGE_ORDINAL, self.ordinal);
         put(&mut b, MESSAGE_SENDER, self.sender.0);
@@ -157,7 +205,8 @@ impl MessageRecord {
     }
 
     pub(crate) fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != MESSAGE_LEN || b[0] != RECORD_VERSION || b[1] & !MESSAGE_FLAG_DELETED != 0 {
+        let known = MESSAGE_FLAG_DELETED | MESSAGE_FLAG_TRACKED;
+        if b.len() != MESSAGE_LEN || b[0] != RECORD_VERSION || b[1] & !known != 0 {
             return None;
         }
         let ordinal = get(b, MESSAGE_ORDINAL);
@@ -166,6 +215,7 @@ impl MessageRecord {
             sender: UserId(get(b, MESSAGE_SENDER)),
             sent_at: Timestamp(get(b, MESSAGE_SENT_AT)),
             deleted: b[1] & MESSAGE_FLAG_DELETED != 0,
+            tracked: b[1] & MESSAGE_FLAG_TRACKED != 0,
         })
     }
 }
@@ -181,9 +231,13 @@ mod tests {
             message_count: 3,
             last_message: 4,
             deleted_count: 1,
+            per_message: true,
+            threshold: Some(0x0102_0304),
         };
         let b = r.encode();
         assert_eq!(b[0], 1);
+        assert_eq!(b[1], CONV_FLAG_PER_MESSAGE | CONV_FLAG_THRESHOLD);
+        assert_eq!(b[CONV_THRESHOLD..CONV_LEN], [1, 2, 3, 4]);
         assert_eq!(b[CONV_MEMBER_COUNT + 7], 2);
         assert_eq!(b[CONV_MESSAGE_COUNT + 7], 3);
         assert_eq!(b[CONV_LAST_MESSAGE + 7], 4);
@@ -197,17 +251,23 @@ mod tests {
         let r = MemberRecord {
             joined_after: Some(MessageId(9)),
             joined_at: Timestamp(5),
+            slot: Some(0x0102),
         };
         let b = r.encode();
-        assert_eq!(b[1], MEMBER_FLAG_JOINED_AFTER);
+        assert_eq!(b[1], MEMBER_FLAG_JOINED_AFTER | MEMBER_FLAG_SLOT);
+        assert_eq!(b[MEMBER_SLOT..MEMBER_LEN], [1, 2]);
         assert_eq!(b[MEMBER_JOINED_AFTER + 7], 9);
         assert_eq!(b[MEMBER_JOINED_AT + 7], 5);
         assert_eq!(MemberRecord::decode(&b), Some(r));
         let none = MemberRecord {
             joined_after: None,
             joined_at: Timestamp(0),
+            slot: None,
         };
         assert_eq!(MemberRecord::decode(&none.encode()), Some(none));
+        let mut too_big = r.encode();
+        too_big[MEMBER_SLOT..MEMBER_LEN].copy_from_slice(&4096u16.to_be_bytes());
+        assert_eq!(MemberRecord::decode(&too_big), None);
     }
 
     #[test]
@@ -217,9 +277,10 @@ mod tests {
             sender: UserId(2),
             sent_at: Timestamp(3),
             deleted: true,
+            tracked: true,
         };
         let b = r.encode();
-        assert_eq!(b[1], MESSAGE_FLAG_DELETED);
+        assert_eq!(b[1], MESSAGE_FLAG_DELETED | MESSAGE_FLAG_TRACKED);
         assert_eq!(b[MESSAGE_ORDINAL + 7], 1);
         assert_eq!(b[MESSAGE_SENDER + 7], 2);
         assert_eq!(b[MESSAGE_SENT_AT + 7], 3);

@@ -157,13 +157,19 @@ fn newer_store_with_unknown_column_family_is_refused_clearly() {
         db.create_cf("from_the_future", &rocksdb::Options::default())
             .unwrap();
         let meta = db.cf_handle("meta").unwrap();
-        db.put_cf(meta, b"format_version", 2u32.to_be_bytes())
-            .unwrap();
+        db.put_cf(
+            meta,
+            b"format_version",
+            (readmark::FORMAT_VERSION + 1).to_be_bytes(),
+        )
+        .unwrap();
     }
-    assert!(matches!(
-        Store::open(dir.path(), small_config()),
-        Err(Error::UnsupportedFormat { found: 2, .. })
-    ));
+    match Store::open(dir.path(), small_config()) {
+        Err(Error::UnsupportedFormat { found, .. }) => {
+            assert_eq!(found, readmark::FORMAT_VERSION + 1);
+        }
+        other => panic!("expected UnsupportedFormat, got {other:?}"),
+    }
 }
 
 #[test]
@@ -259,6 +265,40 @@ fn regression_store_killed_during_first_open_is_adopted() {
     s.create_conversation(C).unwrap();
     s.close().unwrap();
     Store::open(dir.path(), small_config()).unwrap();
+}
+
+/// Post-mortem: column families created on an existing store (`create_cf`,
+/// the path above) lost their retention compaction filter when the options
+/// were dropped (rust-rocksdb keeps a plain filter alive only through the
+/// `Options`), so the first compaction of receipts crashed with SIGSEGV.
+#[test]
+fn regression_compaction_filter_outlives_column_family_creation() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        rocksdb::DB::open(&opts, dir.path()).unwrap();
+    }
+    let s = Store::open(dir.path(), small_config()).unwrap();
+    s.create_conversation(C).unwrap();
+    for u in [ALICE, UserId(8)] {
+        s.add_member(C, u, Timestamp(0)).unwrap();
+    }
+    let t0 = 1_700_000_000_000;
+    s.__set_clock(Some(Timestamp(t0)));
+    for m in 1..=20 {
+        s.record_message(C, MessageId(m), UserId(8), Timestamp(t0))
+            .unwrap();
+    }
+    s.mark_read(C, ALICE, MessageId(20), Timestamp(t0 + 1))
+        .unwrap();
+    s.flush().unwrap();
+    s.__compact_all().unwrap();
+    assert!(s.__has_receipt_record(C, MessageId(1)).unwrap());
+    s.__set_clock(Some(Timestamp(t0 + 8 * 24 * 3600 * 1000)));
+    s.__compact_all().unwrap();
+    s.__compact_all().unwrap();
+    assert!(!s.__has_receipt_record(C, MessageId(1)).unwrap());
 }
 
 /// The same half-created store, but holding data (not readmark's): refused.

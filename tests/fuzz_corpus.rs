@@ -62,6 +62,17 @@ fn merge_marks_corpus() {
 }
 
 #[test]
+fn merge_receipts_corpus() {
+    run(
+        "merge_receipts",
+        readmark::fuzzing::merge_receipts_target,
+        5,
+        2_000,
+        120,
+    );
+}
+
+#[test]
 fn decoders_corpus() {
     run("decoders", readmark::fuzzing::decoders_target, 2, 2_000, 60);
 }

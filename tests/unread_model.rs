@@ -117,10 +117,16 @@ impl Conv {
         })
     }
 
+    /// Members when the message was recorded (joined before it) whose mark
+    /// covers it, its sender excepted.
     fn read_by_count(&self, msg: &Msg) -> u64 {
         self.members
-            .keys()
-            .filter(|&&u| u != msg.sender && self.marks.get(&u).is_some_and(|m| m.0 >= msg.id))
+            .iter()
+            .filter(|&(&u, joined_after)| {
+                u != msg.sender
+                    && joined_after.is_none_or(|j| msg.id > j)
+                    && self.marks.get(&u).is_some_and(|m| m.0 >= msg.id)
+            })
             .count() as u64
     }
 }

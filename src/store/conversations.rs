@@ -39,7 +39,12 @@ impl Store {
         batch.put_cf(
             self.cf(Cf::Conversations),
             keys::id_key(conversation.0),
-            ConversationRecord::default().encode(),
+            ConversationRecord {
+                // No members: at or under any threshold.
+                per_message: true,
+                ..ConversationRecord::default()
+            }
+            .encode(),
         );
         self.write_structural(batch)
     }
@@ -79,12 +84,24 @@ impl Store {
         if view.member_record(conversation, user)?.is_some() {
             return Err(Error::AlreadyMember { conversation, user });
         }
+        conv.member_count += 1;
+        let mut batch = WriteBatch::default();
+        self.decide_mode(&view, conversation, &mut conv, &mut batch, None)?;
+        // Slots are only handed out in per-message mode, where the member
+        // table is small enough to scan for the lowest free one. A freed
+        // slot may be reused: the new holder's bit counts only on messages
+        // recorded after they joined (`joined_after`), and the previous
+        // holder left before any of those existed.
+        let slot = if conv.per_message {
+            Some(self.free_slot(&view, conversation)?)
+        } else {
+            None
+        };
         let member = MemberRecord {
             joined_after: conv.last_message(),
             joined_at: at,
+            slot,
         };
-        conv.member_count += 1;
-        let mut batch = WriteBatch::default();
         batch.put_cf(
             self.cf(Cf::Members),
             keys::member_key(conversation, user),
@@ -142,6 +159,9 @@ impl Store {
         }
         conv.member_count = conv.member_count.saturating_sub(1);
         let mut batch = WriteBatch::default();
+        self.decide_mode(&view, conversation, &mut conv, &mut batch, Some(user))?;
+        let (from, to) = super::receipts::member_times_range(conversation, user);
+        batch.delete_range_cf(self.cf(Cf::ReadTimes), &from[..], &to[..]);
         batch.delete_cf(self.cf(Cf::Members), keys::member_key(conversation, user));
         batch.delete_cf(
             self.cf(Cf::UserConversations),

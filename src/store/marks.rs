@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 
 use super::{Cf, Store};
 use crate::config::Durability;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
 use crate::keys;
 use crate::mark::{MarkState, ReadMark, UnreadFlag};
@@ -47,8 +47,14 @@ impl Page {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ReceiptSource {
+    /// The message's per-message receipts (a bitset of member slots, with
+    /// read-time records), completed by the read marks: the message was
+    /// recorded in a conversation at or under its receipt threshold and is
+    /// within the retention period.
+    PerMessage,
     /// Derived from the members' read marks: a member read message `M` iff
-    /// their mark is at or past `M`.
+    /// their mark is at or past `M`. The answer for messages of large
+    /// conversations and for messages past retention.
     Marks,
 }
 
@@ -56,6 +62,11 @@ pub enum ReceiptSource {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ReadTime {
+    /// The time the member first read the message: the flushed mark
+    /// advance that first covered it, or the single view of it, whichever
+    /// came first. Advances combined in one flush window are recorded as
+    /// one, at the time of the newest of them.
+    At(Timestamp),
     /// Derived from a read mark: the member's mark reached its current
     /// position at this time, so they read the message no later than this.
     NoLaterThan(Timestamp),
@@ -215,86 +226,6 @@ impl Store {
             ControlFlow::Continue(())
         })?;
         Ok(out)
-    }
-
-    /// Who read `message`: every current member other than its sender whose
-    /// mark is at or past it, with the total count and one page of readers.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::UnknownConversation`], [`Error::UnknownMessage`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use readmark::{Config, ConversationId, MessageId, Page, Store, Timestamp, UserId};
-    /// # let dir = tempfile::tempdir()?;
-    /// # let store = Store::open(dir.path(), Config::new())?;
-    /// # let c = ConversationId(1);
-    /// # store.create_conversation(c)?;
-    /// # for u in 1..=4 { store.add_member(c, UserId(u), Timestamp(0))?; }
-    /// store.record_message(c, MessageId(10), UserId(1), Timestamp(1))?;
-    /// store.mark_read(c, UserId(2), MessageId(10), Timestamp(2))?;
-    /// store.mark_read(c, UserId(3), MessageId(12), Timestamp(3))?;
-    /// let page = store.read_by(c, MessageId(10), Page::first(1))?;
-    /// assert_eq!(page.count, 2);
-    /// assert_eq!(page.readers[0].user, UserId(2));
-    /// let rest = store.read_by(c, MessageId(10), Page { after: page.next, limit: 1 })?;
-    /// assert_eq!(rest.readers[0].user, UserId(3));
-    /// assert_eq!(rest.next, None);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn read_by(
-        &self,
-        conversation: ConversationId,
-        message: MessageId,
-        page: Page,
-    ) -> Result<ReadBy> {
-        if page.limit == 0 {
-            return Err(Error::InvalidArgument("page limit must be at least 1"));
-        }
-        let view = self.snapshot_view();
-        view.conversation_record(conversation)?;
-        let record = view
-            .message_record(conversation, message)?
-            .ok_or(Error::UnknownMessage {
-                conversation,
-                message,
-            })?;
-        let mut count = 0u64;
-        let mut readers = Vec::new();
-        let mut more = false;
-        view.for_each_member(conversation, |user, _, state| {
-            let Some(mark) = state.mark.filter(|m| m.covers(message)) else {
-                return ControlFlow::Continue(());
-            };
-            if user == record.sender {
-                return ControlFlow::Continue(());
-            }
-            count += 1;
-            if page.after.is_none_or(|a| user > a) {
-                if readers.len() < page.limit {
-                    readers.push(Reader {
-                        user,
-                        read_at: ReadTime::NoLaterThan(mark.at),
-                    });
-                } else {
-                    more = true;
-                }
-            }
-            ControlFlow::Continue(())
-        })?;
-        let next = if more {
-            readers.last().map(|r| r.user)
-        } else {
-            None
-        };
-        Ok(ReadBy {
-            count,
-            readers,
-            next,
-            source: ReceiptSource::Marks,
-        })
     }
 
     /// Marks the conversation as unread for `user` (Telegram's

@@ -98,6 +98,7 @@ impl Store {
             sender,
             sent_at,
             deleted: false,
+            tracked: conv.per_message,
         };
         let mut batch = WriteBatch::default();
         batch.put_cf(
@@ -110,12 +111,14 @@ impl Store {
             keys::id_key(conversation.0),
             conv.encode(),
         );
-        batch.merge_cf(
-            self.cf(Cf::Marks),
-            keys::member_key(conversation, sender),
-            MarkState::from_mark(message, sent_at).encode(),
-        );
-        self.write_structural(batch)
+        drop(view); // the write may wait for a flush, which waits for readers
+        self.writer.write_with_advance(
+            batch,
+            conversation.0,
+            sender.0,
+            MarkState::from_mark(message, sent_at),
+            self.config.durability == crate::config::Durability::PowerLoss,
+        )
     }
 
     /// Deletes a message: it stops counting as unread for everyone. Deleting

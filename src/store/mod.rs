@@ -8,6 +8,7 @@
 mod conversations;
 mod marks;
 mod messages;
+mod receipts;
 mod view;
 mod writer;
 
@@ -34,11 +35,13 @@ use writer::Writer;
 
 pub use marks::{Page, ReadBy, ReadTime, Reader, ReceiptSource};
 pub use messages::Unread;
+pub use receipts::ReadCount;
+use receipts::{Clock, ReceiptPolicy};
 pub(crate) use view::View;
 
 /// The on-disk format this build reads and writes, stored in `meta` under
 /// [`FORMAT_VERSION_KEY`] and checked on every open.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Key of the format version in the `meta` column family.
 pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
@@ -63,10 +66,16 @@ pub(crate) enum Cf {
     Messages,
     /// (conversation, message) → empty, one per deleted message.
     Deletions,
+    /// (conversation, message) → bitset of the member slots that read it,
+    /// OR-merged; small conversations only.
+    Receipts,
+    /// (conversation, user, kind, message) → when a run of messages or one
+    /// message was first read; small conversations only.
+    ReadTimes,
 }
 
 impl Cf {
-    pub(crate) const ALL: [Cf; 7] = [
+    pub(crate) const ALL: [Cf; 9] = [
         Cf::Meta,
         Cf::Conversations,
         Cf::Members,
@@ -74,6 +83,8 @@ impl Cf {
         Cf::Marks,
         Cf::Messages,
         Cf::Deletions,
+        Cf::Receipts,
+        Cf::ReadTimes,
     ];
 
     fn from_name(name: &str) -> Option<Cf> {
@@ -89,6 +100,8 @@ impl Cf {
             Cf::Marks => "marks",
             Cf::Messages => "messages",
             Cf::Deletions => "deletions",
+            Cf::Receipts => "receipts",
+            Cf::ReadTimes => "read_times",
         }
     }
 }
@@ -130,6 +143,9 @@ pub struct Stats {
     /// counted each time a read or compaction meets it, until a compaction
     /// folds it away, so any non-zero value means "investigate".
     pub malformed_operands: u64,
+    /// Per-message bitset operands written (one per message per flush,
+    /// however many readers it carries, plus one per single view).
+    pub receipt_operands: u64,
 }
 
 /// RocksDB's I/O counters (see [`Store::rocksdb_io`]).
@@ -178,6 +194,7 @@ pub struct Store {
     path: PathBuf,
     config: Config,
     merge_counters: Arc<MergeCounters>,
+    clock: Arc<Clock>,
     writer: Arc<Writer>,
     timer: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
@@ -226,6 +243,11 @@ impl Store {
         }
 
         let merge_counters = Arc::new(MergeCounters::default());
+        let clock = Arc::new(Clock::default());
+        let policy = ReceiptPolicy {
+            retention_ms: config.retention_ms(),
+            clock: clock.clone(),
+        };
         let cache = Cache::new_lru_cache(config.block_cache_bytes);
         let existing = if path.join("CURRENT").exists() {
             DB::list_cf(&db_opts, &path)?
@@ -244,7 +266,7 @@ impl Store {
         };
         let descriptors = names.iter().map(|name| {
             let opts = match Cf::from_name(name) {
-                Some(cf) => cf_options(cf, &config, &cache, &merge_counters),
+                Some(cf) => cf_options(cf, &config, &cache, &merge_counters, &clock),
                 None => Options::default(),
             };
             ColumnFamilyDescriptor::new(name.as_str(), opts)
@@ -253,7 +275,10 @@ impl Store {
         let version = check_format(&db, &path, is_new, &names)?;
         for cf in Cf::ALL {
             if !names.iter().any(|n| n == cf.name()) {
-                db.create_cf(cf.name(), &cf_options(cf, &config, &cache, &merge_counters))?;
+                db.create_cf(
+                    cf.name(),
+                    &cf_options(cf, &config, &cache, &merge_counters, &clock),
+                )?;
             }
         }
         if version.is_none() {
@@ -275,10 +300,11 @@ impl Store {
             &journal_dir,
             config.recovery_mode == RecoveryMode::TolerateCorruption,
         )?;
-        let replayed = replay(&db, &recovery, config.recovery_mode)?;
+        let replayed = replay(&db, &recovery, config.recovery_mode, &policy)?;
         let journal = Journal::create(&journal_dir, config.journal_segment_bytes, &recovery)?;
         let writer = Arc::new(Writer::new(
             db.clone(),
+            policy,
             journal,
             config.max_pending_keys(),
             config.flush_after_updates,
@@ -296,6 +322,7 @@ impl Store {
             path,
             config,
             merge_counters,
+            clock,
             writer,
             timer: Mutex::new(Some(timer)),
             closed: AtomicBool::new(false),
@@ -448,6 +475,7 @@ impl Store {
             pending_keys: self.writer.combiner.keys() as u64,
             replayed_frames: self.replayed,
             malformed_operands: self.merge_counters.malformed.load(Ordering::Relaxed),
+            receipt_operands: load(&c.receipt_operands),
         }
     }
 
@@ -574,7 +602,12 @@ impl Drop for Store {
 /// is re-initialised. Merges are idempotent, so a frame whose update had
 /// already been flushed is harmless; frames of users who are no longer
 /// members are skipped (their membership ended after the frame was written).
-fn replay(db: &DB, recovery: &journal::Recovery, mode: RecoveryMode) -> Result<u64> {
+fn replay(
+    db: &DB,
+    recovery: &journal::Recovery,
+    mode: RecoveryMode,
+    policy: &ReceiptPolicy,
+) -> Result<u64> {
     let marks = db
         .cf_handle(Cf::Marks.name())
         .ok_or(Error::InvalidArgument("no marks column family"))?;
@@ -583,6 +616,10 @@ fn replay(db: &DB, recovery: &journal::Recovery, mode: RecoveryMode) -> Result<u
         .ok_or(Error::InvalidArgument("no members column family"))?;
     let mut batch = WriteBatch::default();
     let mut n = 0u64;
+    // Folded per key first, so the receipts of each replayed advance are
+    // planned once, from the mark RocksDB holds, as a flush would.
+    let mut folded: std::collections::BTreeMap<(u64, u64), crate::mark::MarkState> =
+        std::collections::BTreeMap::new();
     for payload in &recovery.payloads {
         let Some(r) = MarkRecord::decode(&payload.bytes) else {
             // The frame's checksum held, so this is not a torn write: a
@@ -600,8 +637,14 @@ fn replay(db: &DB, recovery: &journal::Recovery, mode: RecoveryMode) -> Result<u
         if db.get_pinned_cf(members, key)?.is_none() {
             continue;
         }
-        batch.merge_cf(marks, key, r.state.encode());
+        let e = folded.entry((r.conversation, r.user)).or_default();
+        *e = e.join(r.state);
         n += 1;
+    }
+    let entries: Vec<_> = folded.into_iter().collect();
+    receipts::plan_advances(db, policy, &entries, &mut batch)?;
+    for ((c, u), state) in &entries {
+        batch.merge_cf(marks, keys::pair_key(*c, *u), state.encode());
     }
     if !batch.is_empty() {
         let mut o = WriteOptions::default();
@@ -668,7 +711,13 @@ pub(crate) fn corrupt(cf: Cf, key: &[u8], reason: &'static str) -> Error {
     }
 }
 
-fn cf_options(cf: Cf, config: &Config, cache: &Cache, counters: &Arc<MergeCounters>) -> Options {
+fn cf_options(
+    cf: Cf,
+    config: &Config,
+    cache: &Cache,
+    counters: &Arc<MergeCounters>,
+    clock: &Arc<Clock>,
+) -> Options {
     let mut opts = Options::default();
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -682,6 +731,18 @@ fn cf_options(cf: Cf, config: &Config, cache: &Cache, counters: &Arc<MergeCounte
     if cf == Cf::Marks {
         adapter::install_mark_operator(&mut opts, counters.clone());
         opts.set_max_successive_merges(config.max_successive_merges);
+    }
+    if cf == Cf::Receipts {
+        receipts::filters::install_receipts(
+            &mut opts,
+            counters.clone(),
+            clock.clone(),
+            config.retention_ms(),
+        );
+        opts.set_max_successive_merges(config.max_successive_merges);
+    }
+    if cf == Cf::ReadTimes {
+        receipts::filters::install_read_times(&mut opts, clock.clone(), config.retention_ms());
     }
     opts
 }

@@ -31,6 +31,22 @@ impl<'a> View<'a> {
         ro
     }
 
+    pub(crate) fn get_raw(&self, cf: Cf, key: &[u8]) -> Result<Option<DBPinnableSlice<'a>>> {
+        self.get(cf, key)
+    }
+
+    /// A raw iterator over the keys of `cf` in `[lower, upper)`, positioned
+    /// at the first.
+    pub(crate) fn range_iter(&self, cf: Cf, lower: Vec<u8>, upper: Vec<u8>) -> DBRawIterator<'a> {
+        let mut ro = self.read_options();
+        let start = lower.clone();
+        ro.set_iterate_lower_bound(lower);
+        ro.set_iterate_upper_bound(upper);
+        let mut it = self.store.db.raw_iterator_cf_opt(self.store.cf(cf), ro);
+        it.seek(start);
+        it
+    }
+
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<DBPinnableSlice<'a>>> {
         Ok(self
             .store

@@ -29,6 +29,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex, RwLock};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
+use super::receipts::{plan_advances, ReceiptPolicy};
 use super::Cf;
 use crate::combiner::Combiner;
 use crate::config::Durability;
@@ -46,6 +47,7 @@ pub(crate) struct WriterCounters {
     pub(crate) batches: AtomicU64,
     pub(crate) rocksdb_syncs: AtomicU64,
     pub(crate) keys_written: AtomicU64,
+    pub(crate) receipt_operands: AtomicU64,
 }
 
 enum AppendError {
@@ -55,6 +57,7 @@ enum AppendError {
 
 pub(crate) struct Writer {
     db: Arc<DB>,
+    policy: ReceiptPolicy,
     pub(crate) combiner: Combiner,
     pub(crate) journal: Journal,
     flush_lock: Mutex<()>,
@@ -73,9 +76,16 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(db: Arc<DB>, journal: Journal, max_keys: usize, flush_after: u32) -> Self {
+    pub(crate) fn new(
+        db: Arc<DB>,
+        policy: ReceiptPolicy,
+        journal: Journal,
+        max_keys: usize,
+        flush_after: u32,
+    ) -> Self {
         Self {
             db,
+            policy,
             combiner: Combiner::new(),
             journal,
             flush_lock: Mutex::new(()),
@@ -189,16 +199,15 @@ impl Writer {
         // No sync: until the journal segment holding this key's frames is
         // retired, the journal still has them, and retiring waits for a
         // synced RocksDB write, which covers this one too.
-        let key = keys::pair_key(conversation, user);
-        if let Err(e) = self.db.merge_cf_opt(
-            self.marks_cf(),
-            key,
-            state.encode(),
-            &WriteOptions::default(),
-        ) {
+        let entries = [((conversation, user), state)];
+        let batch = match self.batch_for(&entries) {
+            Ok(b) => b,
+            Err(e) => return Err(self.poison("receipt planning", e)),
+        };
+        if let Err(e) = self.db.write_opt(batch, &WriteOptions::default()) {
             return Err(self.poison("RocksDB write", e.into()));
         }
-        self.remove_written(&[((conversation, user), state)]);
+        self.remove_written(&entries);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters.keys_written.fetch_add(1, Ordering::Relaxed);
         self.note_flush();
@@ -234,11 +243,10 @@ impl Writer {
         // holds them (`remove_written`).
         let entries = self.combiner.snapshot();
         if !entries.is_empty() {
-            let cf = self.marks_cf();
-            let mut batch = WriteBatch::default();
-            for ((c, u), state) in &entries {
-                batch.merge_cf(cf, keys::pair_key(*c, *u), state.encode());
-            }
+            let batch = match self.batch_for(&entries) {
+                Ok(b) => b,
+                Err(e) => return Err(self.poison("receipt planning", e)),
+            };
             let mut wo = WriteOptions::default();
             wo.set_sync(had_frames);
             if let Err(e) = self.db.write_opt(batch, &wo) {
@@ -262,6 +270,58 @@ impl Writer {
             return Err(self.poison("journal retire", e.into()));
         }
         self.note_flush();
+        Ok(())
+    }
+
+    /// One batch for `entries`: their per-message receipts (planned from
+    /// the marks RocksDB holds before this batch) and their mark operands.
+    /// Called with the flush lock held.
+    fn batch_for(&self, entries: &[((u64, u64), MarkState)]) -> Result<WriteBatch> {
+        let mut batch = WriteBatch::default();
+        self.extend_batch(entries, &mut batch)?;
+        Ok(batch)
+    }
+
+    fn extend_batch(
+        &self,
+        entries: &[((u64, u64), MarkState)],
+        batch: &mut WriteBatch,
+    ) -> Result<()> {
+        let n = plan_advances(&self.db, &self.policy, entries, batch)?;
+        self.counters
+            .receipt_operands
+            .fetch_add(n, Ordering::Relaxed);
+        let cf = self.marks_cf();
+        for ((c, u), state) in entries {
+            batch.merge_cf(cf, keys::pair_key(*c, *u), state.encode());
+        }
+        Ok(())
+    }
+
+    /// Writes `batch` together with one mark advance that bypasses the
+    /// buffer (a sender's, with their message), planning its receipts under
+    /// the flush lock so no flush plans from the same starting mark.
+    pub(crate) fn write_with_advance(
+        &self,
+        mut batch: WriteBatch,
+        conversation: u64,
+        user: u64,
+        state: MarkState,
+        sync: bool,
+    ) -> Result<()> {
+        self.check_poison()?;
+        let _flush = self.flush_lock.lock();
+        self.check_poison()?;
+        let entries = [((conversation, user), state)];
+        // Receipts and mark after the caller's records, in one atomic batch.
+        if let Err(e) = self.extend_batch(&entries, &mut batch) {
+            return Err(self.poison("receipt planning", e));
+        }
+        let mut o = WriteOptions::default();
+        o.set_sync(sync);
+        if let Err(e) = self.db.write_opt(batch, &o) {
+            return Err(self.poison("RocksDB write", e.into()));
+        }
         Ok(())
     }
 
