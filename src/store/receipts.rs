@@ -690,6 +690,44 @@ impl Store {
             .is_some())
     }
 
+    /// Testing hook: writes `operand` verbatim as a merge operand of
+    /// `message`'s bitset, so tests can show a malformed operand is skipped
+    /// and counted.
+    #[doc(hidden)]
+    pub fn __merge_raw_receipt_operand(
+        &self,
+        conversation: ConversationId,
+        message: MessageId,
+        operand: &[u8],
+    ) -> Result<()> {
+        self.db.merge_cf(
+            self.cf(Cf::Receipts),
+            keys::message_key(conversation, message),
+            operand,
+        )?;
+        Ok(())
+    }
+
+    /// Testing and measurement hook: `(live SST bytes, estimated keys)` of
+    /// the per-message receipt column families (`receipts`, `read_times`).
+    #[doc(hidden)]
+    pub fn __receipt_disk_usage(&self) -> Result<[(u64, u64); 2]> {
+        let mut out = [(0, 0); 2];
+        for (i, cf) in [Cf::Receipts, Cf::ReadTimes].into_iter().enumerate() {
+            let h = self.cf(cf);
+            let sst = self
+                .db
+                .property_int_value_cf(h, "rocksdb.live-sst-files-size")?
+                .unwrap_or(0);
+            let keys = self
+                .db
+                .property_int_value_cf(h, "rocksdb.estimate-num-keys")?
+                .unwrap_or(0);
+            out[i] = (sst, keys);
+        }
+        Ok(out)
+    }
+
     /// Testing hook: fixes the clock retention is measured against
     /// (`None`: the system clock).
     #[doc(hidden)]
