@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod measure;
+mod receipts;
 mod workload;
 
 use std::path::PathBuf;
@@ -29,6 +30,39 @@ enum Command {
     /// Measure mark_read at each durability level: updates/s, p50/p99
     /// latency, fsyncs, keys written, bytes to disk (medians of --runs).
     Bench(BenchArgs),
+    /// Measure what per-message receipts cost: bitset bytes per message and
+    /// RocksDB writes per mark advance, for groups of several sizes.
+    Receipts(ReceiptsArgs),
+}
+
+/// Options of `readmark receipts`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct ReceiptsArgs {
+    /// Group sizes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,10,50")]
+    pub(crate) members: Vec<u64>,
+    /// Messages per group.
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) messages: u64,
+    /// Share of the members who read the group at all (the ADR assumes 0.3).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) read_ratio: f64,
+    /// A reader visits after a message with probability 1 / this.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) open_every: u32,
+    /// Flush all visits together every this many messages instead of each
+    /// on leave (0): readers of the same messages then share operands.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) flush_every: u64,
+    /// Seed of the workload.
+    #[arg(long, default_value_t = 42)]
+    pub(crate) seed: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub(crate) quiet: bool,
 }
 
 /// Options of `readmark bench`.
@@ -112,6 +146,7 @@ pub(crate) fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Receipts(args) => receipts::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -146,6 +146,9 @@ pub struct Stats {
     /// Per-message bitset operands written (one per message per flush,
     /// however many readers it carries, plus one per single view).
     pub receipt_operands: u64,
+    /// Read-time records written: one run per flushed advance that gave
+    /// messages a bit, one per recorded single view.
+    pub read_time_records: u64,
 }
 
 /// RocksDB's I/O counters (see [`Store::rocksdb_io`]).
@@ -476,6 +479,7 @@ impl Store {
             replayed_frames: self.replayed,
             malformed_operands: self.merge_counters.malformed.load(Ordering::Relaxed),
             receipt_operands: load(&c.receipt_operands),
+            read_time_records: load(&c.read_time_records),
         }
     }
 

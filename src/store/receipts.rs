@@ -77,16 +77,18 @@ fn handle(db: &DB, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
 /// tracked messages get bits; bits for several readers of one message
 /// become one operand. Records that do not decode are skipped (a corrupt
 /// secondary record must not stop marks from being written; answers fall
-/// back to the marks). Returns the number of bitset operands added.
+/// back to the marks). Returns the number of bitset operands and of runs
+/// added.
 pub(crate) fn plan_advances(
     db: &DB,
     policy: &ReceiptPolicy,
     entries: &[((u64, u64), MarkState)],
     batch: &mut WriteBatch,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     if entries.iter().all(|(_, s)| s.mark.is_none()) {
-        return Ok(0);
+        return Ok((0, 0));
     }
+    let mut runs = 0u64;
     let (conversations, members, marks, messages, receipts, times) = (
         handle(db, Cf::Conversations)?,
         handle(db, Cf::Members)?,
@@ -182,13 +184,14 @@ pub(crate) fn plan_advances(
                 time_key(c, u, TimeKind::Run, new.up_to.0),
                 run.encode(),
             );
+            runs += 1;
         }
     }
     let n = bits.len() as u64;
     for ((c, m), b) in bits {
         batch.merge_cf(receipts, keys::pair_key(c, m), b.encode());
     }
-    Ok(n)
+    Ok((n, runs))
 }
 
 /// Whether `member` was a member when `message` was recorded.
@@ -525,10 +528,9 @@ impl Store {
             bits.encode(),
         );
         self.write_structural(batch)?;
-        self.writer
-            .counters
-            .receipt_operands
-            .fetch_add(1, Ordering::Relaxed);
+        let c = &self.writer.counters;
+        c.receipt_operands.fetch_add(1, Ordering::Relaxed);
+        c.read_time_records.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -706,6 +708,20 @@ impl Store {
             operand,
         )?;
         Ok(())
+    }
+
+    /// Measurement hook: `(bitset records, bytes of their merged values)`
+    /// of one conversation, read back from RocksDB.
+    #[doc(hidden)]
+    pub fn __receipt_value_bytes(&self, conversation: ConversationId) -> Result<(u64, u64)> {
+        let view = self.snapshot_view();
+        let (mut n, mut bytes) = (0u64, 0u64);
+        view.scan_prefix(Cf::Receipts, conversation.0, 0, |_, v| {
+            n += 1;
+            bytes += v.len() as u64;
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok((n, bytes))
     }
 
     /// Testing and measurement hook: `(live SST bytes, estimated keys)` of

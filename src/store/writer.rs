@@ -48,6 +48,7 @@ pub(crate) struct WriterCounters {
     pub(crate) rocksdb_syncs: AtomicU64,
     pub(crate) keys_written: AtomicU64,
     pub(crate) receipt_operands: AtomicU64,
+    pub(crate) read_time_records: AtomicU64,
 }
 
 enum AppendError {
@@ -287,10 +288,13 @@ impl Writer {
         entries: &[((u64, u64), MarkState)],
         batch: &mut WriteBatch,
     ) -> Result<()> {
-        let n = plan_advances(&self.db, &self.policy, entries, batch)?;
+        let (operands, runs) = plan_advances(&self.db, &self.policy, entries, batch)?;
         self.counters
             .receipt_operands
-            .fetch_add(n, Ordering::Relaxed);
+            .fetch_add(operands, Ordering::Relaxed);
+        self.counters
+            .read_time_records
+            .fetch_add(runs, Ordering::Relaxed);
         let cf = self.marks_cf();
         for ((c, u), state) in entries {
             batch.merge_cf(cf, keys::pair_key(*c, *u), state.encode());
