@@ -12,8 +12,8 @@ use readmark::{Config, ConversationId, MessageId, Page, ReadTime, Store, Timesta
 use super::workload::{Kind, Step, Workload, WorldParams};
 use super::DemoArgs;
 
-/// Simulated wall clock start (ms since the epoch) and step length.
-const START_MS: u64 = 1_700_000_000_000;
+/// Length of one workload step on the simulated clock, which starts at the
+/// real time of the run (so per-message receipts are within retention).
 const STEP_MS: u64 = 40;
 
 #[derive(Default)]
@@ -28,6 +28,8 @@ struct Tally {
 }
 
 pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
+    #[allow(non_snake_case)]
+    let START_MS = Timestamp::now().get();
     let tmp;
     let (path, temporary) = match &args.path {
         Some(p) => (p.clone(), false),
@@ -214,6 +216,9 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
             .readers
             .iter()
             .map(|r| match r.read_at {
+                ReadTime::At(t) => {
+                    format!("{} (at +{} ms)", r.user, t.get().saturating_sub(START_MS))
+                }
                 ReadTime::NoLaterThan(t) => {
                     format!("{} (by +{} ms)", r.user, t.get().saturating_sub(START_MS))
                 }
@@ -271,6 +276,12 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
         thousands(stats.journal_bytes),
         stats.fsyncs,
         stats.malformed_operands
+    );
+    println!(
+        "per-message receipts (conversations of at most {} members): {} bitset operands, {} read-time runs; nothing per message in larger ones",
+        Config::new().get_receipt_threshold(),
+        thousands(stats.receipt_operands),
+        thousands(stats.read_time_records)
     );
     store.close()?;
     Ok(())
