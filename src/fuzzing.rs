@@ -226,7 +226,10 @@ mod api {
     use std::collections::{BTreeMap, BTreeSet};
     use std::time::Duration;
 
-    use crate::{Config, ConversationId, Durability, Error, MessageId, Store, Timestamp, UserId};
+    use crate::{
+        Config, ConversationId, Durability, Error, MessageId, Page, ReceiptSource, Store,
+        Timestamp, UserId,
+    };
 
     const CONVS: u64 = 3;
     const USERS: u64 = 4;
@@ -238,6 +241,13 @@ mod api {
         members: BTreeMap<(u64, u64), Option<u64>>,
         /// conv -> [(id, sender, deleted)]
         msgs: BTreeMap<u64, Vec<(u64, u64, bool)>>,
+        /// Conversations not in per-message mode (more than 2 members at
+        /// their last membership change).
+        large: BTreeSet<u64>,
+        /// (conv, message): recorded in per-message mode.
+        tracked: BTreeSet<(u64, u64)>,
+        /// (conv, user, message): single views the store recorded.
+        views: BTreeSet<(u64, u64, u64)>,
         /// (conv, user) -> (up_to, at): what reads must show
         marks: BTreeMap<(u64, u64), (u64, u64)>,
         /// (conv, user) -> highest up_to acknowledged at ProcessCrash or
@@ -262,15 +272,30 @@ mod api {
             .flush_after_updates(3)
             .combiner_max_bytes(4096)
             .journal_segment_bytes(64 << 10)
+            .receipt_threshold(2)
+    }
+
+    /// Retention is measured against a fixed clock, so every receipt of a
+    /// run stays live whatever the real date.
+    fn open(path: &std::path::Path) -> Store {
+        let s = Store::open(path, config()).expect("open");
+        s.__set_clock(Some(Timestamp(1)));
+        s
+    }
+
+    fn members_of(m: &Model, conv: u64) -> usize {
+        m.members.keys().filter(|k| k.0 == conv).count()
     }
 
     /// Target `api_ops`: the public API driven by an arbitrary operation
     /// sequence (membership, messages, deletes, marks at every durability,
-    /// flushes, close/reopen, simulated crashes), checked after every step
-    /// against a model: marks, unread counts, typed errors.
+    /// single views, flushes, close/reopen, simulated crashes), checked after
+    /// every step against a model: marks, unread counts, typed errors, and
+    /// every message's readers (the rule of docs/design.md §5) and source
+    /// across threshold crossings (threshold 2).
     pub fn api_target(data: &[u8]) {
         let Ok(dir) = tempfile::tempdir() else { return };
-        let mut store = Some(Store::open(dir.path(), config()).expect("open"));
+        let mut store = Some(open(dir.path()));
         let mut m = Model::default();
         let mut clock = 0u64;
         let mut crashes = 0;
@@ -287,7 +312,7 @@ mod api {
             let key = (conv, user);
             clock += 1;
             let (cid, uid) = (ConversationId(conv), UserId(user));
-            match kind % 10 {
+            match kind % 11 {
                 0 => {
                     let r = s.create_conversation(cid);
                     if m.convs.insert(conv) {
@@ -307,6 +332,9 @@ mod api {
                         r.expect("add");
                         let last = m.msgs[&conv].last().map(|x| x.0);
                         m.members.insert(key, last);
+                        if members_of(&m, conv) > 2 {
+                            m.large.insert(conv);
+                        }
                     }
                 }
                 2 => {
@@ -318,6 +346,10 @@ mod api {
                         m.marks.remove(&key);
                         m.floor.remove(&key);
                         m.written.remove(&key);
+                        m.views.retain(|v| (v.0, v.1) != key);
+                        if members_of(&m, conv) <= 2 {
+                            m.large.remove(&conv);
+                        }
                     } else {
                         assert!(matches!(r, Err(Error::NotMember { .. })));
                     }
@@ -335,6 +367,9 @@ mod api {
                     } else {
                         r.expect("record");
                         m.msgs.get_mut(&conv).expect("conv").push((id, user, false));
+                        if !m.large.contains(&conv) {
+                            m.tracked.insert((conv, id));
+                        }
                         // Structural batch with the WAL: durable like the message.
                         join(&mut m.marks, key, id, clock);
                         let f = m.floor.entry(key).or_insert(0);
@@ -387,9 +422,32 @@ mod api {
                         }
                     }
                 }
+                10 => {
+                    let Some(v) = m.msgs.get(&conv).filter(|v| !v.is_empty()) else {
+                        continue;
+                    };
+                    let (id, sender, _) = v[usize::from(c) % v.len()];
+                    let r = s.mark_viewed(cid, uid, MessageId(id), Timestamp(clock));
+                    let Some(&joined_after) = m.members.get(&key) else {
+                        assert!(matches!(r, Err(Error::NotMember { .. })));
+                        continue;
+                    };
+                    let recordable = !m.large.contains(&conv)
+                        && m.tracked.contains(&(conv, id))
+                        && sender != user
+                        && joined_after.is_none_or(|j| id > j);
+                    assert_eq!(
+                        r.expect("mark_viewed"),
+                        recordable,
+                        "view ({conv},{user},{id})"
+                    );
+                    if recordable {
+                        m.views.insert((conv, user, id));
+                    }
+                }
                 8 => {
                     store.take().expect("store").close().expect("close");
-                    store = Some(Store::open(dir.path(), config()).expect("reopen"));
+                    store = Some(open(dir.path()));
                     for (k, v) in &m.marks {
                         let f = m.floor.entry(*k).or_insert(0);
                         *f = (*f).max(v.0);
@@ -401,7 +459,7 @@ mod api {
                     }
                     crashes += 1;
                     store.take().expect("store").__simulate_crash();
-                    let s = Store::open(dir.path(), config()).expect("open after crash");
+                    let s = open(dir.path());
                     // Memory-level updates may be lost: adopt what survived,
                     // after checking it is between the floor and the model.
                     for (&k, &(up, _)) in &m.marks.clone() {
@@ -465,6 +523,34 @@ mod api {
                         );
                     }
                 }
+            }
+            let Some(msgs) = m.msgs.get(&conv) else {
+                continue;
+            };
+            for &(id, sender, _) in msgs {
+                let want: Vec<u64> = m
+                    .members
+                    .iter()
+                    .filter(|(k, ja)| {
+                        k.0 == conv
+                            && k.1 != sender
+                            && ja.is_none_or(|j| id > j)
+                            && (m.marks.get(k).is_some_and(|x| x.0 >= id)
+                                || m.views.contains(&(conv, k.1, id)))
+                    })
+                    .map(|(k, _)| k.1)
+                    .collect();
+                let r = s
+                    .read_by(ConversationId(conv), MessageId(id), Page::first(10))
+                    .expect("read_by");
+                let got: Vec<u64> = r.readers.iter().map(|x| x.user.0).collect();
+                assert_eq!(got, want, "readers of ({conv},{id})");
+                let source = if m.tracked.contains(&(conv, id)) {
+                    ReceiptSource::PerMessage
+                } else {
+                    ReceiptSource::Marks
+                };
+                assert_eq!(r.source, source, "source of ({conv},{id})");
             }
         }
     }
