@@ -95,6 +95,32 @@ fn reused_slot_never_attributes_an_old_read() {
     );
 }
 
+/// Post-mortem (found in review): a join that is itself the crossing into
+/// per-message mode (here after a reopen with a higher store-wide
+/// threshold) gave the joiner a slot the crossing had just given to another
+/// member, so each was shown as reading what the other read.
+#[test]
+fn regression_join_that_crosses_down_gets_its_own_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 2);
+    setup(&s, [1, 2, 3]); // large: user 3 has no slot
+    s.close().unwrap();
+    let s = open(dir.path(), 10);
+    s.add_member(C, UserId(4), Timestamp(T0)).unwrap(); // the crossing
+    send(&s, 10, 1);
+    s.mark_read(C, UserId(3), MessageId(10), Timestamp(T0 + 50))
+        .unwrap();
+    s.flush().unwrap();
+    assert_eq!(users(&s, 10), [3]);
+    let slots = s.__receipt_slots(C, MessageId(10)).unwrap();
+    assert_eq!(slots.len(), 4, "every member has a slot: {slots:?}");
+    assert_eq!(slots.iter().filter(|s| s.1).count(), 1);
+    assert!(s
+        .mark_viewed(C, UserId(4), MessageId(10), Timestamp(T0 + 60))
+        .unwrap());
+    assert_eq!(users(&s, 10), [3, 4]);
+}
+
 /// Small → large by a join: messages from before keep their receipts and
 /// see later reads through the marks; messages after write nothing.
 #[test]

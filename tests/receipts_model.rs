@@ -26,9 +26,9 @@ const RETENTION_MS: u64 = 1_000;
 const T0: u64 = 1_700_000_000_000;
 const DEFAULT_THRESHOLD: u32 = 3;
 
-fn config() -> Config {
+fn config(threshold: u32) -> Config {
     common::small_config()
-        .receipt_threshold(DEFAULT_THRESHOLD)
+        .receipt_threshold(threshold)
         .receipt_retention(Duration::from_millis(RETENTION_MS))
         .flush_interval(Duration::from_secs(3600))
         .flush_after_updates(1_000_000)
@@ -44,7 +44,9 @@ enum Op {
     View(u64, usize, i64),
     Threshold(Option<u32>),
     Flush,
-    Reopen,
+    /// Close and reopen, possibly with another store-wide threshold (it
+    /// applies to the conversation at its next membership change).
+    Reopen(Option<u32>),
     Tick(u64),
     Compact,
 }
@@ -58,7 +60,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..USERS, 0usize..12, -40i64..40).prop_map(|(u, i, d)| Op::View(u, i, d)),
         1 => proptest::option::of(0u32..6).prop_map(Op::Threshold),
         2 => Just(Op::Flush),
-        1 => Just(Op::Reopen),
+        3 => proptest::option::of(0u32..8).prop_map(Op::Reopen),
         2 => (0u64..450).prop_map(Op::Tick),
         1 => Just(Op::Compact),
     ]
@@ -84,6 +86,8 @@ fn join(a: Option<Mark>, b: Mark) -> Mark {
 
 #[derive(Debug)]
 struct Model {
+    /// The store's `Config::receipt_threshold` at the last open.
+    default_threshold: u32,
     threshold: Option<u32>,
     per_message: bool,
     /// user -> joined_after
@@ -102,6 +106,7 @@ struct Model {
 impl Model {
     fn new() -> Self {
         Self {
+            default_threshold: DEFAULT_THRESHOLD,
             threshold: None,
             per_message: true,
             members: BTreeMap::new(),
@@ -167,7 +172,7 @@ impl Model {
     }
 
     fn decide_mode(&mut self) {
-        let t = u64::from(self.threshold.unwrap_or(DEFAULT_THRESHOLD));
+        let t = u64::from(self.threshold.unwrap_or(self.default_threshold));
         self.per_message = self.members.len() as u64 <= t;
     }
 
@@ -268,7 +273,7 @@ fn check(store: &Store, model: &Model, page_size: usize) -> Result<(), TestCaseE
 
 fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path(), config()).unwrap();
+    let mut store = Store::open(dir.path(), config(DEFAULT_THRESHOLD)).unwrap();
     let mut model = Model::new();
     store.__set_clock(Some(Timestamp(model.now)));
     store.create_conversation(C).unwrap();
@@ -323,6 +328,11 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
                         sent_at: model.now,
                         tracked: model.per_message,
                     });
+                    // A buffered advance of the sender is planned first,
+                    // in the message's batch, and stays buffered.
+                    if let Some(&p) = model.pending.get(&u) {
+                        model.plan(u, p);
+                    }
                     model.plan(u, (id, model.now));
                 } else {
                     prop_assert!(
@@ -387,10 +397,13 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
                 store.flush().unwrap();
                 model.flush();
             }
-            Op::Reopen => {
+            Op::Reopen(threshold) => {
                 store.close().unwrap();
                 model.flush();
-                store = Store::open(dir.path(), config()).unwrap();
+                if let Some(t) = threshold {
+                    model.default_threshold = t;
+                }
+                store = Store::open(dir.path(), config(model.default_threshold)).unwrap();
                 store.__set_clock(Some(Timestamp(model.now)));
             }
             Op::Tick(ms) => {

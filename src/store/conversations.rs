@@ -5,6 +5,7 @@ use std::ops::ControlFlow;
 
 use rocksdb::WriteBatch;
 
+use super::receipts::MemberChange;
 use super::{corrupt, Cf, Store, View};
 use crate::error::{Error, Result};
 use crate::ids::{ConversationId, Timestamp, UserId};
@@ -86,17 +87,18 @@ impl Store {
         }
         conv.member_count += 1;
         let mut batch = WriteBatch::default();
-        self.decide_mode(&view, conversation, &mut conv, &mut batch, None)?;
         // Slots are only handed out in per-message mode, where the member
         // table is small enough to scan for the lowest free one. A freed
         // slot may be reused: the new holder's bit counts only on messages
         // recorded after they joined (`joined_after`), and the previous
-        // holder left before any of those existed.
-        let slot = if conv.per_message {
-            Some(self.free_slot(&view, conversation)?)
-        } else {
-            None
-        };
+        // holder left before any of those existed (docs/design.md §5.2).
+        let slot = self.decide_mode(
+            &view,
+            conversation,
+            &mut conv,
+            &mut batch,
+            MemberChange::Joining,
+        )?;
         let member = MemberRecord {
             joined_after: conv.last_message(),
             joined_at: at,
@@ -113,8 +115,11 @@ impl Store {
             [],
         );
         // A mark write that raced an earlier leave may have landed after the
-        // leave deleted the mark; a new membership starts from nothing.
+        // leave deleted the mark, with its read-time run; a new membership
+        // starts from nothing.
         batch.delete_cf(self.cf(Cf::Marks), keys::member_key(conversation, user));
+        let (from, to) = super::receipts::member_times_range(conversation, user);
+        batch.delete_range_cf(self.cf(Cf::ReadTimes), &from[..], &to[..]);
         batch.put_cf(
             self.cf(Cf::Conversations),
             keys::id_key(conversation.0),
@@ -159,7 +164,13 @@ impl Store {
         }
         conv.member_count = conv.member_count.saturating_sub(1);
         let mut batch = WriteBatch::default();
-        self.decide_mode(&view, conversation, &mut conv, &mut batch, Some(user))?;
+        self.decide_mode(
+            &view,
+            conversation,
+            &mut conv,
+            &mut batch,
+            MemberChange::Leaving(user),
+        )?;
         let (from, to) = super::receipts::member_times_range(conversation, user);
         batch.delete_range_cf(self.cf(Cf::ReadTimes), &from[..], &to[..]);
         batch.delete_cf(self.cf(Cf::Members), keys::member_key(conversation, user));

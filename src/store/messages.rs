@@ -52,6 +52,8 @@ impl Store {
     /// Records a message. Ids must increase inside a conversation. Sending
     /// counts as reading: the sender's mark advances to the message in the
     /// same atomic batch, so a user's own messages are never unread to them.
+    /// A `sent_at` earlier than the previous message's is stored as that
+    /// time: times follow ids, as receipt retention assumes.
     ///
     /// # Errors
     ///
@@ -82,6 +84,7 @@ impl Store {
         let view = self.view();
         let mut conv = view.conversation_record(conversation)?;
         view.require_member(conversation, sender)?;
+        let mut sent_at = sent_at;
         if let Some(last) = conv.last_message() {
             if message <= last {
                 return Err(Error::MessageOutOfOrder {
@@ -89,6 +92,12 @@ impl Store {
                     message,
                     last,
                 });
+            }
+            // Times follow ids: a skewed client clock cannot make a newer
+            // message older, which retention and receipt planning rely on
+            // (docs/design.md §5.6).
+            if let Some(prev) = view.message_record(conversation, last)? {
+                sent_at = sent_at.max(prev.sent_at);
             }
         }
         conv.message_count += 1;

@@ -104,6 +104,9 @@ pub(crate) fn plan_advances(
         ro
     };
     let now = policy.clock.now();
+    // Several entries of one key plan in order, each from where the last
+    // left the mark (a buffered advance, then a send).
+    let mut planned: HashMap<(u64, u64), u64> = HashMap::new();
     let mut per_message: HashMap<u64, bool> = HashMap::new();
     let mut bits: BTreeMap<(u64, u64), Bitset> = BTreeMap::new();
     for &((c, u), state) in entries {
@@ -130,14 +133,19 @@ pub(crate) fn plan_advances(
             continue;
         };
         let Some(slot) = member.slot else { continue };
-        let prev = db
+        let stored = db
             .get_pinned_cf_opt(marks, key, &ro())?
             .and_then(|v| MarkState::decode(&v))
             .and_then(|s| s.mark)
             .map(|m| m.up_to.0);
+        let prev = match (stored, planned.get(&(c, u)).copied()) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         if prev.is_some_and(|p| p >= new.up_to.0) {
             continue;
         }
+        planned.insert((c, u), new.up_to.0);
         let from = match (prev, member.joined_after.map(|m| m.0)) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -576,7 +584,13 @@ impl Store {
         let mut conv = view.conversation_record(conversation)?;
         conv.threshold = threshold;
         let mut batch = WriteBatch::default();
-        self.decide_mode(&view, conversation, &mut conv, &mut batch, None)?;
+        self.decide_mode(
+            &view,
+            conversation,
+            &mut conv,
+            &mut batch,
+            MemberChange::None,
+        )?;
         batch.put_cf(
             self.cf(Cf::Conversations),
             keys::id_key(conversation.0),
@@ -593,21 +607,33 @@ impl Store {
     /// Decides whether `conv` keeps per-message receipts from now on, given
     /// its (already updated) member count. Crossing under the threshold
     /// gives a slot to every member without one (`leaving` excepted), in
-    /// `batch`. Called under the conversation's lock, after a durable flush.
+    /// `batch`. Returns, in per-message mode, the slot a member `joining`
+    /// in the same batch takes: chosen from the table the crossing just
+    /// filled, never from the view, which does not show those slots yet.
+    /// Called under the conversation's lock, after a durable flush.
     pub(crate) fn decide_mode(
         &self,
         view: &View<'_>,
         conversation: ConversationId,
         conv: &mut ConversationRecord,
         batch: &mut WriteBatch,
-        leaving: Option<UserId>,
-    ) -> Result<()> {
+        change: MemberChange,
+    ) -> Result<Option<u16>> {
         if conv.member_count > self.threshold_of(conv) {
             conv.per_message = false;
-            return Ok(());
+            return Ok(None);
         }
+        let leaving = match change {
+            MemberChange::Leaving(u) => Some(u),
+            _ => None,
+        };
+        let joining = matches!(change, MemberChange::Joining);
         if conv.per_message {
-            return Ok(());
+            return if joining {
+                Ok(Some(self.free_slot(view, conversation)?))
+            } else {
+                Ok(None)
+            };
         }
         conv.per_message = true;
         let (mut used, slotless) = self.slot_table(view, conversation, leaving)?;
@@ -619,12 +645,15 @@ impl Store {
                 record.encode(),
             );
         }
-        Ok(())
+        if joining {
+            Ok(Some(take_free_slot(&mut used)?))
+        } else {
+            Ok(None)
+        }
     }
 
-    /// The smallest slot no current member holds, for a member joining a
-    /// conversation in per-message mode.
-    pub(crate) fn free_slot(&self, view: &View<'_>, conversation: ConversationId) -> Result<u16> {
+    /// The smallest slot no current member holds.
+    fn free_slot(&self, view: &View<'_>, conversation: ConversationId) -> Result<u16> {
         let (mut used, _) = self.slot_table(view, conversation, None)?;
         take_free_slot(&mut used)
     }
@@ -764,6 +793,17 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The membership change a mode decision is made for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MemberChange {
+    /// A threshold change.
+    None,
+    /// A member joins in the same batch (not yet in the view).
+    Joining,
+    /// This member leaves in the same batch (still in the view).
+    Leaving(UserId),
 }
 
 fn take_free_slot(used: &mut [bool]) -> Result<u16> {

@@ -316,7 +316,14 @@ impl Writer {
         self.check_poison()?;
         let _flush = self.flush_lock.lock();
         self.check_poison()?;
-        let entries = [((conversation, user), state)];
+        // A buffered advance of the same key is planned first, so the
+        // messages it covers keep its (earlier) read time; it stays buffered
+        // and its own flush finds nothing left to plan.
+        let mut entries = Vec::with_capacity(2);
+        if let Some(pending) = self.combiner.peek(conversation, user) {
+            entries.push(((conversation, user), pending));
+        }
+        entries.push(((conversation, user), state));
         // Receipts and mark after the caller's records, in one atomic batch.
         if let Err(e) = self.extend_batch(&entries, &mut batch) {
             return Err(self.poison("receipt planning", e));
