@@ -328,12 +328,10 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
                         sent_at: model.now,
                         tracked: model.per_message,
                     });
-                    // A buffered advance of the sender is planned first,
-                    // in the message's batch, and stays buffered.
-                    if let Some(&p) = model.pending.get(&u) {
-                        model.plan(u, p);
-                    }
-                    model.plan(u, (id, model.now));
+                    // Sending is an advance of the sender's mark, buffered
+                    // like any other.
+                    let p = join(model.pending.get(&u).copied(), (id, model.now));
+                    model.pending.insert(u, p);
                 } else {
                     prop_assert!(
                         matches!(r, Err(Error::NotMember { .. })),

@@ -1,4 +1,4 @@
-//! `readmark bench`: throughput, latency and bytes of `mark_read` at each
+//! `readmark scaling`: throughput, latency and bytes of `mark_read` at each
 //! durability level, on real stores in temporary directories.
 //!
 //! The workload is the one the seeds describe: a user opens a conversation,
@@ -15,7 +15,7 @@ use readmark::{Config, ConversationId, Durability, MessageId, Store, Timestamp, 
 use serde::Serialize;
 
 use super::measure::{cpu_micros, proc_write_bytes, Spread};
-use super::BenchArgs;
+use super::ScalingArgs as BenchArgs;
 
 const MEMBERS: u64 = 50;
 const CONVS_PER_THREAD: u64 = 20;

@@ -1,8 +1,11 @@
 //! Command-line entry point.
 
+mod adr;
 mod bench;
+mod compare;
 mod demo;
 mod measure;
+mod plot;
 mod receipts;
 mod workload;
 
@@ -27,9 +30,13 @@ enum Command {
     /// Run a realistic workload (DMs, groups, channels; members scrolling and
     /// marking read) on a store, print what it did and sample answers.
     Demo(DemoArgs),
-    /// Measure mark_read at each durability level: updates/s, p50/p99
-    /// latency, fsyncs, keys written, bytes to disk (medians of --runs).
+    /// Replay one generated chat workload through readmark at each
+    /// durability level and through the designs it replaces (a row per
+    /// read, a merge per update, SQLite upsert, a HashMap), side by side.
     Bench(BenchArgs),
+    /// mark_read at each durability level under concurrent writers:
+    /// updates/s, latency, group commit (fsyncs shared), bytes to disk.
+    Scaling(ScalingArgs),
     /// Measure what per-message receipts cost: bitset bytes per message and
     /// RocksDB writes per mark advance, for groups of several sizes.
     Receipts(ReceiptsArgs),
@@ -68,6 +75,56 @@ pub(crate) struct ReceiptsArgs {
 /// Options of `readmark bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct BenchArgs {
+    /// Seed of the workload generator (same seed, same operations).
+    #[arg(long, default_value_t = 42)]
+    pub(crate) seed: u64,
+    /// Users of the generated world.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) users: u64,
+    /// Read updates in the stream, per design and run.
+    #[arg(long, default_value_t = 40_000)]
+    pub(crate) updates: u64,
+    /// Updates replayed by the rows that fsync every update (a prefix of
+    /// the same stream).
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) sync_updates: u64,
+    /// Updates per key per flush (messages scrolled past per visit),
+    /// comma-separated: one table per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    pub(crate) burst: Vec<u64>,
+    /// Runs per design (median and spread are reported).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) runs: u64,
+    /// Write an SVG chart of the results to this file.
+    #[arg(long)]
+    pub(crate) plot: Option<PathBuf>,
+    /// Run the seed ADR's workload instead (per-message receipts in groups:
+    /// readmark's bitsets against one row per (message, reader)).
+    #[arg(long)]
+    pub(crate) adr: bool,
+    /// ADR mode: messages per second (in groups of 50 messages/s each).
+    #[arg(long, default_value_t = 50_000)]
+    pub(crate) adr_messages_per_sec: u64,
+    /// ADR mode: simulated seconds.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) adr_seconds: u64,
+    /// ADR mode: members per group.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) adr_members: u64,
+    /// ADR mode: share of the members who read each message.
+    #[arg(long, default_value_t = 0.3)]
+    pub(crate) adr_read_ratio: f64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub(crate) quiet: bool,
+}
+
+/// Options of `readmark scaling`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct ScalingArgs {
     /// Logical updates per run and level.
     #[arg(long, default_value_t = 200_000)]
     pub(crate) updates: u64,
@@ -145,7 +202,9 @@ pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
-        Command::Bench(args) => bench::run(&args),
+        Command::Bench(args) if args.adr => adr::run(&args),
+        Command::Bench(args) => compare::run(&args),
+        Command::Scaling(args) => bench::run(&args),
         Command::Receipts(args) => receipts::run(&args),
     };
     match result {

@@ -50,8 +50,9 @@ pub struct Unread {
 
 impl Store {
     /// Records a message. Ids must increase inside a conversation. Sending
-    /// counts as reading: the sender's mark advances to the message in the
-    /// same atomic batch, so a user's own messages are never unread to them.
+    /// counts as reading: the sender's mark advances to the message (an
+    /// update at the store's durability, journaled before the message is
+    /// written), so a user's own messages are never unread to them.
     /// A `sent_at` earlier than the previous message's is stored as that
     /// time: times follow ids, as receipt retention assumes.
     ///
@@ -120,14 +121,21 @@ impl Store {
             keys::id_key(conversation.0),
             conv.encode(),
         );
-        drop(view); // the write may wait for a flush, which waits for readers
-        self.writer.write_with_advance(
-            batch,
+        drop(view); // the update may flush, which waits for readers
+                    // The sender's advance is an ordinary update at the store's
+                    // durability, journaled before the message is written: whatever
+                    // message survives a failure, the sender's mark covers it (at
+                    // `Memory`, a crash may lose the advance, as any `Memory` update).
+                    // Through the buffer it combines with the sender's reads, and its
+                    // per-message receipts are planned at the next flush with everyone
+                    // else's, sharing one bitset operand per message.
+        self.writer.update(
             conversation.0,
             sender.0,
             MarkState::from_mark(message, sent_at),
-            self.config.durability == crate::config::Durability::PowerLoss,
-        )
+            self.config.durability,
+        )?;
+        self.write_structural(batch)
     }
 
     /// Deletes a message: it stops counting as unread for everyone. Deleting

@@ -104,9 +104,6 @@ pub(crate) fn plan_advances(
         ro
     };
     let now = policy.clock.now();
-    // Several entries of one key plan in order, each from where the last
-    // left the mark (a buffered advance, then a send).
-    let mut planned: HashMap<(u64, u64), u64> = HashMap::new();
     let mut per_message: HashMap<u64, bool> = HashMap::new();
     let mut bits: BTreeMap<(u64, u64), Bitset> = BTreeMap::new();
     for &((c, u), state) in entries {
@@ -133,19 +130,14 @@ pub(crate) fn plan_advances(
             continue;
         };
         let Some(slot) = member.slot else { continue };
-        let stored = db
+        let prev = db
             .get_pinned_cf_opt(marks, key, &ro())?
             .and_then(|v| MarkState::decode(&v))
             .and_then(|s| s.mark)
             .map(|m| m.up_to.0);
-        let prev = match (stored, planned.get(&(c, u)).copied()) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
         if prev.is_some_and(|p| p >= new.up_to.0) {
             continue;
         }
-        planned.insert((c, u), new.up_to.0);
         let from = match (prev, member.joined_after.map(|m| m.0)) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),

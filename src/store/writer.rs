@@ -302,40 +302,6 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes `batch` together with one mark advance that bypasses the
-    /// buffer (a sender's, with their message), planning its receipts under
-    /// the flush lock so no flush plans from the same starting mark.
-    pub(crate) fn write_with_advance(
-        &self,
-        mut batch: WriteBatch,
-        conversation: u64,
-        user: u64,
-        state: MarkState,
-        sync: bool,
-    ) -> Result<()> {
-        self.check_poison()?;
-        let _flush = self.flush_lock.lock();
-        self.check_poison()?;
-        // A buffered advance of the same key is planned first, so the
-        // messages it covers keep its (earlier) read time; it stays buffered
-        // and its own flush finds nothing left to plan.
-        let mut entries = Vec::with_capacity(2);
-        if let Some(pending) = self.combiner.peek(conversation, user) {
-            entries.push(((conversation, user), pending));
-        }
-        entries.push(((conversation, user), state));
-        // Receipts and mark after the caller's records, in one atomic batch.
-        if let Err(e) = self.extend_batch(&entries, &mut batch) {
-            return Err(self.poison("receipt planning", e));
-        }
-        let mut o = WriteOptions::default();
-        o.set_sync(sync);
-        if let Err(e) = self.db.write_opt(batch, &o) {
-            return Err(self.poison("RocksDB write", e.into()));
-        }
-        Ok(())
-    }
-
     /// Drops written entries from the buffer. Readers hold the gate shared
     /// across their read of the buffer and of RocksDB, so none can miss an
     /// entry by reading RocksDB before the write and the buffer after the

@@ -1,0 +1,227 @@
+//! `readmark bench --adr`: the seed ADR's workload. Messages arrive at
+//! `--adr-messages-per-sec` (50,000) in groups of `--adr-members` (50), and
+//! a `--adr-read-ratio` share (30 %) of each group's members read every
+//! message as it arrives (one `mark_read` per message). The ADR counts
+//! 50K x 50 x 0.30 = 750K per-message receipt writes per second for one row
+//! per (message, reader); this measures both that design and readmark's
+//! bitsets on the same stream, over `--adr-seconds` simulated seconds, with
+//! readmark's flush timer firing once per simulated second (its default
+//! `flush_interval`).
+//!
+//! Senders are drawn from the readers: in readmark sending counts as reading
+//! (it advances the sender's mark), so a member who sends is one who reads.
+//! At 750K updates per second the journal takes 48 MB/s (64 bytes per
+//! update, combined or not), so the store runs with 64 MiB segments, which
+//! keeps the flushes at the timer's one per second. Bytes per message are
+//! live SST bytes after a full compaction, measured.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use readmark::{Config, ConversationId, Durability, MessageId, Store, Timestamp, UserId};
+use serde::Serialize;
+
+use super::BenchArgs;
+
+#[derive(Debug, Serialize)]
+struct AdrReport {
+    messages_per_sec: u64,
+    members: u64,
+    readers_per_message: u64,
+    seconds: u64,
+    messages: u64,
+    updates: u64,
+    readmark_durable_batches_per_sec: f64,
+    readmark_keys_per_sec: f64,
+    readmark_keys: [u64; 3],
+    readmark_bytes_per_message: f64,
+    readmark_update_secs: f64,
+    rows_writes_per_sec: f64,
+    rows_bytes_per_message: f64,
+    rows_update_secs: f64,
+}
+
+#[allow(clippy::cast_precision_loss)]
+pub(crate) fn run(args: &BenchArgs) -> readmark::Result<()> {
+    let members = args.adr_members.max(2);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let readers = ((members as f64 * args.adr_read_ratio).round() as u64).clamp(1, members - 1);
+    let per_group_per_sec = 50u64;
+    let groups = (args.adr_messages_per_sec / per_group_per_sec).max(1);
+    let messages = groups * per_group_per_sec * args.adr_seconds;
+    // Every reader but the sender reads each message.
+    let updates = messages * (readers - 1);
+    let bar = if args.quiet || args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(updates * 2)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} adr [{bar:30}] {pos}/{len} updates (eta {eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let start = Timestamp::now().get();
+    // Members 0..readers read, and send in turn.
+    let sender_of = |k: u64| k % readers;
+
+    // readmark
+    bar.set_message("readmark");
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(
+        dir.path(),
+        Config::new()
+            .durability(Durability::ProcessCrash)
+            .receipt_threshold(u32::try_from(members).unwrap_or(u32::MAX))
+            .flush_interval(Duration::from_secs(3600))
+            .flush_after_updates(u32::MAX)
+            .journal_segment_bytes(64 << 20),
+    )?;
+    for g in 0..groups {
+        store.create_conversation(ConversationId(g))?;
+        for u in 0..members {
+            store.add_member(ConversationId(g), UserId(u), Timestamp(start))?;
+        }
+    }
+    let mut in_updates = Duration::ZERO;
+    let s0 = store.stats();
+    let mut id = 0u64;
+    for sec in 0..args.adr_seconds {
+        for k in 0..per_group_per_sec {
+            let t = start + sec * 1_000 + k * 1_000 / per_group_per_sec;
+            for g in 0..groups {
+                id += 1;
+                let sender = sender_of(k);
+                store.record_message(
+                    ConversationId(g),
+                    MessageId(id),
+                    UserId(sender),
+                    Timestamp(t),
+                )?;
+                let t0 = Instant::now();
+                for r in (0..readers).filter(|&r| r != sender) {
+                    store.mark_read(
+                        ConversationId(g),
+                        UserId(r),
+                        MessageId(id),
+                        Timestamp(t + 300),
+                    )?;
+                }
+                in_updates += t0.elapsed();
+                bar.inc(readers - 1);
+            }
+        }
+        // The flush timer, once per simulated second.
+        let t0 = Instant::now();
+        store.flush()?;
+        in_updates += t0.elapsed();
+    }
+    let s1 = store.stats();
+    store.__compact_all()?;
+    let [(receipts_sst, _), (times_sst, _)] = store.__receipt_disk_usage()?;
+    store.close()?;
+    let marks = s1.keys_written - s0.keys_written;
+    let operands = s1.receipt_operands - s0.receipt_operands;
+    let runs = s1.read_time_records - s0.read_time_records;
+    let readmark_keys = [marks, operands, runs];
+    let receipt_keys = marks + operands + runs;
+    let secs = args.adr_seconds.max(1) as f64;
+
+    // One row per (message, reader) in RocksDB, WAL unsynced: the same
+    // acknowledgement (survives a process crash).
+    bar.set_message("one row per read");
+    let dir = tempfile::tempdir()?;
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_write_buffer_size(32 << 20);
+    let db = rocksdb::DB::open(&opts, dir.path())?;
+    let mut rows_secs = Duration::ZERO;
+    let mut id = 0u64;
+    for sec in 0..args.adr_seconds {
+        for k in 0..per_group_per_sec {
+            let t = start + sec * 1_000 + k * 1_000 / per_group_per_sec;
+            for g in 0..groups {
+                id += 1;
+                let sender = sender_of(k);
+                let t0 = Instant::now();
+                for r in (0..readers).filter(|&r| r != sender) {
+                    let mut key = [0u8; 24];
+                    key[..8].copy_from_slice(&g.to_be_bytes());
+                    key[8..16].copy_from_slice(&id.to_be_bytes());
+                    key[16..].copy_from_slice(&r.to_be_bytes());
+                    db.put(key, (t + 300).to_be_bytes())?;
+                }
+                rows_secs += t0.elapsed();
+                bar.inc(readers - 1);
+            }
+        }
+    }
+    db.flush()?;
+    db.compact_range(None::<&[u8]>, None::<&[u8]>);
+    let rows_sst = db
+        .property_int_value("rocksdb.live-sst-files-size")?
+        .unwrap_or(0);
+    drop(db);
+    bar.finish_and_clear();
+
+    let report = AdrReport {
+        messages_per_sec: groups * per_group_per_sec,
+        members,
+        readers_per_message: readers,
+        seconds: args.adr_seconds,
+        messages,
+        updates,
+        readmark_durable_batches_per_sec: (s1.durable_batches - s0.durable_batches) as f64 / secs,
+        readmark_keys_per_sec: receipt_keys as f64 / secs,
+        readmark_keys,
+        readmark_bytes_per_message: (receipts_sst + times_sst) as f64 / messages as f64,
+        readmark_update_secs: in_updates.as_secs_f64(),
+        rows_writes_per_sec: updates as f64 / secs,
+        rows_bytes_per_message: rows_sst as f64 / messages as f64,
+        rows_update_secs: rows_secs.as_secs_f64(),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| readmark::Error::Io(e.into()))?
+        );
+        return Ok(());
+    }
+    let r = &report;
+    println!(
+        "ADR workload: {} messages/s for {} simulated s in groups of {} members, {} readers per message, the sender among them ({} messages, {} read updates); one flush per simulated second",
+        r.messages_per_sec, r.seconds, r.members, r.readers_per_message, r.messages, r.updates
+    );
+    println!(
+        "{:<28} {:>22} {:>22} {:>18} {:>16}",
+        "design", "durable writes/s", "keys written/s", "SST B/message", "update time s"
+    );
+    println!(
+        "{:<28} {:>22.0} {:>22.0} {:>18.1} {:>16.2}",
+        "one row per (message, reader)",
+        r.rows_writes_per_sec,
+        r.rows_writes_per_sec,
+        r.rows_bytes_per_message,
+        r.rows_update_secs
+    );
+    println!(
+        "{:<28} {:>22.1} {:>22.0} {:>18.1} {:>16.2}",
+        "readmark bitsets",
+        r.readmark_durable_batches_per_sec,
+        r.readmark_keys_per_sec,
+        r.readmark_bytes_per_message,
+        r.readmark_update_secs
+    );
+    println!(
+        "ratio: {:.1}x fewer keys written per second, {:.1}x fewer bytes per message; readmark keys: {} marks, {} bitset operands, {} read-time runs",
+        r.rows_writes_per_sec / r.readmark_keys_per_sec.max(1e-9),
+        r.rows_bytes_per_message / r.readmark_bytes_per_message.max(1e-9),
+        r.readmark_keys[0],
+        r.readmark_keys[1],
+        r.readmark_keys[2],
+    );
+    Ok(())
+}
