@@ -59,8 +59,8 @@ pub use mark::ReadMark;
 pub use merge::{merge_marks, MergeOutcome};
 #[cfg(feature = "store")]
 pub use store::{
-    Page, ReadBy, ReadCount, ReadTime, Reader, ReceiptSource, RocksDbIo, Stats, Store, Unread,
-    FORMAT_VERSION,
+    dump, inspect, verify, Page, Problem, ReadBy, ReadCount, ReadTime, Reader, ReceiptSource,
+    Report, RocksDbIo, SegmentInfo, Stats, Store, Unread, FORMAT_VERSION,
 };
 
 // The README's usage example is compiled and run as a doc test.

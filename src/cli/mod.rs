@@ -4,6 +4,7 @@ mod adr;
 mod bench;
 mod compare;
 mod demo;
+mod inspect;
 mod measure;
 mod plot;
 mod receipts;
@@ -37,6 +38,28 @@ enum Command {
     /// mark_read at each durability level under concurrent writers:
     /// updates/s, latency, group commit (fsyncs shared), bytes to disk.
     Scaling(ScalingArgs),
+    /// Counts, sizes and journal state of a store (read-only).
+    Stats {
+        /// Store directory.
+        path: PathBuf,
+    },
+    /// Check every record and journal frame of a store and report what is
+    /// inconsistent, changing nothing. Exits with status 1 if it finds any.
+    Verify {
+        /// Store directory.
+        path: PathBuf,
+    },
+    /// One conversation's members, marks, messages and receipts (read-only).
+    Dump {
+        /// Store directory.
+        path: PathBuf,
+        /// Conversation id.
+        #[arg(long)]
+        conversation: u64,
+        /// Newest messages to show.
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+    },
     /// Measure what per-message receipts cost: bitset bytes per message and
     /// RocksDB writes per mark advance, for groups of several sizes.
     Receipts(ReceiptsArgs),
@@ -206,6 +229,18 @@ pub(crate) fn main() -> ExitCode {
         Command::Bench(args) => compare::run(&args),
         Command::Scaling(args) => bench::run(&args),
         Command::Receipts(args) => receipts::run(&args),
+        Command::Stats { path } => inspect::stats(&path),
+        Command::Verify { path } => match inspect::verify(&path) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
+        Command::Dump {
+            path,
+            conversation,
+            messages,
+        } => readmark::dump(&path, readmark::ConversationId(conversation), messages)
+            .map(|text| print!("{text}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@
 //! (read marks, "read by", the unread flag).
 
 mod conversations;
+mod inspect;
 mod marks;
 mod messages;
 mod receipts;
@@ -33,6 +34,7 @@ use crate::keys;
 use crate::merge::{adapter, MergeCounters};
 use writer::Writer;
 
+pub use inspect::{dump, inspect, verify, Problem, Report, SegmentInfo};
 pub use marks::{Page, ReadBy, ReadTime, Reader, ReceiptSource};
 pub use messages::Unread;
 pub use receipts::ReadCount;
