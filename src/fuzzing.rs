@@ -555,3 +555,119 @@ mod api {
         }
     }
 }
+
+/// Component handles for `benches/components.rs`: the internal pieces
+/// (buffer, journal, bitsets) behind a small surface, so criterion can time
+/// them alone. Not public API.
+pub mod bench {
+    use std::path::Path;
+
+    use crate::combiner::Combiner as Inner;
+    use crate::ids::{MessageId, Timestamp};
+    use crate::journal::{record::MarkRecord, Journal as InnerJournal, Recovery};
+    use crate::mark::MarkState;
+    use crate::receipts::{self, Bitset};
+
+    /// The write-combining buffer.
+    #[derive(Default)]
+    pub struct Combiner(Option<Inner>);
+
+    impl Combiner {
+        /// An empty buffer.
+        #[must_use]
+        pub fn new() -> Self {
+            Self(Some(Inner::new()))
+        }
+
+        /// Joins one update; `true` if the key was already buffered.
+        pub fn add(&self, conversation: u64, user: u64, up_to: u64, at: u64) -> bool {
+            let Some(c) = &self.0 else { return false };
+            let state = MarkState::from_mark(MessageId(up_to), Timestamp(at));
+            c.add(conversation, user, state, || Ok::<(), ()>(()))
+                .is_ok_and(|a| a.combined)
+        }
+
+        /// Copies then removes every entry, as a flush does; returns how many.
+        pub fn drain(&self) -> usize {
+            let Some(c) = &self.0 else { return 0 };
+            let all = c.snapshot();
+            c.remove_if_unchanged(&all);
+            all.len()
+        }
+    }
+
+    /// The memory-mapped journal.
+    pub struct Journal(InnerJournal);
+
+    impl Journal {
+        /// Two fresh segments of `segment_bytes` in `dir`.
+        ///
+        /// # Errors
+        ///
+        /// I/O errors.
+        pub fn create(dir: &Path, segment_bytes: usize) -> crate::Result<Self> {
+            Ok(Self(InnerJournal::create(
+                dir,
+                segment_bytes,
+                &Recovery::default(),
+            )?))
+        }
+
+        /// Appends one frame; `None` when the segment is full.
+        ///
+        /// # Errors
+        ///
+        /// I/O errors.
+        pub fn append(&self, payload: &[u8]) -> crate::Result<Option<u64>> {
+            self.0.append(payload)
+        }
+
+        /// Rotates to the other segment and retires the full one, as a
+        /// flush does (no fsync).
+        ///
+        /// # Errors
+        ///
+        /// I/O errors.
+        pub fn recycle(&self) -> crate::Result<()> {
+            let (old, _) = self.0.rotate()?;
+            self.0.retire(old, false)?;
+            Ok(())
+        }
+    }
+
+    /// The journal payload of one mark update (64 bytes framed).
+    #[must_use]
+    pub fn mark_payload(conversation: u64, user: u64, up_to: u64, at: u64) -> Vec<u8> {
+        MarkRecord {
+            conversation,
+            user,
+            state: MarkState::from_mark(MessageId(up_to), Timestamp(at)),
+        }
+        .encode()
+    }
+
+    /// An encoded bitset with `slots` set.
+    #[must_use]
+    pub fn bitset(sent_at: u64, slots: impl IntoIterator<Item = u16>) -> Vec<u8> {
+        let mut b = Bitset::new(sent_at);
+        for s in slots {
+            b.set(s);
+        }
+        b.encode()
+    }
+
+    /// The bitset merge operator's function.
+    #[must_use]
+    pub fn merge_bitsets<'a>(
+        existing: Option<&'a [u8]>,
+        operands: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Vec<u8> {
+        receipts::merge_bitsets(existing, operands).value
+    }
+
+    /// Whether `slot` is set in an encoded bitset.
+    #[must_use]
+    pub fn bitset_contains(bytes: &[u8], slot: u16) -> bool {
+        Bitset::decode(bytes).is_some_and(|b| b.contains(slot))
+    }
+}

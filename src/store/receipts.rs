@@ -16,7 +16,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rocksdb::{ReadOptions, WriteBatch, DB};
+use rocksdb::{DBRawIterator, ReadOptions, WriteBatch, DB};
 
 use super::{corrupt, Cf, Store, View};
 use crate::error::{Error, Result};
@@ -24,7 +24,8 @@ use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
 use crate::keys;
 use crate::mark::MarkState;
 use crate::receipts::{
-    expired, time_key, time_key_range, Bitset, ReadTimeRecord, TimeKind, MAX_SLOTS,
+    expired, time_key, time_key_range, Bitset, ReadTimeRecord, TimeKind, MAX_SLOTS, TIME_KEY_LEN,
+    TIME_KEY_MESSAGE,
 };
 use crate::records::{ConversationRecord, MemberRecord, MessageRecord};
 
@@ -219,50 +220,63 @@ impl View<'_> {
         }
     }
 
-    /// When `user` first read `message` according to the read-time records:
-    /// the earlier of its view and the run that covers it.
-    fn first_read(
-        &self,
-        conversation: ConversationId,
-        user: UserId,
-        message: MessageId,
-    ) -> Result<Option<u64>> {
-        let (c, u, m) = (conversation.0, user.0, message.0);
-        let view_key = time_key(c, u, TimeKind::View, m);
-        let viewed = match self.get_raw(Cf::ReadTimes, &view_key)? {
-            None => None,
-            Some(v) => Some(
-                ReadTimeRecord::decode(&v)
-                    .ok_or_else(|| corrupt(Cf::ReadTimes, &view_key, "bad read-time record"))?
-                    .at,
-            ),
+    /// An iterator over the read-time records of one conversation, shared
+    /// by the lookups of one answer (a new RocksDB iterator per reader
+    /// costs more than the seeks).
+    fn times_of(&self, conversation: ConversationId) -> DBRawIterator<'_> {
+        let lower = time_key(conversation.0, 0, TimeKind::Run, 0).to_vec();
+        let upper = match conversation.0.checked_add(1) {
+            Some(next) => time_key(next, 0, TimeKind::Run, 0).to_vec(),
+            None => vec![0xFF; TIME_KEY_LEN + 1],
         };
-        // Runs are disjoint and keyed by their upper end, so the first run
-        // ending at or after `m` is the only one that can cover it.
-        let it = self.range_iter(
-            Cf::ReadTimes,
-            time_key(c, u, TimeKind::Run, m).to_vec(),
-            time_key(c, u, TimeKind::View, 0).to_vec(),
-        );
-        let mut run = None;
-        if let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let r = ReadTimeRecord::decode(v)
-                .ok_or_else(|| corrupt(Cf::ReadTimes, k, "bad read-time record"))?;
-            let up_to = k
-                .get(crate::receipts::TIME_KEY_MESSAGE..)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| corrupt(Cf::ReadTimes, k, "read-time key is not 25 bytes"))?;
-            if r.run_covers(up_to, m) {
-                run = Some(r.at);
-            }
-        }
-        it.status()?;
-        Ok(match (viewed, run) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        self.range_iter(Cf::ReadTimes, lower, upper)
     }
+}
+
+/// When `user` first read `message` according to the read-time records:
+/// the earlier of its view and the run that covers it. `it` iterates the
+/// conversation's read-time records ([`View::times_of`]).
+fn first_read(
+    it: &mut DBRawIterator<'_>,
+    conversation: ConversationId,
+    user: UserId,
+    message: MessageId,
+) -> Result<Option<u64>> {
+    let (c, u, m) = (conversation.0, user.0, message.0);
+    let mut at_key = |key: [u8; TIME_KEY_LEN],
+                      exact: bool|
+     -> Result<Option<(u64, ReadTimeRecord)>> {
+        it.seek(key);
+        let found = match (it.key(), it.value()) {
+            // Same conversation, user and kind.
+            (Some(k), Some(v))
+                if k.len() == TIME_KEY_LEN && k[..TIME_KEY_MESSAGE] == key[..TIME_KEY_MESSAGE] =>
+            {
+                if exact && k != key {
+                    None
+                } else {
+                    let r = ReadTimeRecord::decode(v)
+                        .ok_or_else(|| corrupt(Cf::ReadTimes, k, "bad read-time record"))?;
+                    let mut id = [0u8; 8];
+                    id.copy_from_slice(&k[TIME_KEY_MESSAGE..]);
+                    Some((u64::from_be_bytes(id), r))
+                }
+            }
+            _ => None,
+        };
+        it.status()?;
+        Ok(found)
+    };
+    // Runs are disjoint and keyed by their upper end, so the first run
+    // ending at or after `m` is the only one that can cover it.
+    let run = at_key(time_key(c, u, TimeKind::Run, m), false)?
+        .filter(|(up_to, r)| r.run_covers(*up_to, m))
+        .map(|(_, r)| r.at);
+    let viewed = at_key(time_key(c, u, TimeKind::View, m), true)?.map(|(_, r)| r.at);
+    Ok(match (viewed, run) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }
 
 impl Store {
@@ -401,11 +415,14 @@ impl Store {
             ControlFlow::Continue(())
         })?;
         let mut readers = Vec::with_capacity(chosen.len());
+        let mut times = chosen
+            .iter()
+            .any(|c| c.1)
+            .then(|| view.times_of(conversation));
         for (user, bit, mark_at) in chosen {
-            let exact = if bit {
-                view.first_read(conversation, user, message)?
-            } else {
-                None
+            let exact = match (&mut times, bit) {
+                (Some(it), true) => first_read(it, conversation, user, message)?,
+                _ => None,
             };
             let read_at = match (exact, mark_at) {
                 // The mark proves an earlier read than the records show:
