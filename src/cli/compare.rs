@@ -547,12 +547,17 @@ fn run_once(
     stream: &Stream,
     design: Design,
     limit: u64,
+    receipt_threshold: u32,
     bar: &ProgressBar,
 ) -> readmark::Result<RunResult> {
     let dir = tempfile::tempdir()?;
     let mut r: Box<dyn Replayer> = match design {
         Design::Readmark(level) => {
-            let store = Store::open(dir.path(), Config::new().durability(level).statistics(true))?;
+            let config = Config::new()
+                .durability(level)
+                .statistics(true)
+                .receipt_threshold(receipt_threshold);
+            let store = Store::open(dir.path(), config)?;
             for (c, members) in &stream.convs {
                 store.create_conversation(ConversationId(*c))?;
                 for &u in members {
@@ -712,7 +717,7 @@ pub(crate) fn run(args: &BenchArgs) -> readmark::Result<()> {
                     r + 1,
                     args.runs
                 ));
-                runs.push(run_once(&stream, d, limit, &bar)?);
+                runs.push(run_once(&stream, d, limit, args.receipt_threshold, &bar)?);
             }
             measured.push((d, runs));
         }
@@ -807,6 +812,15 @@ fn print_table(args: &BenchArgs, rows: &[Row]) {
     println!(
         "bench: seed {}, {} users, {} updates per design and run ({} for power-loss rows), {} runs each, medians (± half the range, % of the median)",
         args.seed, args.users, args.updates, args.sync_updates, args.runs
+    );
+    println!(
+        "readmark keeps per-message receipts in conversations of at most {} members{}",
+        args.receipt_threshold,
+        if args.receipt_threshold == 0 {
+            " (none: marks only)"
+        } else {
+            ""
+        }
     );
     for burst in &args.burst {
         println!();

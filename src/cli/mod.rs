@@ -118,6 +118,10 @@ pub(crate) struct BenchArgs {
     /// Runs per design (median and spread are reported).
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: u64,
+    /// readmark's receipt threshold: conversations of at most this many
+    /// members keep per-message receipts (0: marks only, like the others).
+    #[arg(long, default_value_t = 50)]
+    pub(crate) receipt_threshold: u32,
     /// Write an SVG chart of the results to this file.
     #[arg(long)]
     pub(crate) plot: Option<PathBuf>,
