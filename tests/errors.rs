@@ -249,18 +249,23 @@ fn malformed_operand_survives_flush_and_reopen() {
     assert_eq!(s.mark(C, ALICE).unwrap().unwrap().up_to, MessageId(3));
 }
 
+/// What a store killed during its very first open leaves: RocksDB's
+/// `CURRENT` and only the `default` column family.
+fn half_created_store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    rocksdb::DB::open(&opts, dir.path()).unwrap();
+    dir
+}
+
 /// Regression (found by `crash::kill_9_at_random_points`): a store killed
 /// during its very first open has RocksDB's `CURRENT` and only the `default`
 /// column family; open used to refuse it as "no meta column family" instead
 /// of adopting the empty store.
 #[test]
 fn regression_store_killed_during_first_open_is_adopted() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(true);
-        rocksdb::DB::open(&opts, dir.path()).unwrap();
-    }
+    let dir = half_created_store();
     let s = Store::open(dir.path(), small_config()).unwrap();
     s.create_conversation(C).unwrap();
     s.close().unwrap();
@@ -273,12 +278,7 @@ fn regression_store_killed_during_first_open_is_adopted() {
 /// `Options`), so the first compaction of receipts crashed with SIGSEGV.
 #[test]
 fn regression_compaction_filter_outlives_column_family_creation() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(true);
-        rocksdb::DB::open(&opts, dir.path()).unwrap();
-    }
+    let dir = half_created_store();
     let s = Store::open(dir.path(), small_config()).unwrap();
     s.create_conversation(C).unwrap();
     for u in [ALICE, UserId(8)] {

@@ -64,8 +64,29 @@ pub(crate) fn run(args: &BenchArgs) -> readmark::Result<()> {
         .progress_chars("=> "),
     );
     let start = Timestamp::now().get();
-    // Members 0..readers read, and send in turn.
-    let sender_of = |k: u64| k % readers;
+    // The messages of each simulated second, as (group, id, sender, time):
+    // members 0..readers read, and send in turn.
+    let schedule: Vec<Vec<(u64, u64, u64, u64)>> = (0..args.adr_seconds)
+        .map(|sec| {
+            (0..per_group_per_sec)
+                .flat_map(|k| {
+                    let t = start + sec * 1_000 + k * 1_000 / per_group_per_sec;
+                    (0..groups).map(move |g| (g, k, t))
+                })
+                .collect::<Vec<_>>()
+        })
+        .scan(0u64, |id, second| {
+            Some(
+                second
+                    .into_iter()
+                    .map(|(g, k, t)| {
+                        *id += 1;
+                        (g, *id, k % readers, t)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
 
     // readmark
     bar.set_message("readmark");
@@ -87,31 +108,25 @@ pub(crate) fn run(args: &BenchArgs) -> readmark::Result<()> {
     }
     let mut in_updates = Duration::ZERO;
     let s0 = store.stats();
-    let mut id = 0u64;
-    for sec in 0..args.adr_seconds {
-        for k in 0..per_group_per_sec {
-            let t = start + sec * 1_000 + k * 1_000 / per_group_per_sec;
-            for g in 0..groups {
-                id += 1;
-                let sender = sender_of(k);
-                store.record_message(
+    for second in &schedule {
+        for &(g, id, sender, t) in second {
+            store.record_message(
+                ConversationId(g),
+                MessageId(id),
+                UserId(sender),
+                Timestamp(t),
+            )?;
+            let t0 = Instant::now();
+            for r in (0..readers).filter(|&r| r != sender) {
+                store.mark_read(
                     ConversationId(g),
+                    UserId(r),
                     MessageId(id),
-                    UserId(sender),
-                    Timestamp(t),
+                    Timestamp(t + 300),
                 )?;
-                let t0 = Instant::now();
-                for r in (0..readers).filter(|&r| r != sender) {
-                    store.mark_read(
-                        ConversationId(g),
-                        UserId(r),
-                        MessageId(id),
-                        Timestamp(t + 300),
-                    )?;
-                }
-                in_updates += t0.elapsed();
-                bar.inc(readers - 1);
             }
+            in_updates += t0.elapsed();
+            bar.inc(readers - 1);
         }
         // The flush timer, once per simulated second.
         let t0 = Instant::now();
@@ -139,25 +154,17 @@ pub(crate) fn run(args: &BenchArgs) -> readmark::Result<()> {
     opts.set_write_buffer_size(32 << 20);
     let db = rocksdb::DB::open(&opts, dir.path())?;
     let mut rows_secs = Duration::ZERO;
-    let mut id = 0u64;
-    for sec in 0..args.adr_seconds {
-        for k in 0..per_group_per_sec {
-            let t = start + sec * 1_000 + k * 1_000 / per_group_per_sec;
-            for g in 0..groups {
-                id += 1;
-                let sender = sender_of(k);
-                let t0 = Instant::now();
-                for r in (0..readers).filter(|&r| r != sender) {
-                    let mut key = [0u8; 24];
-                    key[..8].copy_from_slice(&g.to_be_bytes());
-                    key[8..16].copy_from_slice(&id.to_be_bytes());
-                    key[16..].copy_from_slice(&r.to_be_bytes());
-                    db.put(key, (t + 300).to_be_bytes())?;
-                }
-                rows_secs += t0.elapsed();
-                bar.inc(readers - 1);
-            }
+    for &(g, id, sender, t) in schedule.iter().flatten() {
+        let t0 = Instant::now();
+        for r in (0..readers).filter(|&r| r != sender) {
+            let mut key = [0u8; 24];
+            key[..8].copy_from_slice(&g.to_be_bytes());
+            key[8..16].copy_from_slice(&id.to_be_bytes());
+            key[16..].copy_from_slice(&r.to_be_bytes());
+            db.put(key, (t + 300).to_be_bytes())?;
         }
+        rows_secs += t0.elapsed();
+        bar.inc(readers - 1);
     }
     db.flush()?;
     db.compact_range(None::<&[u8]>, None::<&[u8]>);

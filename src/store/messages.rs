@@ -165,12 +165,7 @@ impl Store {
         let _guard = self.lock(conversation);
         let view = self.view();
         let mut conv = view.conversation_record(conversation)?;
-        let mut record =
-            view.message_record(conversation, message)?
-                .ok_or(Error::UnknownMessage {
-                    conversation,
-                    message,
-                })?;
+        let mut record = view.require_message(conversation, message)?;
         if record.deleted {
             return Ok(());
         }

@@ -377,12 +377,7 @@ impl Store {
     ) -> Result<ReadBy> {
         let view = self.snapshot_view();
         view.conversation_record(conversation)?;
-        let record = view
-            .message_record(conversation, message)?
-            .ok_or(Error::UnknownMessage {
-                conversation,
-                message,
-            })?;
+        let record = view.require_message(conversation, message)?;
         let now = self.clock.now();
         let live = record.tracked && !expired(record.sent_at.0, self.config.retention_ms(), now);
         let bits = if live {
@@ -503,12 +498,7 @@ impl Store {
         let view = self.view();
         let member = view.require_member(conversation, user)?;
         let conv = view.conversation_record(conversation)?;
-        let record = view
-            .message_record(conversation, message)?
-            .ok_or(Error::UnknownMessage {
-                conversation,
-                message,
-            })?;
+        let record = view.require_message(conversation, message)?;
         let now = self.clock.now();
         let Some(slot) = member.slot else {
             return Ok(false);

@@ -111,6 +111,19 @@ impl<'a> View<'a> {
         }
     }
 
+    /// The message record, or [`Error::UnknownMessage`].
+    pub(crate) fn require_message(
+        &self,
+        conversation: ConversationId,
+        message: MessageId,
+    ) -> Result<MessageRecord> {
+        self.message_record(conversation, message)?
+            .ok_or(Error::UnknownMessage {
+                conversation,
+                message,
+            })
+    }
+
     /// The mark state as the user sees it: what RocksDB holds joined with
     /// what the write-combining buffer still holds (read-your-writes).
     pub(crate) fn mark_state(
