@@ -12,7 +12,8 @@
 //! flush timer in a busy group), so readers of the same messages share one
 //! bitset operand per message.
 //!
-//! Sending also advances the sender's mark (in the message's batch), so
+//! Sending also advances the sender's mark (a buffered update, combined with
+//! the sender's other advances until their key is flushed), so
 //! advances = visits + messages; `reads` counts the (message, reader) pairs
 //! newly covered by all of them, the sender's own messages excepted: the
 //! rows a one-row-per-read design would write.
@@ -196,8 +197,9 @@ fn measure_group(
     let [(receipts_sst, _), (times_sst, _)] = store.__receipt_disk_usage()?;
     #[allow(clippy::cast_precision_loss)]
     let per = |x: u64, n: u64| x as f64 / n.max(1) as f64;
-    // Flushed marks, plus each sender's mark written with their message.
-    let marks = after.keys_written - before.keys_written + args.messages;
+    // Every mark write, the senders' included (a send is a buffered
+    // advance, written by the next flush of its key).
+    let marks = after.keys_written - before.keys_written;
     let operands = after.receipt_operands - before.receipt_operands;
     let runs = after.read_time_records - before.read_time_records;
     Ok(GroupReport {
