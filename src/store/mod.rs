@@ -122,7 +122,8 @@ impl Cf {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Logical mark updates accepted (`mark_read` and unread-flag calls).
+    /// Logical mark updates accepted (`mark_read`, unread-flag calls, and
+    /// the sender's advance of each `record_message`).
     pub mark_updates: u64,
     /// Updates joined into a key already buffered: they cost no write.
     pub combined_away: u64,
