@@ -92,7 +92,7 @@ fn crash_child() {
 
 #[test]
 fn kill_9_at_random_points() {
-    if std::env::var(ENV_DIR).is_ok() {
+    if std::env::var(ENV_DIR).is_ok() || std::env::var(ENV_SEND_DIR).is_ok() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -187,4 +187,151 @@ fn kill_9_at_random_points() {
         "no child acknowledged anything: the harness is broken"
     );
     eprintln!("crash test: {runs} kills, {checked_acks} acknowledged keys verified");
+}
+
+const ENV_SEND_DIR: &str = "READMARK_CRASH_SEND_CHILD_DIR";
+const SEND_RUNS: u64 = 40;
+const SEND_BUDGET: Duration = Duration::from_secs(60);
+
+/// The child of `kill_9_while_sending`: in one small group (per-message
+/// receipts on), members send messages and read, and every acknowledged
+/// send is reported.
+#[test]
+fn send_child() {
+    let Ok(dir) = std::env::var(ENV_SEND_DIR) else {
+        return;
+    };
+    let mut rng: u64 = std::env::var(ENV_SEED).unwrap().parse().unwrap();
+    let store = Store::open(&dir, config()).unwrap();
+    let c = ConversationId(7);
+    match store.create_conversation(c) {
+        Ok(()) | Err(Error::ConversationExists(_)) => {}
+        Err(e) => panic!("{e}"),
+    }
+    for u in 0..USERS {
+        match store.add_member(c, UserId(u), Timestamp(0)) {
+            Ok(()) | Err(Error::AlreadyMember { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    writeln!(out, "READY").unwrap();
+    out.flush().unwrap();
+    loop {
+        let r = xorshift(&mut rng);
+        let u = r % USERS;
+        // Ids grow across runs: the wall clock in microseconds.
+        let now = Timestamp::now().get();
+        let id = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros(),
+        )
+        .unwrap();
+        if (r >> 8).is_multiple_of(3) {
+            match store.record_message(c, MessageId(id), UserId(u), Timestamp(now)) {
+                Ok(()) => {
+                    writeln!(out, "SENT {id} {u}").unwrap();
+                    out.flush().unwrap();
+                }
+                Err(Error::MessageOutOfOrder { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        } else {
+            store
+                .mark_read(c, UserId(u), MessageId(id), Timestamp(now))
+                .unwrap();
+        }
+    }
+}
+
+/// Kills a child that sends and reads in a small group at random points:
+/// the crash image verifies clean (counts, slots, receipts, journal), every
+/// acknowledged message exists and its sender's mark covers it (the
+/// advance is journaled before the message is written), and "read by"
+/// follows the rule for every message.
+#[test]
+fn kill_9_while_sending() {
+    if std::env::var(ENV_DIR).is_ok() || std::env::var(ENV_SEND_DIR).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let c = ConversationId(7);
+    let mut rng = 0xC0FFEE_u64;
+    let started = Instant::now();
+    let (mut runs, mut sends) = (0u64, 0u64);
+    while runs < SEND_RUNS && started.elapsed() < SEND_BUDGET {
+        runs += 1;
+        let mut child = Command::new(&exe)
+            .args(["--exact", "send_child", "--nocapture", "--test-threads=1"])
+            .env(ENV_SEND_DIR, dir.path())
+            .env(ENV_SEED, (xorshift(&mut rng) | 1).to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut sent = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("SENT ") {
+                    let f: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
+                    sent.push((f[0], f[1]));
+                }
+            }
+            sent
+        });
+        std::thread::sleep(Duration::from_millis(5 + xorshift(&mut rng) % 80));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let sent = reader.join().unwrap();
+        if dir.path().join("CURRENT").exists() {
+            let report = readmark::verify(dir.path()).unwrap();
+            assert!(
+                report.problems.is_empty() && report.malformed_operands == 0,
+                "run {runs}: crash image inconsistent: {:?}",
+                report.problems
+            );
+        }
+        let store = Store::open(dir.path(), config()).unwrap();
+        for &(id, u) in &sent {
+            let n = store.read_count(c, MessageId(id));
+            assert!(
+                n.is_ok(),
+                "run {runs}: acknowledged message {id} lost: {n:?}"
+            );
+            let mark = store.mark(c, UserId(u)).unwrap().map_or(0, |m| m.up_to.0);
+            assert!(
+                mark >= id,
+                "run {runs}: sender {u}'s mark {mark} does not cover its message {id}"
+            );
+            // The rule: readers are members (the sender excluded) whose
+            // mark covers the message or who have its bit; here nobody
+            // views, so readers are exactly the covering members.
+            let page = store
+                .read_by(c, MessageId(id), readmark::Page::first(10))
+                .unwrap();
+            for r in &page.readers {
+                assert_ne!(r.user, UserId(u), "run {runs}: sender listed");
+                let m = store.mark(c, r.user).unwrap().map_or(0, |m| m.up_to.0);
+                assert!(
+                    m >= id,
+                    "run {runs}: reader {} without a covering mark",
+                    r.user
+                );
+            }
+            sends += 1;
+        }
+        store.close().unwrap();
+    }
+    assert!(runs >= 10, "only {runs} runs fit in the budget");
+    assert!(
+        sends > 0,
+        "no child acknowledged a send: the harness is broken"
+    );
+    eprintln!("crash test (sends): {runs} kills, {sends} acknowledged sends verified");
 }
