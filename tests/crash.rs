@@ -39,6 +39,47 @@ fn xorshift(x: &mut u64) -> u64 {
     *x
 }
 
+/// A child's setup, which a killed earlier child may have done in part:
+/// the conversation with members `0..USERS`.
+fn set_up_again(store: &Store, c: ConversationId) {
+    match store.create_conversation(c) {
+        Ok(()) | Err(Error::ConversationExists(_)) => {}
+        Err(e) => panic!("{e}"),
+    }
+    for u in 0..USERS {
+        match store.add_member(c, UserId(u), Timestamp(0)) {
+            Ok(()) | Err(Error::AlreadyMember { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Re-executes this test binary as the child test `child` (on `dir`, told
+/// by the variable `env`), SIGKILLs it after a random 5 to 85 ms, and
+/// returns every line it printed.
+fn run_and_kill(child: &str, env: &str, dir: &std::path::Path, rng: &mut u64) -> Vec<String> {
+    let exe = std::env::current_exe().unwrap();
+    let mut proc = Command::new(exe)
+        .args(["--exact", child, "--nocapture", "--test-threads=1"])
+        .env(env, dir)
+        .env(ENV_SEED, (xorshift(rng) | 1).to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = proc.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(5 + xorshift(rng) % 80));
+    proc.kill().unwrap(); // SIGKILL
+    proc.wait().unwrap();
+    reader.join().unwrap()
+}
+
 /// The child: runs only when re-executed by `kill_9_at_random_points`.
 #[test]
 fn crash_child() {
@@ -48,16 +89,7 @@ fn crash_child() {
     let mut rng: u64 = std::env::var(ENV_SEED).unwrap().parse().unwrap();
     let store = Store::open(&dir, config()).unwrap();
     for c in 0..CONVS {
-        match store.create_conversation(ConversationId(c)) {
-            Ok(()) | Err(Error::ConversationExists(_)) => {}
-            Err(e) => panic!("{e}"),
-        }
-        for u in 0..USERS {
-            match store.add_member(ConversationId(c), UserId(u), Timestamp(0)) {
-                Ok(()) | Err(Error::AlreadyMember { .. }) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
+        set_up_again(&store, ConversationId(c));
     }
     let out = std::io::stdout();
     let mut out = out.lock();
@@ -96,7 +128,6 @@ fn kill_9_at_random_points() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     // Durable floor per key: what the last verification saw.
     let mut floor: BTreeMap<(u64, u64), u64> = BTreeMap::new();
     let mut rng = 0x5EED_u64;
@@ -105,41 +136,21 @@ fn kill_9_at_random_points() {
     let mut checked_acks = 0u64;
     while runs < RUNS && started.elapsed() < BUDGET {
         runs += 1;
-        let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-            .env(ENV_DIR, dir.path())
-            .env(ENV_SEED, (xorshift(&mut rng) | 1).to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut acks = Vec::new();
-            let mut ready = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line == "READY" {
-                    ready = true;
-                }
-                if let Some(rest) = line.strip_prefix("ACK ") {
-                    let f: Vec<&str> = rest.split(' ').collect();
-                    acks.push((
-                        f[0].to_string(),
-                        f[1].parse::<u64>().unwrap(),
-                        f[2].parse::<u64>().unwrap(),
-                        f[3].parse::<u64>().unwrap(),
-                    ));
-                }
-            }
-            (ready, acks)
-        });
-        // The kill point: a random delay once the child is running.
-        let delay = Duration::from_millis(5 + xorshift(&mut rng) % 80);
-        std::thread::sleep(delay);
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let (ready, acks) = reader.join().unwrap();
+        let lines = run_and_kill("crash_child", ENV_DIR, dir.path(), &mut rng);
+        let ready = lines.iter().any(|l| l == "READY");
+        let acks: Vec<(String, u64, u64, u64)> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("ACK "))
+            .map(|rest| {
+                let f: Vec<&str> = rest.split(' ').collect();
+                (
+                    f[0].to_string(),
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                    f[3].parse().unwrap(),
+                )
+            })
+            .collect();
 
         let store = Store::open(dir.path(), config()).unwrap();
         let mut durable: BTreeMap<(u64, u64), u64> = BTreeMap::new();
@@ -204,16 +215,7 @@ fn send_child() {
     let mut rng: u64 = std::env::var(ENV_SEED).unwrap().parse().unwrap();
     let store = Store::open(&dir, config()).unwrap();
     let c = ConversationId(7);
-    match store.create_conversation(c) {
-        Ok(()) | Err(Error::ConversationExists(_)) => {}
-        Err(e) => panic!("{e}"),
-    }
-    for u in 0..USERS {
-        match store.add_member(c, UserId(u), Timestamp(0)) {
-            Ok(()) | Err(Error::AlreadyMember { .. }) => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
+    set_up_again(&store, c);
     let out = std::io::stdout();
     let mut out = out.lock();
     writeln!(out, "READY").unwrap();
@@ -258,37 +260,20 @@ fn kill_9_while_sending() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let c = ConversationId(7);
     let mut rng = 0xC0FFEE_u64;
     let started = Instant::now();
     let (mut runs, mut sends) = (0u64, 0u64);
     while runs < SEND_RUNS && started.elapsed() < SEND_BUDGET {
         runs += 1;
-        let mut child = Command::new(&exe)
-            .args(["--exact", "send_child", "--nocapture", "--test-threads=1"])
-            .env(ENV_SEND_DIR, dir.path())
-            .env(ENV_SEED, (xorshift(&mut rng) | 1).to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut sent = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("SENT ") {
-                    let f: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
-                    sent.push((f[0], f[1]));
-                }
-            }
-            sent
-        });
-        std::thread::sleep(Duration::from_millis(5 + xorshift(&mut rng) % 80));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let sent = reader.join().unwrap();
+        let sent: Vec<(u64, u64)> = run_and_kill("send_child", ENV_SEND_DIR, dir.path(), &mut rng)
+            .iter()
+            .filter_map(|l| l.strip_prefix("SENT "))
+            .map(|rest| {
+                let f: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
+                (f[0], f[1])
+            })
+            .collect();
         if dir.path().join("CURRENT").exists() {
             let report = readmark::verify(dir.path()).unwrap();
             assert!(

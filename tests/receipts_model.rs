@@ -286,8 +286,8 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
                 if model.members.contains_key(&u) {
                     prop_assert!(
                         matches!(r, Err(Error::AlreadyMember { .. })),
-                        "expected {}",
-                        stringify!(AlreadyMember)
+                        "expected AlreadyMember, got {:?}",
+                        r
                     );
                 } else {
                     r.unwrap();
@@ -312,8 +312,8 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
                 } else {
                     prop_assert!(
                         matches!(r, Err(Error::NotMember { .. })),
-                        "expected {}",
-                        stringify!(NotMember)
+                        "expected NotMember, got {:?}",
+                        r
                     );
                 }
             }
@@ -335,8 +335,8 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
                 } else {
                     prop_assert!(
                         matches!(r, Err(Error::NotMember { .. })),
-                        "expected {}",
-                        stringify!(NotMember)
+                        "expected NotMember, got {:?}",
+                        r
                     );
                 }
             }
@@ -354,8 +354,8 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
                 } else {
                     prop_assert!(
                         matches!(r, Err(Error::NotMember { .. })),
-                        "expected {}",
-                        stringify!(NotMember)
+                        "expected NotMember, got {:?}",
+                        r
                     );
                 }
             }
@@ -368,8 +368,8 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
                 let Some(&joined_after) = model.members.get(&u) else {
                     prop_assert!(
                         matches!(r, Err(Error::NotMember { .. })),
-                        "expected {}",
-                        stringify!(NotMember)
+                        "expected NotMember, got {:?}",
+                        r
                     );
                     continue;
                 };

@@ -384,7 +384,8 @@ impl RocksReplayer {
     }
 }
 
-fn key3(a: u64, b: u64, c: u64) -> [u8; 24] {
+/// Three ids as a 24-byte big-endian key (the naive design's row key).
+pub(crate) fn key3(a: u64, b: u64, c: u64) -> [u8; 24] {
     let mut k = [0u8; 24];
     k[..8].copy_from_slice(&a.to_be_bytes());
     k[8..16].copy_from_slice(&b.to_be_bytes());

@@ -118,8 +118,7 @@ impl Store {
         // leave deleted the mark, with its read-time run; a new membership
         // starts from nothing.
         batch.delete_cf(self.cf(Cf::Marks), keys::member_key(conversation, user));
-        let (from, to) = super::receipts::member_times_range(conversation, user);
-        batch.delete_range_cf(self.cf(Cf::ReadTimes), &from[..], &to[..]);
+        self.delete_read_times(&mut batch, conversation, user);
         batch.put_cf(
             self.cf(Cf::Conversations),
             keys::id_key(conversation.0),
@@ -171,8 +170,7 @@ impl Store {
             &mut batch,
             MemberChange::Leaving(user),
         )?;
-        let (from, to) = super::receipts::member_times_range(conversation, user);
-        batch.delete_range_cf(self.cf(Cf::ReadTimes), &from[..], &to[..]);
+        self.delete_read_times(&mut batch, conversation, user);
         batch.delete_cf(self.cf(Cf::Members), keys::member_key(conversation, user));
         batch.delete_cf(
             self.cf(Cf::UserConversations),

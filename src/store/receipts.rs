@@ -599,6 +599,17 @@ impl Store {
         self.write_structural(batch)
     }
 
+    /// Deletes, in `batch`, every read-time record of one membership.
+    pub(crate) fn delete_read_times(
+        &self,
+        batch: &mut WriteBatch,
+        conversation: ConversationId,
+        user: UserId,
+    ) {
+        let (from, to) = time_key_range(conversation.0, user.0);
+        batch.delete_range_cf(self.cf(Cf::ReadTimes), &from[..], &to[..]);
+    }
+
     pub(crate) fn threshold_of(&self, conv: &ConversationRecord) -> u64 {
         u64::from(conv.threshold.unwrap_or(self.config.receipt_threshold))
     }
@@ -812,14 +823,6 @@ fn take_free_slot(used: &mut [bool]) -> Result<u16> {
         .ok_or(Error::InvalidArgument("no free receipt slot"))?;
     used[free] = true;
     u16::try_from(free).map_err(|_| Error::InvalidArgument("no free receipt slot"))
-}
-
-/// Range of one member's read-time records, deleted when they leave.
-pub(crate) fn member_times_range(
-    conversation: ConversationId,
-    user: UserId,
-) -> ([u8; 16], [u8; 17]) {
-    time_key_range(conversation.0, user.0)
 }
 
 /// Installs the retention compaction filters and the bitset merge operator.

@@ -279,16 +279,7 @@ impl Writer {
     /// Called with the flush lock held.
     fn batch_for(&self, entries: &[((u64, u64), MarkState)]) -> Result<WriteBatch> {
         let mut batch = WriteBatch::default();
-        self.extend_batch(entries, &mut batch)?;
-        Ok(batch)
-    }
-
-    fn extend_batch(
-        &self,
-        entries: &[((u64, u64), MarkState)],
-        batch: &mut WriteBatch,
-    ) -> Result<()> {
-        let (operands, runs) = plan_advances(&self.db, &self.policy, entries, batch)?;
+        let (operands, runs) = plan_advances(&self.db, &self.policy, entries, &mut batch)?;
         self.counters
             .receipt_operands
             .fetch_add(operands, Ordering::Relaxed);
@@ -299,7 +290,7 @@ impl Writer {
         for ((c, u), state) in entries {
             batch.merge_cf(cf, keys::pair_key(*c, *u), state.encode());
         }
-        Ok(())
+        Ok(batch)
     }
 
     /// Drops written entries from the buffer. Readers hold the gate shared
