@@ -165,12 +165,16 @@ fn bench_read_by(c: &mut Criterion) {
         g.bench_function(format!("{name}_page_of_20"), |b| {
             b.iter(|| {
                 store
-                    .read_by(conv, MessageId(5), Page::first(20))
+                    .read_by(conv, UserId(1), MessageId(5), Page::first(20))
                     .expect("read_by")
             });
         });
         g.bench_function(format!("{name}_count"), |b| {
-            b.iter(|| store.read_count(conv, MessageId(5)).expect("read_count"));
+            b.iter(|| {
+                store
+                    .read_count(conv, UserId(1), MessageId(5))
+                    .expect("read_count")
+            });
         });
     }
     g.finish();

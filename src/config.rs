@@ -56,6 +56,13 @@ pub enum Durability {
 /// | [`statistics`](Config::statistics) | `false` |
 /// | [`receipt_threshold`](Config::receipt_threshold) | 50 members |
 /// | [`receipt_retention`](Config::receipt_retention) | 7 days |
+/// | [`event_window`](Config::event_window) | 1 s |
+/// | [`event_buffer`](Config::event_buffer) | 65,536 (reader, conversation) entries per subscription |
+/// | [`event_small_group`](Config::event_small_group) | 50 members |
+/// | [`small_group_recipients`](Config::small_group_recipients) | [`Recipients::Members`] |
+/// | [`large_group_recipients`](Config::large_group_recipients) | [`Recipients::Authors`] |
+/// | [`event_fanout_cap`](Config::event_fanout_cap) | 100 recipients per event |
+/// | [`change_retention`](Config::change_retention) | 7 days |
 ///
 /// # Examples
 ///
@@ -82,6 +89,37 @@ pub struct Config {
     pub(crate) statistics: bool,
     pub(crate) receipt_threshold: u32,
     pub(crate) receipt_retention: Duration,
+    pub(crate) event_window: Duration,
+    pub(crate) event_buffer: usize,
+    pub(crate) event_small_group: u32,
+    pub(crate) small_group_recipients: Recipients,
+    pub(crate) large_group_recipients: Recipients,
+    pub(crate) event_fanout_cap: usize,
+    pub(crate) change_retention: Duration,
+}
+
+/// Who, besides the reader's own devices, receives a receipt event (see
+/// [`Config::small_group_recipients`] and [`Config::large_group_recipients`]).
+/// The reader's own devices always receive their mark; a member with
+/// private receipts is never sent to anyone else.
+///
+/// # Examples
+///
+/// ```
+/// use readmark::{Config, Recipients};
+/// // Broadcast channels: nobody learns who read what.
+/// let config = Config::new().large_group_recipients(Recipients::Nobody);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Recipients {
+    /// Every other current member (WhatsApp-style groups).
+    Members,
+    /// Only the current members who wrote a message the advance newly
+    /// covers ("your message was read"), newest messages first.
+    Authors,
+    /// Nobody else.
+    Nobody,
 }
 
 /// What opening a store does with damage in the journal's synced data.
@@ -135,6 +173,13 @@ impl Config {
             statistics: false,
             receipt_threshold: 50,
             receipt_retention: Duration::from_secs(7 * 24 * 3600),
+            event_window: Duration::from_secs(1),
+            event_buffer: 65_536,
+            event_small_group: 50,
+            small_group_recipients: Recipients::Members,
+            large_group_recipients: Recipients::Authors,
+            event_fanout_cap: 100,
+            change_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 
@@ -264,6 +309,78 @@ impl Config {
         self
     }
 
+    /// How long receipt events of one (conversation, reader) are held and
+    /// joined before delivery: ten advances within the window become one
+    /// event with the newest mark, delivered when the window that the first
+    /// opened closes. A read reaches other members within this (plus the
+    /// subscriber's own delay). Default 1 s; zero delivers at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = readmark::Config::new().event_window(std::time::Duration::from_millis(250));
+    /// ```
+    pub fn event_window(mut self, window: Duration) -> Self {
+        self.event_window = window;
+        self
+    }
+
+    /// How many (conversation, reader) entries one subscription holds
+    /// undelivered. A further advance of a held entry joins it (no growth);
+    /// an advance of a new one while full is dropped and the subscriber is
+    /// told ([`Event::Lagged`](crate::Event::Lagged)) so it can catch up
+    /// with [`Store::changes_since`](crate::Store::changes_since). About
+    /// 100 bytes per entry. Default 65,536; at least 1.
+    pub fn event_buffer(mut self, entries: usize) -> Self {
+        self.event_buffer = entries;
+        self
+    }
+
+    /// Conversations with at most this many members are "small groups" for
+    /// events and catch-up (their receipts go to
+    /// [`small_group_recipients`](Config::small_group_recipients)); larger
+    /// ones use [`large_group_recipients`](Config::large_group_recipients).
+    /// Default 50.
+    pub fn event_small_group(mut self, members: u32) -> Self {
+        self.event_small_group = members;
+        self
+    }
+
+    /// Who receives receipts in small groups. Default [`Recipients::Members`].
+    pub fn small_group_recipients(mut self, r: Recipients) -> Self {
+        self.small_group_recipients = r;
+        self
+    }
+
+    /// Who receives receipts in larger conversations. Default
+    /// [`Recipients::Authors`].
+    pub fn large_group_recipients(mut self, r: Recipients) -> Self {
+        self.large_group_recipients = r;
+        self
+    }
+
+    /// At most this many recipients per event (the rest are counted in
+    /// [`ReceiptEvent::capped`](crate::ReceiptEvent::capped)). Default 100;
+    /// at least 1.
+    pub fn event_fanout_cap(mut self, recipients: usize) -> Self {
+        self.event_fanout_cap = recipients;
+        self
+    }
+
+    /// How long the change log behind
+    /// [`Store::changes_since`](crate::Store::changes_since) is kept. A
+    /// cursor older than this gets
+    /// [`CatchUp::SnapshotRequired`](crate::CatchUp::SnapshotRequired).
+    /// Default 7 days; at least 1 s.
+    pub fn change_retention(mut self, keep: Duration) -> Self {
+        self.change_retention = keep;
+        self
+    }
+
+    pub(crate) fn change_retention_ms(&self) -> u64 {
+        u64::try_from(self.change_retention.as_millis()).unwrap_or(u64::MAX)
+    }
+
     pub(crate) fn retention_ms(&self) -> u64 {
         u64::try_from(self.receipt_retention.as_millis()).unwrap_or(u64::MAX)
     }
@@ -309,6 +426,16 @@ impl Config {
         if self.receipt_retention < Duration::from_millis(1) {
             return Err(Error::InvalidConfig(
                 "receipt_retention must be at least 1 ms".into(),
+            ));
+        }
+        if self.event_buffer == 0 || self.event_fanout_cap == 0 {
+            return Err(Error::InvalidConfig(
+                "event_buffer and event_fanout_cap must be at least 1".into(),
+            ));
+        }
+        if self.change_retention < Duration::from_secs(1) {
+            return Err(Error::InvalidConfig(
+                "change_retention must be at least 1 s".into(),
             ));
         }
         if self.write_buffer_bytes < 64 << 10 {

@@ -118,6 +118,11 @@ pub enum Error {
         offset: u64,
     },
 
+    /// A catch-up cursor that no store wrote (truncated, edited, or from a
+    /// newer version): ask for a [`snapshot`](crate::Store::snapshot).
+    #[error("invalid catch-up cursor")]
+    InvalidCursor,
+
     /// An argument is out of range (for example a page limit of 0).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),

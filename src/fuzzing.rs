@@ -527,6 +527,10 @@ mod api {
             let Some(msgs) = m.msgs.get(&conv) else {
                 continue;
             };
+            // Any current member may ask; a non-member is refused.
+            let Some(viewer) = m.members.keys().find(|k| k.0 == conv).map(|k| k.1) else {
+                continue;
+            };
             for &(id, sender, _) in msgs {
                 let want: Vec<u64> = m
                     .members
@@ -541,7 +545,12 @@ mod api {
                     .map(|(k, _)| k.1)
                     .collect();
                 let r = s
-                    .read_by(ConversationId(conv), MessageId(id), Page::first(10))
+                    .read_by(
+                        ConversationId(conv),
+                        UserId(viewer),
+                        MessageId(id),
+                        Page::first(10),
+                    )
                     .expect("read_by");
                 let got: Vec<u64> = r.readers.iter().map(|x| x.user.0).collect();
                 assert_eq!(got, want, "readers of ({conv},{id})");

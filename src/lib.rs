@@ -29,7 +29,7 @@
 //! store.record_message(chat, MessageId(1), alice, Timestamp(1_000))?;
 //!
 //! store.mark_read(chat, bob, MessageId(1), Timestamp(2_000))?;
-//! assert_eq!(store.read_by(chat, MessageId(1), Page::first(10))?.count, 1);
+//! assert_eq!(store.read_by(chat, alice, MessageId(1), Page::first(10))?.count, 1);
 //! assert_eq!(store.unread_count(chat, bob)?.count, 0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -42,6 +42,7 @@
 mod combiner;
 mod config;
 mod error;
+mod events;
 mod ids;
 mod journal;
 mod keys;
@@ -52,15 +53,17 @@ mod records;
 #[cfg(feature = "store")]
 mod store;
 
-pub use config::{Config, Durability, RecoveryMode};
+pub use config::{Config, Durability, Recipients, RecoveryMode};
 pub use error::{Error, Result};
+pub use events::{Cursor, CURSOR_LEN};
 pub use ids::{ConversationId, MessageId, Timestamp, UserId};
 pub use mark::ReadMark;
 pub use merge::{merge_marks, MergeOutcome};
 #[cfg(feature = "store")]
 pub use store::{
-    dump, inspect, verify, Page, Problem, ReadBy, ReadCount, ReadTime, Reader, ReceiptSource,
-    Report, RocksDbIo, SegmentInfo, Stats, Store, Unread, FORMAT_VERSION,
+    dump, inspect, verify, CatchUp, Changes, Event, Page, PrivacyScope, Problem, ReadBy, ReadCount,
+    ReadState, ReadTime, Reader, ReceiptEvent, ReceiptSource, Report, RocksDbIo, SegmentInfo,
+    Snapshot, Stats, Store, Subscription, Unread, AUTHOR_SCAN_LIMIT, FORMAT_VERSION,
 };
 
 // The README's usage example is compiled and run as a doc test.

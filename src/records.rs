@@ -104,8 +104,10 @@ impl ConversationRecord {
 /// | ver | flags  | joined_after      | joined_at      | slot u16 |
 ///         bit0: joined_after present
 ///         bit1: slot present (else the field is 0)
+///         bit2: receipts private in this conversation
+///         bit3: receipts private everywhere (copied from the user's setting)
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct MemberRecord {
     /// Newest message when the member joined: unread counting starts after it.
     pub(crate) joined_after: Option<MessageId>,
@@ -113,10 +115,24 @@ pub(crate) struct MemberRecord {
     /// Bit position in the per-message bitsets; assigned while the
     /// conversation keeps per-message receipts.
     pub(crate) slot: Option<u16>,
+    /// The member keeps their receipts private in this conversation.
+    pub(crate) private_here: bool,
+    /// The member keeps their receipts private everywhere: a copy of their
+    /// user setting, so queries decide from the record they already read.
+    pub(crate) private_all: bool,
+}
+
+impl MemberRecord {
+    /// Whether anyone else may see this member's reads.
+    pub(crate) fn is_private(&self) -> bool {
+        self.private_here || self.private_all
+    }
 }
 
 pub(crate) const MEMBER_FLAG_JOINED_AFTER: u8 = 0x01;
 pub(crate) const MEMBER_FLAG_SLOT: u8 = 0x02;
+pub(crate) const MEMBER_FLAG_PRIVATE_HERE: u8 = 0x04;
+pub(crate) const MEMBER_FLAG_PRIVATE_ALL: u8 = 0x08;
 pub(crate) const MEMBER_JOINED_AFTER: usize = 2;
 pub(crate) const MEMBER_JOINED_AT: usize = 10;
 pub(crate) const MEMBER_SLOT: usize = 18;
@@ -135,11 +151,20 @@ impl MemberRecord {
             b[1] |= MEMBER_FLAG_SLOT;
             BigEndian::write_u16(&mut b[MEMBER_SLOT..MEMBER_LEN], s);
         }
+        if self.private_here {
+            b[1] |= MEMBER_FLAG_PRIVATE_HERE;
+        }
+        if self.private_all {
+            b[1] |= MEMBER_FLAG_PRIVATE_ALL;
+        }
         b
     }
 
     pub(crate) fn decode(b: &[u8]) -> Option<Self> {
-        let known = MEMBER_FLAG_JOINED_AFTER | MEMBER_FLAG_SLOT;
+        let known = MEMBER_FLAG_JOINED_AFTER
+            | MEMBER_FLAG_SLOT
+            | MEMBER_FLAG_PRIVATE_HERE
+            | MEMBER_FLAG_PRIVATE_ALL;
         if b.len() != MEMBER_LEN || b[0] != RECORD_VERSION || b[1] & !known != 0 {
             return None;
         }
@@ -158,6 +183,8 @@ impl MemberRecord {
             joined_after,
             joined_at: Timestamp(get(b, MEMBER_JOINED_AT)),
             slot: has_slot.then_some(slot),
+            private_here: b[1] & MEMBER_FLAG_PRIVATE_HERE != 0,
+            private_all: b[1] & MEMBER_FLAG_PRIVATE_ALL != 0,
         })
     }
 }
@@ -252,18 +279,19 @@ mod tests {
             joined_after: Some(MessageId(9)),
             joined_at: Timestamp(5),
             slot: Some(0x0102),
+            private_here: false,
+            private_all: true,
         };
         let b = r.encode();
-        assert_eq!(b[1], MEMBER_FLAG_JOINED_AFTER | MEMBER_FLAG_SLOT);
+        assert_eq!(
+            b[1],
+            MEMBER_FLAG_JOINED_AFTER | MEMBER_FLAG_SLOT | MEMBER_FLAG_PRIVATE_ALL
+        );
         assert_eq!(b[MEMBER_SLOT..MEMBER_LEN], [1, 2]);
         assert_eq!(b[MEMBER_JOINED_AFTER + 7], 9);
         assert_eq!(b[MEMBER_JOINED_AT + 7], 5);
         assert_eq!(MemberRecord::decode(&b), Some(r));
-        let none = MemberRecord {
-            joined_after: None,
-            joined_at: Timestamp(0),
-            slot: None,
-        };
+        let none = MemberRecord::default();
         assert_eq!(MemberRecord::decode(&none.encode()), Some(none));
         let mut too_big = r.encode();
         too_big[MEMBER_SLOT..MEMBER_LEN].copy_from_slice(&4096u16.to_be_bytes());

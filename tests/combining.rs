@@ -245,12 +245,12 @@ fn buffered_marks_are_visible_to_every_read() {
     assert_eq!(store.stats().pending_keys, 3);
     assert_eq!(
         store
-            .read_by(C, MessageId(10), Page::first(10))
+            .read_by(C, UserId(1), MessageId(10), Page::first(10))
             .unwrap()
             .count,
         2
     );
-    assert_eq!(store.marks(C).unwrap().len(), 3);
+    assert_eq!(store.marks(C, UserId(1)).unwrap().len(), 3);
     assert_eq!(store.unread_count(C, UserId(1)).unwrap().count, 1);
     assert_eq!(store.unread_count(C, UserId(2)).unwrap().count, 0);
     store.set_unread_flag(C, UserId(2), Timestamp(5)).unwrap();

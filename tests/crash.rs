@@ -284,7 +284,7 @@ fn kill_9_while_sending() {
         }
         let store = Store::open(dir.path(), config()).unwrap();
         for &(id, u) in &sent {
-            let n = store.read_count(c, MessageId(id));
+            let n = store.read_count(c, UserId(u), MessageId(id));
             assert!(
                 n.is_ok(),
                 "run {runs}: acknowledged message {id} lost: {n:?}"
@@ -298,7 +298,7 @@ fn kill_9_while_sending() {
             // mark covers the message or who have its bit; here nobody
             // views, so readers are exactly the covering members.
             let page = store
-                .read_by(c, MessageId(id), readmark::Page::first(10))
+                .read_by(c, UserId(u), MessageId(id), readmark::Page::first(10))
                 .unwrap();
             for r in &page.readers {
                 assert_ne!(r.user, UserId(u), "run {runs}: sender listed");

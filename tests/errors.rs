@@ -26,10 +26,11 @@ fn unknown_conversation_everywhere() {
     assert!(unknown(s.set_unread_flag(C, ALICE, t(0))));
     assert!(unknown(s.unread_count(C, ALICE).map(|_| ())));
     assert!(unknown(s.mark(C, ALICE).map(|_| ())));
-    assert!(unknown(s.marks(C).map(|_| ())));
+    assert!(unknown(s.marks(C, ALICE).map(|_| ())));
     assert!(unknown(s.member_count(C).map(|_| ())));
     assert!(unknown(
-        s.read_by(C, MessageId(1), Page::first(5)).map(|_| ())
+        s.read_by(C, ALICE, MessageId(1), Page::first(5))
+            .map(|_| ())
     ));
 }
 
@@ -98,7 +99,7 @@ fn duplicates_and_unknown_messages() {
         Err(Error::UnknownMessage { .. })
     ));
     assert!(matches!(
-        s.read_by(C, MessageId(3), Page::first(5)),
+        s.read_by(C, ALICE, MessageId(3), Page::first(5)),
         Err(Error::UnknownMessage { .. })
     ));
 }
@@ -346,18 +347,20 @@ fn ids_at_the_edges() {
         assert_eq!(s.unread_count(conv, UserId(u64::MAX)).unwrap().count, 0);
         s.mark_read(conv, UserId(u64::MAX), MessageId(u64::MAX), Timestamp(0))
             .unwrap();
-        let rb = s.read_by(conv, MessageId(0), Page::first(10)).unwrap();
+        let rb = s
+            .read_by(conv, UserId(0), MessageId(0), Page::first(10))
+            .unwrap();
         assert_eq!(rb.count, 1);
         assert_eq!(rb.readers[0].user, UserId(u64::MAX));
         assert_eq!(s.members(conv, Some(UserId(u64::MAX)), 10).unwrap(), vec![]);
-        assert_eq!(s.marks(conv).unwrap().len(), 2);
+        assert_eq!(s.marks(conv, UserId(0)).unwrap().len(), 2);
     }
     assert_eq!(
         s.conversations_of(UserId(u64::MAX)).unwrap(),
         vec![ConversationId(0), ConversationId(u64::MAX)]
     );
     assert!(matches!(
-        s.read_by(ConversationId(0), MessageId(0), Page::first(0)),
+        s.read_by(ConversationId(0), UserId(0), MessageId(0), Page::first(0)),
         Err(Error::InvalidArgument(_))
     ));
 }
@@ -379,7 +382,9 @@ fn large_conversation_and_huge_burst() {
         s.mark_read(c, UserId(i % 5_000), MessageId(1 + i / 5_000), Timestamp(i))
             .unwrap();
     }
-    let rb = s.read_by(c, MessageId(1), Page::first(100)).unwrap();
+    let rb = s
+        .read_by(c, UserId(0), MessageId(1), Page::first(100))
+        .unwrap();
     assert_eq!(rb.count, 4_999); // everyone but the sender
     assert_eq!(rb.readers.len(), 100);
 }

@@ -28,7 +28,9 @@ fn open(dir: &std::path::Path, threshold: u32) -> Store {
 }
 
 fn readers(s: &Store, m: u64) -> (Vec<(u64, ReadTime)>, ReceiptSource) {
-    let r = s.read_by(C, MessageId(m), Page::first(1000)).unwrap();
+    let r = s
+        .read_by(C, common::a_member(s, C), MessageId(m), Page::first(1000))
+        .unwrap();
     (
         r.readers.iter().map(|r| (r.user.0, r.read_at)).collect(),
         r.source,
@@ -286,7 +288,7 @@ fn one_operand_per_message_per_flush() {
     assert_eq!(after.receipt_operands - before.receipt_operands, 30);
     assert_eq!(after.keys_written - before.keys_written, 39);
     for m in [1, 15, 30] {
-        assert_eq!(s.read_count(C, MessageId(m)).unwrap().count, 39);
+        assert_eq!(s.read_count(C, UserId(1), MessageId(m)).unwrap().count, 39);
     }
 }
 
@@ -306,7 +308,9 @@ fn large_conversation_writes_nothing_per_message() {
     s.flush().unwrap();
     assert_eq!(s.stats().receipt_operands, 0);
     assert!(!s.__has_receipt_record(C, MessageId(5)).unwrap());
-    let page = s.read_by(C, MessageId(5), Page::first(25)).unwrap();
+    let page = s
+        .read_by(C, UserId(1), MessageId(5), Page::first(25))
+        .unwrap();
     assert_eq!(
         (page.count, page.readers.len(), page.source),
         (59, 25, ReceiptSource::Marks)

@@ -211,7 +211,12 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
         let Some(&m) = messages[i].iter().rev().nth(5).or(messages[i].first()) else {
             continue;
         };
-        let rb = store.read_by(c, MessageId(m), Page::first(5))?;
+        let rb = store.read_by(
+            c,
+            store.members(c, None, 1)?[0],
+            MessageId(m),
+            Page::first(5),
+        )?;
         let names: Vec<String> = rb
             .readers
             .iter()

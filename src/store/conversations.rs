@@ -79,6 +79,10 @@ impl Store {
         // Nothing buffered or journaled from before this membership may be
         // written or replayed after it (docs/design.md, membership).
         self.writer.flush_all(true)?;
+        // Held until the batch lands: a concurrent "private everywhere"
+        // either sees this membership or is seen by it.
+        let _settings = self.privacy_lock.lock();
+        let private_all = self.private_everywhere(user)?;
         let _guard = self.lock(conversation);
         let view = self.view();
         let mut conv = view.conversation_record(conversation)?;
@@ -103,6 +107,8 @@ impl Store {
             joined_after: conv.last_message(),
             joined_at: at,
             slot,
+            private_here: false,
+            private_all,
         };
         batch.put_cf(
             self.cf(Cf::Members),

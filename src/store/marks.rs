@@ -168,12 +168,33 @@ impl Store {
         if !self.writer.combiner.contains(conversation.0, user.0) {
             self.view().require_member(conversation, user)?;
         }
+        // Only while someone listens: the mark it starts from tells a
+        // no-op from an advance, and which messages it newly covers.
+        let from = if self.events.has_subscribers() {
+            let before = self.view().mark_state(conversation, user)?.mark;
+            if before.is_some_and(|m| m.up_to >= up_to) {
+                return self.writer.update(
+                    conversation.0,
+                    user.0,
+                    MarkState::from_mark(up_to, at),
+                    durability,
+                );
+            }
+            Some(before.map(|m| m.up_to.0))
+        } else {
+            None
+        };
         self.writer.update(
             conversation.0,
             user.0,
             MarkState::from_mark(up_to, at),
             durability,
-        )
+        )?;
+        if let Some(from) = from {
+            self.events
+                .publish(conversation.0, user.0, up_to.0, at.0, from);
+        }
+        Ok(())
     }
 
     /// The read mark of `user` in `conversation`, `None` if they have read
@@ -210,16 +231,23 @@ impl Store {
     /// # store.create_conversation(c)?;
     /// # for u in 1..=2 { store.add_member(c, UserId(u), Timestamp(0))?; }
     /// store.mark_read(c, UserId(2), MessageId(4), Timestamp(1))?;
-    /// let marks = store.marks(c)?;
+    /// let marks = store.marks(c, UserId(1))?;
     /// assert_eq!(marks.len(), 1);
     /// assert_eq!(marks[0].0, UserId(2));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn marks(&self, conversation: ConversationId) -> Result<Vec<(UserId, ReadMark)>> {
+    pub fn marks(
+        &self,
+        conversation: ConversationId,
+        viewer: UserId,
+    ) -> Result<Vec<(UserId, ReadMark)>> {
         let view = self.snapshot_view();
-        view.conversation_record(conversation)?;
+        view.require_member(conversation, viewer)?;
         let mut out = Vec::new();
-        view.for_each_member(conversation, |user, _, state| {
+        view.for_each_member(conversation, |user, member, state| {
+            if member.is_private() && user != viewer {
+                return ControlFlow::Continue(());
+            }
             if let Some(m) = state.mark {
                 out.push((user, m));
             }

@@ -6,9 +6,11 @@
 //! (read marks, "read by", the unread flag).
 
 mod conversations;
+mod events;
 mod inspect;
 mod marks;
 mod messages;
+mod privacy;
 mod receipts;
 mod view;
 mod writer;
@@ -34,16 +36,24 @@ use crate::keys;
 use crate::merge::{adapter, MergeCounters};
 use writer::Writer;
 
+pub use events::{
+    CatchUp, Changes, Event, ReadState, ReceiptEvent, Snapshot, Subscription, AUTHOR_SCAN_LIMIT,
+};
 pub use inspect::{dump, inspect, verify, Problem, Report, SegmentInfo};
 pub use marks::{Page, ReadBy, ReadTime, Reader, ReceiptSource};
 pub use messages::Unread;
+pub use privacy::PrivacyScope;
 pub use receipts::ReadCount;
 use receipts::{Clock, ReceiptPolicy};
 pub(crate) use view::View;
 
 /// The on-disk format this build reads and writes, stored in `meta` under
 /// [`FORMAT_VERSION_KEY`] and checked on every open.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// The previous format, opened and upgraded in place: version 3 only adds
+/// column families (`changes`, `user_changes`, `users`) and member flags
+/// that version 2 never set.
+pub(crate) const UPGRADABLE_FORMAT_VERSION: u32 = 2;
 /// Key of the format version in the `meta` column family.
 pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
@@ -74,10 +84,16 @@ pub(crate) enum Cf {
     /// (conversation, user, kind, message) → when a run of messages or one
     /// message was first read; small conversations only.
     ReadTimes,
+    /// (conversation, seq) → reader, stamp: the change log by conversation.
+    Changes,
+    /// (reader, seq) → conversation, stamp: the change log by reader.
+    UserChanges,
+    /// user → settings (private receipts everywhere).
+    Users,
 }
 
 impl Cf {
-    pub(crate) const ALL: [Cf; 9] = [
+    pub(crate) const ALL: [Cf; 12] = [
         Cf::Meta,
         Cf::Conversations,
         Cf::Members,
@@ -87,6 +103,9 @@ impl Cf {
         Cf::Deletions,
         Cf::Receipts,
         Cf::ReadTimes,
+        Cf::Changes,
+        Cf::UserChanges,
+        Cf::Users,
     ];
 
     fn from_name(name: &str) -> Option<Cf> {
@@ -104,6 +123,9 @@ impl Cf {
             Cf::Deletions => "deletions",
             Cf::Receipts => "receipts",
             Cf::ReadTimes => "read_times",
+            Cf::Changes => "changes",
+            Cf::UserChanges => "user_changes",
+            Cf::Users => "users",
         }
     }
 }
@@ -202,6 +224,10 @@ pub struct Store {
     merge_counters: Arc<MergeCounters>,
     clock: Arc<Clock>,
     writer: Arc<Writer>,
+    events: events::Hub,
+    /// Serialises privacy changes with joins, which copy the user's
+    /// setting. Taken before any conversation lock.
+    privacy_lock: Mutex<()>,
     timer: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     replayed: u64,
@@ -287,7 +313,7 @@ impl Store {
                 )?;
             }
         }
-        if version.is_none() {
+        if version != Some(FORMAT_VERSION) {
             let meta = db
                 .cf_handle(Cf::Meta.name())
                 .ok_or(Error::InvalidArgument("no meta column family"))?;
@@ -306,11 +332,13 @@ impl Store {
             &journal_dir,
             config.recovery_mode == RecoveryMode::TolerateCorruption,
         )?;
-        let replayed = replay(&db, &recovery, config.recovery_mode, &policy)?;
+        let changes = events::ChangeLog::open(&db, clock.clone())?;
+        let replayed = replay(&db, &recovery, config.recovery_mode, &policy, &changes)?;
         let journal = Journal::create(&journal_dir, config.journal_segment_bytes, &recovery)?;
         let writer = Arc::new(Writer::new(
             db.clone(),
             policy,
+            changes,
             journal,
             config.max_pending_keys(),
             config.flush_after_updates,
@@ -322,6 +350,7 @@ impl Store {
                 .name("readmark-flush".into())
                 .spawn(move || writer.run_timer(interval))?
         };
+        let events = events::Hub::new(config.event_window, config.event_buffer);
         Ok(Store {
             db,
             db_opts,
@@ -330,6 +359,8 @@ impl Store {
             merge_counters,
             clock,
             writer,
+            events,
+            privacy_lock: Mutex::new(()),
             timer: Mutex::new(Some(timer)),
             closed: AtomicBool::new(false),
             replayed,
@@ -554,10 +585,23 @@ impl Store {
     }
 
     pub(crate) fn lock(&self, conversation: ConversationId) -> MutexGuard<'_, ()> {
+        self.locks[self.stripe(conversation)].lock()
+    }
+
+    fn stripe(&self, conversation: ConversationId) -> usize {
         let h = conversation.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
         #[allow(clippy::cast_possible_truncation)]
         let i = (h as usize) % self.locks.len();
-        self.locks[i].lock()
+        i
+    }
+
+    /// The stripes of several conversations, each once, in stripe order
+    /// (the one order every multi-stripe holder uses: no deadlock).
+    pub(crate) fn lock_many(&self, conversations: &[ConversationId]) -> Vec<MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = conversations.iter().map(|&c| self.stripe(c)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes.into_iter().map(|i| self.locks[i].lock()).collect()
     }
 
     /// Membership and message writes go straight to RocksDB's write-ahead
@@ -614,6 +658,7 @@ fn replay(
     recovery: &journal::Recovery,
     mode: RecoveryMode,
     policy: &ReceiptPolicy,
+    changes: &events::ChangeLog,
 ) -> Result<u64> {
     let marks = db
         .cf_handle(Cf::Marks.name())
@@ -650,6 +695,9 @@ fn replay(
     }
     let entries: Vec<_> = folded.into_iter().collect();
     receipts::plan_advances(db, policy, &entries, &mut batch)?;
+    if !entries.is_empty() {
+        changes.append(db, &entries, &mut batch)?;
+    }
     for ((c, u), state) in &entries {
         batch.merge_cf(marks, keys::pair_key(*c, *u), state.encode());
     }
@@ -680,7 +728,7 @@ fn check_format(db: &DB, path: &Path, is_new: bool, names: &[String]) -> Result<
     match stored {
         Some(v) if v.len() == 4 => {
             let found = BigEndian::read_u32(&v);
-            if found == FORMAT_VERSION {
+            if found == FORMAT_VERSION || found == UPGRADABLE_FORMAT_VERSION {
                 Ok(Some(found))
             } else {
                 Err(Error::UnsupportedFormat {
@@ -750,6 +798,9 @@ fn cf_options(
     }
     if cf == Cf::ReadTimes {
         receipts::filters::install_read_times(&mut opts, clock.clone(), config.retention_ms());
+    }
+    if cf == Cf::Changes || cf == Cf::UserChanges {
+        receipts::filters::install_changes(&mut opts, clock.clone(), config.change_retention_ms());
     }
     opts
 }

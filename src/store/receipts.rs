@@ -131,6 +131,11 @@ pub(crate) fn plan_advances(
             continue;
         };
         let Some(slot) = member.slot else { continue };
+        // A private member's reads get no bits or times: going public later
+        // must not reveal what was read while private (privacy.rs).
+        if member.is_private() {
+            continue;
+        }
         let prev = db
             .get_pinned_cf_opt(marks, key, &ro())?
             .and_then(|v| MarkState::decode(&v))
@@ -310,28 +315,29 @@ impl Store {
     /// store.record_message(c, MessageId(10), UserId(1), Timestamp(now))?;
     /// store.mark_read(c, UserId(2), MessageId(10), Timestamp(now + 2))?;
     /// store.mark_read(c, UserId(3), MessageId(12), Timestamp(now + 3))?;
-    /// let page = store.read_by(c, MessageId(10), Page::first(1))?;
+    /// let page = store.read_by(c, UserId(1), MessageId(10), Page::first(1))?;
     /// assert_eq!(page.count, 2);
     /// assert_eq!(page.source, ReceiptSource::PerMessage);
     /// assert_eq!(page.readers[0].user, UserId(2));
-    /// let rest = store.read_by(c, MessageId(10), Page { after: page.next, limit: 1 })?;
+    /// let rest = store.read_by(c, UserId(1), MessageId(10), Page { after: page.next, limit: 1 })?;
     /// assert_eq!(rest.readers[0].user, UserId(3));
     /// assert_eq!(rest.next, None);
     /// store.flush()?; // once flushed, the bitset holds the exact first-read time
-    /// let page = store.read_by(c, MessageId(10), Page::first(10))?;
+    /// let page = store.read_by(c, UserId(1), MessageId(10), Page::first(10))?;
     /// assert_eq!(page.readers[0].read_at, ReadTime::At(Timestamp(now + 2)));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn read_by(
         &self,
         conversation: ConversationId,
+        viewer: UserId,
         message: MessageId,
         page: Page,
     ) -> Result<ReadBy> {
         if page.limit == 0 {
             return Err(Error::InvalidArgument("page limit must be at least 1"));
         }
-        self.readers(conversation, message, Some(page))
+        self.readers(conversation, viewer, message, Some(page))
     }
 
     /// How many members read `message` and which data answered: the count
@@ -353,16 +359,17 @@ impl Store {
     /// # for u in 1..=2 { store.add_member(c, UserId(u), Timestamp(0))?; }
     /// store.record_message(c, MessageId(10), UserId(1), Timestamp(1))?;
     /// store.mark_read(c, UserId(2), MessageId(10), Timestamp(2))?;
-    /// let n = store.read_count(c, MessageId(10))?;
+    /// let n = store.read_count(c, UserId(1), MessageId(10))?;
     /// assert_eq!((n.count, n.source), (1, ReceiptSource::Marks));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn read_count(
         &self,
         conversation: ConversationId,
+        viewer: UserId,
         message: MessageId,
     ) -> Result<ReadCount> {
-        let r = self.readers(conversation, message, None)?;
+        let r = self.readers(conversation, viewer, message, None)?;
         Ok(ReadCount {
             count: r.count,
             source: r.source,
@@ -372,11 +379,12 @@ impl Store {
     fn readers(
         &self,
         conversation: ConversationId,
+        viewer: UserId,
         message: MessageId,
         page: Option<Page>,
     ) -> Result<ReadBy> {
         let view = self.snapshot_view();
-        view.conversation_record(conversation)?;
+        view.require_member(conversation, viewer)?;
         let record = view.require_message(conversation, message)?;
         let now = self.clock.now();
         let live = record.tracked && !expired(record.sent_at.0, self.config.retention_ms(), now);
@@ -389,7 +397,10 @@ impl Store {
         let mut chosen: Vec<(UserId, bool, Option<Timestamp>)> = Vec::new();
         let mut more = false;
         view.for_each_member(conversation, |user, member, state| {
-            if user == record.sender || !in_audience(&member, message) {
+            if user == record.sender
+                || !in_audience(&member, message)
+                || member.is_private() && user != viewer
+            {
                 return ControlFlow::Continue(());
             }
             let bit = member.slot.is_some_and(|s| bits.contains(s));
@@ -482,9 +493,9 @@ impl Store {
     /// }
     /// assert!(store.mark_viewed(c, UserId(2), MessageId(3), Timestamp(now + 5))?);
     /// assert_eq!(store.mark(c, UserId(2))?, None); // the mark did not move
-    /// let page = store.read_by(c, MessageId(3), Page::first(10))?;
+    /// let page = store.read_by(c, UserId(1), MessageId(3), Page::first(10))?;
     /// assert_eq!(page.readers[0].read_at, ReadTime::At(Timestamp(now + 5)));
-    /// assert_eq!(store.read_by(c, MessageId(2), Page::first(10))?.count, 0);
+    /// assert_eq!(store.read_by(c, UserId(1), MessageId(2), Page::first(10))?.count, 0);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn mark_viewed(
@@ -508,6 +519,8 @@ impl Store {
             || expired(record.sent_at.0, self.config.retention_ms(), now)
             || record.sender == user
             || !in_audience(&member, message)
+            // Nothing per message is recorded while private (privacy.rs).
+            || member.is_private()
         {
             return Ok(false);
         }
@@ -562,7 +575,7 @@ impl Store {
     /// # for u in 1..=3 { store.add_member(c, UserId(u), Timestamp(0))?; }
     /// store.set_receipt_threshold(c, Some(2))?; // 3 members: now "large"
     /// store.record_message(c, MessageId(1), UserId(1), Timestamp::now())?;
-    /// assert_eq!(store.read_count(c, MessageId(1))?.source, ReceiptSource::Marks);
+    /// assert_eq!(store.read_count(c, UserId(1), MessageId(1))?.source, ReceiptSource::Marks);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn set_receipt_threshold(
@@ -842,6 +855,7 @@ pub(crate) mod filters {
     use rocksdb::MergeOperands;
 
     use super::Clock;
+    use crate::events::ChangeRecord;
     use crate::merge::MergeCounters;
     use crate::receipts::{expired, merge_bitsets, Bitset, ReadTimeRecord, RECEIPT_MERGE_NAME};
 
@@ -849,6 +863,7 @@ pub(crate) mod filters {
     enum Records {
         Bitsets,
         ReadTimes,
+        Changes,
     }
 
     struct Retention {
@@ -869,6 +884,7 @@ pub(crate) mod filters {
             match records {
                 Records::Bitsets => c"readmark.receipts.retention",
                 Records::ReadTimes => c"readmark.read_times.retention",
+                Records::Changes => c"readmark.changes.retention",
             }
         }
     }
@@ -896,6 +912,7 @@ pub(crate) mod filters {
             let at = match self.records {
                 Records::Bitsets => Bitset::decode(value).map(|b| b.sent_at),
                 Records::ReadTimes => ReadTimeRecord::decode(value).map(|r| r.at),
+                Records::Changes => ChangeRecord::decode(value).map(|r| r.written_at),
             };
             match at {
                 Some(at) if expired(at, self.retention_ms, self.now) => Decision::Remove,
@@ -922,6 +939,18 @@ pub(crate) mod filters {
         opts.set_merge_operator_associative(RECEIPT_MERGE_NAME, merge);
         opts.set_compaction_filter_factory(Retention {
             records: Records::Bitsets,
+            clock,
+            retention_ms,
+        });
+    }
+
+    pub(crate) fn install_changes(
+        opts: &mut rocksdb::Options,
+        clock: Arc<Clock>,
+        retention_ms: u64,
+    ) {
+        opts.set_compaction_filter_factory(Retention {
+            records: Records::Changes,
             clock,
             retention_ms,
         });

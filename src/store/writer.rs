@@ -29,6 +29,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex, RwLock};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
+use super::events::ChangeLog;
 use super::receipts::{plan_advances, ReceiptPolicy};
 use super::Cf;
 use crate::combiner::Combiner;
@@ -59,6 +60,8 @@ enum AppendError {
 pub(crate) struct Writer {
     db: Arc<DB>,
     policy: ReceiptPolicy,
+    /// The change log's sequence, appended to in every flush batch.
+    pub(crate) changes: ChangeLog,
     pub(crate) combiner: Combiner,
     pub(crate) journal: Journal,
     flush_lock: Mutex<()>,
@@ -80,6 +83,7 @@ impl Writer {
     pub(crate) fn new(
         db: Arc<DB>,
         policy: ReceiptPolicy,
+        changes: ChangeLog,
         journal: Journal,
         max_keys: usize,
         flush_after: u32,
@@ -87,6 +91,7 @@ impl Writer {
         Self {
             db,
             policy,
+            changes,
             combiner: Combiner::new(),
             journal,
             flush_lock: Mutex::new(()),
@@ -290,6 +295,7 @@ impl Writer {
         for ((c, u), state) in entries {
             batch.merge_cf(cf, keys::pair_key(*c, *u), state.encode());
         }
+        self.changes.append(&self.db, entries, &mut batch)?;
         Ok(batch)
     }
 

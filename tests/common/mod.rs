@@ -42,3 +42,9 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A current member of `c` to ask receipt queries as (they refuse
+/// non-members).
+pub fn a_member(s: &Store, c: readmark::ConversationId) -> readmark::UserId {
+    s.members(c, None, 1).unwrap()[0]
+}

@@ -1,0 +1,483 @@
+//! The pure parts of real-time receipts: the per-subscription coalescing
+//! queue, the change-log record and the catch-up cursor. No RocksDB here, so
+//! the proptests and fuzz targets of these build in seconds; the store side
+//! (publishing, recipients, the change log's reads and writes) is in
+//! `store::events`.
+
+use std::collections::{HashMap, VecDeque};
+
+use byteorder::{BigEndian, ByteOrder};
+
+use crate::error::{Error, Result};
+
+/// A coalesced, not yet delivered receipt of one (conversation, reader).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pending {
+    /// Highest `up_to` published in the window.
+    pub(crate) up_to: u64,
+    /// Its read time (the earliest, at equal `up_to`, as marks merge).
+    pub(crate) at: u64,
+    /// The reader's mark before the window's first advance (`None`: had
+    /// read nothing): the advance newly covers `(from, up_to]`.
+    pub(crate) from: Option<u64>,
+    /// When the window closes, on the queue's clock.
+    pub(crate) due: u64,
+    /// Advances joined into this entry.
+    pub(crate) advances: u32,
+}
+
+/// What [`Coalescer::push`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// A new entry, due one window from now.
+    Queued,
+    /// Joined into the entry already waiting for this key.
+    Coalesced,
+    /// The queue was full and the key had no entry: counted, not kept.
+    Dropped,
+}
+
+/// Pending receipts of one subscription, keyed by (conversation, reader),
+/// delivered in the order their windows close.
+///
+/// Bounded by `capacity` entries. An update for a key already queued joins
+/// its entry (memory does not grow, and the entry keeps the newest mark);
+/// an update for a new key while full is dropped and counted, and the
+/// subscriber learns of it before its next event and catches up with the
+/// change log. Times are plain `u64` ticks (the store uses nanoseconds since
+/// the subscription started) so tests drive the clock.
+#[derive(Debug)]
+pub(crate) struct Coalescer {
+    window: u64,
+    capacity: usize,
+    pending: HashMap<(u64, u64), Pending>,
+    /// Keys in the order of their `due`: every entry gets the same window,
+    /// so insertion order is due order.
+    order: VecDeque<(u64, u64)>,
+    dropped: u64,
+}
+
+impl Coalescer {
+    pub(crate) fn new(window: u64, capacity: usize) -> Self {
+        Self {
+            window,
+            capacity: capacity.max(1),
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub(crate) fn push(
+        &mut self,
+        key: (u64, u64),
+        up_to: u64,
+        at: u64,
+        from: Option<u64>,
+        now: u64,
+    ) -> Pushed {
+        if let Some(p) = self.pending.get_mut(&key) {
+            if up_to > p.up_to || up_to == p.up_to && at < p.at {
+                p.up_to = up_to;
+                p.at = at;
+            }
+            // `None` (nothing read) is the lowest start.
+            p.from = match (p.from, from) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                _ => None,
+            };
+            p.advances = p.advances.saturating_add(1);
+            return Pushed::Coalesced;
+        }
+        if self.pending.len() >= self.capacity {
+            self.dropped = self.dropped.saturating_add(1);
+            return Pushed::Dropped;
+        }
+        self.pending.insert(
+            key,
+            Pending {
+                up_to,
+                at,
+                from,
+                due: now.saturating_add(self.window),
+                advances: 1,
+            },
+        );
+        self.order.push_back(key);
+        Pushed::Queued
+    }
+
+    /// When the oldest entry's window closes.
+    pub(crate) fn next_due(&self) -> Option<u64> {
+        let key = self.order.front()?;
+        self.pending.get(key).map(|p| p.due)
+    }
+
+    /// The oldest entry if its window has closed at `now`.
+    pub(crate) fn pop_due(&mut self, now: u64) -> Option<((u64, u64), Pending)> {
+        if self.next_due()? > now {
+            return None;
+        }
+        self.pop_front()
+    }
+
+    /// The oldest entry, window closed or not (a subscriber draining).
+    pub(crate) fn pop_front(&mut self) -> Option<((u64, u64), Pending)> {
+        let key = self.order.pop_front()?;
+        self.pending.remove(&key).map(|p| (key, p))
+    }
+
+    /// Updates dropped since the last call.
+    pub(crate) fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+}
+
+/// Value of the two change logs, `changes` (key `conversation | seq`, `id`
+/// is the reader) and `user_changes` (key `reader | seq`, `id` is the
+/// conversation).
+///
+/// ```text
+/// 0    8            16
+/// | id | written_at |
+/// ```
+///
+/// `written_at` (store clock, ms) is what the retention filter reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChangeRecord {
+    pub(crate) id: u64,
+    pub(crate) written_at: u64,
+}
+
+pub(crate) const CHANGE_ID: usize = 0;
+pub(crate) const CHANGE_WRITTEN_AT: usize = 8;
+pub(crate) const CHANGE_LEN: usize = 16;
+
+impl ChangeRecord {
+    pub(crate) fn encode(&self) -> [u8; CHANGE_LEN] {
+        let mut b = [0u8; CHANGE_LEN];
+        BigEndian::write_u64(&mut b[CHANGE_ID..], self.id);
+        BigEndian::write_u64(&mut b[CHANGE_WRITTEN_AT..], self.written_at);
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Option<Self> {
+        (b.len() == CHANGE_LEN).then(|| Self {
+            id: BigEndian::read_u64(&b[CHANGE_ID..]),
+            written_at: BigEndian::read_u64(&b[CHANGE_WRITTEN_AT..]),
+        })
+    }
+}
+
+/// Where a [`changes_since`](crate::Store::changes_since) walk stands.
+/// Opaque to callers: store it with the client and hand it back, as bytes
+/// ([`Cursor::to_bytes`]) or text (`Display` / `FromStr`, hex).
+///
+/// ```text
+/// 0     1       2       10         18     26        34         42         50
+/// | ver | phase | since | since_at | high | high_at | resume_a | resume_b |
+/// ```
+///
+/// The walk lists the changes with sequence numbers in `(since, high]`;
+/// `high = 0` means "not pinned yet" (the next call pins the newest
+/// sequence and its time). Phase 0 walks the user's own changes (past
+/// sequence `resume_b`), phase 1 the changes of other members in the user's
+/// conversations (from conversation `resume_a`, past sequence `resume_b`
+/// in it). `since_at` (store clock, ms, when `since` was the newest
+/// sequence) tells whether the changes after `since` are still retained.
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, Store, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// let cursor = store.snapshot(UserId(1))?.cursor;
+/// let text = cursor.to_string();
+/// assert_eq!(text.parse::<readmark::Cursor>()?, cursor);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Cursor {
+    pub(crate) phase: u8,
+    pub(crate) since: u64,
+    pub(crate) since_at: u64,
+    pub(crate) high: u64,
+    pub(crate) high_at: u64,
+    pub(crate) resume_a: u64,
+    pub(crate) resume_b: u64,
+}
+
+pub(crate) const CURSOR_VERSION: u8 = 1;
+pub(crate) const CURSOR_PHASE: usize = 1;
+pub(crate) const CURSOR_SINCE: usize = 2;
+pub(crate) const CURSOR_SINCE_AT: usize = 10;
+pub(crate) const CURSOR_HIGH: usize = 18;
+pub(crate) const CURSOR_HIGH_AT: usize = 26;
+pub(crate) const CURSOR_RESUME_A: usize = 34;
+pub(crate) const CURSOR_RESUME_B: usize = 42;
+/// Encoded length of a [`Cursor`].
+pub const CURSOR_LEN: usize = 50;
+
+impl Cursor {
+    /// A fresh walk of the changes after `since` (pinned at `since_at`).
+    pub(crate) fn after(since: u64, since_at: u64) -> Self {
+        Self {
+            since,
+            since_at,
+            ..Self::default()
+        }
+    }
+
+    /// The cursor as bytes, [`CURSOR_LEN`] long.
+    ///
+    /// # Examples
+    ///
+    /// See [`Cursor`].
+    pub fn to_bytes(&self) -> [u8; CURSOR_LEN] {
+        let mut b = [0u8; CURSOR_LEN];
+        b[0] = CURSOR_VERSION;
+        b[CURSOR_PHASE] = self.phase;
+        let fields = [
+            (CURSOR_SINCE, self.since),
+            (CURSOR_SINCE_AT, self.since_at),
+            (CURSOR_HIGH, self.high),
+            (CURSOR_HIGH_AT, self.high_at),
+            (CURSOR_RESUME_A, self.resume_a),
+            (CURSOR_RESUME_B, self.resume_b),
+        ];
+        for (at, v) in fields {
+            BigEndian::write_u64(&mut b[at..at + 8], v);
+        }
+        b
+    }
+
+    /// Decodes [`to_bytes`](Cursor::to_bytes).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidCursor`] if `b` is not a cursor this version wrote.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(readmark::Cursor::from_bytes(b"nope").is_err());
+    /// ```
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        if b.len() != CURSOR_LEN || b[0] != CURSOR_VERSION || b[CURSOR_PHASE] > 1 {
+            return Err(Error::InvalidCursor);
+        }
+        let get = |at: usize| BigEndian::read_u64(&b[at..at + 8]);
+        let c = Self {
+            phase: b[CURSOR_PHASE],
+            since: get(CURSOR_SINCE),
+            since_at: get(CURSOR_SINCE_AT),
+            high: get(CURSOR_HIGH),
+            high_at: get(CURSOR_HIGH_AT),
+            resume_a: get(CURSOR_RESUME_A),
+            resume_b: get(CURSOR_RESUME_B),
+        };
+        // Only a pinned walk has a position, and it lists (since, high].
+        let pinned = c.high != 0;
+        let positioned = c.phase != 0 || c.resume_a != 0 || c.resume_b != 0 || c.high_at != 0;
+        if pinned && (c.high < c.since || c.high_at < c.since_at) || !pinned && positioned {
+            return Err(Error::InvalidCursor);
+        }
+        Ok(c)
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in self.to_bytes() {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if s.len() != CURSOR_LEN * 2 || !s.is_ascii() {
+            return Err(Error::InvalidCursor);
+        }
+        let mut b = [0u8; CURSOR_LEN];
+        for (i, out) in b.iter_mut().enumerate() {
+            *out =
+                u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| Error::InvalidCursor)?;
+        }
+        Self::from_bytes(&b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn ten_advances_in_a_window_become_one_entry_with_the_newest_mark() {
+        let mut q = Coalescer::new(2_000, 16);
+        for i in 0..10u64 {
+            let pushed = q.push((1, 7), 100 + i, 50 + i, Some(99), i * 150);
+            assert_eq!(
+                pushed,
+                if i == 0 {
+                    Pushed::Queued
+                } else {
+                    Pushed::Coalesced
+                }
+            );
+        }
+        assert_eq!(q.pop_due(1_999), None);
+        let (key, p) = q.pop_due(2_000).expect("due");
+        assert_eq!(key, (1, 7));
+        assert_eq!((p.up_to, p.at, p.from, p.advances), (109, 59, Some(99), 10));
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn full_queue_drops_new_keys_but_keeps_coalescing_queued_ones() {
+        let mut q = Coalescer::new(10, 2);
+        assert_eq!(q.push((1, 1), 5, 0, None, 0), Pushed::Queued);
+        assert_eq!(q.push((1, 2), 5, 0, None, 0), Pushed::Queued);
+        assert_eq!(q.push((1, 3), 5, 0, None, 0), Pushed::Dropped);
+        assert_eq!(q.push((1, 1), 9, 1, None, 1), Pushed::Coalesced);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.take_dropped(), 1);
+        assert_eq!(q.take_dropped(), 0);
+        assert_eq!(q.pop_due(10).map(|(k, p)| (k, p.up_to)), Some(((1, 1), 9)));
+    }
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = Cursor {
+            phase: 1,
+            since: 1,
+            since_at: 6,
+            high: 2,
+            high_at: 7,
+            resume_a: 3,
+            resume_b: 4,
+        };
+        let b = c.to_bytes();
+        assert_eq!(b[0], CURSOR_VERSION);
+        assert_eq!(b[CURSOR_PHASE], 1);
+        assert_eq!(b[CURSOR_SINCE_AT + 7], 6);
+        assert_eq!(b[CURSOR_HIGH + 7], 2);
+        assert_eq!(b[CURSOR_RESUME_B + 7], 4);
+        assert_eq!(Cursor::from_bytes(&b).ok(), Some(c));
+        assert_eq!(c.to_string().parse::<Cursor>().ok(), Some(c));
+        assert!(Cursor::from_bytes(&b[..CURSOR_LEN - 1]).is_err());
+        let unpinned_with_position = Cursor {
+            high: 0,
+            high_at: 0,
+            ..c
+        };
+        assert!(Cursor::from_bytes(&unpinned_with_position.to_bytes()).is_err());
+        assert!("zz".repeat(CURSOR_LEN).parse::<Cursor>().is_err());
+        assert!("é".repeat(CURSOR_LEN).parse::<Cursor>().is_err());
+        let backwards = Cursor { since: 9, ..c };
+        assert!(Cursor::from_bytes(&backwards.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn change_record_layout() {
+        let r = ChangeRecord {
+            id: 7,
+            written_at: 9,
+        };
+        let b = r.encode();
+        assert_eq!(b[CHANGE_ID + 7], 7);
+        assert_eq!(b[CHANGE_WRITTEN_AT + 7], 9);
+        assert_eq!(ChangeRecord::decode(&b), Some(r));
+        assert_eq!(ChangeRecord::decode(&b[1..]), None);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Push {
+            key: (u64, u64),
+            up_to: u64,
+            at: u64,
+            from: Option<u64>,
+        },
+        Tick(u64),
+        Pop,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => ((0..3u64, 0..4u64), 0..50u64, 0..5u64, proptest::option::of(0..50u64))
+                .prop_map(|(key, up_to, at, from)| Op::Push { key, up_to, at, from }),
+            2 => (0..30u64).prop_map(Op::Tick),
+            2 => Just(Op::Pop),
+        ]
+    }
+
+    proptest! {
+        /// Against a model that keeps, per key, the newest (up_to, at) and
+        /// the lowest start: nothing is delivered before its window closes,
+        /// every delivery carries the model's newest state for its key, the
+        /// queue never exceeds its capacity, and every update is delivered,
+        /// joined into a delivery, or counted as dropped.
+        #[test]
+        fn coalescer_matches_model(ops in proptest::collection::vec(op(), 1..200), cap in 1..6usize) {
+            let window = 10;
+            let mut q = Coalescer::new(window, cap);
+            let mut model: BTreeMap<(u64, u64), (u64, u64, Option<u64>, u64)> = BTreeMap::new();
+            let mut now = 0u64;
+            let (mut pushed, mut delivered, mut dropped) = (0u64, 0u64, 0u64);
+            for op in ops {
+                match op {
+                    Op::Push { key, up_to, at, from } => {
+                        pushed += 1;
+                        match q.push(key, up_to, at, from, now) {
+                            Pushed::Dropped => {
+                                prop_assert!(!model.contains_key(&key));
+                                prop_assert_eq!(model.len(), cap);
+                                dropped += 1;
+                            }
+                            Pushed::Queued => {
+                                prop_assert!(model.insert(key, (up_to, at, from, now + window)).is_none());
+                            }
+                            Pushed::Coalesced => {
+                                let m = model.get_mut(&key).expect("queued");
+                                if (up_to, std::cmp::Reverse(at)) > (m.0, std::cmp::Reverse(m.1)) {
+                                    m.0 = up_to;
+                                    m.1 = at;
+                                }
+                                m.2 = match (m.2, from) { (Some(a), Some(b)) => Some(a.min(b)), _ => None };
+                            }
+                        }
+                    }
+                    Op::Tick(d) => now += d,
+                    Op::Pop => {
+                        if let Some((key, p)) = q.pop_due(now) {
+                            let m = model.remove(&key).expect("delivered a queued key");
+                            prop_assert!(p.due <= now);
+                            prop_assert_eq!((p.up_to, p.at, p.from, p.due), (m.0, m.1, m.2, m.3));
+                            delivered += u64::from(p.advances);
+                        } else {
+                            prop_assert!(model.values().all(|m| m.3 > now));
+                        }
+                    }
+                }
+                prop_assert!(q.len() <= cap);
+                prop_assert_eq!(q.len(), model.len());
+            }
+            while let Some((_, p)) = q.pop_front() {
+                delivered += u64::from(p.advances);
+            }
+            prop_assert_eq!(dropped, q.take_dropped());
+            prop_assert_eq!(pushed, delivered + dropped);
+        }
+    }
+}

@@ -1,0 +1,815 @@
+//! Real-time receipts: subscriptions with coalesced events, recipient
+//! resolution, and catch-up from the change log.
+//!
+//! Publishing costs a mark update almost nothing: the update is joined into
+//! each subscription's [`Coalescer`] entry for its (conversation, reader).
+//! Everything that needs the store — the newest mark, membership, privacy,
+//! recipients — is decided when the event is *delivered*, on the
+//! subscriber's thread, once per coalesced event: so a member who left or a
+//! reader who went private in the meantime is honoured, and the write path
+//! never walks a member list.
+//!
+//! The change log (`changes`: conversation | seq → reader, `user_changes`:
+//! reader | seq → conversation) is written in the same RocksDB batch as the
+//! marks it records, so it is exactly as durable, and survives restart with
+//! them. Its sequence counter is stored in `meta` in that batch too.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use byteorder::{BigEndian, ByteOrder};
+use parking_lot::{Condvar, Mutex, RwLock};
+use rocksdb::{WriteBatch, DB};
+
+use super::receipts::Clock;
+use super::{corrupt, Cf, Store, View};
+use crate::config::Recipients;
+use crate::error::{Error, Result};
+use crate::events::{ChangeRecord, Coalescer, Cursor, Pending, Pushed};
+use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
+use crate::keys;
+use crate::mark::MarkState;
+use crate::records::{ConversationRecord, MessageRecord};
+
+/// Key of the change-log sequence counter in `meta`.
+pub(crate) const CHANGE_SEQ_KEY: &[u8] = b"change_seq";
+
+/// At most this many newly covered messages are read to find their authors
+/// ([`Recipients::Authors`]): a reader catching up on a long history costs
+/// a bounded walk, newest messages first.
+pub const AUTHOR_SCAN_LIMIT: usize = 10_000;
+
+/// A receipt to push to clients: `reader` has read `conversation` up to
+/// `up_to`. Send it to the reader's own devices (always) and to every user
+/// in `recipients`.
+///
+/// # Examples
+///
+/// See [`Store::subscribe`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReceiptEvent {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Who read.
+    pub reader: UserId,
+    /// Their read mark when the event was delivered: the newest state, not
+    /// the first advance of the window.
+    pub up_to: MessageId,
+    /// When they read up to `up_to`.
+    pub read_at: Timestamp,
+    /// The other users to send it to, in user id order, at most
+    /// [`Config::event_fanout_cap`](crate::Config::event_fanout_cap): current
+    /// members chosen by the recipient policy; empty if the reader's
+    /// receipts are private.
+    pub recipients: Vec<UserId>,
+    /// Whether more users qualified than the cap let through.
+    pub capped: bool,
+    /// Mark updates joined into this event.
+    pub advances: u32,
+}
+
+/// What a [`Subscription`] delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A coalesced receipt.
+    Receipt(ReceiptEvent),
+    /// The subscription's buffer was full and `dropped` advances of
+    /// (conversation, reader) pairs it did not hold were not queued. Their
+    /// state is in the change log: clients catch up with
+    /// [`Store::changes_since`].
+    Lagged {
+        /// Advances not queued since the last `Lagged`.
+        dropped: u64,
+    },
+}
+
+/// One subscriber's queue.
+pub(crate) struct Queue {
+    inner: Mutex<Coalescer>,
+    ready: Condvar,
+}
+
+/// The subscriptions of a store.
+pub(crate) struct Hub {
+    epoch: Instant,
+    window_ns: u64,
+    capacity: usize,
+    queues: RwLock<Vec<Arc<Queue>>>,
+    count: AtomicUsize,
+}
+
+impl Hub {
+    pub(crate) fn new(window: Duration, capacity: usize) -> Self {
+        Self {
+            epoch: Instant::now(),
+            window_ns: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+            capacity,
+            queues: RwLock::new(Vec::new()),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn has_subscribers(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    /// Joins an acknowledged advance into every subscription.
+    pub(crate) fn publish(
+        &self,
+        conversation: u64,
+        reader: u64,
+        up_to: u64,
+        at: u64,
+        from: Option<u64>,
+    ) {
+        let queues = self.queues.read();
+        let now = self.now_ns();
+        for q in queues.iter() {
+            let pushed = q
+                .inner
+                .lock()
+                .push((conversation, reader), up_to, at, from, now);
+            // A joined advance changes no deadline: nobody to wake.
+            if pushed != Pushed::Coalesced {
+                q.ready.notify_all();
+            }
+        }
+    }
+}
+
+/// A stream of [`Event`]s from [`Store::subscribe`]. Dropping it
+/// unsubscribes.
+///
+/// Every mark advance made while subscribed is delivered, joined with the
+/// other advances of its (conversation, reader) within
+/// [`Config::event_window`](crate::Config::event_window), when that window
+/// closes. Memory is bounded by
+/// [`Config::event_buffer`](crate::Config::event_buffer) entries; past it,
+/// advances of new pairs are counted and reported as [`Event::Lagged`].
+///
+/// Only advances by [`Store::mark_read`] publish events; a sender's own
+/// advance when sending, [`Store::mark_viewed`] and the unread flag do not
+/// (the sender's clients know what they sent; views and the flag change no
+/// read mark).
+///
+/// # Examples
+///
+/// See [`Store::subscribe`].
+pub struct Subscription<'s> {
+    store: &'s Store,
+    queue: Arc<Queue>,
+}
+
+impl std::fmt::Debug for Subscription<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("pending", &self.pending())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription<'_> {
+    /// Waits up to `timeout` for the next event whose window has closed.
+    /// `Ok(None)` if none came in time.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors while resolving recipients.
+    ///
+    /// # Examples
+    ///
+    /// See [`Store::subscribe`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Event>> {
+        let hub = &self.store.events;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (key, pending) = {
+                let mut q = self.queue.inner.lock();
+                loop {
+                    let dropped = q.take_dropped();
+                    if dropped > 0 {
+                        return Ok(Some(Event::Lagged { dropped }));
+                    }
+                    if let Some(due) = q.pop_due(hub.now_ns()) {
+                        break due;
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ok(None);
+                    }
+                    let wake = match q.next_due() {
+                        Some(due) => deadline.min(hub.epoch + Duration::from_nanos(due)),
+                        None => deadline,
+                    };
+                    self.queue.ready.wait_until(&mut q, wake);
+                }
+            };
+            if let Some(event) = self.store.resolve(key, pending)? {
+                return Ok(Some(Event::Receipt(event)));
+            }
+        }
+    }
+
+    /// The next event if one is due now, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv_timeout`](Subscription::recv_timeout).
+    pub fn try_recv(&self) -> Result<Option<Event>> {
+        self.recv_timeout(Duration::ZERO)
+    }
+
+    /// Every held event now, windows closed or not (at shutdown, or to
+    /// flush a test's events): resolved the same way, coalescing kept.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv_timeout`](Subscription::recv_timeout).
+    ///
+    /// # Examples
+    ///
+    /// See [`Store::subscribe`].
+    pub fn drain(&self) -> Result<Vec<Event>> {
+        let (dropped, held) = {
+            let mut q = self.queue.inner.lock();
+            let mut held = Vec::with_capacity(q.len());
+            while let Some(e) = q.pop_front() {
+                held.push(e);
+            }
+            (q.take_dropped(), held)
+        };
+        let mut out = Vec::with_capacity(held.len() + 1);
+        if dropped > 0 {
+            out.push(Event::Lagged { dropped });
+        }
+        for (key, pending) in held {
+            if let Some(e) = self.store.resolve(key, pending)? {
+                out.push(Event::Receipt(e));
+            }
+        }
+        Ok(out)
+    }
+
+    /// (conversation, reader) pairs held, not yet delivered.
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        self.queue.inner.lock().len()
+    }
+}
+
+impl Drop for Subscription<'_> {
+    fn drop(&mut self) {
+        let hub = &self.store.events;
+        let mut queues = hub.queues.write();
+        queues.retain(|q| !Arc::ptr_eq(q, &self.queue));
+        hub.count.store(queues.len(), Ordering::Release);
+    }
+}
+
+/// One (conversation, reader) read state, from catch-up or a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct ReadState {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Whose mark.
+    pub reader: UserId,
+    /// Read up to and including this message.
+    pub up_to: MessageId,
+    /// When.
+    pub read_at: Timestamp,
+}
+
+/// A page of [`Store::changes_since`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Changes {
+    /// The latest state of every pair that changed, as it is now (a pair
+    /// may appear in two pages if it changed again in between).
+    pub states: Vec<ReadState>,
+    /// Where to continue: the next page if `more`, else the cursor to keep
+    /// for the next catch-up.
+    pub next: Cursor,
+    /// Whether more changes of this walk remain.
+    pub more: bool,
+}
+
+/// The answer of [`Store::changes_since`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CatchUp {
+    /// The changes since the cursor (one page).
+    Changes(Changes),
+    /// The cursor is older than the retained change log
+    /// ([`Config::change_retention`](crate::Config::change_retention)) or
+    /// was not issued by this store: fetch the whole current state with
+    /// [`Store::snapshot`], which comes with a fresh cursor.
+    SnapshotRequired,
+}
+
+/// The whole read state a user may see, from [`Store::snapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// In conversation, then reader order.
+    pub states: Vec<ReadState>,
+    /// Catch-up from here: pinned before the state was read, so a change
+    /// made during the snapshot is listed again, never missed.
+    pub cursor: Cursor,
+}
+
+/// The change-log sequence and the clock it is stamped with.
+pub(crate) struct ChangeLog {
+    /// (last sequence written, last time stamped): stamped together, so a
+    /// change with a higher sequence never has an earlier time than a
+    /// cursor pinned at a lower one (what the retention check relies on).
+    state: Mutex<(u64, u64)>,
+    clock: Arc<Clock>,
+}
+
+impl ChangeLog {
+    pub(crate) fn open(db: &DB, clock: Arc<Clock>) -> Result<Self> {
+        let meta = db
+            .cf_handle(Cf::Meta.name())
+            .ok_or(Error::InvalidArgument("no meta column family"))?;
+        let seq = match db.get_pinned_cf(meta, CHANGE_SEQ_KEY)? {
+            Some(v) if v.len() == 8 => BigEndian::read_u64(&v),
+            Some(_) => {
+                return Err(corrupt(
+                    Cf::Meta,
+                    CHANGE_SEQ_KEY,
+                    "change sequence is not 8 bytes",
+                ))
+            }
+            None => 0,
+        };
+        let now = clock.now();
+        Ok(Self {
+            state: Mutex::new((seq, now)),
+            clock,
+        })
+    }
+
+    /// The newest sequence and the time, read together.
+    pub(crate) fn pin(&self) -> (u64, u64) {
+        let mut s = self.state.lock();
+        s.1 = s.1.max(self.clock.now());
+        *s
+    }
+
+    /// Adds one change per entry to `batch`, in both logs, and the new
+    /// sequence to `meta`. Called with the flush lock held (or at open).
+    pub(crate) fn append(
+        &self,
+        db: &DB,
+        entries: &[((u64, u64), MarkState)],
+        batch: &mut WriteBatch,
+    ) -> Result<()> {
+        let handle = |cf: Cf| {
+            db.cf_handle(cf.name())
+                .ok_or(Error::InvalidArgument("column family missing"))
+        };
+        let (by_conv, by_user, meta) = (
+            handle(Cf::Changes)?,
+            handle(Cf::UserChanges)?,
+            handle(Cf::Meta)?,
+        );
+        let mut s = self.state.lock();
+        s.1 = s.1.max(self.clock.now());
+        for &((c, u), state) in entries {
+            if state.mark.is_none() {
+                continue;
+            }
+            s.0 += 1;
+            let written_at = s.1;
+            let rec = |id| ChangeRecord { id, written_at }.encode();
+            batch.put_cf(by_conv, keys::pair_key(c, s.0), rec(u));
+            batch.put_cf(by_user, keys::pair_key(u, s.0), rec(c));
+        }
+        batch.put_cf(meta, CHANGE_SEQ_KEY, s.0.to_be_bytes());
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Subscribes to receipt events. Run the loop on a thread of its own and
+    /// push each event over the sockets of the reader's devices and of its
+    /// recipients.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use readmark::{Config, ConversationId, Event, MessageId, Store, Timestamp, UserId};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().event_window(Duration::from_millis(50)))?;
+    /// let (chat, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// store.create_conversation(chat)?;
+    /// store.add_member(chat, alice, Timestamp(0))?;
+    /// store.add_member(chat, bob, Timestamp(0))?;
+    /// for m in 1..=10 {
+    ///     store.record_message(chat, MessageId(m), alice, Timestamp(m))?;
+    /// }
+    /// let events = store.subscribe();
+    /// for m in 1..=10 {
+    ///     store.mark_read(chat, bob, MessageId(m), Timestamp(100 + m))?; // scrolling
+    /// }
+    /// let Some(Event::Receipt(e)) = events.recv_timeout(Duration::from_secs(5))? else {
+    ///     panic!("no event");
+    /// };
+    /// assert_eq!((e.reader, e.up_to, e.advances), (bob, MessageId(10), 10));
+    /// assert_eq!(e.recipients, vec![alice]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn subscribe(&self) -> Subscription<'_> {
+        let queue = Arc::new(Queue {
+            inner: Mutex::new(Coalescer::new(self.events.window_ns, self.events.capacity)),
+            ready: Condvar::new(),
+        });
+        let mut queues = self.events.queues.write();
+        queues.push(queue.clone());
+        self.events.count.store(queues.len(), Ordering::Release);
+        Subscription { store: self, queue }
+    }
+
+    /// Who receives receipts in a conversation of this size.
+    fn recipients_policy(&self, conv: &ConversationRecord) -> Recipients {
+        if conv.member_count <= u64::from(self.config.event_small_group) {
+            self.config.small_group_recipients
+        } else {
+            self.config.large_group_recipients
+        }
+    }
+
+    /// Turns a due queue entry into an event, from the store as it is now.
+    fn resolve(&self, (c, r): (u64, u64), pending: Pending) -> Result<Option<ReceiptEvent>> {
+        let (conversation, reader) = (ConversationId(c), UserId(r));
+        let view = self.snapshot_view();
+        let conv = match view.conversation_record(conversation) {
+            Ok(rec) => rec,
+            Err(Error::UnknownConversation(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // A reader who left is no longer anyone's business.
+        let Some(member) = view.member_record(conversation, reader)? else {
+            return Ok(None);
+        };
+        let Some(mark) = view.mark_state(conversation, reader)?.mark else {
+            return Ok(None);
+        };
+        let cap = self.config.event_fanout_cap;
+        let mut recipients = Vec::new();
+        let mut capped = false;
+        if !member.is_private() {
+            match self.recipients_policy(&conv) {
+                Recipients::Members => view.for_each_member(conversation, |user, _, _| {
+                    if user != reader {
+                        if recipients.len() < cap {
+                            recipients.push(user);
+                        } else {
+                            capped = true;
+                            return ControlFlow::Break(());
+                        }
+                    }
+                    ControlFlow::Continue(())
+                })?,
+                Recipients::Authors => {
+                    capped = authors_of(
+                        &view,
+                        conversation,
+                        reader,
+                        pending.from,
+                        mark.up_to,
+                        cap,
+                        &mut recipients,
+                    )?;
+                }
+                Recipients::Nobody => {}
+            }
+        }
+        Ok(Some(ReceiptEvent {
+            conversation,
+            reader,
+            up_to: mark.up_to,
+            read_at: mark.at,
+            recipients,
+            capped,
+            advances: pending.advances,
+        }))
+    }
+
+    /// Whether `viewer` may see `reader`'s read state in a conversation:
+    /// their own always; another member's if it is public and the
+    /// conversation's policy sends receipts to every member.
+    fn shows_others(&self, conv: &ConversationRecord) -> bool {
+        self.recipients_policy(conv) == Recipients::Members
+    }
+
+    /// The read state that changed since `cursor`, in every conversation of
+    /// `user`, newest state only, at most `limit` entries per page.
+    ///
+    /// What a user sees is what the events would have told them: their own
+    /// marks in all their conversations (their other devices), and the
+    /// marks of other members with public receipts in the conversations
+    /// whose policy is [`Recipients::Members`]. Authors in larger
+    /// conversations are not sent a history of who read their messages:
+    /// [`read_count`](Store::read_count) answers that on demand.
+    ///
+    /// Call it with `next` until `more` is false; keep that last `next`.
+    /// Cursors are durable (the log is written with the marks) and survive
+    /// restart. Changes reach the log when marks are flushed
+    /// ([`Config::flush_interval`](crate::Config::flush_interval)); a later
+    /// call lists them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a `limit` of 0, storage errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{CatchUp, Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new())?;
+    /// let (chat, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// store.create_conversation(chat)?;
+    /// store.add_member(chat, alice, Timestamp(0))?;
+    /// store.add_member(chat, bob, Timestamp(0))?;
+    /// store.record_message(chat, MessageId(1), alice, Timestamp(1))?;
+    /// store.flush()?; // her own mark moved as she sent it
+    /// let cursor = store.snapshot(alice)?.cursor; // alice goes offline
+    /// store.mark_read(chat, bob, MessageId(1), Timestamp(2))?;
+    /// store.flush()?;
+    /// let CatchUp::Changes(page) = store.changes_since(alice, cursor, 100)? else {
+    ///     panic!("the cursor is fresh");
+    /// };
+    /// assert_eq!(page.states.len(), 1);
+    /// assert_eq!((page.states[0].reader, page.states[0].up_to), (bob, MessageId(1)));
+    /// assert!(!page.more);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn changes_since(&self, user: UserId, cursor: Cursor, limit: usize) -> Result<CatchUp> {
+        if limit == 0 {
+            return Err(Error::InvalidArgument("page limit must be at least 1"));
+        }
+        let (seq_now, now) = self.writer.changes.pin();
+        let retention = self.config.change_retention_ms();
+        // Every change after `since` was stamped at or after `since_at`; the
+        // retention filter removes only changes older than `retention`.
+        if cursor.since > seq_now
+            || cursor.high > seq_now
+            || cursor.since_at > now
+            || now - cursor.since_at >= retention
+        {
+            return Ok(CatchUp::SnapshotRequired);
+        }
+        let mut c = cursor;
+        if c.high == 0 {
+            c.high = seq_now;
+            c.high_at = now;
+        }
+        let view = self.snapshot_view();
+        let mut states = Vec::new();
+        let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        let full = |states: &Vec<ReadState>| states.len() >= limit;
+        if c.phase == 0 {
+            let mut stop = None;
+            let start = c.since.max(c.resume_b).saturating_add(1);
+            view.scan_prefix(Cf::UserChanges, user.0, start, |seq, v| {
+                if seq > c.high {
+                    return Ok(ControlFlow::Break(()));
+                }
+                let rec = ChangeRecord::decode(v).ok_or_else(|| {
+                    corrupt(
+                        Cf::UserChanges,
+                        &keys::pair_key(user.0, seq),
+                        "bad change record",
+                    )
+                })?;
+                if !seen.insert((rec.id, user.0)) {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                if full(&states) {
+                    stop = Some(seq - 1);
+                    return Ok(ControlFlow::Break(()));
+                }
+                let conversation = ConversationId(rec.id);
+                if view.member_record(conversation, user)?.is_some() {
+                    if let Some(s) = read_state(&view, conversation, user)? {
+                        states.push(s);
+                    }
+                }
+                Ok(ControlFlow::Continue(()))
+            })?;
+            if let Some(at) = stop {
+                c.resume_b = at;
+                return Ok(CatchUp::Changes(Changes {
+                    states,
+                    next: c,
+                    more: true,
+                }));
+            }
+            c.phase = 1;
+            c.resume_a = 0;
+            c.resume_b = 0;
+        }
+        for conversation in super::conversations::conversations_in(&view, user)? {
+            if conversation.0 < c.resume_a {
+                continue;
+            }
+            let conv = view.conversation_record(conversation)?;
+            if !self.shows_others(&conv) {
+                continue;
+            }
+            let from = if conversation.0 == c.resume_a {
+                c.since.max(c.resume_b)
+            } else {
+                c.since
+            };
+            let mut stop = None;
+            view.scan_prefix(
+                Cf::Changes,
+                conversation.0,
+                from.saturating_add(1),
+                |seq, v| {
+                    if seq > c.high {
+                        return Ok(ControlFlow::Break(()));
+                    }
+                    let rec = ChangeRecord::decode(v).ok_or_else(|| {
+                        corrupt(
+                            Cf::Changes,
+                            &keys::pair_key(conversation.0, seq),
+                            "bad change record",
+                        )
+                    })?;
+                    let reader = UserId(rec.id);
+                    if reader == user || !seen.insert((conversation.0, rec.id)) {
+                        return Ok(ControlFlow::Continue(()));
+                    }
+                    if full(&states) {
+                        stop = Some(seq - 1);
+                        return Ok(ControlFlow::Break(()));
+                    }
+                    if view
+                        .member_record(conversation, reader)?
+                        .is_some_and(|m| !m.is_private())
+                    {
+                        if let Some(s) = read_state(&view, conversation, reader)? {
+                            states.push(s);
+                        }
+                    }
+                    Ok(ControlFlow::Continue(()))
+                },
+            )?;
+            if let Some(at) = stop {
+                c.resume_a = conversation.0;
+                c.resume_b = at;
+                return Ok(CatchUp::Changes(Changes {
+                    states,
+                    next: c,
+                    more: true,
+                }));
+            }
+        }
+        Ok(CatchUp::Changes(Changes {
+            states,
+            next: Cursor::after(c.high, c.high_at),
+            more: false,
+        }))
+    }
+
+    /// Everything `user` may see of the read state now (the same scope as
+    /// [`changes_since`](Store::changes_since)), with a cursor to catch up
+    /// from. For a first connection, or after
+    /// [`CatchUp::SnapshotRequired`]. Its size is one entry per
+    /// conversation of the user plus one per public member with a mark in
+    /// each conversation that shows other members' receipts.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (chat, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// # store.create_conversation(chat)?;
+    /// # store.add_member(chat, alice, Timestamp(0))?;
+    /// # store.add_member(chat, bob, Timestamp(0))?;
+    /// # store.record_message(chat, MessageId(1), alice, Timestamp(1))?;
+    /// store.mark_read(chat, bob, MessageId(1), Timestamp(2))?;
+    /// let snap = store.snapshot(alice)?;
+    /// // alice's own mark (she sent message 1) and bob's
+    /// assert_eq!(snap.states.len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn snapshot(&self, user: UserId) -> Result<Snapshot> {
+        let (seq, at) = self.writer.changes.pin();
+        let cursor = Cursor::after(seq, at);
+        let view = self.snapshot_view();
+        let mut states = Vec::new();
+        for conversation in super::conversations::conversations_in(&view, user)? {
+            let conv = view.conversation_record(conversation)?;
+            if !self.shows_others(&conv) {
+                if let Some(s) = read_state(&view, conversation, user)? {
+                    states.push(s);
+                }
+                continue;
+            }
+            view.for_each_member(conversation, |reader, member, state| {
+                if let Some(mark) = state.mark {
+                    if reader == user || !member.is_private() {
+                        states.push(ReadState {
+                            conversation,
+                            reader,
+                            up_to: mark.up_to,
+                            read_at: mark.at,
+                        });
+                    }
+                }
+                ControlFlow::Continue(())
+            })?;
+        }
+        Ok(Snapshot { states, cursor })
+    }
+}
+
+fn read_state(
+    view: &View<'_>,
+    conversation: ConversationId,
+    reader: UserId,
+) -> Result<Option<ReadState>> {
+    Ok(view
+        .mark_state(conversation, reader)?
+        .mark
+        .map(|m| ReadState {
+            conversation,
+            reader,
+            up_to: m.up_to,
+            read_at: m.at,
+        }))
+}
+
+/// Adds to `out` the current members other than `reader` who wrote a
+/// message in `(from, up_to]`, newest messages first, up to `cap`; returns
+/// whether more qualified.
+fn authors_of(
+    view: &View<'_>,
+    conversation: ConversationId,
+    reader: UserId,
+    from: Option<u64>,
+    up_to: MessageId,
+    cap: usize,
+    out: &mut Vec<UserId>,
+) -> Result<bool> {
+    let lower = from.map_or(0, |f| f.saturating_add(1));
+    if lower > up_to.0 {
+        return Ok(false);
+    }
+    // Just past `up_to`'s key: the range includes it.
+    let mut upper = keys::pair_key(conversation.0, up_to.0).to_vec();
+    upper.push(0);
+    let mut it = view.range_iter(
+        Cf::Messages,
+        keys::pair_key(conversation.0, lower).to_vec(),
+        upper,
+    );
+    it.seek_to_last();
+    let mut seen: HashSet<UserId> = HashSet::new();
+    let mut capped = false;
+    let mut scanned = 0usize;
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        scanned += 1;
+        if scanned > AUTHOR_SCAN_LIMIT {
+            break;
+        }
+        let rec = MessageRecord::decode(v)
+            .ok_or_else(|| corrupt(Cf::Messages, k, "bad message record"))?;
+        let sender = rec.sender;
+        if !rec.deleted && sender != reader && seen.insert(sender) {
+            if view.member_record(conversation, sender)?.is_some() {
+                if out.len() >= cap {
+                    capped = true;
+                    break;
+                }
+                out.push(sender);
+            }
+        }
+        it.prev();
+    }
+    it.status()?;
+    out.sort_unstable();
+    Ok(capped)
+}
