@@ -432,7 +432,9 @@ mod tests {
         fn coalescer_matches_model(ops in proptest::collection::vec(op(), 1..200), cap in 1..6usize) {
             let window = 10;
             let mut q = Coalescer::new(window, cap);
-            let mut model: BTreeMap<(u64, u64), (u64, u64, Option<u64>, u64)> = BTreeMap::new();
+            // key -> (up_to, at, from, due)
+            type Entry = (u64, u64, Option<u64>, u64);
+            let mut model: BTreeMap<(u64, u64), Entry> = BTreeMap::new();
             let mut now = 0u64;
             let (mut pushed, mut delivered, mut dropped) = (0u64, 0u64, 0u64);
             for op in ops {

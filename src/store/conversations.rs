@@ -130,13 +130,19 @@ impl Store {
             keys::id_key(conversation.0),
             conv.encode(),
         );
+        // The joiner's catch-up must list the marks already there.
+        let restamp = if self.shows_others(&conv) {
+            self.visible_marks(&view, conversation)?
+        } else {
+            Vec::new()
+        };
         drop(view); // a view holds the read gate, which discard takes
                     // Before the batch: until it lands the user is not a member, so
                     // anything buffered for the key predates this membership (an update
                     // that passed its check before an earlier leave). After it, a
                     // buffered entry could be a new member's acknowledged update.
         self.writer.discard(conversation.0, user.0);
-        self.write_structural(batch)
+        self.write_structural_with(batch, &restamp)
     }
 
     /// Removes `user` from `conversation`, with their read mark: a member
@@ -167,6 +173,7 @@ impl Store {
         if view.member_record(conversation, user)?.is_none() {
             return Err(Error::NotMember { conversation, user });
         }
+        let showed_others = self.shows_others(&conv);
         conv.member_count = conv.member_count.saturating_sub(1);
         let mut batch = WriteBatch::default();
         self.decide_mode(
@@ -188,8 +195,16 @@ impl Store {
             keys::id_key(conversation.0),
             conv.encode(),
         );
+        // Shrunk into "everyone sees everyone": the marks there are news.
+        let restamp = if !showed_others && self.shows_others(&conv) {
+            let mut r = self.visible_marks(&view, conversation)?;
+            r.retain(|&(_, u)| u != user.0);
+            r
+        } else {
+            Vec::new()
+        };
         drop(view); // a view holds the read gate, which discard takes
-        self.write_structural(batch)?;
+        self.write_structural_with(batch, &restamp)?;
         // An update that passed its membership check before this change
         // may have been buffered after the flush above: it predates the
         // change, and a buffered key skips the check, so drop it.

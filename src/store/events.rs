@@ -303,9 +303,9 @@ pub struct Changes {
     pub more: bool,
 }
 
-/// The answer of [`Store::changes_since`].
+/// The answer of [`Store::changes_since`]: exactly these two, so a caller's
+/// `match` cannot forget the snapshot case.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum CatchUp {
     /// The changes since the cursor (one page).
     Changes(Changes),
@@ -352,9 +352,8 @@ impl ChangeLog {
             }
             None => 0,
         };
-        let now = clock.now();
         Ok(Self {
-            state: Mutex::new((seq, now)),
+            state: Mutex::new((seq, 0)),
             clock,
         })
     }
@@ -366,12 +365,30 @@ impl ChangeLog {
         *s
     }
 
-    /// Adds one change per entry to `batch`, in both logs, and the new
-    /// sequence to `meta`. Called with the flush lock held (or at open).
+    /// Adds one change per flushed advance to `batch`, in both logs, and
+    /// the new sequence to `meta`. Called with the flush lock held (or at
+    /// open): batches that carry changes are written in sequence order, so
+    /// the stored sequence never goes back.
     pub(crate) fn append(
         &self,
         db: &DB,
         entries: &[((u64, u64), MarkState)],
+        batch: &mut WriteBatch,
+    ) -> Result<()> {
+        let rows = entries
+            .iter()
+            .filter(|(_, s)| s.mark.is_some())
+            .map(|&((c, u), _)| (c, u, true));
+        self.append_rows(db, rows, batch)
+    }
+
+    /// Adds `(conversation, reader, also_by_reader)` changes to `batch`.
+    /// Without `also_by_reader` the change is listed only to the other
+    /// members: a mark that became visible to them without moving.
+    pub(crate) fn append_rows(
+        &self,
+        db: &DB,
+        rows: impl Iterator<Item = (u64, u64, bool)>,
         batch: &mut WriteBatch,
     ) -> Result<()> {
         let handle = |cf: Cf| {
@@ -385,15 +402,14 @@ impl ChangeLog {
         );
         let mut s = self.state.lock();
         s.1 = s.1.max(self.clock.now());
-        for &((c, u), state) in entries {
-            if state.mark.is_none() {
-                continue;
-            }
+        for (c, u, by_reader) in rows {
             s.0 += 1;
             let written_at = s.1;
             let rec = |id| ChangeRecord { id, written_at }.encode();
             batch.put_cf(by_conv, keys::pair_key(c, s.0), rec(u));
-            batch.put_cf(by_user, keys::pair_key(u, s.0), rec(c));
+            if by_reader {
+                batch.put_cf(by_user, keys::pair_key(u, s.0), rec(c));
+            }
         }
         batch.put_cf(meta, CHANGE_SEQ_KEY, s.0.to_be_bytes());
         Ok(())
@@ -507,11 +523,29 @@ impl Store {
         }))
     }
 
-    /// Whether `viewer` may see `reader`'s read state in a conversation:
-    /// their own always; another member's if it is public and the
-    /// conversation's policy sends receipts to every member.
-    fn shows_others(&self, conv: &ConversationRecord) -> bool {
+    /// Whether members see each other's (public) read state in a
+    /// conversation: when its policy sends receipts to every member.
+    pub(crate) fn shows_others(&self, conv: &ConversationRecord) -> bool {
         self.recipients_policy(conv) == Recipients::Members
+    }
+
+    /// The public marks of `conversation`'s members, as changes to list
+    /// again: they became visible to someone without moving (a join, a
+    /// conversation shrinking into "everyone sees everyone", a member going
+    /// public), and a catch-up must not miss them.
+    pub(crate) fn visible_marks(
+        &self,
+        view: &View<'_>,
+        conversation: ConversationId,
+    ) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        view.for_each_member(conversation, |user, member, state| {
+            if state.mark.is_some() && !member.is_private() {
+                out.push((conversation.0, user.0));
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
     }
 
     /// The read state that changed since `cursor`, in every conversation of
@@ -798,14 +832,13 @@ fn authors_of(
         let rec = MessageRecord::decode(v)
             .ok_or_else(|| corrupt(Cf::Messages, k, "bad message record"))?;
         let sender = rec.sender;
-        if !rec.deleted && sender != reader && seen.insert(sender) {
-            if view.member_record(conversation, sender)?.is_some() {
-                if out.len() >= cap {
-                    capped = true;
-                    break;
-                }
-                out.push(sender);
+        let fresh = !rec.deleted && sender != reader && seen.insert(sender);
+        if fresh && view.member_record(conversation, sender)?.is_some() {
+            if out.len() >= cap {
+                capped = true;
+                break;
             }
+            out.push(sender);
         }
         it.prev();
     }

@@ -608,6 +608,23 @@ impl Store {
     /// log (they are rare and must not be lost to a process crash), synced
     /// at [`Durability::PowerLoss`].
     pub(crate) fn write_structural(&self, batch: WriteBatch) -> Result<()> {
+        self.write_structural_with(batch, &[])
+    }
+
+    /// [`write_structural`](Store::write_structural), listing the marks in
+    /// `restamp` again in the change log (see `Store::visible_marks`).
+    pub(crate) fn write_structural_with(
+        &self,
+        batch: WriteBatch,
+        restamp: &[(u64, u64)],
+    ) -> Result<()> {
+        if !restamp.is_empty() {
+            return self.writer.write_with_changes(
+                batch,
+                restamp,
+                self.config.durability == Durability::PowerLoss,
+            );
+        }
         self.writer.check_poison()?;
         let mut o = WriteOptions::default();
         o.set_sync(self.config.durability == Durability::PowerLoss);

@@ -103,6 +103,7 @@ impl Store {
         let _guards = self.lock_many(&conversations);
         let view = self.view();
         let mut batch = WriteBatch::default();
+        let mut restamp = Vec::new();
         for &c in &conversations {
             let mut member = match scope {
                 PrivacyScope::Conversation(_) => view.require_member(c, user)?,
@@ -112,9 +113,16 @@ impl Store {
                     None => continue,
                 },
             };
+            let was_private = member.is_private();
             match scope {
                 PrivacyScope::Conversation(_) => member.private_here = private,
                 PrivacyScope::Everywhere => member.private_all = private,
+            }
+            if was_private && !member.is_private() {
+                // Visible again: other members' catch-up lists the mark.
+                if view.mark_state(c, user)?.mark.is_some() {
+                    restamp.push((c.0, user.0));
+                }
             }
             batch.put_cf(
                 self.cf(Cf::Members),
@@ -131,7 +139,7 @@ impl Store {
             );
         }
         drop(view);
-        self.write_structural(batch)
+        self.write_structural_with(batch, &restamp)
     }
 
     /// Whether `user`'s receipts are private in `scope` by that scope's own

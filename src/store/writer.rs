@@ -299,6 +299,32 @@ impl Writer {
         Ok(batch)
     }
 
+    /// Writes a structural batch (membership, privacy) together with
+    /// changes that list marks again, under the flush lock so the change
+    /// sequence stays in write order (see `ChangeLog::append`).
+    pub(crate) fn write_with_changes(
+        &self,
+        mut batch: WriteBatch,
+        restamp: &[(u64, u64)],
+        sync: bool,
+    ) -> Result<()> {
+        self.check_poison()?;
+        let _flush = self.flush_lock.lock();
+        self.check_poison()?;
+        if !restamp.is_empty() {
+            let rows = restamp.iter().map(|&(c, u)| (c, u, false));
+            if let Err(e) = self.changes.append_rows(&self.db, rows, &mut batch) {
+                return Err(self.poison("change log", e));
+            }
+        }
+        let mut o = WriteOptions::default();
+        o.set_sync(sync);
+        if let Err(e) = self.db.write_opt(batch, &o) {
+            return Err(self.poison("RocksDB write", e.into()));
+        }
+        Ok(())
+    }
+
     /// Drops written entries from the buffer. Readers hold the gate shared
     /// across their read of the buffer and of RocksDB, so none can miss an
     /// entry by reading RocksDB before the write and the buffer after the

@@ -1,0 +1,501 @@
+//! Real-time receipt events, private receipts, the membership boundary and
+//! catch-up, on real stores in temporary directories.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use readmark::{
+    CatchUp, Config, ConversationId, Cursor, Error, Event, MessageId, Page, PrivacyScope,
+    ReadState, ReceiptEvent, Recipients, Store, Timestamp, UserId,
+};
+
+const C: ConversationId = ConversationId(1);
+
+fn open(dir: &std::path::Path, config: Config) -> Store {
+    Store::open(dir, config.flush_interval(Duration::from_secs(3600))).unwrap()
+}
+
+/// A conversation of `members` (users 1..=members) with `messages`
+/// messages, sent by `sender(m)`.
+fn group_by(s: &Store, members: u64, messages: u64, sender: impl Fn(u64) -> u64) {
+    s.create_conversation(C).unwrap();
+    for u in 1..=members {
+        s.add_member(C, UserId(u), Timestamp(0)).unwrap();
+    }
+    for m in 1..=messages {
+        s.record_message(C, MessageId(m), UserId(sender(m)), Timestamp(m))
+            .unwrap();
+    }
+    s.flush().unwrap();
+}
+
+/// [`group_by`] with every message sent by user 1.
+fn group(s: &Store, members: u64, messages: u64) {
+    group_by(s, members, messages, |_| 1);
+}
+
+fn receipts(events: Vec<Event>) -> Vec<ReceiptEvent> {
+    events
+        .into_iter()
+        .map(|e| match e {
+            Event::Receipt(r) => r,
+            other => panic!("expected a receipt, got {other:?}"),
+        })
+        .collect()
+}
+
+fn ids(users: &[UserId]) -> Vec<u64> {
+    users.iter().map(|u| u.0).collect()
+}
+
+fn all_changes(
+    s: &Store,
+    user: UserId,
+    mut cursor: Cursor,
+    limit: usize,
+) -> (Vec<ReadState>, Cursor) {
+    let mut out = Vec::new();
+    loop {
+        match s.changes_since(user, cursor, limit).unwrap() {
+            CatchUp::Changes(page) => {
+                assert!(page.states.len() <= limit);
+                out.extend(page.states);
+                cursor = page.next;
+                if !page.more {
+                    return (out, cursor);
+                }
+            }
+            CatchUp::SnapshotRequired => panic!("cursor unexpectedly too old"),
+        }
+    }
+}
+
+#[test]
+fn ten_advances_within_the_window_become_one_event_with_the_newest_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(
+        dir.path(),
+        Config::new().event_window(Duration::from_millis(200)),
+    );
+    group(&s, 3, 20);
+    let sub = s.subscribe();
+    let start = Instant::now();
+    for m in 1..=10 {
+        s.mark_read(C, UserId(2), MessageId(m), Timestamp(100 + m))
+            .unwrap();
+    }
+    assert_eq!(sub.pending(), 1);
+    let Some(Event::Receipt(e)) = sub.recv_timeout(Duration::from_secs(10)).unwrap() else {
+        panic!("no event");
+    };
+    // Not before the window closed: the window is what joins them.
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    assert_eq!(
+        (e.conversation, e.reader, e.up_to),
+        (C, UserId(2), MessageId(10))
+    );
+    assert_eq!((e.read_at, e.advances), (Timestamp(110), 10));
+    assert_eq!(ids(&e.recipients), vec![1, 3]);
+    assert!(!e.capped);
+    assert_eq!(sub.try_recv().unwrap(), None);
+}
+
+#[test]
+fn stale_and_repeated_updates_publish_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), Config::new().event_window(Duration::ZERO));
+    group(&s, 2, 5);
+    s.mark_read(C, UserId(2), MessageId(4), Timestamp(9))
+        .unwrap();
+    let sub = s.subscribe();
+    s.mark_read(C, UserId(2), MessageId(3), Timestamp(10))
+        .unwrap();
+    s.mark_read(C, UserId(2), MessageId(4), Timestamp(11))
+        .unwrap();
+    assert_eq!(sub.pending(), 0);
+    s.mark_read(C, UserId(2), MessageId(5), Timestamp(12))
+        .unwrap();
+    assert_eq!(sub.pending(), 1);
+}
+
+#[test]
+fn a_full_buffer_reports_lag_keeps_newest_state_and_catch_up_recovers_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(
+        dir.path(),
+        Config::new().event_window(Duration::ZERO).event_buffer(2),
+    );
+    group(&s, 6, 10);
+    let cursor = s.snapshot(UserId(1)).unwrap().cursor;
+    let sub = s.subscribe();
+    for round in 1..=3u64 {
+        for u in 2..=6 {
+            s.mark_read(C, UserId(u), MessageId(round + u), Timestamp(100 + round))
+                .unwrap();
+        }
+    }
+    assert_eq!(sub.pending(), 2, "memory bounded by event_buffer");
+    let events = sub.drain().unwrap();
+    assert_eq!(events[0], Event::Lagged { dropped: 9 });
+    let held = receipts(events[1..].to_vec());
+    // The two held pairs carry their newest state, all three rounds joined.
+    assert_eq!(
+        held.iter()
+            .map(|e| (e.reader.0, e.up_to.0, e.advances))
+            .collect::<Vec<_>>(),
+        vec![(2, 5, 3), (3, 6, 3)]
+    );
+    s.flush().unwrap();
+    let (states, _) = all_changes(&s, UserId(1), cursor, 2);
+    let mut got: Vec<(u64, u64)> = states.iter().map(|r| (r.reader.0, r.up_to.0)).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![(2, 5), (3, 6), (4, 7), (5, 8), (6, 9)]);
+}
+
+#[test]
+fn large_conversations_notify_the_authors_of_newly_covered_messages_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(
+        dir.path(),
+        Config::new()
+            .event_window(Duration::ZERO)
+            .event_small_group(3)
+            .event_fanout_cap(3),
+    );
+    // Messages 1..=10 by users 1 2 3 4 5 1 2 3 4 5; user 6 reads.
+    group_by(&s, 6, 10, |m| 1 + (m - 1) % 5);
+    let reader = UserId(6);
+    s.mark_read(C, reader, MessageId(2), Timestamp(50)).unwrap();
+    let sub = s.subscribe();
+    // Newly covers 3, 4, 5.
+    s.mark_read(C, reader, MessageId(5), Timestamp(60)).unwrap();
+    let e = receipts(sub.drain().unwrap()).remove(0);
+    assert_eq!((ids(&e.recipients), e.capped), (vec![3, 4, 5], false));
+    // Newly covers 6..=10, by 1..=5: the newest three authors, capped.
+    s.mark_read(C, reader, MessageId(10), Timestamp(70))
+        .unwrap();
+    let e = receipts(sub.drain().unwrap()).remove(0);
+    assert_eq!((ids(&e.recipients), e.capped), (vec![3, 4, 5], true));
+    // An author who left is not told.
+    s.record_message(C, MessageId(11), UserId(4), Timestamp(11))
+        .unwrap();
+    s.record_message(C, MessageId(12), UserId(1), Timestamp(12))
+        .unwrap();
+    s.remove_member(C, UserId(4)).unwrap();
+    s.mark_read(C, reader, MessageId(12), Timestamp(80))
+        .unwrap();
+    let e = receipts(sub.drain().unwrap()).remove(0);
+    assert_eq!((ids(&e.recipients), e.capped), (vec![1], false));
+}
+
+#[test]
+fn nobody_policy_and_own_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(
+        dir.path(),
+        Config::new()
+            .event_window(Duration::ZERO)
+            .small_group_recipients(Recipients::Nobody),
+    );
+    group(&s, 3, 3);
+    let sub = s.subscribe();
+    s.mark_read(C, UserId(2), MessageId(3), Timestamp(9))
+        .unwrap();
+    // Still an event: the reader's own devices need their mark.
+    let e = receipts(sub.drain().unwrap()).remove(0);
+    assert_eq!(
+        (e.reader, e.up_to, e.recipients.len()),
+        (UserId(2), MessageId(3), 0)
+    );
+}
+
+#[test]
+fn private_receipts_reach_nobody_else_and_hide_the_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), Config::new().event_window(Duration::ZERO));
+    group(&s, 3, 6);
+    let now = Timestamp::now().0;
+    s.record_message(C, MessageId(7), UserId(1), Timestamp(now))
+        .unwrap();
+    s.record_message(C, MessageId(8), UserId(1), Timestamp(now))
+        .unwrap();
+    s.mark_read(C, UserId(2), MessageId(7), Timestamp(now + 1))
+        .unwrap();
+    s.flush().unwrap();
+    assert_eq!(s.read_count(C, UserId(1), MessageId(7)).unwrap().count, 1);
+
+    let sub = s.subscribe();
+    s.set_receipts_private(UserId(2), PrivacyScope::Conversation(C), true)
+        .unwrap();
+    assert!(s
+        .receipts_private(UserId(2), PrivacyScope::Conversation(C))
+        .unwrap());
+    // The past per-message receipt is hidden at once, from every answer.
+    assert_eq!(s.read_count(C, UserId(1), MessageId(7)).unwrap().count, 0);
+    assert_eq!(
+        s.read_by(C, UserId(3), MessageId(7), Page::first(5))
+            .unwrap()
+            .count,
+        0
+    );
+    assert!(s
+        .marks(C, UserId(1))
+        .unwrap()
+        .iter()
+        .all(|(u, _)| *u != UserId(2)));
+    // ... but they still see their own.
+    assert_eq!(s.marks(C, UserId(2)).unwrap().len(), 2);
+    // A private member's view is not recorded.
+    assert!(!s
+        .mark_viewed(C, UserId(2), MessageId(8), Timestamp(now + 2))
+        .unwrap());
+    s.mark_read(C, UserId(2), MessageId(8), Timestamp(now + 3))
+        .unwrap();
+    assert_eq!(s.unread_count(C, UserId(2)).unwrap().count, 0);
+    let e = receipts(sub.drain().unwrap()).remove(0);
+    assert_eq!(
+        (e.reader, e.up_to, e.recipients.len()),
+        (UserId(2), MessageId(8), 0)
+    );
+    s.flush().unwrap();
+    assert!(s
+        .snapshot(UserId(1))
+        .unwrap()
+        .states
+        .iter()
+        .all(|r| r.reader != UserId(2)));
+
+    // Going public shows the mark, not per-message reads of the private time.
+    s.set_receipts_private(UserId(2), PrivacyScope::Conversation(C), false)
+        .unwrap();
+    let page = s
+        .read_by(C, UserId(1), MessageId(8), Page::first(5))
+        .unwrap();
+    assert_eq!(page.count, 1);
+    assert_eq!(
+        page.readers[0].read_at,
+        readmark::ReadTime::NoLaterThan(Timestamp(now + 3))
+    );
+    let page = s
+        .read_by(C, UserId(1), MessageId(7), Page::first(5))
+        .unwrap();
+    assert_eq!(
+        page.readers[0].read_at,
+        readmark::ReadTime::At(Timestamp(now + 1))
+    );
+}
+
+#[test]
+fn private_everywhere_covers_later_joins_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path(), Config::new());
+        group(&s, 2, 2);
+        s.set_receipts_private(UserId(2), PrivacyScope::Everywhere, true)
+            .unwrap();
+        s.create_conversation(ConversationId(2)).unwrap();
+        s.add_member(ConversationId(2), UserId(1), Timestamp(0))
+            .unwrap();
+        s.add_member(ConversationId(2), UserId(2), Timestamp(0))
+            .unwrap();
+        s.close().unwrap();
+    }
+    let s = open(dir.path(), Config::new().event_window(Duration::ZERO));
+    assert!(s
+        .receipts_private(UserId(2), PrivacyScope::Everywhere)
+        .unwrap());
+    s.record_message(ConversationId(2), MessageId(1), UserId(1), Timestamp(1))
+        .unwrap();
+    s.mark_read(ConversationId(2), UserId(2), MessageId(1), Timestamp(2))
+        .unwrap();
+    s.mark_read(C, UserId(2), MessageId(2), Timestamp(2))
+        .unwrap();
+    for c in [C, ConversationId(2)] {
+        assert_eq!(s.read_count(c, UserId(1), MessageId(1)).unwrap().count, 0);
+    }
+    s.set_receipts_private(UserId(2), PrivacyScope::Everywhere, false)
+        .unwrap();
+    assert_eq!(
+        s.read_count(ConversationId(2), UserId(1), MessageId(1))
+            .unwrap()
+            .count,
+        1
+    );
+}
+
+#[test]
+fn non_members_cannot_query_and_leavers_stop_receiving_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(
+        dir.path(),
+        Config::new().event_window(Duration::from_secs(3600)),
+    );
+    group(&s, 3, 3);
+    let outsider = UserId(99);
+    let refused =
+        |r: Result<(), Error>| matches!(r, Err(Error::NotMember { user, .. }) if user == outsider);
+    assert!(refused(
+        s.read_by(C, outsider, MessageId(1), Page::first(5))
+            .map(|_| ())
+    ));
+    assert!(refused(s.read_count(C, outsider, MessageId(1)).map(|_| ())));
+    assert!(refused(s.marks(C, outsider).map(|_| ())));
+    assert!(s.snapshot(outsider).unwrap().states.is_empty());
+
+    let sub = s.subscribe();
+    s.mark_read(C, UserId(2), MessageId(3), Timestamp(9))
+        .unwrap();
+    s.mark_read(C, UserId(3), MessageId(3), Timestamp(9))
+        .unwrap();
+    // The events are still held in their window when user 3 leaves.
+    s.remove_member(C, UserId(3)).unwrap();
+    let held = receipts(sub.drain().unwrap());
+    // 3's own event is gone with the membership; 2's no longer goes to 3.
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        (held[0].reader, ids(&held[0].recipients)),
+        (UserId(2), vec![1])
+    );
+}
+
+#[test]
+fn catch_up_is_paginated_latest_state_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let text;
+    {
+        let s = open(dir.path(), Config::new());
+        group(&s, 4, 30);
+        text = s.snapshot(UserId(1)).unwrap().cursor.to_string();
+        for m in 1..=30 {
+            for u in 2..=4 {
+                s.mark_read(C, UserId(u), MessageId(m), Timestamp(100 + m))
+                    .unwrap();
+            }
+            if m % 10 == 0 {
+                s.flush().unwrap(); // three flushes: three changes per reader
+            }
+        }
+        s.close().unwrap();
+    }
+    let s = open(dir.path(), Config::new());
+    let cursor: Cursor = text.parse().unwrap();
+    let (states, next) = all_changes(&s, UserId(1), cursor, 1);
+    let mut got: Vec<(u64, u64)> = states.iter().map(|r| (r.reader.0, r.up_to.0)).collect();
+    got.sort_unstable();
+    got.dedup();
+    // The latest state of each reader, not a replay of every advance.
+    assert_eq!(got, vec![(2, 30), (3, 30), (4, 30)]);
+    assert!(states.len() <= 9, "{} states for 3 readers", states.len());
+    // Nothing new: an empty page, and the cursor is stable.
+    let (again, _) = all_changes(&s, UserId(1), next, 5);
+    assert!(again.is_empty());
+    assert!(matches!("00".parse::<Cursor>(), Err(Error::InvalidCursor)));
+}
+
+#[test]
+fn a_cursor_older_than_retention_requires_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(
+        dir.path(),
+        Config::new().change_retention(Duration::from_secs(60)),
+    );
+    let t0 = 1_000_000u64;
+    s.__set_clock(Some(Timestamp(t0)));
+    group(&s, 2, 3);
+    let old = s.snapshot(UserId(1)).unwrap().cursor;
+    s.mark_read(C, UserId(2), MessageId(3), Timestamp(t0))
+        .unwrap();
+    s.flush().unwrap();
+    s.__set_clock(Some(Timestamp(t0 + 61_000)));
+    s.__compact_all().unwrap();
+    assert_eq!(
+        s.changes_since(UserId(1), old, 10).unwrap(),
+        CatchUp::SnapshotRequired
+    );
+    // The snapshot has the state and a fresh cursor that works.
+    let snap = s.snapshot(UserId(1)).unwrap();
+    assert!(snap
+        .states
+        .iter()
+        .any(|r| (r.reader, r.up_to) == (UserId(2), MessageId(3))));
+    assert!(matches!(
+        s.changes_since(UserId(1), snap.cursor, 10).unwrap(),
+        CatchUp::Changes(_)
+    ));
+}
+
+#[test]
+fn catch_up_lists_marks_that_became_visible_without_moving() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), Config::new());
+    group(&s, 3, 3);
+    s.mark_read(C, UserId(2), MessageId(3), Timestamp(5))
+        .unwrap();
+    s.set_receipts_private(UserId(3), PrivacyScope::Everywhere, true)
+        .unwrap();
+    s.mark_read(C, UserId(3), MessageId(2), Timestamp(5))
+        .unwrap();
+    s.flush().unwrap();
+    // A newcomer's catch-up from before they joined lists what is there.
+    let before = s.snapshot(UserId(4)).unwrap().cursor;
+    s.add_member(C, UserId(4), Timestamp(9)).unwrap();
+    let (states, next) = all_changes(&s, UserId(4), before, 10);
+    assert_eq!(
+        states
+            .iter()
+            .map(|r| (r.reader.0, r.up_to.0))
+            .collect::<Vec<_>>(),
+        vec![(1, 3), (2, 3)],
+        "user 3 is private"
+    );
+    // Going public lists the unchanged mark to the others.
+    s.set_receipts_private(UserId(3), PrivacyScope::Everywhere, false)
+        .unwrap();
+    let (states, _) = all_changes(&s, UserId(4), next, 10);
+    assert_eq!(
+        states
+            .iter()
+            .map(|r| (r.reader.0, r.up_to.0))
+            .collect::<Vec<_>>(),
+        vec![(3, 2)]
+    );
+}
+
+#[test]
+fn a_version_2_store_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path(), Config::new());
+        group(&s, 2, 2);
+        s.mark_read(C, UserId(2), MessageId(2), Timestamp(5))
+            .unwrap();
+        s.close().unwrap();
+    }
+    // What version 2 left: no change logs, no user settings.
+    {
+        let mut db = common::raw_open(dir.path());
+        for cf in ["changes", "user_changes", "users"] {
+            db.drop_cf(cf).unwrap();
+        }
+        let meta = db.cf_handle("meta").unwrap();
+        db.put_cf(meta, b"format_version", 2u32.to_be_bytes())
+            .unwrap();
+        db.delete_cf(meta, b"change_seq").unwrap();
+    }
+    let s = open(dir.path(), Config::new());
+    assert_eq!(s.mark(C, UserId(2)).unwrap().unwrap().up_to, MessageId(2));
+    let cursor = s.snapshot(UserId(1)).unwrap().cursor;
+    s.record_message(C, MessageId(3), UserId(1), Timestamp(6))
+        .unwrap();
+    s.mark_read(C, UserId(2), MessageId(3), Timestamp(6))
+        .unwrap();
+    s.flush().unwrap();
+    let (states, _) = all_changes(&s, UserId(1), cursor, 10);
+    assert!(states
+        .iter()
+        .any(|r| (r.reader, r.up_to) == (UserId(2), MessageId(3))));
+    s.close().unwrap();
+    let report = readmark::verify(dir.path()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
