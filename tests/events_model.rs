@@ -1,0 +1,430 @@
+//! Receipt events, private receipts and catch-up against an in-memory
+//! model, over random joins, leaves, sends, reads, privacy changes,
+//! flushes, catch-ups from saved cursors and reopens.
+//!
+//! Checked after the operations that can tell:
+//! - every drained event is exactly the model's: one per (conversation,
+//!   reader) that advanced since the last drain and is still a member, with
+//!   the reader's current mark, and recipients equal to the current
+//!   members the policy picks (every other member in a small conversation,
+//!   the current authors of the newly covered messages in a larger one,
+//!   nobody if the reader is private). So no event reaches a non-member or
+//!   reveals a private reader, and every member who should see a change
+//!   receives the newest state at the next drain;
+//! - `read_count` as any member counts exactly the public covering members
+//!   (and the viewer), and a non-member is refused;
+//! - `changes_since` from any saved cursor (before or after reopens),
+//!   applied to the state the user had when the cursor was taken, gives
+//!   the user's current visible state, and lists nothing the user may not
+//!   see.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use readmark::{
+    CatchUp, Config, ConversationId, Cursor, Error, Event, MessageId, PrivacyScope, ReadState,
+    Store, Timestamp, UserId,
+};
+
+const CONVS: u64 = 2;
+const USERS: u64 = 5;
+/// Conversations of more members are "large": receipts go to authors.
+const SMALL: u32 = 3;
+
+fn config() -> Config {
+    common::small_config()
+        .flush_interval(Duration::from_secs(3600))
+        .event_window(Duration::ZERO)
+        .event_small_group(SMALL)
+        .event_fanout_cap(100)
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Join(u64, u64),
+    Leave(u64, u64),
+    Send(u64, u64),
+    /// conversation, user, message index
+    Read(u64, u64, usize),
+    /// user, conversation (None: everywhere), private
+    Private(u64, Option<u64>, bool),
+    Drain,
+    Flush,
+    /// Save `user`'s snapshot and its cursor.
+    TakeCursor(u64),
+    /// Catch up from saved cursor `i` with pages of `limit`.
+    CatchUp(usize, usize),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..CONVS, 0..USERS).prop_map(|(c, u)| Op::Join(c, u)),
+        2 => (0..CONVS, 0..USERS).prop_map(|(c, u)| Op::Leave(c, u)),
+        4 => (0..CONVS, 0..USERS).prop_map(|(c, u)| Op::Send(c, u)),
+        8 => (0..CONVS, 0..USERS, 0usize..10).prop_map(|(c, u, i)| Op::Read(c, u, i)),
+        2 => (0..USERS, proptest::option::of(0..CONVS), any::<bool>())
+            .prop_map(|(u, c, p)| Op::Private(u, c, p)),
+        3 => Just(Op::Drain),
+        2 => Just(Op::Flush),
+        2 => (0..USERS).prop_map(Op::TakeCursor),
+        3 => (0usize..8, 1usize..4).prop_map(|(i, l)| Op::CatchUp(i, l)),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+#[derive(Default)]
+struct Model {
+    /// (conversation, user) -> newest message when they joined
+    members: BTreeMap<(u64, u64), Option<u64>>,
+    /// conversation -> messages (id, sender)
+    msgs: BTreeMap<u64, Vec<(u64, u64)>>,
+    next_id: u64,
+    marks: BTreeMap<(u64, u64), u64>,
+    private_all: BTreeSet<u64>,
+    private_here: BTreeSet<(u64, u64)>,
+    /// Advances not yet delivered: (conversation, reader) -> start mark.
+    pending: BTreeMap<(u64, u64), Option<u64>>,
+    /// Saved catch-up points: user, cursor, what the user saw then.
+    cursors: Vec<(u64, Cursor, BTreeMap<(u64, u64), u64>)>,
+}
+
+impl Model {
+    fn is_member(&self, c: u64, u: u64) -> bool {
+        self.members.contains_key(&(c, u))
+    }
+
+    fn members_of(&self, c: u64) -> Vec<u64> {
+        self.members
+            .keys()
+            .filter(|k| k.0 == c)
+            .map(|k| k.1)
+            .collect()
+    }
+
+    fn private(&self, c: u64, u: u64) -> bool {
+        self.private_all.contains(&u) || self.private_here.contains(&(c, u))
+    }
+
+    fn small(&self, c: u64) -> bool {
+        self.members_of(c).len() <= SMALL as usize
+    }
+
+    /// The event the store should deliver for a pending pair, if any.
+    fn expected_event(&self, (c, r): (u64, u64), from: Option<u64>) -> Option<(u64, Vec<u64>)> {
+        if !self.is_member(c, r) {
+            return None;
+        }
+        let up_to = *self.marks.get(&(c, r))?;
+        let recipients = if self.private(c, r) {
+            Vec::new()
+        } else if self.small(c) {
+            self.members_of(c).into_iter().filter(|&m| m != r).collect()
+        } else {
+            let authors: BTreeSet<u64> = self.msgs[&c]
+                .iter()
+                .filter(|&&(id, s)| from.is_none_or(|f| id > f) && id <= up_to && s != r)
+                .map(|&(_, s)| s)
+                .filter(|&s| self.is_member(c, s))
+                .collect();
+            authors.into_iter().collect()
+        };
+        Some((up_to, recipients))
+    }
+
+    /// What `user` may see now: their own marks, and other members' public
+    /// marks in small conversations.
+    fn visible(&self, user: u64) -> BTreeMap<(u64, u64), u64> {
+        let mut out = BTreeMap::new();
+        for c in 0..CONVS {
+            if !self.is_member(c, user) {
+                continue;
+            }
+            for r in self.members_of(c) {
+                let shown = r == user || self.small(c) && !self.private(c, r);
+                if let (true, Some(&m)) = (shown, self.marks.get(&(c, r))) {
+                    out.insert((c, r), m);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn states_map(states: &[ReadState]) -> BTreeMap<(u64, u64), u64> {
+    states
+        .iter()
+        .map(|s| ((s.conversation.0, s.reader.0), s.up_to.0))
+        .collect()
+}
+
+fn check_drain(events: Vec<Event>, model: &mut Model) -> Result<(), TestCaseError> {
+    let mut got: BTreeMap<(u64, u64), (u64, Vec<u64>)> = BTreeMap::new();
+    for e in events {
+        let Event::Receipt(e) = e else {
+            return Err(TestCaseError::fail(format!("unexpected {e:?}")));
+        };
+        let key = (e.conversation.0, e.reader.0);
+        let recipients = e.recipients.iter().map(|u| u.0).collect();
+        prop_assert!(
+            got.insert(key, (e.up_to.0, recipients)).is_none(),
+            "two events for {:?}",
+            key
+        );
+    }
+    let mut want = BTreeMap::new();
+    for (&key, &from) in &model.pending {
+        if let Some(e) = model.expected_event(key, from) {
+            want.insert(key, e);
+        }
+    }
+    model.pending.clear();
+    prop_assert_eq!(got, want);
+    Ok(())
+}
+
+fn check_queries(store: &Store, model: &Model) -> Result<(), TestCaseError> {
+    for c in 0..CONVS {
+        let conv = ConversationId(c);
+        let members = model.members_of(c);
+        let Some(&viewer) = members.first() else {
+            let r = store.read_count(conv, UserId(0), MessageId(0));
+            prop_assert!(matches!(r, Err(Error::NotMember { .. })), "{:?}", r);
+            continue;
+        };
+        for &(id, sender) in &model.msgs[&c] {
+            let want = members
+                .iter()
+                .filter(|&&m| {
+                    m != sender
+                        && model.members[&(c, m)].is_none_or(|j| id > j)
+                        && model.marks.get(&(c, m)).is_some_and(|&x| x >= id)
+                        && (m == viewer || !model.private(c, m))
+                })
+                .count() as u64;
+            let got = store
+                .read_count(conv, UserId(viewer), MessageId(id))
+                .unwrap();
+            prop_assert_eq!(
+                got.count,
+                want,
+                "read_count of ({}, {}) as {}",
+                c,
+                id,
+                viewer
+            );
+        }
+        let outsider = (0..USERS).find(|u| !model.is_member(c, *u));
+        if let Some(o) = outsider {
+            let r = store.marks(conv, UserId(o));
+            prop_assert!(matches!(r, Err(Error::NotMember { .. })), "{:?}", r);
+        }
+    }
+    Ok(())
+}
+
+fn catch_up(
+    store: &Store,
+    user: u64,
+    mut cursor: Cursor,
+    limit: usize,
+) -> (Vec<ReadState>, Cursor) {
+    let mut out = Vec::new();
+    loop {
+        match store.changes_since(UserId(user), cursor, limit).unwrap() {
+            CatchUp::Changes(page) => {
+                assert!(page.states.len() <= limit);
+                out.extend(page.states);
+                cursor = page.next;
+                if !page.more {
+                    return (out, cursor);
+                }
+            }
+            CatchUp::SnapshotRequired => panic!("a fresh cursor needs a snapshot"),
+        }
+    }
+}
+
+/// Runs `ops` on one open store; returns at a `Reopen` with the rest.
+fn run_epoch<'o>(
+    store: &Store,
+    model: &mut Model,
+    mut ops: &'o [Op],
+) -> Result<&'o [Op], TestCaseError> {
+    let sub = store.subscribe();
+    while let Some((op, rest)) = ops.split_first() {
+        ops = rest;
+        match *op {
+            Op::Join(c, u) => {
+                let r = store.add_member(ConversationId(c), UserId(u), Timestamp(1));
+                if model.is_member(c, u) {
+                    prop_assert!(matches!(r, Err(Error::AlreadyMember { .. })), "{:?}", r);
+                } else {
+                    r.unwrap();
+                    let last = model.msgs[&c].last().map(|m| m.0);
+                    model.members.insert((c, u), last);
+                }
+            }
+            Op::Leave(c, u) => {
+                let r = store.remove_member(ConversationId(c), UserId(u));
+                if model.is_member(c, u) {
+                    r.unwrap();
+                    model.members.remove(&(c, u));
+                    model.marks.remove(&(c, u));
+                    model.private_here.remove(&(c, u));
+                } else {
+                    prop_assert!(matches!(r, Err(Error::NotMember { .. })), "{:?}", r);
+                }
+            }
+            Op::Send(c, u) => {
+                if !model.is_member(c, u) {
+                    continue;
+                }
+                model.next_id += 1;
+                let id = model.next_id;
+                store
+                    .record_message(ConversationId(c), MessageId(id), UserId(u), Timestamp(id))
+                    .unwrap();
+                model.msgs.get_mut(&c).expect("conversation").push((id, u));
+                let m = model.marks.entry((c, u)).or_insert(id);
+                *m = (*m).max(id);
+            }
+            Op::Read(c, u, i) => {
+                let msgs = &model.msgs[&c];
+                if msgs.is_empty() {
+                    continue;
+                }
+                let id = msgs[i % msgs.len()].0;
+                let r = store.mark_read(
+                    ConversationId(c),
+                    UserId(u),
+                    MessageId(id),
+                    Timestamp(id + 1),
+                );
+                if !model.is_member(c, u) {
+                    prop_assert!(matches!(r, Err(Error::NotMember { .. })), "{:?}", r);
+                    continue;
+                }
+                r.unwrap();
+                let before = model.marks.get(&(c, u)).copied();
+                if before.is_some_and(|b| b >= id) {
+                    continue;
+                }
+                model.marks.insert((c, u), id);
+                let p = model.pending.entry((c, u)).or_insert(before);
+                *p = match (*p, before) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    _ => None,
+                };
+            }
+            Op::Private(u, scope, private) => {
+                let scope_arg = match scope {
+                    Some(c) => PrivacyScope::Conversation(ConversationId(c)),
+                    None => PrivacyScope::Everywhere,
+                };
+                let r = store.set_receipts_private(UserId(u), scope_arg, private);
+                match scope {
+                    Some(c) if !model.is_member(c, u) => {
+                        prop_assert!(matches!(r, Err(Error::NotMember { .. })), "{:?}", r);
+                    }
+                    Some(c) => {
+                        r.unwrap();
+                        if private {
+                            model.private_here.insert((c, u));
+                        } else {
+                            model.private_here.remove(&(c, u));
+                        }
+                    }
+                    None => {
+                        r.unwrap();
+                        if private {
+                            model.private_all.insert(u);
+                        } else {
+                            model.private_all.remove(&u);
+                        }
+                    }
+                }
+            }
+            Op::Drain => {
+                check_drain(sub.drain().unwrap(), model)?;
+                check_queries(store, model)?;
+            }
+            Op::Flush => store.flush().unwrap(),
+            Op::TakeCursor(u) => {
+                let snap = store.snapshot(UserId(u)).unwrap();
+                let seen = states_map(&snap.states);
+                prop_assert_eq!(&seen, &model.visible(u), "snapshot of {}", u);
+                model.cursors.push((u, snap.cursor, seen));
+            }
+            Op::CatchUp(i, limit) => {
+                if model.cursors.is_empty() {
+                    continue;
+                }
+                let (user, cursor, mut seen) = model.cursors[i % model.cursors.len()].clone();
+                // Changes reach the log when marks are flushed.
+                store.flush().unwrap();
+                let (states, next) = catch_up(store, user, cursor, limit);
+                let now = model.visible(user);
+                for s in &states {
+                    let key = (s.conversation.0, s.reader.0);
+                    prop_assert_eq!(
+                        now.get(&key),
+                        Some(&s.up_to.0),
+                        "listed {:?} to {}",
+                        key,
+                        user
+                    );
+                    seen.insert(key, s.up_to.0);
+                }
+                for (key, m) in &now {
+                    prop_assert_eq!(
+                        seen.get(key),
+                        Some(m),
+                        "{:?} missed by catch-up of {}",
+                        key,
+                        user
+                    );
+                }
+                seen.retain(|k, _| now.contains_key(k));
+                model.cursors.push((user, next, seen));
+                if model.cursors.len() > 8 {
+                    model.cursors.remove(0);
+                }
+            }
+            Op::Reopen => break,
+        }
+    }
+    check_drain(sub.drain().unwrap(), model)?;
+    check_queries(store, model)?;
+    Ok(ops)
+}
+
+fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = Model::default();
+    let store = Store::open(dir.path(), config()).unwrap();
+    for c in 0..CONVS {
+        store.create_conversation(ConversationId(c)).unwrap();
+        model.msgs.insert(c, Vec::new());
+    }
+    let mut rest = run_epoch(&store, &mut model, ops)?;
+    store.close().unwrap();
+    while !rest.is_empty() {
+        let store = Store::open(dir.path(), config()).unwrap();
+        rest = run_epoch(&store, &mut model, rest)?;
+        store.close().unwrap();
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn events_privacy_and_catch_up_match_model(ops in proptest::collection::vec(op(), 1..60)) {
+        run(&ops)?;
+    }
+}
