@@ -32,7 +32,7 @@ use readmark::{
 const CONVS: u64 = 2;
 const USERS: u64 = 5;
 /// Conversations of more members are "large": receipts go to authors.
-const SMALL: u32 = 3;
+const SMALL: u32 = 2;
 
 fn config() -> Config {
     common::small_config()
@@ -66,11 +66,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..CONVS, 0..USERS).prop_map(|(c, u)| Op::Leave(c, u)),
         4 => (0..CONVS, 0..USERS).prop_map(|(c, u)| Op::Send(c, u)),
         8 => (0..CONVS, 0..USERS, 0usize..10).prop_map(|(c, u, i)| Op::Read(c, u, i)),
-        2 => (0..USERS, proptest::option::of(0..CONVS), any::<bool>())
+        3 => (0..USERS, proptest::option::of(0..CONVS), any::<bool>())
             .prop_map(|(u, c, p)| Op::Private(u, c, p)),
         3 => Just(Op::Drain),
         2 => Just(Op::Flush),
-        2 => (0..USERS).prop_map(Op::TakeCursor),
+        3 => (0..USERS).prop_map(Op::TakeCursor),
         3 => (0usize..8, 1usize..4).prop_map(|(i, l)| Op::CatchUp(i, l)),
         1 => Just(Op::Reopen),
     ]
@@ -421,10 +421,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
-    fn events_privacy_and_catch_up_match_model(ops in proptest::collection::vec(op(), 1..60)) {
+    fn events_privacy_and_catch_up_match_model(ops in proptest::collection::vec(op(), 1..80)) {
         run(&ops)?;
     }
 }
