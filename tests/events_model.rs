@@ -76,6 +76,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// (conversation, reader) -> up_to, as a user saw it.
+type Seen = BTreeMap<(u64, u64), u64>;
+
 #[derive(Default)]
 struct Model {
     /// (conversation, user) -> newest message when they joined
@@ -89,7 +92,7 @@ struct Model {
     /// Advances not yet delivered: (conversation, reader) -> start mark.
     pending: BTreeMap<(u64, u64), Option<u64>>,
     /// Saved catch-up points: user, cursor, what the user saw then.
-    cursors: Vec<(u64, Cursor, BTreeMap<(u64, u64), u64>)>,
+    cursors: Vec<(u64, Cursor, Seen)>,
 }
 
 impl Model {
