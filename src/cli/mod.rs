@@ -4,6 +4,7 @@ mod adr;
 mod bench;
 mod compare;
 mod demo;
+mod events;
 mod inspect;
 mod measure;
 mod plot;
@@ -63,6 +64,40 @@ enum Command {
     /// Measure what per-message receipts cost: bitset bytes per message and
     /// RocksDB writes per mark advance, for groups of several sizes.
     Receipts(ReceiptsArgs),
+    /// Real-time receipt events at wall-clock pace: events per mark
+    /// advance, recipients per event by conversation size, and latency from
+    /// advance to event, for each coalescing window.
+    Events(EventsArgs),
+}
+
+/// Options of `readmark events`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct EventsArgs {
+    /// Seed of the workload generator (the stream of `readmark bench`).
+    #[arg(long, default_value_t = 42)]
+    pub(crate) seed: u64,
+    /// Users of the generated world.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) users: u64,
+    /// Wall-clock seconds per run.
+    #[arg(long, default_value_t = 30.0)]
+    pub(crate) seconds: f64,
+    /// Workload steps per second (a step posts messages or opens a
+    /// conversation for one reader).
+    #[arg(long, default_value_t = 400)]
+    pub(crate) steps_per_sec: u64,
+    /// Milliseconds between two scroll updates of one reader.
+    #[arg(long, default_value_t = 150)]
+    pub(crate) scroll_ms: u64,
+    /// Coalescing windows to measure, in ms, comma-separated (each a run).
+    #[arg(long, value_delimiter = ',', default_value = "1000,250,0")]
+    pub(crate) windows: Vec<u64>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub(crate) quiet: bool,
 }
 
 /// Options of `readmark receipts`.
@@ -233,6 +268,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Bench(args) => compare::run(&args),
         Command::Scaling(args) => bench::run(&args),
         Command::Receipts(args) => receipts::run(&args),
+        Command::Events(args) => events::run(&args),
         Command::Stats { path } => inspect::stats(&path),
         Command::Verify { path } => match inspect::verify(&path) {
             Ok(true) => Ok(()),
