@@ -329,11 +329,23 @@ pub struct Snapshot {
 
 /// The change-log sequence and the clock it is stamped with.
 pub(crate) struct ChangeLog {
-    /// (last sequence written, last time stamped): stamped together, so a
-    /// change with a higher sequence never has an earlier time than a
-    /// cursor pinned at a lower one (what the retention check relies on).
-    state: Mutex<(u64, u64)>,
+    state: Mutex<LogState>,
     clock: Arc<Clock>,
+}
+
+/// Sequence numbers are assigned (stamped with a non-decreasing time) when
+/// a batch is built and become *written* when it lands. Cursors pin only
+/// written ones: a batch that fails poisons the store, and its numbers are
+/// assigned again after reopening, so a cursor past them would skip the
+/// new changes that reuse them.
+#[derive(Default)]
+struct LogState {
+    assigned: u64,
+    stamp: u64,
+    written: u64,
+    /// The stamp of the batch that wrote `written`: every change after it
+    /// is stamped no earlier.
+    written_stamp: u64,
 }
 
 impl ChangeLog {
@@ -353,16 +365,31 @@ impl ChangeLog {
             None => 0,
         };
         Ok(Self {
-            state: Mutex::new((seq, 0)),
+            state: Mutex::new(LogState {
+                assigned: seq,
+                written: seq,
+                ..LogState::default()
+            }),
             clock,
         })
     }
 
-    /// The newest sequence and the time, read together.
+    /// The newest written sequence and a time no later than the stamp of
+    /// any change after it (invariant 25): now, if no batch is in flight.
     pub(crate) fn pin(&self) -> (u64, u64) {
         let mut s = self.state.lock();
-        s.1 = s.1.max(self.clock.now());
-        *s
+        if s.assigned == s.written {
+            s.stamp = s.stamp.max(self.clock.now());
+            s.written_stamp = s.stamp;
+        }
+        (s.written, s.written_stamp)
+    }
+
+    /// The batch holding every assigned sequence has landed.
+    pub(crate) fn mark_written(&self) {
+        let mut s = self.state.lock();
+        s.written = s.assigned;
+        s.written_stamp = s.stamp;
     }
 
     /// Adds one change per flushed advance to `batch`, in both logs, and
@@ -401,17 +428,17 @@ impl ChangeLog {
             handle(Cf::Meta)?,
         );
         let mut s = self.state.lock();
-        s.1 = s.1.max(self.clock.now());
+        s.stamp = s.stamp.max(self.clock.now());
         for (c, u, by_reader) in rows {
-            s.0 += 1;
-            let written_at = s.1;
+            s.assigned += 1;
+            let written_at = s.stamp;
             let rec = |id| ChangeRecord { id, written_at }.encode();
-            batch.put_cf(by_conv, keys::pair_key(c, s.0), rec(u));
+            batch.put_cf(by_conv, keys::pair_key(c, s.assigned), rec(u));
             if by_reader {
-                batch.put_cf(by_user, keys::pair_key(u, s.0), rec(c));
+                batch.put_cf(by_user, keys::pair_key(u, s.assigned), rec(c));
             }
         }
-        batch.put_cf(meta, CHANGE_SEQ_KEY, s.0.to_be_bytes());
+        batch.put_cf(meta, CHANGE_SEQ_KEY, s.assigned.to_be_bytes());
         Ok(())
     }
 }

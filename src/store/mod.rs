@@ -722,6 +722,7 @@ fn replay(
         let mut o = WriteOptions::default();
         o.set_sync(true);
         db.write_opt(batch, &o)?;
+        changes.mark_written();
         tracing::info!(frames = n, "journal replayed");
     }
     Ok(n)

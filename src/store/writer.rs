@@ -213,6 +213,7 @@ impl Writer {
         if let Err(e) = self.db.write_opt(batch, &WriteOptions::default()) {
             return Err(self.poison("RocksDB write", e.into()));
         }
+        self.changes.mark_written();
         self.remove_written(&entries);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters.keys_written.fetch_add(1, Ordering::Relaxed);
@@ -258,6 +259,7 @@ impl Writer {
             if let Err(e) = self.db.write_opt(batch, &wo) {
                 return Err(self.poison("RocksDB write", e.into()));
             }
+            self.changes.mark_written();
             self.counters.batches.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .keys_written
@@ -322,6 +324,7 @@ impl Writer {
         if let Err(e) = self.db.write_opt(batch, &o) {
             return Err(self.poison("RocksDB write", e.into()));
         }
+        self.changes.mark_written();
         Ok(())
     }
 
