@@ -47,6 +47,21 @@ pub fn bitset_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
 pub fn read_time_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
     ReadTimeRecord::decode(bytes).map(|r| r.encode().to_vec())
 }
+/// Decodes and re-encodes a change-log record.
+pub fn change_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    crate::events::ChangeRecord::decode(bytes).map(|r| r.encode().to_vec())
+}
+/// Decodes and re-encodes a user-settings record.
+pub fn user_settings_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    crate::records::decode_user_settings(bytes)
+        .map(|p| crate::records::encode_user_settings(p).to_vec())
+}
+/// Decodes and re-encodes a catch-up cursor (client input).
+pub fn cursor_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    crate::events::Cursor::from_bytes(bytes)
+        .ok()
+        .map(|c| c.to_bytes().to_vec())
+}
 /// Decodes a pair key.
 pub fn pair_key(bytes: &[u8]) -> Option<(u64, u64)> {
     crate::keys::decode_pair_key(bytes)
@@ -151,6 +166,9 @@ pub fn decoders_target(data: &[u8]) {
         journal_record_roundtrip,
         bitset_roundtrip,
         read_time_roundtrip,
+        change_roundtrip,
+        user_settings_roundtrip,
+        cursor_roundtrip,
     ] {
         if let Some(again) = roundtrip(data) {
             assert_eq!(again, data, "decode/encode must round-trip");
@@ -160,6 +178,13 @@ pub fn decoders_target(data: &[u8]) {
         let mut k = a.to_be_bytes().to_vec();
         k.extend_from_slice(&b.to_be_bytes());
         assert_eq!(k, data);
+    }
+    // A cursor as text: any string, never a panic; what parses prints back
+    // to a string that parses to the same cursor.
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(c) = text.parse::<crate::events::Cursor>() {
+            assert_eq!(c.to_string().parse::<crate::events::Cursor>().ok(), Some(c));
+        }
     }
 }
 

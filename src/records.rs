@@ -247,6 +247,21 @@ impl MessageRecord {
     }
 }
 
+/// `users` value: `| ver | flags |`, flags bit 0 = receipts private
+/// everywhere; other bits must be 0.
+pub(crate) const USER_SETTINGS_LEN: usize = 2;
+pub(crate) const USER_FLAG_PRIVATE: u8 = 0x01;
+
+pub(crate) fn encode_user_settings(private: bool) -> [u8; USER_SETTINGS_LEN] {
+    [RECORD_VERSION, if private { USER_FLAG_PRIVATE } else { 0 }]
+}
+
+/// Whether the user keeps receipts private everywhere.
+pub(crate) fn decode_user_settings(v: &[u8]) -> Option<bool> {
+    (v.len() == USER_SETTINGS_LEN && v[0] == RECORD_VERSION && v[1] & !USER_FLAG_PRIVATE == 0)
+        .then(|| v[1] & USER_FLAG_PRIVATE != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,11 +21,7 @@ use super::{Cf, Store};
 use crate::error::Result;
 use crate::ids::{ConversationId, UserId};
 use crate::keys;
-
-/// `users` value: `| ver | flags |`, flags bit0 = receipts private
-/// everywhere.
-pub(crate) const USER_SETTINGS_LEN: usize = 2;
-pub(crate) const USER_FLAG_PRIVATE: u8 = 0x01;
+use crate::records::{decode_user_settings, encode_user_settings};
 
 /// Where a privacy setting applies.
 ///
@@ -39,13 +35,6 @@ pub enum PrivacyScope {
     /// One conversation (the user must be a member; the setting ends with
     /// the membership).
     Conversation(ConversationId),
-}
-
-pub(crate) fn decode_user_settings(v: &[u8]) -> Option<bool> {
-    (v.len() == USER_SETTINGS_LEN
-        && v[0] == crate::records::RECORD_VERSION
-        && v[1] & !USER_FLAG_PRIVATE == 0)
-        .then(|| v[1] & USER_FLAG_PRIVATE != 0)
 }
 
 impl Store {
@@ -131,11 +120,10 @@ impl Store {
             );
         }
         if scope == PrivacyScope::Everywhere {
-            let flags = if private { USER_FLAG_PRIVATE } else { 0 };
             batch.put_cf(
                 self.cf(Cf::Users),
                 keys::id_key(user.0),
-                [crate::records::RECORD_VERSION, flags],
+                encode_user_settings(private),
             );
         }
         drop(view);
