@@ -377,6 +377,12 @@ impl Config {
         self
     }
 
+    /// The configured coalescing window.
+    #[must_use]
+    pub fn get_event_window(&self) -> Duration {
+        self.event_window
+    }
+
     pub(crate) fn change_retention_ms(&self) -> u64 {
         u64::try_from(self.change_retention.as_millis()).unwrap_or(u64::MAX)
     }

@@ -16,6 +16,42 @@ use super::DemoArgs;
 /// real time of the run (so per-message receipts are within retention).
 const STEP_MS: u64 = 40;
 
+/// One user in this many keeps their receipts private everywhere.
+const PRIVATE_EVERY: u64 = 50;
+
+#[derive(Default)]
+struct EventTally {
+    events: u64,
+    advances: u64,
+    pushes: u64,
+    max_recipients: usize,
+    private_events: u64,
+    private_leaks: u64,
+    lagged: u64,
+    /// Users below this id with `id % PRIVATE_EVERY == 7` are private
+    /// (late joiners get new ids and keep the default).
+    private_below: u64,
+}
+
+impl EventTally {
+    fn add(&mut self, event: readmark::Event) {
+        match event {
+            readmark::Event::Receipt(e) => {
+                self.events += 1;
+                self.advances += u64::from(e.advances);
+                self.pushes += 1 + e.recipients.len() as u64;
+                self.max_recipients = self.max_recipients.max(e.recipients.len());
+                if e.reader.get() < self.private_below && e.reader.get() % PRIVATE_EVERY == 7 {
+                    self.private_events += 1;
+                    self.private_leaks += u64::from(!e.recipients.is_empty());
+                }
+            }
+            readmark::Event::Lagged { dropped } => self.lagged += dropped,
+            _ => {}
+        }
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     messages: u64,
@@ -82,6 +118,37 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
         thousands(memberships),
         setup_started.elapsed().as_secs_f64()
     );
+
+    // Some users keep their receipts private (Telegram's hidden read
+    // times): their events reach only their own devices.
+    let mut private_users = 0u64;
+    for u in (7..params.users).step_by(PRIVATE_EVERY as usize) {
+        store.set_receipts_private(UserId(u), readmark::PrivacyScope::Everywhere, true)?;
+        private_users += 1;
+    }
+    // The user in the most conversations: their login badges at the end,
+    // and their catch-up from a cursor taken now.
+    let mut per_user: HashMap<u64, usize> = HashMap::new();
+    for conv in &w.convs {
+        for &u in &conv.members {
+            *per_user.entry(u).or_default() += 1;
+        }
+    }
+    let login_user = per_user
+        .iter()
+        .max_by_key(|(u, n)| (**n, std::cmp::Reverse(**u)))
+        .map(|(&u, _)| UserId(u));
+    let login_cursor = match login_user {
+        Some(u) => Some(store.snapshot(u)?.cursor),
+        None => None,
+    };
+    // The embedding server's dispatcher would run on a thread of its own;
+    // the demo polls between steps.
+    let events = store.subscribe();
+    let mut event_tally = EventTally {
+        private_below: params.users,
+        ..EventTally::default()
+    };
 
     // Per conversation: message ids in order. Per (conversation, reader):
     // how many of them the reader has scrolled past.
@@ -179,10 +246,17 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
                 tally.late_joins += 1;
             }
         }
+        while let Some(e) = events.try_recv()? {
+            event_tally.add(e);
+        }
         if step % 256 == 0 {
             bar.set_position(step);
         }
     }
+    for e in events.drain()? {
+        event_tally.add(e);
+    }
+    drop(events);
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
@@ -241,17 +315,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
             if rb.next.is_some() { ", ..." } else { "" }
         );
     }
-    // The user in the most conversations: their login badge list.
-    let mut per_user: HashMap<u64, usize> = HashMap::new();
-    for conv in &w.convs {
-        for &u in &conv.members {
-            *per_user.entry(u).or_default() += 1;
-        }
-    }
-    if let Some((&user, _)) = per_user
-        .iter()
-        .max_by_key(|(u, n)| (**n, std::cmp::Reverse(**u)))
-    {
+    if let Some(UserId(user)) = login_user {
         let t0 = Instant::now();
         let counts = store.unread_counts(UserId(user))?;
         let took = t0.elapsed();
@@ -269,6 +333,44 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
         );
     }
     store.flush()?;
+    #[allow(clippy::cast_precision_loss)]
+    let per_event = event_tally.advances as f64 / event_tally.events.max(1) as f64;
+    println!(
+        "receipt events: {} mark advances became {} events ({per_event:.1} advances per event, window {} ms of real time; the demo runs faster than real time, `readmark events` measures at wall-clock pace); {} pushes (reader's devices + recipients), largest fan-out {}; {} users private: {} of their events, {} reached anyone else; {} advances not queued (lagged)",
+        thousands(event_tally.advances),
+        thousands(event_tally.events),
+        Config::new().get_event_window().as_millis(),
+        thousands(event_tally.pushes),
+        event_tally.max_recipients,
+        private_users,
+        thousands(event_tally.private_events),
+        event_tally.private_leaks,
+        event_tally.lagged,
+    );
+    if let (Some(user), Some(mut cursor)) = (login_user, login_cursor) {
+        let t0 = Instant::now();
+        let (mut states, mut pages) = (0usize, 0u64);
+        loop {
+            match store.changes_since(user, cursor, 100)? {
+                readmark::CatchUp::Changes(page) => {
+                    states += page.states.len();
+                    pages += 1;
+                    cursor = page.next;
+                    if !page.more {
+                        break;
+                    }
+                }
+                readmark::CatchUp::SnapshotRequired => {
+                    println!("  catch-up for {user}: snapshot required");
+                    break;
+                }
+            }
+        }
+        println!(
+            "catch-up for {user} (offline since setup): {states} changed read states in {pages} pages of at most 100, {:.2} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
     let stats = store.stats();
     #[allow(clippy::cast_precision_loss)]
     let reduction = stats.mark_updates as f64 / stats.keys_written.max(1) as f64;
