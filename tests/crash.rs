@@ -134,6 +134,10 @@ fn kill_9_at_random_points() {
     let started = Instant::now();
     let mut runs = 0u64;
     let mut checked_acks = 0u64;
+    // User 0's catch-up cursor taken after the previous verification, with
+    // the marks it saw then.
+    let mut cursor: Option<(readmark::Cursor, BTreeMap<(u64, u64), u64>)> = None;
+    let mut caught_up = 0u64;
     while runs < RUNS && started.elapsed() < BUDGET {
         runs += 1;
         let lines = run_and_kill("crash_child", ENV_DIR, dir.path(), &mut rng);
@@ -190,14 +194,56 @@ fn kill_9_at_random_points() {
                 floor.insert((c, u), got);
             }
         }
+        // Catch-up across the crash: every mark that moved since the cursor
+        // (journal replay included) is listed, with its current value.
+        if let Some((cur, before)) = cursor.take() {
+            let mut listed: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+            let mut at = cur;
+            loop {
+                let readmark::CatchUp::Changes(page) =
+                    store.changes_since(UserId(0), at, 5).unwrap()
+                else {
+                    panic!("run {runs}: snapshot required for a fresh cursor");
+                };
+                for s in page.states {
+                    listed.insert((s.conversation.0, s.reader.0), s.up_to.0);
+                }
+                at = page.next;
+                if !page.more {
+                    break;
+                }
+            }
+            for (&key, &now) in &floor {
+                if now > before.get(&key).copied().unwrap_or(0) {
+                    assert_eq!(
+                        listed.get(&key),
+                        Some(&now),
+                        "run {runs}: catch-up missed {key:?} moving to {now}"
+                    );
+                    caught_up += 1;
+                }
+            }
+        }
+        if store
+            .is_member(ConversationId(0), UserId(0))
+            .unwrap_or(false)
+        {
+            cursor = Some((store.snapshot(UserId(0)).unwrap().cursor, floor.clone()));
+        }
         store.close().unwrap();
     }
+    assert!(
+        caught_up > 0,
+        "catch-up was never checked: the harness is broken"
+    );
     assert!(runs >= 20, "only {runs} runs fit in the budget");
     assert!(
         checked_acks > 0,
         "no child acknowledged anything: the harness is broken"
     );
-    eprintln!("crash test: {runs} kills, {checked_acks} acknowledged keys verified");
+    eprintln!(
+        "crash test: {runs} kills, {checked_acks} acknowledged keys verified, {caught_up} moved marks found by catch-up across a crash"
+    );
 }
 
 const ENV_SEND_DIR: &str = "READMARK_CRASH_SEND_CHILD_DIR";
