@@ -280,6 +280,17 @@ mod api {
         floor: BTreeMap<(u64, u64), u64>,
         /// Every up_to written per key since its membership began.
         written: BTreeMap<(u64, u64), BTreeSet<u64>>,
+        /// Users with receipts private everywhere.
+        private_all: BTreeSet<u64>,
+        /// (conv, user) private in that conversation (ends with the
+        /// membership).
+        private_here: BTreeSet<(u64, u64)>,
+    }
+
+    impl Model {
+        fn private(&self, conv: u64, user: u64) -> bool {
+            self.private_all.contains(&user) || self.private_here.contains(&(conv, user))
+        }
     }
 
     fn join(m: &mut BTreeMap<(u64, u64), (u64, u64)>, k: (u64, u64), up: u64, at: u64) {
@@ -314,10 +325,11 @@ mod api {
 
     /// Target `api_ops`: the public API driven by an arbitrary operation
     /// sequence (membership, messages, deletes, marks at every durability,
-    /// single views, flushes, close/reopen, simulated crashes), checked after
-    /// every step against a model: marks, unread counts, typed errors, and
-    /// every message's readers (the rule of docs/design.md §5) and source
-    /// across threshold crossings (threshold 2).
+    /// single views, private receipts, flushes, close/reopen, simulated
+    /// crashes), checked after every step against a model: marks, unread
+    /// counts, typed errors, and every message's readers (the rule of
+    /// docs/design.md §5, private readers left out) and source across
+    /// threshold crossings (threshold 2).
     pub fn api_target(data: &[u8]) {
         let Ok(dir) = tempfile::tempdir() else { return };
         let mut store = Some(open(dir.path()));
@@ -337,7 +349,7 @@ mod api {
             let key = (conv, user);
             clock += 1;
             let (cid, uid) = (ConversationId(conv), UserId(user));
-            match kind % 11 {
+            match kind % 12 {
                 0 => {
                     let r = s.create_conversation(cid);
                     if m.convs.insert(conv) {
@@ -372,6 +384,7 @@ mod api {
                         m.floor.remove(&key);
                         m.written.remove(&key);
                         m.views.retain(|v| (v.0, v.1) != key);
+                        m.private_here.remove(&key);
                         if members_of(&m, conv) <= 2 {
                             m.large.remove(&conv);
                         }
@@ -460,7 +473,8 @@ mod api {
                     let recordable = !m.large.contains(&conv)
                         && m.tracked.contains(&(conv, id))
                         && sender != user
-                        && joined_after.is_none_or(|j| id > j);
+                        && joined_after.is_none_or(|j| id > j)
+                        && !m.private(conv, user);
                     assert_eq!(
                         r.expect("mark_viewed"),
                         recordable,
@@ -468,6 +482,37 @@ mod api {
                     );
                     if recordable {
                         m.views.insert((conv, user, id));
+                    }
+                }
+                11 => {
+                    let private = c & 2 == 0;
+                    if c & 1 == 0 {
+                        s.set_receipts_private(uid, crate::PrivacyScope::Everywhere, private)
+                            .expect("private everywhere");
+                        if private {
+                            m.private_all.insert(user);
+                        } else {
+                            m.private_all.remove(&user);
+                        }
+                    } else {
+                        let r = s.set_receipts_private(
+                            uid,
+                            crate::PrivacyScope::Conversation(cid),
+                            private,
+                        );
+                        if !m.members.contains_key(&key) {
+                            assert!(matches!(
+                                r,
+                                Err(Error::NotMember { .. } | Error::UnknownConversation(_))
+                            ));
+                        } else {
+                            r.expect("private here");
+                            if private {
+                                m.private_here.insert(key);
+                            } else {
+                                m.private_here.remove(&key);
+                            }
+                        }
                     }
                 }
                 8 => {
@@ -563,6 +608,7 @@ mod api {
                     .filter(|(k, ja)| {
                         k.0 == conv
                             && k.1 != sender
+                            && (k.1 == viewer || !m.private(conv, k.1))
                             && ja.is_none_or(|j| id > j)
                             && (m.marks.get(k).is_some_and(|x| x.0 >= id)
                                 || m.views.contains(&(conv, k.1, id)))
