@@ -11,6 +11,13 @@
 //!   same atomic batch.
 //! - **Exact unread counts** from message ordinals, across deletes, late
 //!   joins and the "marked unread" flag, without visiting unread messages.
+//! - **Per-message receipts** for small groups (a bitset per message), marks
+//!   only for larger conversations.
+//! - **Real-time receipt events** ([`Store::subscribe`]), coalesced per
+//!   (conversation, reader) and bounded, with recipients by conversation
+//!   size; **private receipts** ([`Store::set_receipts_private`]); receipt
+//!   queries that take the viewer; **catch-up** after reconnect
+//!   ([`Store::changes_since`], [`Store::snapshot`]).
 //!
 //! The design, with every on-disk format as a byte diagram, is in
 //! `docs/design.md`.
