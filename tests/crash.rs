@@ -32,6 +32,9 @@ fn config() -> Config {
         .flush_after_updates(40)
 }
 
+/// (conversation, user) -> up_to.
+type Marks = BTreeMap<(u64, u64), u64>;
+
 fn xorshift(x: &mut u64) -> u64 {
     *x ^= *x << 13;
     *x ^= *x >> 7;
@@ -136,7 +139,7 @@ fn kill_9_at_random_points() {
     let mut checked_acks = 0u64;
     // User 0's catch-up cursor taken after the previous verification, with
     // the marks it saw then.
-    let mut cursor: Option<(readmark::Cursor, BTreeMap<(u64, u64), u64>)> = None;
+    let mut cursor: Option<(readmark::Cursor, Marks)> = None;
     let mut caught_up = 0u64;
     while runs < RUNS && started.elapsed() < BUDGET {
         runs += 1;
@@ -197,22 +200,11 @@ fn kill_9_at_random_points() {
         // Catch-up across the crash: every mark that moved since the cursor
         // (journal replay included) is listed, with its current value.
         if let Some((cur, before)) = cursor.take() {
-            let mut listed: BTreeMap<(u64, u64), u64> = BTreeMap::new();
-            let mut at = cur;
-            loop {
-                let readmark::CatchUp::Changes(page) =
-                    store.changes_since(UserId(0), at, 5).unwrap()
-                else {
-                    panic!("run {runs}: snapshot required for a fresh cursor");
-                };
-                for s in page.states {
-                    listed.insert((s.conversation.0, s.reader.0), s.up_to.0);
-                }
-                at = page.next;
-                if !page.more {
-                    break;
-                }
-            }
+            let (states, _) = common::catch_up(&store, UserId(0), cur, 5);
+            let listed: BTreeMap<(u64, u64), u64> = states
+                .iter()
+                .map(|s| ((s.conversation.0, s.reader.0), s.up_to.0))
+                .collect();
             for (&key, &now) in &floor {
                 if now > before.get(&key).copied().unwrap_or(0) {
                     assert_eq!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use readmark::{
     CatchUp, Config, ConversationId, Cursor, Error, Event, MessageId, Page, PrivacyScope,
-    ReadState, ReceiptEvent, Recipients, Store, Timestamp, UserId,
+    ReceiptEvent, Recipients, Store, Timestamp, UserId,
 };
 
 const C: ConversationId = ConversationId(1);
@@ -47,28 +47,6 @@ fn receipts(events: Vec<Event>) -> Vec<ReceiptEvent> {
 
 fn ids(users: &[UserId]) -> Vec<u64> {
     users.iter().map(|u| u.0).collect()
-}
-
-fn all_changes(
-    s: &Store,
-    user: UserId,
-    mut cursor: Cursor,
-    limit: usize,
-) -> (Vec<ReadState>, Cursor) {
-    let mut out = Vec::new();
-    loop {
-        match s.changes_since(user, cursor, limit).unwrap() {
-            CatchUp::Changes(page) => {
-                assert!(page.states.len() <= limit);
-                out.extend(page.states);
-                cursor = page.next;
-                if !page.more {
-                    return (out, cursor);
-                }
-            }
-            CatchUp::SnapshotRequired => panic!("cursor unexpectedly too old"),
-        }
-    }
 }
 
 #[test]
@@ -147,7 +125,7 @@ fn a_full_buffer_reports_lag_keeps_newest_state_and_catch_up_recovers_the_rest()
         vec![(2, 5, 3), (3, 6, 3)]
     );
     s.flush().unwrap();
-    let (states, _) = all_changes(&s, UserId(1), cursor, 2);
+    let (states, _) = common::catch_up(&s, UserId(1), cursor, 2);
     let mut got: Vec<(u64, u64)> = states.iter().map(|r| (r.reader.0, r.up_to.0)).collect();
     got.sort_unstable();
     assert_eq!(got, vec![(2, 5), (3, 6), (4, 7), (5, 8), (6, 9)]);
@@ -380,7 +358,7 @@ fn catch_up_is_paginated_latest_state_and_survives_restart() {
     }
     let s = open(dir.path(), Config::new());
     let cursor: Cursor = text.parse().unwrap();
-    let (states, next) = all_changes(&s, UserId(1), cursor, 1);
+    let (states, next) = common::catch_up(&s, UserId(1), cursor, 1);
     let mut got: Vec<(u64, u64)> = states.iter().map(|r| (r.reader.0, r.up_to.0)).collect();
     got.sort_unstable();
     got.dedup();
@@ -388,7 +366,7 @@ fn catch_up_is_paginated_latest_state_and_survives_restart() {
     assert_eq!(got, vec![(2, 30), (3, 30), (4, 30)]);
     assert!(states.len() <= 9, "{} states for 3 readers", states.len());
     // Nothing new: an empty page, and the cursor is stable.
-    let (again, _) = all_changes(&s, UserId(1), next, 5);
+    let (again, _) = common::catch_up(&s, UserId(1), next, 5);
     assert!(again.is_empty());
     assert!(matches!("00".parse::<Cursor>(), Err(Error::InvalidCursor)));
 }
@@ -440,7 +418,7 @@ fn catch_up_lists_marks_that_became_visible_without_moving() {
     // A newcomer's catch-up from before they joined lists what is there.
     let before = s.snapshot(UserId(4)).unwrap().cursor;
     s.add_member(C, UserId(4), Timestamp(9)).unwrap();
-    let (states, next) = all_changes(&s, UserId(4), before, 10);
+    let (states, next) = common::catch_up(&s, UserId(4), before, 10);
     assert_eq!(
         states
             .iter()
@@ -452,7 +430,7 @@ fn catch_up_lists_marks_that_became_visible_without_moving() {
     // Going public lists the unchanged mark to the others.
     s.set_receipts_private(UserId(3), PrivacyScope::Everywhere, false)
         .unwrap();
-    let (states, _) = all_changes(&s, UserId(4), next, 10);
+    let (states, _) = common::catch_up(&s, UserId(4), next, 10);
     assert_eq!(
         states
             .iter()
@@ -491,7 +469,7 @@ fn a_version_2_store_is_upgraded_in_place() {
     s.mark_read(C, UserId(2), MessageId(3), Timestamp(6))
         .unwrap();
     s.flush().unwrap();
-    let (states, _) = all_changes(&s, UserId(1), cursor, 10);
+    let (states, _) = common::catch_up(&s, UserId(1), cursor, 10);
     assert!(states
         .iter()
         .any(|r| (r.reader, r.up_to) == (UserId(2), MessageId(3))));

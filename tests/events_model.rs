@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use readmark::{
-    CatchUp, Config, ConversationId, Cursor, Error, Event, MessageId, PrivacyScope, ReadState,
-    Store, Timestamp, UserId,
+    Config, ConversationId, Cursor, Error, Event, MessageId, PrivacyScope, ReadState, Store,
+    Timestamp, UserId,
 };
 
 const CONVS: u64 = 2;
@@ -229,28 +229,6 @@ fn check_queries(store: &Store, model: &Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn catch_up(
-    store: &Store,
-    user: u64,
-    mut cursor: Cursor,
-    limit: usize,
-) -> (Vec<ReadState>, Cursor) {
-    let mut out = Vec::new();
-    loop {
-        match store.changes_since(UserId(user), cursor, limit).unwrap() {
-            CatchUp::Changes(page) => {
-                assert!(page.states.len() <= limit);
-                out.extend(page.states);
-                cursor = page.next;
-                if !page.more {
-                    return (out, cursor);
-                }
-            }
-            CatchUp::SnapshotRequired => panic!("a fresh cursor needs a snapshot"),
-        }
-    }
-}
-
 /// Runs `ops` on one open store; returns at a `Reopen` with the rest.
 fn run_epoch<'o>(
     store: &Store,
@@ -369,7 +347,7 @@ fn run_epoch<'o>(
                 let (user, cursor, mut seen) = model.cursors[i % model.cursors.len()].clone();
                 // Changes reach the log when marks are flushed.
                 store.flush().unwrap();
-                let (states, next) = catch_up(store, user, cursor, limit);
+                let (states, next) = common::catch_up(store, UserId(user), cursor, limit);
                 let now = model.visible(user);
                 for s in &states {
                     let key = (s.conversation.0, s.reader.0);

@@ -187,11 +187,7 @@ pub(crate) fn run(args: &BenchArgs) -> readmark::Result<()> {
         rows_update_secs: rows_secs.as_secs_f64(),
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| readmark::Error::Io(e.into()))?
-        );
-        return Ok(());
+        return super::print_json(&report);
     }
     let r = &report;
     println!(

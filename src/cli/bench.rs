@@ -214,11 +214,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), readmark::Error> {
     }
     bar.finish_and_clear();
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reports).map_err(|e| readmark::Error::Io(e.into()))?
-        );
-        return Ok(());
+        return super::print_json(&reports);
     }
     println!(
         "mark_read by durability level: {} updates x {} runs per level, {} threads, bursts of {} updates per key then flush_key (leave)",

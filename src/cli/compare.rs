@@ -782,11 +782,7 @@ pub(crate) fn run(args: &BenchArgs) -> readmark::Result<()> {
         std::fs::write(path, super::plot::svg(&rows_for_plot(&rows)))?;
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| readmark::Error::Io(e.into()))?
-        );
-        return Ok(());
+        return super::print_json(&rows);
     }
     print_table(args, &rows);
     Ok(())

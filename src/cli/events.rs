@@ -109,11 +109,7 @@ pub(crate) fn run(args: &EventsArgs) -> readmark::Result<()> {
         reports.push(run_once(args, w)?);
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reports).map_err(|e| readmark::Error::Io(e.into()))?
-        );
-        return Ok(());
+        return super::print_json(&reports);
     }
     println!(
         "readmark events: {} users, seed {}, {} s per run, {} steps/s, scroll every {} ms",

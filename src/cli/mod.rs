@@ -100,6 +100,14 @@ pub(crate) struct EventsArgs {
     pub(crate) quiet: bool,
 }
 
+/// Prints `value` as pretty JSON on stdout (the `--json` of every
+/// measuring command).
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> readmark::Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| readmark::Error::Io(e.into()))?;
+    println!("{text}");
+    Ok(())
+}
+
 /// Options of `readmark receipts`.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ReceiptsArgs {

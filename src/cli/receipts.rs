@@ -64,11 +64,7 @@ pub(crate) fn run(args: &ReceiptsArgs) -> readmark::Result<()> {
     }
     bar.finish_and_clear();
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reports).unwrap_or_default()
-        );
-        return Ok(());
+        return super::print_json(&reports);
     }
     let flush = match args.flush_every {
         0 => "each visit flushed on leave".to_string(),

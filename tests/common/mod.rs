@@ -48,3 +48,28 @@ pub fn copy_dir(from: &Path, to: &Path) {
 pub fn a_member(s: &Store, c: readmark::ConversationId) -> readmark::UserId {
     s.members(c, None, 1).unwrap()[0]
 }
+
+/// Follows `changes_since` from `cursor` to the end of the walk with pages
+/// of `limit` (each checked to respect it): every state listed and the
+/// cursor to keep. Panics on `SnapshotRequired`: callers pass fresh cursors.
+pub fn catch_up(
+    s: &Store,
+    user: readmark::UserId,
+    mut cursor: readmark::Cursor,
+    limit: usize,
+) -> (Vec<readmark::ReadState>, readmark::Cursor) {
+    let mut out = Vec::new();
+    loop {
+        match s.changes_since(user, cursor, limit).unwrap() {
+            readmark::CatchUp::Changes(page) => {
+                assert!(page.states.len() <= limit);
+                out.extend(page.states);
+                cursor = page.next;
+                if !page.more {
+                    return (out, cursor);
+                }
+            }
+            readmark::CatchUp::SnapshotRequired => panic!("a fresh cursor needs a snapshot"),
+        }
+    }
+}
