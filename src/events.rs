@@ -131,6 +131,11 @@ impl Coalescer {
         self.pending.remove(&key).map(|p| (key, p))
     }
 
+    /// Counts `n` updates as dropped (popped, then not delivered).
+    pub(crate) fn add_dropped(&mut self, n: u64) {
+        self.dropped = self.dropped.saturating_add(n);
+    }
+
     /// Updates dropped since the last call.
     pub(crate) fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.dropped)

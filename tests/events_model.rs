@@ -93,6 +93,13 @@ struct Model {
     pending: BTreeMap<(u64, u64), Option<u64>>,
     /// Saved catch-up points: user, cursor, what the user saw then.
     cursors: Vec<(u64, Cursor, Seen)>,
+    /// (conversation, reader) that went private since the last drain.
+    pending_hidden: Vec<(u64, u64)>,
+    /// (conversation, reader) -> times they left or went private there:
+    /// catch-up may say "forget" only for a pair whose count moved.
+    hides: BTreeMap<(u64, u64), u64>,
+    /// `hides` as each saved cursor was taken (same order as `cursors`).
+    cursor_hides: Vec<BTreeMap<(u64, u64), u64>>,
 }
 
 impl Model {
@@ -166,9 +173,20 @@ fn states_map(states: &[ReadState]) -> BTreeMap<(u64, u64), u64> {
 
 fn check_drain(events: Vec<Event>, model: &mut Model) -> Result<(), TestCaseError> {
     let mut got: BTreeMap<(u64, u64), (u64, Vec<u64>)> = BTreeMap::new();
+    let mut got_hidden = Vec::new();
     for e in events {
-        let Event::Receipt(e) = e else {
-            return Err(TestCaseError::fail(format!("unexpected {e:?}")));
+        let e = match e {
+            Event::Receipt(e) => e,
+            Event::Hidden {
+                conversation,
+                reader,
+                recipients,
+            } => {
+                let r: Vec<u64> = recipients.iter().map(|u| u.0).collect();
+                got_hidden.push((conversation.0, reader.0, r));
+                continue;
+            }
+            e => return Err(TestCaseError::fail(format!("unexpected {e:?}"))),
         };
         let key = (e.conversation.0, e.reader.0);
         let recipients = e.recipients.iter().map(|u| u.0).collect();
@@ -186,6 +204,22 @@ fn check_drain(events: Vec<Event>, model: &mut Model) -> Result<(), TestCaseErro
     }
     model.pending.clear();
     prop_assert_eq!(got, want);
+    // "Forget this reader" notices: to the other current members of a
+    // small conversation, if the reader is still a private member.
+    let mut want_hidden = Vec::new();
+    for (c, r) in std::mem::take(&mut model.pending_hidden) {
+        if model.is_member(c, r) && model.private(c, r) && model.small(c) {
+            let others = model
+                .members_of(c)
+                .into_iter()
+                .filter(|&m| m != r)
+                .collect();
+            want_hidden.push((c, r, others));
+        }
+    }
+    got_hidden.sort();
+    want_hidden.sort();
+    prop_assert_eq!(got_hidden, want_hidden);
     Ok(())
 }
 
@@ -256,6 +290,7 @@ fn run_epoch<'o>(
                     model.members.remove(&(c, u));
                     model.marks.remove(&(c, u));
                     model.private_here.remove(&(c, u));
+                    *model.hides.entry((c, u)).or_default() += 1;
                 } else {
                     prop_assert!(matches!(r, Err(Error::NotMember { .. })), "{:?}", r);
                 }
@@ -307,6 +342,10 @@ fn run_epoch<'o>(
                     None => PrivacyScope::Everywhere,
                 };
                 let r = store.set_receipts_private(UserId(u), scope_arg, private);
+                let was: Vec<(u64, bool)> = (0..CONVS)
+                    .filter(|&c| model.is_member(c, u))
+                    .map(|c| (c, model.private(c, u)))
+                    .collect();
                 match scope {
                     Some(c) if !model.is_member(c, u) => {
                         prop_assert!(matches!(r, Err(Error::NotMember { .. })), "{:?}", r);
@@ -328,6 +367,12 @@ fn run_epoch<'o>(
                         }
                     }
                 }
+                for (c, before) in was {
+                    if !before && model.private(c, u) {
+                        model.pending_hidden.push((c, u));
+                        *model.hides.entry((c, u)).or_default() += 1;
+                    }
+                }
             }
             Op::Drain => {
                 check_drain(sub.drain().unwrap(), model)?;
@@ -339,16 +384,33 @@ fn run_epoch<'o>(
                 let seen = states_map(&snap.states);
                 prop_assert_eq!(&seen, &model.visible(u), "snapshot of {}", u);
                 model.cursors.push((u, snap.cursor, seen));
+                model.cursor_hides.push(model.hides.clone());
             }
             Op::CatchUp(i, limit) => {
                 if model.cursors.is_empty() {
                     continue;
                 }
-                let (user, cursor, mut seen) = model.cursors[i % model.cursors.len()].clone();
+                let i = i % model.cursors.len();
+                let (user, cursor, mut seen) = model.cursors[i].clone();
+                let hides_then = model.cursor_hides[i].clone();
                 // Changes reach the log when marks are flushed.
                 store.flush().unwrap();
-                let (states, next) = common::catch_up(store, UserId(user), cursor, limit);
+                let (states, hidden, next) =
+                    common::catch_up_with_hidden(store, UserId(user), cursor, limit);
                 let now = model.visible(user);
+                for (c, r) in &hidden {
+                    let key = (c.0, r.0);
+                    prop_assert!(!now.contains_key(&key), "{:?} hidden but visible", key);
+                    // Nothing else may say "forget": a private reader's
+                    // reads must not even show as activity.
+                    prop_assert_ne!(
+                        model.hides.get(&key),
+                        hides_then.get(&key),
+                        "{:?} hidden though it neither left nor went private",
+                        key
+                    );
+                    seen.remove(&key);
+                }
                 for s in &states {
                     let key = (s.conversation.0, s.reader.0);
                     prop_assert_eq!(
@@ -369,10 +431,17 @@ fn run_epoch<'o>(
                         user
                     );
                 }
-                seen.retain(|k, _| now.contains_key(k));
+                // What the client shows: its old view with the changes
+                // applied and the hidden pairs removed, less what it drops
+                // itself (conversations it left, other members' receipts
+                // where the size rule shows none) equals what it may see.
+                seen.retain(|&(c, r), _| model.is_member(c, user) && (r == user || model.small(c)));
+                prop_assert_eq!(&seen, &now, "client view of {} after catch-up", user);
                 model.cursors.push((user, next, seen));
+                model.cursor_hides.push(model.hides.clone());
                 if model.cursors.len() > 8 {
                     model.cursors.remove(0);
+                    model.cursor_hides.remove(0);
                 }
             }
             Op::Reopen => break,

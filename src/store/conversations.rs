@@ -130,19 +130,19 @@ impl Store {
             keys::id_key(conversation.0),
             conv.encode(),
         );
-        // The joiner's catch-up must list the marks already there.
-        let restamp = if self.shows_others(&conv) {
-            self.visible_marks(&view, conversation)?
-        } else {
-            Vec::new()
-        };
+        let shows_others = self.shows_others(&conv);
         drop(view); // a view holds the read gate, which discard takes
                     // Before the batch: until it lands the user is not a member, so
                     // anything buffered for the key predates this membership (an update
                     // that passed its check before an earlier leave). After it, a
                     // buffered entry could be a new member's acknowledged update.
         self.writer.discard(conversation.0, user.0);
-        self.write_structural_with(batch, &restamp)
+        if shows_others {
+            // The joiner's catch-up must list the marks already there.
+            self.write_structural_with(batch, |v| self.visible_marks(v, conversation))
+        } else {
+            self.write_structural(batch)
+        }
     }
 
     /// Removes `user` from `conversation`, with their read mark: a member
@@ -195,16 +195,21 @@ impl Store {
             keys::id_key(conversation.0),
             conv.encode(),
         );
-        // Shrunk into "everyone sees everyone": the marks there are news.
-        let restamp = if !showed_others && self.shows_others(&conv) {
-            let mut r = self.visible_marks(&view, conversation)?;
-            r.retain(|&(_, u)| u != user.0);
-            r
-        } else {
-            Vec::new()
-        };
+        let shrunk_into_members = !showed_others && self.shows_others(&conv);
         drop(view); // a view holds the read gate, which discard takes
-        self.write_structural_with(batch, &restamp)?;
+                    // The leaver's entry tells the others' catch-up to forget their
+                    // mark; after a shrink into "everyone sees everyone", the marks
+                    // there are news too (the view still has the leaver: left out).
+        self.write_structural_with(batch, |v| {
+            let mut rows = if shrunk_into_members {
+                self.visible_marks(v, conversation)?
+            } else {
+                Vec::new()
+            };
+            rows.retain(|&(_, u)| u != user.0);
+            rows.push((conversation.0, user.0));
+            Ok(rows)
+        })?;
         // An update that passed its membership check before this change
         // may have been buffered after the flush above: it predates the
         // change, and a buffered key skips the check, so drop it.

@@ -32,10 +32,14 @@ use crate::events::{ChangeRecord, Coalescer, Cursor, Pending, Pushed};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
 use crate::keys;
 use crate::mark::MarkState;
-use crate::records::{ConversationRecord, MessageRecord};
+use crate::records::{ConversationRecord, MemberRecord, MessageRecord};
 
-/// Key of the change-log sequence counter in `meta`.
+/// Key of the change-log sequence reservation in `meta`: every sequence
+/// number ever handed out is below the stored value.
 pub(crate) const CHANGE_SEQ_KEY: &[u8] = b"change_seq";
+
+/// Sequence numbers reserved per synced write of [`CHANGE_SEQ_KEY`].
+pub(crate) const CHANGE_SEQ_BLOCK: u64 = 1 << 20;
 
 /// At most this many newly covered messages are read to find their authors
 /// ([`Recipients::Authors`]): a reader catching up on a long history costs
@@ -86,12 +90,31 @@ pub enum Event {
         /// Advances not queued since the last `Lagged`.
         dropped: u64,
     },
+    /// `reader` made their receipts private in `conversation`: the
+    /// `recipients` (the other current members, in conversations whose
+    /// policy sends receipts to every member) should drop what they were
+    /// shown of the reader's reads. Delivered at once, not coalesced.
+    Hidden {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Whose receipts to forget.
+        reader: UserId,
+        /// Who to tell.
+        recipients: Vec<UserId>,
+    },
 }
 
 /// One subscriber's queue.
 pub(crate) struct Queue {
-    inner: Mutex<Coalescer>,
+    inner: Mutex<QueueState>,
     ready: Condvar,
+}
+
+struct QueueState {
+    receipts: Coalescer,
+    /// (conversation, reader) pairs to hide, delivered before receipts.
+    /// Bounded like the receipts; past it, counted as dropped.
+    hidden: std::collections::VecDeque<(u64, u64)>,
 }
 
 /// The subscriptions of a store.
@@ -118,6 +141,21 @@ impl Hub {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// Queues a "forget this reader's receipts" notice in every
+    /// subscription.
+    pub(crate) fn publish_hidden(&self, conversation: u64, reader: u64) {
+        for q in self.queues.read().iter() {
+            let mut s = q.inner.lock();
+            if s.hidden.len() >= self.capacity {
+                s.receipts.add_dropped(1);
+            } else {
+                s.hidden.push_back((conversation, reader));
+            }
+            drop(s);
+            q.ready.notify_all();
+        }
+    }
+
     pub(crate) fn has_subscribers(&self) -> bool {
         self.count.load(Ordering::Acquire) > 0
     }
@@ -137,6 +175,7 @@ impl Hub {
             let pushed = q
                 .inner
                 .lock()
+                .receipts
                 .push((conversation, reader), up_to, at, from, now);
             // A joined advance changes no deadline: nobody to wake.
             if pushed != Pushed::Coalesced {
@@ -192,29 +231,39 @@ impl Subscription<'_> {
         let hub = &self.store.events;
         let deadline = Instant::now() + timeout;
         loop {
-            let (key, pending) = {
+            let item = {
                 let mut q = self.queue.inner.lock();
                 loop {
-                    let dropped = q.take_dropped();
+                    let dropped = q.receipts.take_dropped();
                     if dropped > 0 {
                         return Ok(Some(Event::Lagged { dropped }));
                     }
-                    if let Some(due) = q.pop_due(hub.now_ns()) {
-                        break due;
+                    if let Some(h) = q.hidden.pop_front() {
+                        break Item::Hidden(h);
+                    }
+                    if let Some(due) = q.receipts.pop_due(hub.now_ns()) {
+                        break Item::Receipt(due);
                     }
                     let now = Instant::now();
                     if now >= deadline {
                         return Ok(None);
                     }
-                    let wake = match q.next_due() {
+                    let wake = match q.receipts.next_due() {
                         Some(due) => deadline.min(hub.epoch + Duration::from_nanos(due)),
                         None => deadline,
                     };
                     self.queue.ready.wait_until(&mut q, wake);
                 }
             };
-            if let Some(event) = self.store.resolve(key, pending)? {
-                return Ok(Some(Event::Receipt(event)));
+            match self.resolve_item(item) {
+                Ok(Some(event)) => return Ok(Some(event)),
+                Ok(None) => {}
+                Err(e) => {
+                    // Popped and not delivered: the subscriber hears of it
+                    // as lag, and catches up.
+                    self.queue.inner.lock().receipts.add_dropped(1);
+                    return Err(e);
+                }
             }
         }
     }
@@ -241,19 +290,27 @@ impl Subscription<'_> {
     pub fn drain(&self) -> Result<Vec<Event>> {
         let (dropped, held) = {
             let mut q = self.queue.inner.lock();
-            let mut held = Vec::with_capacity(q.len());
-            while let Some(e) = q.pop_front() {
-                held.push(e);
+            let mut held: Vec<Item> = q.hidden.drain(..).map(Item::Hidden).collect();
+            while let Some(e) = q.receipts.pop_front() {
+                held.push(Item::Receipt(e));
             }
-            (q.take_dropped(), held)
+            (q.receipts.take_dropped(), held)
         };
         let mut out = Vec::with_capacity(held.len() + 1);
         if dropped > 0 {
             out.push(Event::Lagged { dropped });
         }
-        for (key, pending) in held {
-            if let Some(e) = self.store.resolve(key, pending)? {
-                out.push(Event::Receipt(e));
+        let total = held.len();
+        for (i, item) in held.into_iter().enumerate() {
+            match self.resolve_item(item) {
+                Ok(Some(e)) => out.push(e),
+                Ok(None) => {}
+                Err(e) => {
+                    // The rest were popped: report them as lag next time.
+                    let rest = u64::try_from(total - i).unwrap_or(u64::MAX);
+                    self.queue.inner.lock().receipts.add_dropped(rest);
+                    return Err(e);
+                }
             }
         }
         Ok(out)
@@ -262,8 +319,24 @@ impl Subscription<'_> {
     /// (conversation, reader) pairs held, not yet delivered.
     #[must_use]
     pub fn pending(&self) -> usize {
-        self.queue.inner.lock().len()
+        let q = self.queue.inner.lock();
+        q.receipts.len() + q.hidden.len()
     }
+
+    fn resolve_item(&self, item: Item) -> Result<Option<Event>> {
+        match item {
+            Item::Receipt((key, pending)) => {
+                Ok(self.store.resolve(key, pending)?.map(Event::Receipt))
+            }
+            Item::Hidden((c, r)) => self.store.resolve_hidden(c, r),
+        }
+    }
+}
+
+/// What a queue hands to delivery.
+enum Item {
+    Receipt(((u64, u64), Pending)),
+    Hidden((u64, u64)),
 }
 
 impl Drop for Subscription<'_> {
@@ -296,6 +369,9 @@ pub struct Changes {
     /// The latest state of every pair that changed, as it is now (a pair
     /// may appear in two pages if it changed again in between).
     pub states: Vec<ReadState>,
+    /// (conversation, reader) pairs the user may no longer see (the reader
+    /// left, or made their receipts private): forget what was shown.
+    pub hidden: Vec<(ConversationId, UserId)>,
     /// Where to continue: the next page if `more`, else the cursor to keep
     /// for the next catch-up.
     pub next: Cursor,
@@ -334,10 +410,13 @@ pub(crate) struct ChangeLog {
 }
 
 /// Sequence numbers are assigned (stamped with a non-decreasing time) when
-/// a batch is built and become *written* when it lands. Cursors pin only
-/// written ones: a batch that fails poisons the store, and its numbers are
-/// assigned again after reopening, so a cursor past them would skip the
-/// new changes that reuse them.
+/// a batch is built and become *written* when it lands; cursors pin only
+/// written ones, so a walk never passes a change that has yet to land.
+/// Numbers come from a block reserved durably in `meta` before any is used
+/// (`reserved`), and every open starts above the stored reservation: a
+/// batch lost to a power loss (single-key flushes are not synced) or never
+/// written (a failed write) leaves a gap, never a number handed out twice,
+/// so no cursor pinned before a crash can skip a change made after it.
 #[derive(Default)]
 struct LogState {
     assigned: u64,
@@ -346,6 +425,17 @@ struct LogState {
     /// The stamp of the batch that wrote `written`: every change after it
     /// is stamped no earlier.
     written_stamp: u64,
+    reserved: u64,
+}
+
+fn reserve(db: &DB, upto: u64) -> Result<()> {
+    let meta = db
+        .cf_handle(Cf::Meta.name())
+        .ok_or(Error::InvalidArgument("no meta column family"))?;
+    let mut o = rocksdb::WriteOptions::default();
+    o.set_sync(true);
+    db.put_cf_opt(meta, CHANGE_SEQ_KEY, upto.to_be_bytes(), &o)?;
+    Ok(())
 }
 
 impl ChangeLog {
@@ -364,11 +454,16 @@ impl ChangeLog {
             }
             None => 0,
         };
+        let reserved = seq.saturating_add(CHANGE_SEQ_BLOCK);
+        reserve(db, reserved)?;
+        let now = clock.now();
         Ok(Self {
             state: Mutex::new(LogState {
                 assigned: seq,
                 written: seq,
-                ..LogState::default()
+                stamp: now,
+                written_stamp: now,
+                reserved,
             }),
             clock,
         })
@@ -392,53 +487,66 @@ impl ChangeLog {
         s.written_stamp = s.stamp;
     }
 
-    /// Adds one change per flushed advance to `batch`, in both logs, and
-    /// the new sequence to `meta`. Called with the flush lock held (or at
-    /// open): batches that carry changes are written in sequence order, so
-    /// the stored sequence never goes back.
+    /// Adds one change per flushed advance to `batch`, in both logs. Called
+    /// with the flush lock held (or at open), so batches carrying changes
+    /// are written in sequence order.
     pub(crate) fn append(
         &self,
         db: &DB,
         entries: &[((u64, u64), MarkState)],
         batch: &mut WriteBatch,
     ) -> Result<()> {
-        let rows = entries
-            .iter()
-            .filter(|(_, s)| s.mark.is_some())
-            .map(|&((c, u), _)| (c, u, true));
-        self.append_rows(db, rows, batch)
+        let members = db
+            .cf_handle(Cf::Members.name())
+            .ok_or(Error::InvalidArgument("column family missing"))?;
+        let mut rows = Vec::with_capacity(entries.len());
+        for &((c, u), state) in entries {
+            if state.mark.is_none() {
+                continue;
+            }
+            // A private reader's advances are nobody else's business, not
+            // even that they happened: only their own log gets them.
+            let private = db
+                .get_pinned_cf(members, keys::pair_key(c, u))?
+                .and_then(|v| MemberRecord::decode(&v))
+                .is_some_and(|m| m.is_private());
+            rows.push((c, u, !private, true));
+        }
+        self.append_rows(db, rows.into_iter(), batch)
     }
 
-    /// Adds `(conversation, reader, also_by_reader)` changes to `batch`.
-    /// Without `also_by_reader` the change is listed only to the other
-    /// members: a mark that became visible to them without moving.
+    /// Adds `(conversation, reader, by_conversation, by_reader)` changes to
+    /// `batch`: in the conversation's log (listed to the other members), in
+    /// the reader's (listed to their own devices), or both.
     pub(crate) fn append_rows(
         &self,
         db: &DB,
-        rows: impl Iterator<Item = (u64, u64, bool)>,
+        rows: impl Iterator<Item = (u64, u64, bool, bool)>,
         batch: &mut WriteBatch,
     ) -> Result<()> {
         let handle = |cf: Cf| {
             db.cf_handle(cf.name())
                 .ok_or(Error::InvalidArgument("column family missing"))
         };
-        let (by_conv, by_user, meta) = (
-            handle(Cf::Changes)?,
-            handle(Cf::UserChanges)?,
-            handle(Cf::Meta)?,
-        );
+        let (conv_log, user_log) = (handle(Cf::Changes)?, handle(Cf::UserChanges)?);
         let mut s = self.state.lock();
         s.stamp = s.stamp.max(self.clock.now());
-        for (c, u, by_reader) in rows {
+        for (c, u, by_conv, by_reader) in rows {
+            if s.assigned >= s.reserved {
+                let next = s.reserved.saturating_add(CHANGE_SEQ_BLOCK);
+                reserve(db, next)?;
+                s.reserved = next;
+            }
             s.assigned += 1;
             let written_at = s.stamp;
             let rec = |id| ChangeRecord { id, written_at }.encode();
-            batch.put_cf(by_conv, keys::pair_key(c, s.assigned), rec(u));
+            if by_conv {
+                batch.put_cf(conv_log, keys::pair_key(c, s.assigned), rec(u));
+            }
             if by_reader {
-                batch.put_cf(by_user, keys::pair_key(u, s.assigned), rec(c));
+                batch.put_cf(user_log, keys::pair_key(u, s.assigned), rec(c));
             }
         }
-        batch.put_cf(meta, CHANGE_SEQ_KEY, s.assigned.to_be_bytes());
         Ok(())
     }
 }
@@ -475,7 +583,10 @@ impl Store {
     /// ```
     pub fn subscribe(&self) -> Subscription<'_> {
         let queue = Arc::new(Queue {
-            inner: Mutex::new(Coalescer::new(self.events.window_ns, self.events.capacity)),
+            inner: Mutex::new(QueueState {
+                receipts: Coalescer::new(self.events.window_ns, self.events.capacity),
+                hidden: std::collections::VecDeque::new(),
+            }),
             ready: Condvar::new(),
         });
         let mut queues = self.events.queues.write();
@@ -491,6 +602,37 @@ impl Store {
         } else {
             self.config.large_group_recipients
         }
+    }
+
+    /// The members to tell to forget `reader`'s receipts, if the
+    /// conversation shows receipts to every member and the reader is still
+    /// hidden (they may have gone public again since).
+    fn resolve_hidden(&self, c: u64, r: u64) -> Result<Option<Event>> {
+        let (conversation, reader) = (ConversationId(c), UserId(r));
+        let view = self.snapshot_view();
+        let conv = match view.conversation_record(conversation) {
+            Ok(rec) => rec,
+            Err(Error::UnknownConversation(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let still_hidden = view
+            .member_record(conversation, reader)?
+            .is_some_and(|m| m.is_private());
+        if !still_hidden || !self.shows_others(&conv) {
+            return Ok(None);
+        }
+        let mut recipients = Vec::new();
+        view.for_each_member(conversation, |user, _, _| {
+            if user != reader {
+                recipients.push(user);
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(Some(Event::Hidden {
+            conversation,
+            reader,
+            recipients,
+        }))
     }
 
     /// Turns a due queue entry into an event, from the store as it is now.
@@ -622,26 +764,28 @@ impl Store {
         if limit == 0 {
             return Err(Error::InvalidArgument("page limit must be at least 1"));
         }
-        let (seq_now, now) = self.writer.changes.pin();
+        let (seq_now, pinned_at) = self.writer.changes.pin();
         let retention = self.config.change_retention_ms();
         // Every change after `since` was stamped at or after `since_at`; the
-        // retention filter removes only changes older than `retention`.
+        // retention filter removes changes stamped `retention` before its
+        // clock, which is this one.
+        let now = self.clock.now();
         if cursor.since > seq_now
             || cursor.high > seq_now
-            || cursor.since_at > now
-            || now - cursor.since_at >= retention
+            || cursor.since_at > now.max(pinned_at)
+            || now.saturating_sub(cursor.since_at) >= retention
         {
             return Ok(CatchUp::SnapshotRequired);
         }
         let mut c = cursor;
         if c.high == 0 {
             c.high = seq_now;
-            c.high_at = now;
+            c.high_at = pinned_at;
         }
         let view = self.snapshot_view();
         let mut states = Vec::new();
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
-        let full = |states: &Vec<ReadState>| states.len() >= limit;
+        let mut hidden: Vec<(ConversationId, UserId)> = Vec::new();
         if c.phase == 0 {
             let mut stop = None;
             let start = c.since.max(c.resume_b).saturating_add(1);
@@ -659,7 +803,7 @@ impl Store {
                 if !seen.insert((rec.id, user.0)) {
                     return Ok(ControlFlow::Continue(()));
                 }
-                if full(&states) {
+                if states.len() + hidden.len() >= limit {
                     stop = Some(seq - 1);
                     return Ok(ControlFlow::Break(()));
                 }
@@ -675,6 +819,7 @@ impl Store {
                 c.resume_b = at;
                 return Ok(CatchUp::Changes(Changes {
                     states,
+                    hidden,
                     next: c,
                     more: true,
                 }));
@@ -716,17 +861,19 @@ impl Store {
                     if reader == user || !seen.insert((conversation.0, rec.id)) {
                         return Ok(ControlFlow::Continue(()));
                     }
-                    if full(&states) {
+                    if states.len() + hidden.len() >= limit {
                         stop = Some(seq - 1);
                         return Ok(ControlFlow::Break(()));
                     }
-                    if view
+                    let shown = view
                         .member_record(conversation, reader)?
-                        .is_some_and(|m| !m.is_private())
-                    {
-                        if let Some(s) = read_state(&view, conversation, reader)? {
-                            states.push(s);
-                        }
+                        .is_some_and(|m| !m.is_private());
+                    // Left, private, or (after leaving and joining again)
+                    // no mark yet: whatever the user was shown is stale.
+                    match shown.then(|| read_state(&view, conversation, reader)) {
+                        Some(Ok(Some(s))) => states.push(s),
+                        Some(Err(e)) => return Err(e),
+                        _ => hidden.push((conversation, reader)),
                     }
                     Ok(ControlFlow::Continue(()))
                 },
@@ -736,6 +883,7 @@ impl Store {
                 c.resume_b = at;
                 return Ok(CatchUp::Changes(Changes {
                     states,
+                    hidden,
                     next: c,
                     more: true,
                 }));
@@ -743,6 +891,7 @@ impl Store {
         }
         Ok(CatchUp::Changes(Changes {
             states,
+            hidden,
             next: Cursor::after(c.high, c.high_at),
             more: false,
         }))

@@ -607,24 +607,24 @@ impl Store {
     /// Membership and message writes go straight to RocksDB's write-ahead
     /// log (they are rare and must not be lost to a process crash), synced
     /// at [`Durability::PowerLoss`].
-    pub(crate) fn write_structural(&self, batch: WriteBatch) -> Result<()> {
-        self.write_structural_with(batch, &[])
-    }
-
-    /// [`write_structural`](Store::write_structural), listing the marks in
-    /// `restamp` again in the change log (see `Store::visible_marks`).
+    /// [`write_structural`](Store::write_structural) with change entries for
+    /// the (conversation, reader) pairs `rows` returns, computed from a
+    /// fresh view under the flush lock (see `Writer::write_with_changes`):
+    /// marks that became visible, or readers to hide, for other members'
+    /// catch-up.
     pub(crate) fn write_structural_with(
         &self,
         batch: WriteBatch,
-        restamp: &[(u64, u64)],
+        rows: impl FnOnce(&View<'_>) -> Result<Vec<(u64, u64)>>,
     ) -> Result<()> {
-        if !restamp.is_empty() {
-            return self.writer.write_with_changes(
-                batch,
-                restamp,
-                self.config.durability == Durability::PowerLoss,
-            );
-        }
+        self.writer.write_with_changes(
+            batch,
+            || rows(&self.view()),
+            self.config.durability == Durability::PowerLoss,
+        )
+    }
+
+    pub(crate) fn write_structural(&self, batch: WriteBatch) -> Result<()> {
         self.writer.check_poison()?;
         let mut o = WriteOptions::default();
         o.set_sync(self.config.durability == Durability::PowerLoss);

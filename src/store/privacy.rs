@@ -92,7 +92,8 @@ impl Store {
         let _guards = self.lock_many(&conversations);
         let view = self.view();
         let mut batch = WriteBatch::default();
-        let mut restamp = Vec::new();
+        // Conversations where the member becomes visible or hidden.
+        let (mut shown, mut hidden) = (Vec::new(), Vec::new());
         for &c in &conversations {
             let mut member = match scope {
                 PrivacyScope::Conversation(_) => view.require_member(c, user)?,
@@ -107,11 +108,10 @@ impl Store {
                 PrivacyScope::Conversation(_) => member.private_here = private,
                 PrivacyScope::Everywhere => member.private_all = private,
             }
-            if was_private && !member.is_private() {
-                // Visible again: other members' catch-up lists the mark.
-                if view.mark_state(c, user)?.mark.is_some() {
-                    restamp.push((c.0, user.0));
-                }
+            match (was_private, member.is_private()) {
+                (true, false) => shown.push(c),
+                (false, true) => hidden.push(c),
+                _ => {}
             }
             batch.put_cf(
                 self.cf(Cf::Members),
@@ -127,7 +127,22 @@ impl Store {
             );
         }
         drop(view);
-        self.write_structural_with(batch, &restamp)
+        // Other members' catch-up lists a mark that became visible, and a
+        // hidden member (as "forget it"): both as change entries.
+        self.write_structural_with(batch, |v| {
+            let mut rows: Vec<(u64, u64)> = hidden.iter().map(|c| (c.0, user.0)).collect();
+            for &c in &shown {
+                if v.mark_state(c, user)?.mark.is_some() {
+                    rows.push((c.0, user.0));
+                }
+            }
+            Ok(rows)
+        })?;
+        // Online clients drop what they were shown.
+        for &c in &hidden {
+            self.events.publish_hidden(c.0, user.0);
+        }
+        Ok(())
     }
 
     /// Whether `user`'s receipts are private in `scope` by that scope's own

@@ -301,20 +301,24 @@ impl Writer {
         Ok(batch)
     }
 
-    /// Writes a structural batch (membership, privacy) together with
-    /// changes that list marks again, under the flush lock so the change
-    /// sequence stays in write order (see `ChangeLog::append`).
+    /// Writes a structural batch (membership, privacy) together with the
+    /// change entries `rows` computes: (conversation, reader) pairs listed
+    /// again to the other members. Under the flush lock, so the change
+    /// sequence stays in write order, and so `rows` reads the marks with no
+    /// flush between that read and this write (a mark flushed in between
+    /// would be below a cursor pinned meanwhile and missing from `rows`).
     pub(crate) fn write_with_changes(
         &self,
         mut batch: WriteBatch,
-        restamp: &[(u64, u64)],
+        rows: impl FnOnce() -> Result<Vec<(u64, u64)>>,
         sync: bool,
     ) -> Result<()> {
         self.check_poison()?;
         let _flush = self.flush_lock.lock();
         self.check_poison()?;
-        if !restamp.is_empty() {
-            let rows = restamp.iter().map(|&(c, u)| (c, u, false));
+        let rows = rows()?;
+        if !rows.is_empty() {
+            let rows = rows.iter().map(|&(c, u)| (c, u, true, false));
             if let Err(e) = self.changes.append_rows(&self.db, rows, &mut batch) {
                 return Err(self.poison("change log", e));
             }

@@ -55,18 +55,34 @@ pub fn a_member(s: &Store, c: readmark::ConversationId) -> readmark::UserId {
 pub fn catch_up(
     s: &Store,
     user: readmark::UserId,
-    mut cursor: readmark::Cursor,
+    cursor: readmark::Cursor,
     limit: usize,
 ) -> (Vec<readmark::ReadState>, readmark::Cursor) {
-    let mut out = Vec::new();
+    let (states, _, next) = catch_up_with_hidden(s, user, cursor, limit);
+    (states, next)
+}
+
+/// [`catch_up`] with the pairs to forget.
+pub fn catch_up_with_hidden(
+    s: &Store,
+    user: readmark::UserId,
+    mut cursor: readmark::Cursor,
+    limit: usize,
+) -> (
+    Vec<readmark::ReadState>,
+    Vec<(readmark::ConversationId, readmark::UserId)>,
+    readmark::Cursor,
+) {
+    let (mut out, mut hidden) = (Vec::new(), Vec::new());
     loop {
         match s.changes_since(user, cursor, limit).unwrap() {
             readmark::CatchUp::Changes(page) => {
-                assert!(page.states.len() <= limit);
+                assert!(page.states.len() + page.hidden.len() <= limit);
                 out.extend(page.states);
+                hidden.extend(page.hidden);
                 cursor = page.next;
                 if !page.more {
-                    return (out, cursor);
+                    return (out, hidden, cursor);
                 }
             }
             readmark::CatchUp::SnapshotRequired => panic!("a fresh cursor needs a snapshot"),
