@@ -231,7 +231,18 @@ fn private_receipts_reach_nobody_else_and_hide_the_past() {
     s.mark_read(C, UserId(2), MessageId(8), Timestamp(now + 3))
         .unwrap();
     assert_eq!(s.unread_count(C, UserId(2)).unwrap().count, 0);
-    let e = receipts(sub.drain().unwrap()).remove(0);
+    let mut events = sub.drain().unwrap();
+    // Online members are told to forget what they were shown ...
+    assert_eq!(
+        events.remove(0),
+        Event::Hidden {
+            conversation: C,
+            reader: UserId(2),
+            recipients: vec![UserId(1), UserId(3)],
+        }
+    );
+    // ... and the private read reaches the reader's own devices only.
+    let e = receipts(events).remove(0);
     assert_eq!(
         (e.reader, e.up_to, e.recipients.len()),
         (UserId(2), MessageId(8), 0)
@@ -378,7 +389,8 @@ fn a_cursor_older_than_retention_requires_a_snapshot() {
         dir.path(),
         Config::new().change_retention(Duration::from_secs(60)),
     );
-    let t0 = 1_000_000u64;
+    // Ahead of the real clock, which stamped the store's opening.
+    let t0 = Timestamp::now().get() + 3_600_000;
     s.__set_clock(Some(Timestamp(t0)));
     group(&s, 2, 3);
     let old = s.snapshot(UserId(1)).unwrap().cursor;
@@ -476,4 +488,182 @@ fn a_version_2_store_is_upgraded_in_place() {
     s.close().unwrap();
     let report = readmark::verify(dir.path()).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn catch_up_and_events_tell_clients_to_forget_readers_who_left_or_went_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), Config::new().event_window(Duration::ZERO));
+    group(&s, 4, 3);
+    for u in 2..=4 {
+        s.mark_read(C, UserId(u), MessageId(3), Timestamp(5)).unwrap();
+    }
+    s.flush().unwrap();
+    let before = s.snapshot(UserId(1)).unwrap();
+    assert_eq!(before.states.len(), 4, "all four marks shown to user 1");
+    let sub = s.subscribe();
+    // Nobody advances after the cursor: only the leave and the privacy
+    // change can tell user 1 to forget.
+    s.remove_member(C, UserId(2)).unwrap();
+    s.set_receipts_private(UserId(3), PrivacyScope::Conversation(C), true)
+        .unwrap();
+    let events = sub.drain().unwrap();
+    assert_eq!(
+        events,
+        vec![Event::Hidden {
+            conversation: C,
+            reader: UserId(3),
+            recipients: vec![UserId(1), UserId(4)],
+        }]
+    );
+    let (states, hidden, _) = common::catch_up_with_hidden(&s, UserId(1), before.cursor, 10);
+    assert!(states.is_empty(), "{states:?}");
+    let mut hidden: Vec<u64> = hidden.iter().map(|(_, u)| u.0).collect();
+    hidden.sort_unstable();
+    assert_eq!(hidden, vec![2, 3]);
+    // A private reader's later reads are not even activity to others.
+    s.record_message(C, MessageId(4), UserId(1), Timestamp(6)).unwrap();
+    s.flush().unwrap();
+    let cursor = s.snapshot(UserId(1)).unwrap().cursor;
+    s.mark_read(C, UserId(3), MessageId(4), Timestamp(7)).unwrap();
+    s.flush().unwrap();
+    let (states, hidden, _) = common::catch_up_with_hidden(&s, UserId(1), cursor, 10);
+    assert!(states.is_empty() && hidden.is_empty(), "{states:?} {hidden:?}");
+    // ... while their own devices catch up as usual.
+    let own = s.snapshot(UserId(3)).unwrap().cursor;
+    s.mark_read(C, UserId(3), MessageId(4), Timestamp(8)).unwrap();
+    s.record_message(C, MessageId(5), UserId(1), Timestamp(9)).unwrap();
+    s.mark_read(C, UserId(3), MessageId(5), Timestamp(10)).unwrap();
+    s.flush().unwrap();
+    let (states, _, _) = common::catch_up_with_hidden(&s, UserId(3), own, 10);
+    assert!(states.iter().any(|r| (r.reader, r.up_to) == (UserId(3), MessageId(5))));
+}
+
+fn newest_wal(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs.pop().expect("a WAL file")
+}
+
+/// Post-mortem (review): single-key flushes write unsynced batches that
+/// carried change sequences a cursor could pin; a power loss dropped them,
+/// the reopened store handed the same numbers out again, and the cursor
+/// skipped the new changes. Sequences now come from durably reserved blocks.
+#[test]
+fn regression_power_loss_cannot_make_a_cursor_skip_later_changes() {
+    let config = || {
+        common::small_config()
+            .flush_interval(Duration::from_secs(3600))
+            .durability(readmark::Durability::PowerLoss)
+    };
+    let live = tempfile::tempdir().unwrap();
+    let s = Store::open(live.path(), config()).unwrap();
+    let (u, v, w) = (UserId(1), UserId(2), UserId(3));
+    s.create_conversation(C).unwrap();
+    for x in [u, v, w] {
+        s.add_member(C, x, Timestamp(0)).unwrap();
+    }
+    for m in 1..=5 {
+        s.record_message(C, MessageId(m), u, Timestamp(m)).unwrap();
+    }
+    s.flush().unwrap(); // synced: everything so far survives power loss
+    let wal = newest_wal(live.path());
+    let durable_len = std::fs::metadata(&wal).unwrap().len();
+    s.mark_read(C, v, MessageId(2), Timestamp(10)).unwrap();
+    s.flush_key(C, v).unwrap(); // unsynced RocksDB batch
+    s.mark_read(C, v, MessageId(3), Timestamp(11)).unwrap();
+    s.flush_key(C, v).unwrap();
+    let cursor = s.snapshot(u).unwrap().cursor;
+    // Power loss: the unsynced WAL tail is gone, the fsynced journal stays.
+    let image = tempfile::tempdir().unwrap();
+    common::copy_dir(live.path(), image.path());
+    s.__simulate_crash();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(image.path().join(wal.file_name().unwrap()))
+        .unwrap();
+    f.set_len(durable_len).unwrap();
+    drop(f);
+    let s = Store::open(image.path(), config()).unwrap();
+    assert_eq!(s.mark(C, v).unwrap().unwrap().up_to, MessageId(3), "journal replayed");
+    s.mark_read(C, w, MessageId(4), Timestamp(20)).unwrap();
+    s.flush().unwrap();
+    let (states, _) = common::catch_up(&s, u, cursor, 100);
+    let got: Vec<(u64, u64)> = states.iter().map(|r| (r.reader.0, r.up_to.0)).collect();
+    assert!(got.contains(&(3, 4)), "w's read after the restart missed: {got:?}");
+}
+
+/// Post-mortem (review): a join computed the marks to list again before
+/// taking the flush lock, so a member's first mark flushed in between was
+/// neither in that list nor after the joiner's cursor. The list is now
+/// read under the flush lock.
+#[test]
+fn regression_join_racing_a_first_mark_is_not_missed_by_catch_up() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Barrier};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(
+        Store::open(
+            dir.path(),
+            common::small_config().flush_interval(Duration::from_secs(3600)),
+        )
+        .unwrap(),
+    );
+    let (v, w) = (UserId(2), UserId(3));
+    let mut checked = 0;
+    for i in 0..300u64 {
+        let c = ConversationId(10 + i);
+        let joiner = UserId(1_000 + i);
+        s.create_conversation(c).unwrap();
+        s.add_member(c, w, Timestamp(0)).unwrap();
+        s.record_message(c, MessageId(1), w, Timestamp(1)).unwrap();
+        s.add_member(c, v, Timestamp(0)).unwrap();
+        s.flush().unwrap();
+        let barrier = Arc::new(Barrier::new(3));
+        let done = Arc::new(AtomicBool::new(false));
+        let joins = {
+            let (s, b, done) = (s.clone(), barrier.clone(), done.clone());
+            std::thread::spawn(move || {
+                b.wait();
+                s.add_member(c, joiner, Timestamp(2)).unwrap();
+                done.store(true, Ordering::Release);
+            })
+        };
+        let reads = {
+            let (s, b) = (s.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                b.wait();
+                // Varying head starts put the flush anywhere in the join.
+                for _ in 0..(i * 37) % 400 {
+                    std::hint::spin_loop();
+                }
+                s.mark_read(c, v, MessageId(1), Timestamp(3)).unwrap();
+                s.flush().unwrap();
+            })
+        };
+        barrier.wait();
+        let mut snaps = Vec::new();
+        while !done.load(Ordering::Acquire) {
+            snaps.push(s.snapshot(joiner).unwrap());
+        }
+        joins.join().unwrap();
+        reads.join().unwrap();
+        s.flush().unwrap();
+        for snap in snaps {
+            if snap.states.iter().any(|r| r.conversation == c && r.reader == v) {
+                continue;
+            }
+            checked += 1;
+            let (listed, _) = common::catch_up(&s, joiner, snap.cursor, 100);
+            assert!(
+                listed.iter().any(|r| r.conversation == c && r.reader == v),
+                "iteration {i}: v's mark never reaches the joiner"
+            );
+        }
+    }
+    assert!(checked > 0, "no snapshot taken during a join: the race was not exercised");
 }
