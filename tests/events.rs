@@ -496,7 +496,8 @@ fn catch_up_and_events_tell_clients_to_forget_readers_who_left_or_went_private()
     let s = open(dir.path(), Config::new().event_window(Duration::ZERO));
     group(&s, 4, 3);
     for u in 2..=4 {
-        s.mark_read(C, UserId(u), MessageId(3), Timestamp(5)).unwrap();
+        s.mark_read(C, UserId(u), MessageId(3), Timestamp(5))
+            .unwrap();
     }
     s.flush().unwrap();
     let before = s.snapshot(UserId(1)).unwrap();
@@ -522,21 +523,31 @@ fn catch_up_and_events_tell_clients_to_forget_readers_who_left_or_went_private()
     hidden.sort_unstable();
     assert_eq!(hidden, vec![2, 3]);
     // A private reader's later reads are not even activity to others.
-    s.record_message(C, MessageId(4), UserId(1), Timestamp(6)).unwrap();
+    s.record_message(C, MessageId(4), UserId(1), Timestamp(6))
+        .unwrap();
     s.flush().unwrap();
     let cursor = s.snapshot(UserId(1)).unwrap().cursor;
-    s.mark_read(C, UserId(3), MessageId(4), Timestamp(7)).unwrap();
+    s.mark_read(C, UserId(3), MessageId(4), Timestamp(7))
+        .unwrap();
     s.flush().unwrap();
     let (states, hidden, _) = common::catch_up_with_hidden(&s, UserId(1), cursor, 10);
-    assert!(states.is_empty() && hidden.is_empty(), "{states:?} {hidden:?}");
+    assert!(
+        states.is_empty() && hidden.is_empty(),
+        "{states:?} {hidden:?}"
+    );
     // ... while their own devices catch up as usual.
     let own = s.snapshot(UserId(3)).unwrap().cursor;
-    s.mark_read(C, UserId(3), MessageId(4), Timestamp(8)).unwrap();
-    s.record_message(C, MessageId(5), UserId(1), Timestamp(9)).unwrap();
-    s.mark_read(C, UserId(3), MessageId(5), Timestamp(10)).unwrap();
+    s.mark_read(C, UserId(3), MessageId(4), Timestamp(8))
+        .unwrap();
+    s.record_message(C, MessageId(5), UserId(1), Timestamp(9))
+        .unwrap();
+    s.mark_read(C, UserId(3), MessageId(5), Timestamp(10))
+        .unwrap();
     s.flush().unwrap();
     let (states, _, _) = common::catch_up_with_hidden(&s, UserId(3), own, 10);
-    assert!(states.iter().any(|r| (r.reader, r.up_to) == (UserId(3), MessageId(5))));
+    assert!(states
+        .iter()
+        .any(|r| (r.reader, r.up_to) == (UserId(3), MessageId(5))));
 }
 
 fn newest_wal(dir: &std::path::Path) -> std::path::PathBuf {
@@ -589,12 +600,19 @@ fn regression_power_loss_cannot_make_a_cursor_skip_later_changes() {
     f.set_len(durable_len).unwrap();
     drop(f);
     let s = Store::open(image.path(), config()).unwrap();
-    assert_eq!(s.mark(C, v).unwrap().unwrap().up_to, MessageId(3), "journal replayed");
+    assert_eq!(
+        s.mark(C, v).unwrap().unwrap().up_to,
+        MessageId(3),
+        "journal replayed"
+    );
     s.mark_read(C, w, MessageId(4), Timestamp(20)).unwrap();
     s.flush().unwrap();
     let (states, _) = common::catch_up(&s, u, cursor, 100);
     let got: Vec<(u64, u64)> = states.iter().map(|r| (r.reader.0, r.up_to.0)).collect();
-    assert!(got.contains(&(3, 4)), "w's read after the restart missed: {got:?}");
+    assert!(
+        got.contains(&(3, 4)),
+        "w's read after the restart missed: {got:?}"
+    );
 }
 
 /// Post-mortem (review): a join computed the marks to list again before
@@ -654,7 +672,11 @@ fn regression_join_racing_a_first_mark_is_not_missed_by_catch_up() {
         reads.join().unwrap();
         s.flush().unwrap();
         for snap in snaps {
-            if snap.states.iter().any(|r| r.conversation == c && r.reader == v) {
+            if snap
+                .states
+                .iter()
+                .any(|r| r.conversation == c && r.reader == v)
+            {
                 continue;
             }
             checked += 1;
@@ -665,5 +687,8 @@ fn regression_join_racing_a_first_mark_is_not_missed_by_catch_up() {
             );
         }
     }
-    assert!(checked > 0, "no snapshot taken during a join: the race was not exercised");
+    assert!(
+        checked > 0,
+        "no snapshot taken during a join: the race was not exercised"
+    );
 }

@@ -41,7 +41,10 @@ impl Client {
         self.ws.send(Message::text(request.to_string())).unwrap();
         loop {
             let frame = self.read(Duration::from_secs(10)).expect("an answer");
-            if matches!(frame["type"].as_str(), Some("receipt" | "resync")) {
+            if matches!(
+                frame["type"].as_str(),
+                Some("receipt" | "resync" | "hidden")
+            ) {
                 self.pushes.push_back(frame);
                 continue;
             }
@@ -159,6 +162,14 @@ fn a_read_reaches_the_other_member_within_the_coalescing_window() {
     bob.call(json!({"op": "private", "private": true}));
     alice.call(json!({"op": "send", "conversation": 7, "message": 6}));
     bob.call(json!({"op": "read", "conversation": 7, "up_to": 6}));
+    // Alice is told at once to forget what she was shown of bob's reads.
+    let forget = alice
+        .next(Duration::from_secs(10))
+        .expect("a hidden notice");
+    assert_eq!(
+        (forget["type"].as_str(), forget["reader"].as_u64()),
+        (Some("hidden"), Some(2))
+    );
     let own = bob_phone
         .next(Duration::from_secs(10))
         .expect("bob's other device");

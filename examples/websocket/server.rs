@@ -17,8 +17,11 @@
 //!
 //! Pushed at any time: `{"type":"receipt","conversation":1,"reader":2,
 //! "up_to":7,"read_at":1700000000000}` to the reader's own connections and to
-//! the event's recipients, and `{"type":"resync"}` to everyone if the event
-//! buffer overflowed (clients then `catch_up`). Errors are
+//! the event's recipients; `{"type":"hidden","conversation":1,"reader":2}`
+//! to the other members when a reader makes their receipts private (drop
+//! what you show of theirs); and `{"type":"resync"}` to everyone if the
+//! event buffer overflowed (clients then `catch_up`). A `state` answer has
+//! `states`, `hidden` (pairs to forget) and the next `cursor`. Errors are
 //! `{"type":"error","error":"..."}`.
 
 use std::collections::HashMap;
@@ -119,6 +122,24 @@ fn dispatch(store: &Store, registry: &Registry, stop: &AtomicBool) {
                 .to_string();
                 let reg = registry.lock().expect("registry");
                 for user in std::iter::once(e.reader).chain(e.recipients.iter().copied()) {
+                    for (_, outbox) in reg.get(&user.0).into_iter().flatten() {
+                        let _ = outbox.send(text.clone());
+                    }
+                }
+            }
+            Ok(Some(Event::Hidden {
+                conversation,
+                reader,
+                recipients,
+            })) => {
+                let text = json!({
+                    "type": "hidden",
+                    "conversation": conversation.0,
+                    "reader": reader.0,
+                })
+                .to_string();
+                let reg = registry.lock().expect("registry");
+                for user in recipients {
                     for (_, outbox) in reg.get(&user.0).into_iter().flatten() {
                         let _ = outbox.send(text.clone());
                     }
@@ -235,14 +256,14 @@ fn handle(text: &str, user: &mut Option<UserId>, store: &Store) -> Res<Value> {
                 .map_err(err)?;
         }
         "catch_up" => {
-            let (states, cursor) = match v.get("cursor").and_then(Value::as_str) {
+            let (states, hidden, cursor) = match v.get("cursor").and_then(Value::as_str) {
                 None => {
                     let snap = store.snapshot(me).map_err(err)?;
-                    (snap.states, snap.cursor)
+                    (snap.states, Vec::new(), snap.cursor)
                 }
                 Some(text) => {
                     let mut cursor: Cursor = text.parse().map_err(err)?;
-                    let mut states = Vec::new();
+                    let (mut states, mut hidden) = (Vec::new(), Vec::new());
                     loop {
                         match store.changes_since(me, cursor, 500).map_err(err)? {
                             CatchUp::SnapshotRequired => {
@@ -250,6 +271,7 @@ fn handle(text: &str, user: &mut Option<UserId>, store: &Store) -> Res<Value> {
                             }
                             CatchUp::Changes(page) => {
                                 states.extend(page.states);
+                                hidden.extend(page.hidden);
                                 cursor = page.next;
                                 if !page.more {
                                     break;
@@ -257,11 +279,20 @@ fn handle(text: &str, user: &mut Option<UserId>, store: &Store) -> Res<Value> {
                             }
                         }
                     }
-                    (states, cursor)
+                    (states, hidden, cursor)
                 }
             };
             let states: Vec<Value> = states.iter().map(state_json).collect();
-            return Ok(json!({"type": "state", "states": states, "cursor": cursor.to_string()}));
+            let hidden: Vec<Value> = hidden
+                .iter()
+                .map(|(c, r)| json!({"conversation": c.0, "reader": r.0}))
+                .collect();
+            return Ok(json!({
+                "type": "state",
+                "states": states,
+                "hidden": hidden,
+                "cursor": cursor.to_string(),
+            }));
         }
         other => return Err(format!("unknown op `{other}`")),
     }
