@@ -198,7 +198,11 @@ impl Store {
     }
 
     /// The read mark of `user` in `conversation`, `None` if they have read
-    /// nothing yet.
+    /// nothing yet: the user's *own* state (their unread badge, their other
+    /// devices). Not a receipt query: it ignores privacy and takes no
+    /// viewer, so a server must not answer other users with it; use
+    /// [`read_by`](Store::read_by), [`read_count`](Store::read_count) or
+    /// [`marks`](Store::marks), which take the viewer.
     ///
     /// # Errors
     ///
