@@ -788,26 +788,16 @@ impl Store {
         let mut hidden: Vec<(ConversationId, UserId)> = Vec::new();
         if c.phase == 0 {
             let mut stop = None;
-            let start = c.since.max(c.resume_b).saturating_add(1);
-            view.scan_prefix(Cf::UserChanges, user.0, start, |seq, v| {
-                if seq > c.high {
-                    return Ok(ControlFlow::Break(()));
-                }
-                let rec = ChangeRecord::decode(v).ok_or_else(|| {
-                    corrupt(
-                        Cf::UserChanges,
-                        &keys::pair_key(user.0, seq),
-                        "bad change record",
-                    )
-                })?;
-                if !seen.insert((rec.id, user.0)) {
+            let after = c.since.max(c.resume_b);
+            walk_log(&view, Cf::UserChanges, user.0, after, c.high, |seq, id| {
+                if !seen.insert((id, user.0)) {
                     return Ok(ControlFlow::Continue(()));
                 }
                 if states.len() + hidden.len() >= limit {
                     stop = Some(seq - 1);
                     return Ok(ControlFlow::Break(()));
                 }
-                let conversation = ConversationId(rec.id);
+                let conversation = ConversationId(id);
                 if view.member_record(conversation, user)?.is_some() {
                     if let Some(s) = read_state(&view, conversation, user)? {
                         states.push(s);
@@ -842,23 +832,15 @@ impl Store {
                 c.since
             };
             let mut stop = None;
-            view.scan_prefix(
+            walk_log(
+                &view,
                 Cf::Changes,
                 conversation.0,
-                from.saturating_add(1),
-                |seq, v| {
-                    if seq > c.high {
-                        return Ok(ControlFlow::Break(()));
-                    }
-                    let rec = ChangeRecord::decode(v).ok_or_else(|| {
-                        corrupt(
-                            Cf::Changes,
-                            &keys::pair_key(conversation.0, seq),
-                            "bad change record",
-                        )
-                    })?;
-                    let reader = UserId(rec.id);
-                    if reader == user || !seen.insert((conversation.0, rec.id)) {
+                from,
+                c.high,
+                |seq, id| {
+                    let reader = UserId(id);
+                    if reader == user || !seen.insert((conversation.0, id)) {
                         return Ok(ControlFlow::Continue(()));
                     }
                     if states.len() + hidden.len() >= limit {
@@ -954,6 +936,26 @@ impl Store {
         }
         Ok(Snapshot { states, cursor })
     }
+}
+
+/// Calls `f(seq, id)` for each change in `outer`'s log in `cf` with a
+/// sequence in `(after, high]`, in sequence order, until `f` breaks.
+fn walk_log(
+    view: &View<'_>,
+    cf: Cf,
+    outer: u64,
+    after: u64,
+    high: u64,
+    mut f: impl FnMut(u64, u64) -> Result<ControlFlow<()>>,
+) -> Result<()> {
+    view.scan_prefix(cf, outer, after.saturating_add(1), |seq, v| {
+        if seq > high {
+            return Ok(ControlFlow::Break(()));
+        }
+        let rec = ChangeRecord::decode(v)
+            .ok_or_else(|| corrupt(cf, &keys::pair_key(outer, seq), "bad change record"))?;
+        f(seq, rec.id)
+    })
 }
 
 fn read_state(
