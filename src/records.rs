@@ -100,8 +100,8 @@ impl ConversationRecord {
 /// `members` value.
 ///
 /// ```text
-/// 0     1        2                   10               18         20
-/// | ver | flags  | joined_after      | joined_at      | slot u16 |
+/// 0     1        2                   10               18         20           28
+/// | ver | flags  | joined_after      | joined_at      | slot u16 | joined_seq |
 ///         bit0: joined_after present
 ///         bit1: slot present (else the field is 0)
 ///         bit2: receipts private in this conversation
@@ -120,6 +120,9 @@ pub(crate) struct MemberRecord {
     /// The member keeps their receipts private everywhere: a copy of their
     /// user setting, so queries decide from the record they already read.
     pub(crate) private_all: bool,
+    /// The newest change-log sequence when they joined: older changes are
+    /// none of their business (0 for memberships from format 2).
+    pub(crate) joined_seq: u64,
 }
 
 impl MemberRecord {
@@ -136,7 +139,10 @@ pub(crate) const MEMBER_FLAG_PRIVATE_ALL: u8 = 0x08;
 pub(crate) const MEMBER_JOINED_AFTER: usize = 2;
 pub(crate) const MEMBER_JOINED_AT: usize = 10;
 pub(crate) const MEMBER_SLOT: usize = 18;
-pub(crate) const MEMBER_LEN: usize = 20;
+pub(crate) const MEMBER_JOINED_SEQ: usize = 20;
+pub(crate) const MEMBER_LEN: usize = 28;
+/// Length of the record format 2 wrote (no `joined_seq`); still read.
+pub(crate) const MEMBER_LEN_V2: usize = 20;
 
 impl MemberRecord {
     pub(crate) fn encode(&self) -> [u8; MEMBER_LEN] {
@@ -149,7 +155,7 @@ impl MemberRecord {
         put(&mut b, MEMBER_JOINED_AT, self.joined_at.0);
         if let Some(s) = self.slot {
             b[1] |= MEMBER_FLAG_SLOT;
-            BigEndian::write_u16(&mut b[MEMBER_SLOT..MEMBER_LEN], s);
+            BigEndian::write_u16(&mut b[MEMBER_SLOT..MEMBER_JOINED_SEQ], s);
         }
         if self.private_here {
             b[1] |= MEMBER_FLAG_PRIVATE_HERE;
@@ -157,6 +163,7 @@ impl MemberRecord {
         if self.private_all {
             b[1] |= MEMBER_FLAG_PRIVATE_ALL;
         }
+        put(&mut b, MEMBER_JOINED_SEQ, self.joined_seq);
         b
     }
 
@@ -165,12 +172,13 @@ impl MemberRecord {
             | MEMBER_FLAG_SLOT
             | MEMBER_FLAG_PRIVATE_HERE
             | MEMBER_FLAG_PRIVATE_ALL;
-        if b.len() != MEMBER_LEN || b[0] != RECORD_VERSION || b[1] & !known != 0 {
+        let len_ok = b.len() == MEMBER_LEN || b.len() == MEMBER_LEN_V2;
+        if !len_ok || b[0] != RECORD_VERSION || b[1] & !known != 0 {
             return None;
         }
         let has_joined_after = b[1] & MEMBER_FLAG_JOINED_AFTER != 0;
         let has_slot = b[1] & MEMBER_FLAG_SLOT != 0;
-        let slot = BigEndian::read_u16(&b[MEMBER_SLOT..MEMBER_LEN]);
+        let slot = BigEndian::read_u16(&b[MEMBER_SLOT..MEMBER_JOINED_SEQ]);
         // Canonical form only: an absent field is all zeros.
         if !has_joined_after && get(b, MEMBER_JOINED_AFTER) != 0 || !has_slot && slot != 0 {
             return None;
@@ -185,6 +193,11 @@ impl MemberRecord {
             slot: has_slot.then_some(slot),
             private_here: b[1] & MEMBER_FLAG_PRIVATE_HERE != 0,
             private_all: b[1] & MEMBER_FLAG_PRIVATE_ALL != 0,
+            joined_seq: if b.len() == MEMBER_LEN {
+                get(b, MEMBER_JOINED_SEQ)
+            } else {
+                0
+            },
         })
     }
 }
@@ -296,20 +309,27 @@ mod tests {
             slot: Some(0x0102),
             private_here: false,
             private_all: true,
+            joined_seq: 0x0A0B,
         };
         let b = r.encode();
+        assert_eq!(b[MEMBER_JOINED_SEQ + 7], 0x0B);
+        // Format 2's 20-byte record still decodes, with no join sequence.
+        assert_eq!(
+            MemberRecord::decode(&b[..MEMBER_LEN_V2]),
+            Some(MemberRecord { joined_seq: 0, ..r })
+        );
         assert_eq!(
             b[1],
             MEMBER_FLAG_JOINED_AFTER | MEMBER_FLAG_SLOT | MEMBER_FLAG_PRIVATE_ALL
         );
-        assert_eq!(b[MEMBER_SLOT..MEMBER_LEN], [1, 2]);
+        assert_eq!(b[MEMBER_SLOT..MEMBER_JOINED_SEQ], [1, 2]);
         assert_eq!(b[MEMBER_JOINED_AFTER + 7], 9);
         assert_eq!(b[MEMBER_JOINED_AT + 7], 5);
         assert_eq!(MemberRecord::decode(&b), Some(r));
         let none = MemberRecord::default();
         assert_eq!(MemberRecord::decode(&none.encode()), Some(none));
         let mut too_big = r.encode();
-        too_big[MEMBER_SLOT..MEMBER_LEN].copy_from_slice(&4096u16.to_be_bytes());
+        too_big[MEMBER_SLOT..MEMBER_JOINED_SEQ].copy_from_slice(&4096u16.to_be_bytes());
         assert_eq!(MemberRecord::decode(&too_big), None);
     }
 

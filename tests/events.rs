@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use readmark::{
@@ -621,8 +623,7 @@ fn regression_power_loss_cannot_make_a_cursor_skip_later_changes() {
 /// read under the flush lock.
 #[test]
 fn regression_join_racing_a_first_mark_is_not_missed_by_catch_up() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Barrier};
+    use std::sync::Barrier;
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(
         Store::open(
@@ -690,5 +691,173 @@ fn regression_join_racing_a_first_mark_is_not_missed_by_catch_up() {
     assert!(
         checked > 0,
         "no snapshot taken during a join: the race was not exercised"
+    );
+}
+
+/// Post-mortem (second review): a joiner's cursor from before the join
+/// listed as "forget" every reader who had left or hidden before the
+/// join, revealing membership history; members now record the change
+/// sequence at their join and older hide entries are skipped.
+#[test]
+fn regression_no_forget_notice_about_readers_before_a_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), common::small_config());
+    let (other, c) = (ConversationId(7), ConversationId(1));
+    let (a, w, x, r) = (UserId(1), UserId(2), UserId(3), UserId(4));
+    s.create_conversation(other).unwrap();
+    s.add_member(other, a, Timestamp(0)).unwrap();
+    let cursor = s.snapshot(a).unwrap().cursor; // A's device goes offline
+    s.create_conversation(c).unwrap();
+    for u in [w, x, r] {
+        s.add_member(c, u, Timestamp(0)).unwrap();
+    }
+    s.record_message(c, MessageId(1), w, Timestamp(1)).unwrap();
+    s.mark_read(c, x, MessageId(1), Timestamp(2)).unwrap();
+    s.mark_read(c, r, MessageId(1), Timestamp(2)).unwrap();
+    s.flush().unwrap();
+    s.remove_member(c, x).unwrap(); // X leaves before A ever joins
+    s.set_receipts_private(r, PrivacyScope::Conversation(c), true)
+        .unwrap();
+    s.add_member(c, a, Timestamp(5)).unwrap();
+    let (_, hidden, _) = common::catch_up_with_hidden(&s, a, cursor, 100);
+    assert!(
+        !hidden.iter().any(|&(cc, u)| cc == c && u == x),
+        "A never shared conversation {c:?} with {x:?}, yet is told to forget them: {hidden:?}"
+    );
+}
+
+/// Post-mortem (second review): answers read member records from a
+/// snapshot but marks from the live buffer, so a walk that began before a
+/// member went private showed a read they made after; answers now start
+/// again when a privacy change lands while they run.
+#[test]
+fn regression_a_read_made_while_private_never_reaches_a_walk_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(dir.path(), common::small_config()));
+    let a = UserId(1);
+    let n_conv = 2000u64;
+    // Many conversations of A, to widen the walk; the target is the last.
+    for i in 0..n_conv {
+        let c = ConversationId(10 + i);
+        s.create_conversation(c).unwrap();
+        s.add_member(c, a, Timestamp(0)).unwrap();
+    }
+    let t = ConversationId(10 + n_conv - 1);
+    s.record_message(t, MessageId(1), a, Timestamp(1)).unwrap();
+    let mut leaks = Vec::new();
+    for round in 0..20u64 {
+        let r = UserId(100 + round);
+        s.add_member(t, r, Timestamp(0)).unwrap();
+        let base = 10 + round * 10;
+        s.record_message(t, MessageId(base), a, Timestamp(base))
+            .unwrap();
+        s.record_message(t, MessageId(base + 1), a, Timestamp(base + 1))
+            .unwrap();
+        let cursor = s.snapshot(a).unwrap().cursor;
+        s.mark_read(t, r, MessageId(base), Timestamp(base)).unwrap();
+        s.flush().unwrap(); // a public read: listed to A
+        let secret = MessageId(base + 1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let walks = Arc::new(AtomicU64::new(0));
+        let gone_private = Arc::new(AtomicBool::new(false));
+        let walker = {
+            let (s, stop, walks, gp) =
+                (s.clone(), stop.clone(), walks.clone(), gone_private.clone());
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Acquire) {
+                    walks.fetch_add(1, Ordering::Relaxed);
+                    let after = gp.load(Ordering::Acquire);
+                    if let CatchUp::Changes(p) = s.changes_since(a, cursor, 10_000).unwrap() {
+                        for st in p.states {
+                            if st.reader == r && st.up_to == secret {
+                                seen.push(("changes_since", after, st));
+                            }
+                        }
+                    }
+                    for st in s.snapshot(a).unwrap().states {
+                        if st.reader == r && st.up_to == secret {
+                            seen.push(("snapshot", after, st));
+                        }
+                    }
+                }
+                seen
+            })
+        };
+        while walks.load(Ordering::Relaxed) < 1 + round % 3 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_micros(500 * (round % 7)));
+        s.set_receipts_private(r, PrivacyScope::Conversation(t), true)
+            .unwrap();
+        gone_private.store(true, Ordering::Release);
+        // Read while private: nobody else may ever learn of it.
+        s.mark_read(t, r, secret, Timestamp(base + 2)).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        stop.store(true, Ordering::Release);
+        let seen = walker.join().unwrap();
+        if !seen.is_empty() {
+            leaks.push((round, seen));
+        }
+        s.flush().unwrap();
+    }
+    assert!(
+        leaks.is_empty(),
+        "a read made while private was shown to another member: {:?}",
+        &leaks[..leaks.len().min(2)]
+    );
+}
+
+/// Post-mortem (second review): the change log treated a member record it
+/// could not decode as public, so a private read replayed at open reached
+/// the conversation's log; it now fails closed.
+#[test]
+fn regression_an_undecodable_member_record_keeps_reads_out_of_the_conversation_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, a, r) = (ConversationId(1), UserId(1), UserId(2));
+    let cursor;
+    {
+        let s = open(dir.path(), common::small_config());
+        s.create_conversation(c).unwrap();
+        s.add_member(c, a, Timestamp(0)).unwrap();
+        s.add_member(c, r, Timestamp(0)).unwrap();
+        s.record_message(c, MessageId(1), a, Timestamp(1)).unwrap();
+        s.set_receipts_private(r, PrivacyScope::Conversation(c), true)
+            .unwrap();
+        s.flush().unwrap();
+        cursor = s.snapshot(a).unwrap().cursor;
+        s.mark_read(c, r, MessageId(1), Timestamp(2)).unwrap(); // private read, journaled
+        s.__simulate_crash();
+    }
+    {
+        let db = common::raw_open(dir.path());
+        let cf = db.cf_handle("members").unwrap();
+        let mut key = Vec::new();
+        key.extend_from_slice(&c.0.to_be_bytes());
+        key.extend_from_slice(&r.0.to_be_bytes());
+        let mut v = db.get_cf(cf, &key).unwrap().unwrap();
+        v[1] |= 0x80;
+        db.put_cf(cf, &key, v).unwrap();
+        db.flush_cf(cf).unwrap();
+    }
+    let s = open(dir.path(), common::small_config());
+    drop(s);
+    {
+        // Repair the record (drop the unknown bit) and look again.
+        let db = common::raw_open(dir.path());
+        let cf = db.cf_handle("members").unwrap();
+        let mut key = Vec::new();
+        key.extend_from_slice(&c.0.to_be_bytes());
+        key.extend_from_slice(&r.0.to_be_bytes());
+        let mut v = db.get_cf(cf, &key).unwrap().unwrap();
+        v[1] &= 0x7f;
+        db.put_cf(cf, &key, v).unwrap();
+        db.flush_cf(cf).unwrap();
+    }
+    let s = open(dir.path(), common::small_config());
+    let (_, hidden, _) = common::catch_up_with_hidden(&s, a, cursor, 10);
+    assert!(
+        hidden.is_empty(),
+        "the private read at replay reached the conversation log"
     );
 }

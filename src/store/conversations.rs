@@ -103,18 +103,14 @@ impl Store {
             &mut batch,
             MemberChange::Joining,
         )?;
-        let member = MemberRecord {
+        let mut member = MemberRecord {
             joined_after: conv.last_message(),
             joined_at: at,
             slot,
             private_here: false,
             private_all,
+            joined_seq: 0,
         };
-        batch.put_cf(
-            self.cf(Cf::Members),
-            keys::member_key(conversation, user),
-            member.encode(),
-        );
         batch.put_cf(
             self.cf(Cf::UserConversations),
             keys::user_index_key(user, conversation),
@@ -137,12 +133,23 @@ impl Store {
                     // that passed its check before an earlier leave). After it, a
                     // buffered entry could be a new member's acknowledged update.
         self.writer.discard(conversation.0, user.0);
-        if shows_others {
+        let members_cf = self.cf(Cf::Members);
+        self.write_structural_with(batch, |v, seq, batch| {
+            // Changes up to `seq` predate the membership: catch-up does not
+            // tell the joiner about readers who left or hid before it.
+            member.joined_seq = seq;
+            batch.put_cf(
+                members_cf,
+                keys::member_key(conversation, user),
+                member.encode(),
+            );
             // The joiner's catch-up must list the marks already there.
-            self.write_structural_with(batch, |v| self.visible_marks(v, conversation))
-        } else {
-            self.write_structural(batch)
-        }
+            if shows_others {
+                self.visible_marks(v, conversation)
+            } else {
+                Ok(Vec::new())
+            }
+        })
     }
 
     /// Removes `user` from `conversation`, with their read mark: a member
@@ -200,7 +207,7 @@ impl Store {
                     // The leaver's entry tells the others' catch-up to forget their
                     // mark; after a shrink into "everyone sees everyone", the marks
                     // there are news too (the view still has the leaver: left out).
-        self.write_structural_with(batch, |v| {
+        self.write_structural_with(batch, |v, _, _| {
             let mut rows = if shrunk_into_members {
                 self.visible_marks(v, conversation)?
             } else {

@@ -112,9 +112,10 @@ pub(crate) struct Queue {
 
 struct QueueState {
     receipts: Coalescer,
-    /// (conversation, reader) pairs to hide, delivered before receipts.
-    /// Bounded like the receipts; past it, counted as dropped.
-    hidden: std::collections::VecDeque<(u64, u64)>,
+    /// (conversation, reader, change sequence before the hiding) to hide,
+    /// delivered before receipts. Bounded like the receipts; past it,
+    /// counted as dropped.
+    hidden: std::collections::VecDeque<(u64, u64, u64)>,
 }
 
 /// The subscriptions of a store.
@@ -143,13 +144,13 @@ impl Hub {
 
     /// Queues a "forget this reader's receipts" notice in every
     /// subscription.
-    pub(crate) fn publish_hidden(&self, conversation: u64, reader: u64) {
+    pub(crate) fn publish_hidden(&self, conversation: u64, reader: u64, seq: u64) {
         for q in self.queues.read().iter() {
             let mut s = q.inner.lock();
             if s.hidden.len() >= self.capacity {
                 s.receipts.add_dropped(1);
             } else {
-                s.hidden.push_back((conversation, reader));
+                s.hidden.push_back((conversation, reader, seq));
             }
             drop(s);
             q.ready.notify_all();
@@ -306,9 +307,15 @@ impl Subscription<'_> {
                 Ok(Some(e)) => out.push(e),
                 Ok(None) => {}
                 Err(e) => {
-                    // The rest were popped: report them as lag next time.
-                    let rest = u64::try_from(total - i).unwrap_or(u64::MAX);
-                    self.queue.inner.lock().receipts.add_dropped(rest);
+                    // Everything popped is lost with the error (those
+                    // resolved too): report it all as lag next time.
+                    let resolved = out
+                        .iter()
+                        .filter(|e| !matches!(e, Event::Lagged { .. }))
+                        .count();
+                    let lost = total - i + resolved;
+                    let lost = u64::try_from(lost).unwrap_or(u64::MAX) + dropped;
+                    self.queue.inner.lock().receipts.add_dropped(lost);
                     return Err(e);
                 }
             }
@@ -328,7 +335,7 @@ impl Subscription<'_> {
             Item::Receipt((key, pending)) => {
                 Ok(self.store.resolve(key, pending)?.map(Event::Receipt))
             }
-            Item::Hidden((c, r)) => self.store.resolve_hidden(c, r),
+            Item::Hidden((c, r, seq)) => self.store.resolve_hidden(c, r, seq),
         }
     }
 }
@@ -336,7 +343,7 @@ impl Subscription<'_> {
 /// What a queue hands to delivery.
 enum Item {
     Receipt(((u64, u64), Pending)),
-    Hidden((u64, u64)),
+    Hidden((u64, u64, u64)),
 }
 
 impl Drop for Subscription<'_> {
@@ -480,6 +487,11 @@ impl ChangeLog {
         (s.written, s.written_stamp)
     }
 
+    /// The last sequence assigned. Stable while the flush lock is held.
+    pub(crate) fn assigned(&self) -> u64 {
+        self.state.lock().assigned
+    }
+
     /// The batch holding every assigned sequence has landed.
     pub(crate) fn mark_written(&self) {
         let mut s = self.state.lock();
@@ -506,10 +518,14 @@ impl ChangeLog {
             }
             // A private reader's advances are nobody else's business, not
             // even that they happened: only their own log gets them.
-            let private = db
-                .get_pinned_cf(members, keys::pair_key(c, u))?
-                .and_then(|v| MemberRecord::decode(&v))
-                .is_some_and(|m| m.is_private());
+            // A record that does not decode counts as private (fail
+            // closed); a missing one (a leave raced the buffer) as public:
+            // the walk then lists a non-member as hidden, which the leave
+            // itself already did.
+            let private = match db.get_pinned_cf(members, keys::pair_key(c, u))? {
+                Some(v) => MemberRecord::decode(&v).is_none_or(|m| m.is_private()),
+                None => false,
+            };
             rows.push((c, u, !private, true));
         }
         self.append_rows(db, rows.into_iter(), batch)
@@ -607,7 +623,11 @@ impl Store {
     /// The members to tell to forget `reader`'s receipts, if the
     /// conversation shows receipts to every member and the reader is still
     /// hidden (they may have gone public again since).
-    fn resolve_hidden(&self, c: u64, r: u64) -> Result<Option<Event>> {
+    fn resolve_hidden(&self, c: u64, r: u64, seq: u64) -> Result<Option<Event>> {
+        self.privacy_consistent(|| self.resolve_hidden_once(c, r, seq))
+    }
+
+    fn resolve_hidden_once(&self, c: u64, r: u64, seq: u64) -> Result<Option<Event>> {
         let (conversation, reader) = (ConversationId(c), UserId(r));
         let view = self.snapshot_view();
         let conv = match view.conversation_record(conversation) {
@@ -621,9 +641,11 @@ impl Store {
         if !still_hidden || !self.shows_others(&conv) {
             return Ok(None);
         }
+        // Only those who were members before it: a later joiner never saw
+        // the reader's receipts and need not learn they hid them.
         let mut recipients = Vec::new();
-        view.for_each_member(conversation, |user, _, _| {
-            if user != reader {
+        view.for_each_member(conversation, |user, member, _| {
+            if user != reader && member.joined_seq <= seq {
                 recipients.push(user);
             }
             ControlFlow::Continue(())
@@ -636,7 +658,11 @@ impl Store {
     }
 
     /// Turns a due queue entry into an event, from the store as it is now.
-    fn resolve(&self, (c, r): (u64, u64), pending: Pending) -> Result<Option<ReceiptEvent>> {
+    fn resolve(&self, key: (u64, u64), pending: Pending) -> Result<Option<ReceiptEvent>> {
+        self.privacy_consistent(|| self.resolve_once(key, pending))
+    }
+
+    fn resolve_once(&self, (c, r): (u64, u64), pending: Pending) -> Result<Option<ReceiptEvent>> {
         let (conversation, reader) = (ConversationId(c), UserId(r));
         let view = self.snapshot_view();
         let conv = match view.conversation_record(conversation) {
@@ -764,6 +790,17 @@ impl Store {
         if limit == 0 {
             return Err(Error::InvalidArgument("page limit must be at least 1"));
         }
+        let answer = self.privacy_consistent(|| self.changes_since_once(user, cursor, limit))?;
+        // Again after the walk: a compaction that started before this
+        // check dropped nothing stamped after `since_at` (invariant 25).
+        let retention = self.config.change_retention_ms();
+        if self.clock.now().saturating_sub(cursor.since_at) >= retention {
+            return Ok(CatchUp::SnapshotRequired);
+        }
+        Ok(answer)
+    }
+
+    fn changes_since_once(&self, user: UserId, cursor: Cursor, limit: usize) -> Result<CatchUp> {
         let (seq_now, pinned_at) = self.writer.changes.pin();
         let retention = self.config.change_retention_ms();
         // Every change after `since` was stamped at or after `since_at`; the
@@ -831,6 +868,11 @@ impl Store {
             } else {
                 c.since
             };
+            // Changes up to the user's join are none of their business: no
+            // "forget" for readers who left or hid before they came.
+            let joined = view
+                .member_record(conversation, user)?
+                .map_or(0, |m| m.joined_seq);
             let mut stop = None;
             walk_log(
                 &view,
@@ -855,6 +897,7 @@ impl Store {
                     match shown.then(|| read_state(&view, conversation, reader)) {
                         Some(Ok(Some(s))) => states.push(s),
                         Some(Err(e)) => return Err(e),
+                        _ if seq <= joined => {}
                         _ => hidden.push((conversation, reader)),
                     }
                     Ok(ControlFlow::Continue(()))
@@ -908,6 +951,10 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn snapshot(&self, user: UserId) -> Result<Snapshot> {
+        self.privacy_consistent(|| self.snapshot_once(user))
+    }
+
+    fn snapshot_once(&self, user: UserId) -> Result<Snapshot> {
         let (seq, at) = self.writer.changes.pin();
         let cursor = Cursor::after(seq, at);
         let view = self.snapshot_view();

@@ -245,6 +245,14 @@ impl Store {
         conversation: ConversationId,
         viewer: UserId,
     ) -> Result<Vec<(UserId, ReadMark)>> {
+        self.privacy_consistent(|| self.marks_once(conversation, viewer))
+    }
+
+    fn marks_once(
+        &self,
+        conversation: ConversationId,
+        viewer: UserId,
+    ) -> Result<Vec<(UserId, ReadMark)>> {
         let view = self.snapshot_view();
         view.require_member(conversation, viewer)?;
         let mut out = Vec::new();

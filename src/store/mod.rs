@@ -228,6 +228,8 @@ pub struct Store {
     /// Serialises privacy changes with joins, which copy the user's
     /// setting. Taken before any conversation lock.
     privacy_lock: Mutex<()>,
+    /// Bumped after every privacy change lands (`privacy_consistent`).
+    privacy_epoch: std::sync::atomic::AtomicU64,
     timer: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     replayed: u64,
@@ -361,6 +363,7 @@ impl Store {
             writer,
             events,
             privacy_lock: Mutex::new(()),
+            privacy_epoch: std::sync::atomic::AtomicU64::new(0),
             timer: Mutex::new(Some(timer)),
             closed: AtomicBool::new(false),
             replayed,
@@ -612,16 +615,32 @@ impl Store {
     /// fresh view under the flush lock (see `Writer::write_with_changes`):
     /// marks that became visible, or readers to hide, for other members'
     /// catch-up.
+    /// `rows` also gets the last change sequence assigned before this
+    /// batch and may add to the batch (a join records the sequence).
     pub(crate) fn write_structural_with(
         &self,
         batch: WriteBatch,
-        rows: impl FnOnce(&View<'_>) -> Result<Vec<(u64, u64)>>,
+        rows: impl FnOnce(&View<'_>, u64, &mut WriteBatch) -> Result<Vec<(u64, u64)>>,
     ) -> Result<()> {
         self.writer.write_with_changes(
             batch,
-            || rows(&self.view()),
+            |seq, batch| rows(&self.view(), seq, batch),
             self.config.durability == Durability::PowerLoss,
         )
+    }
+
+    /// Runs `read` again until no privacy change landed while it ran. An
+    /// answer reads member records from a snapshot but marks from the live
+    /// buffer too; without this, a read made right after a member went
+    /// private could be joined to a snapshot from before, and shown.
+    pub(crate) fn privacy_consistent<T>(&self, mut read: impl FnMut() -> Result<T>) -> Result<T> {
+        loop {
+            let before = self.privacy_epoch.load(Ordering::SeqCst);
+            let answer = read()?;
+            if self.privacy_epoch.load(Ordering::SeqCst) == before {
+                return Ok(answer);
+            }
+        }
     }
 
     pub(crate) fn write_structural(&self, batch: WriteBatch) -> Result<()> {

@@ -129,7 +129,9 @@ impl Store {
         drop(view);
         // Other members' catch-up lists a mark that became visible, and a
         // hidden member (as "forget it"): both as change entries.
-        self.write_structural_with(batch, |v| {
+        let mut base = 0;
+        self.write_structural_with(batch, |v, seq, _| {
+            base = seq;
             let mut rows: Vec<(u64, u64)> = hidden.iter().map(|c| (c.0, user.0)).collect();
             for &c in &shown {
                 if v.mark_state(c, user)?.mark.is_some() {
@@ -138,9 +140,13 @@ impl Store {
             }
             Ok(rows)
         })?;
-        // Online clients drop what they were shown.
+        // Answers being computed now start again (`privacy_consistent`).
+        self.privacy_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Online clients drop what they were shown (those who were members
+        // at `base`, before this change).
         for &c in &hidden {
-            self.events.publish_hidden(c.0, user.0);
+            self.events.publish_hidden(c.0, user.0, base);
         }
         Ok(())
     }

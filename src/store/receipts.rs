@@ -383,6 +383,16 @@ impl Store {
         message: MessageId,
         page: Option<Page>,
     ) -> Result<ReadBy> {
+        self.privacy_consistent(|| self.readers_once(conversation, viewer, message, page))
+    }
+
+    fn readers_once(
+        &self,
+        conversation: ConversationId,
+        viewer: UserId,
+        message: MessageId,
+        page: Option<Page>,
+    ) -> Result<ReadBy> {
         let view = self.snapshot_view();
         view.require_member(conversation, viewer)?;
         let record = view.require_message(conversation, message)?;

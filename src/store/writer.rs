@@ -307,16 +307,18 @@ impl Writer {
     /// sequence stays in write order, and so `rows` reads the marks with no
     /// flush between that read and this write (a mark flushed in between
     /// would be below a cursor pinned meanwhile and missing from `rows`).
+    /// `rows` also gets the last sequence assigned before this batch (a
+    /// join records it) and may add to the batch.
     pub(crate) fn write_with_changes(
         &self,
         mut batch: WriteBatch,
-        rows: impl FnOnce() -> Result<Vec<(u64, u64)>>,
+        rows: impl FnOnce(u64, &mut WriteBatch) -> Result<Vec<(u64, u64)>>,
         sync: bool,
     ) -> Result<()> {
         self.check_poison()?;
         let _flush = self.flush_lock.lock();
         self.check_poison()?;
-        let rows = rows()?;
+        let rows = rows(self.changes.assigned(), &mut batch)?;
         if !rows.is_empty() {
             let rows = rows.iter().map(|&(c, u)| (c, u, true, false));
             if let Err(e) = self.changes.append_rows(&self.db, rows, &mut batch) {
