@@ -93,8 +93,16 @@ struct Model {
     pending: BTreeMap<(u64, u64), Option<u64>>,
     /// Saved catch-up points: user, cursor, what the user saw then.
     cursors: Vec<(u64, Cursor, Seen)>,
-    /// (conversation, reader) that went private since the last drain.
-    pending_hidden: Vec<(u64, u64)>,
+    /// (conversation, reader, `counter` then) that went private since the
+    /// last drain.
+    pending_hidden: Vec<(u64, u64, u64)>,
+    /// Ticks at every join and every going-private: orders them.
+    counter: u64,
+    /// (conversation, user) -> `counter` at their join.
+    join_index: BTreeMap<(u64, u64), u64>,
+    /// The user's memberships (conversation -> join index) as each saved
+    /// cursor was taken (same order as `cursors`).
+    cursor_members: Vec<BTreeMap<u64, u64>>,
     /// (conversation, reader) -> times they left or went private there:
     /// catch-up may say "forget" only for a pair whose count moved.
     hides: BTreeMap<(u64, u64), u64>,
@@ -164,6 +172,16 @@ impl Model {
     }
 }
 
+/// `user`'s memberships: conversation -> join index.
+fn memberships(model: &Model, user: u64) -> BTreeMap<u64, u64> {
+    model
+        .join_index
+        .iter()
+        .filter(|(k, _)| k.1 == user)
+        .map(|(k, &i)| (k.0, i))
+        .collect()
+}
+
 fn states_map(states: &[ReadState]) -> BTreeMap<(u64, u64), u64> {
     states
         .iter()
@@ -207,12 +225,14 @@ fn check_drain(events: Vec<Event>, model: &mut Model) -> Result<(), TestCaseErro
     // "Forget this reader" notices: to the other current members of a
     // small conversation, if the reader is still a private member.
     let mut want_hidden = Vec::new();
-    for (c, r) in std::mem::take(&mut model.pending_hidden) {
+    for (c, r, when) in std::mem::take(&mut model.pending_hidden) {
         if model.is_member(c, r) && model.private(c, r) && model.small(c) {
+            // Only those who were members then: a later joiner never saw
+            // the reader's receipts.
             let others = model
                 .members_of(c)
                 .into_iter()
-                .filter(|&m| m != r)
+                .filter(|&m| m != r && model.join_index[&(c, m)] < when)
                 .collect();
             want_hidden.push((c, r, others));
         }
@@ -281,6 +301,8 @@ fn run_epoch<'o>(
                     r.unwrap();
                     let last = model.msgs[&c].last().map(|m| m.0);
                     model.members.insert((c, u), last);
+                    model.counter += 1;
+                    model.join_index.insert((c, u), model.counter);
                 }
             }
             Op::Leave(c, u) => {
@@ -291,6 +313,7 @@ fn run_epoch<'o>(
                     model.marks.remove(&(c, u));
                     model.private_here.remove(&(c, u));
                     *model.hides.entry((c, u)).or_default() += 1;
+                    model.join_index.remove(&(c, u));
                 } else {
                     prop_assert!(matches!(r, Err(Error::NotMember { .. })), "{:?}", r);
                 }
@@ -369,7 +392,8 @@ fn run_epoch<'o>(
                 }
                 for (c, before) in was {
                     if !before && model.private(c, u) {
-                        model.pending_hidden.push((c, u));
+                        model.counter += 1;
+                        model.pending_hidden.push((c, u, model.counter));
                         *model.hides.entry((c, u)).or_default() += 1;
                     }
                 }
@@ -385,6 +409,7 @@ fn run_epoch<'o>(
                 prop_assert_eq!(&seen, &model.visible(u), "snapshot of {}", u);
                 model.cursors.push((u, snap.cursor, seen));
                 model.cursor_hides.push(model.hides.clone());
+                model.cursor_members.push(memberships(model, u));
             }
             Op::CatchUp(i, limit) => {
                 if model.cursors.is_empty() {
@@ -393,6 +418,11 @@ fn run_epoch<'o>(
                 let i = i % model.cursors.len();
                 let (user, cursor, mut seen) = model.cursors[i].clone();
                 let hides_then = model.cursor_hides[i].clone();
+                // A client drops what it had of a conversation it left
+                // (even if it joined again since: that is a new start).
+                let members_then = model.cursor_members[i].clone();
+                let members_now = memberships(model, user);
+                seen.retain(|(c, _), _| members_then.get(c) == members_now.get(c));
                 // Changes reach the log when marks are flushed.
                 store.flush().unwrap();
                 let (states, hidden, next) =
@@ -439,9 +469,11 @@ fn run_epoch<'o>(
                 prop_assert_eq!(&seen, &now, "client view of {} after catch-up", user);
                 model.cursors.push((user, next, seen));
                 model.cursor_hides.push(model.hides.clone());
+                model.cursor_members.push(members_now);
                 if model.cursors.len() > 8 {
                     model.cursors.remove(0);
                     model.cursor_hides.remove(0);
+                    model.cursor_members.remove(0);
                 }
             }
             Op::Reopen => break,
