@@ -630,10 +630,8 @@ impl Store {
     fn resolve_hidden_once(&self, c: u64, r: u64, seq: u64) -> Result<Option<Event>> {
         let (conversation, reader) = (ConversationId(c), UserId(r));
         let view = self.snapshot_view();
-        let conv = match view.conversation_record(conversation) {
-            Ok(rec) => rec,
-            Err(Error::UnknownConversation(_)) => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(conv) = existing_conversation(&view, conversation)? else {
+            return Ok(None);
         };
         let still_hidden = view
             .member_record(conversation, reader)?
@@ -665,10 +663,8 @@ impl Store {
     fn resolve_once(&self, (c, r): (u64, u64), pending: Pending) -> Result<Option<ReceiptEvent>> {
         let (conversation, reader) = (ConversationId(c), UserId(r));
         let view = self.snapshot_view();
-        let conv = match view.conversation_record(conversation) {
-            Ok(rec) => rec,
-            Err(Error::UnknownConversation(_)) => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(conv) = existing_conversation(&view, conversation)? else {
+            return Ok(None);
         };
         // A reader who left is no longer anyone's business.
         let Some(member) = view.member_record(conversation, reader)? else {
@@ -982,6 +978,19 @@ impl Store {
             })?;
         }
         Ok(Snapshot { states, cursor })
+    }
+}
+
+/// The conversation's record, `None` if it does not exist (an event about
+/// a conversation deleted since is dropped, not an error).
+fn existing_conversation(
+    view: &View<'_>,
+    conversation: ConversationId,
+) -> Result<Option<ConversationRecord>> {
+    match view.conversation_record(conversation) {
+        Ok(rec) => Ok(Some(rec)),
+        Err(Error::UnknownConversation(_)) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
