@@ -981,8 +981,8 @@ impl Store {
     }
 }
 
-/// The conversation's record, `None` if it does not exist (an event about
-/// a conversation deleted since is dropped, not an error).
+/// The conversation's record, or `None` if there is none: an event about
+/// it has nobody to go to, which is not an error of the subscriber's.
 fn existing_conversation(
     view: &View<'_>,
     conversation: ConversationId,
