@@ -170,17 +170,12 @@ impl Store {
         }
         // Only while someone listens: the mark it starts from tells a
         // no-op from an advance, and which messages it newly covers.
+        // A no-op publishes nothing.
         let from = if self.events.has_subscribers() {
             let before = self.view().mark_state(conversation, user)?.mark;
-            if before.is_some_and(|m| m.up_to >= up_to) {
-                return self.writer.update(
-                    conversation.0,
-                    user.0,
-                    MarkState::from_mark(up_to, at),
-                    durability,
-                );
-            }
-            Some(before.map(|m| m.up_to.0))
+            before
+                .is_none_or(|m| m.up_to < up_to)
+                .then(|| before.map(|m| m.up_to.0))
         } else {
             None
         };
