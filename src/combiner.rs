@@ -1,51 +1,74 @@
-//! The write-combining buffer: the newest mark state per (conversation,
-//! user) since the last flush, sharded by conversation.
+//! The write-combining buffer: per (conversation, user), the join of every
+//! update since the key was last written, what the store knows RocksDB
+//! holds for it, and its journal slot. Sharded by conversation.
 //!
 //! A burst of scroll updates to one key becomes one entry whose state is the
 //! join of all of them, so a flush writes one merge operand per key however
-//! many updates arrived. Entries of one conversation live in one shard, in
-//! a `BTreeMap`, so the pending marks of a conversation are one range read
-//! (for read-your-writes on "read by" and "all marks"). Nothing here touches
-//! RocksDB or the journal: the store drives both around it.
+//! many updates arrived. After the flush the entry stays, *clean*, as a
+//! cache of the stored mark: the next visit plans its receipts, tells an
+//! advance from a no-op and finds the mark an event starts from without
+//! reading RocksDB. Clean entries are evicted under memory pressure.
+//! Entries of one conversation live in one shard, in a `BTreeMap`, so the
+//! buffered marks of a conversation are one range read (read-your-writes
+//! for "read by" and "all marks"). Nothing here touches RocksDB or the
+//! journal: the store drives both around it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::mark::MarkState;
 
 /// Number of shards; a shard is picked by conversation.
-const SHARDS: usize = 64;
+pub(crate) const SHARDS: usize = 128;
 
-/// A buffered key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Pending {
-    /// Join of every update since the last flush of this key.
+/// One buffered key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) struct Entry {
+    /// The join of every update since the entry was created, and of
+    /// `base` once known: what reads see, on top of RocksDB.
     pub(crate) state: MarkState,
-    /// Updates combined into this entry.
+    /// Exactly what RocksDB holds for the key, once the store knows it (it
+    /// read it, or wrote it): the store is the only writer of its marks.
+    pub(crate) base: Option<MarkState>,
+    /// The member record's `joined_seq` the updates were checked against.
+    pub(crate) joined_seq: u64,
+    /// The journal slot holding `state` (or an earlier state) while the
+    /// key has journaled updates not yet written to RocksDB.
+    pub(crate) slot: Option<u32>,
+    /// The slot copy the next journal write goes to.
+    pub(crate) copy: u8,
+    /// The slot's newest copy holds `state`.
+    pub(crate) journaled: bool,
+    /// Sequence number of the slot's newest copy (group commit target).
+    pub(crate) last_seq: u64,
+    /// Updates joined since the entry was last clean (the count trigger).
     pub(crate) updates: u32,
+    /// Bumped by every update that changed `state` or wrote the journal: a
+    /// flush that copied version `v` makes the entry clean only if it is
+    /// still `v` when the write has landed.
+    pub(crate) version: u64,
+    /// Something is not yet in RocksDB (or a slot is still held).
+    pub(crate) dirty: bool,
+    /// Queued for the flusher (the user left the conversation, or the
+    /// count trigger fired).
+    pub(crate) sealed: bool,
+    /// An update acknowledged at `PowerLoss` is in the entry: the batch
+    /// that writes it must be synced before the slot is given back.
+    pub(crate) needs_sync: bool,
+    /// The grace epoch at which the entry last became clean (eviction).
+    pub(crate) clean_epoch: u64,
 }
 
-/// Outcome of [`Combiner::add`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Added<T> {
-    /// What `under_lock` returned.
-    pub(crate) value: T,
-    /// The key was already buffered (this update was combined away).
-    pub(crate) combined: bool,
-    /// Updates now in the entry.
-    pub(crate) updates: u32,
-    /// Keys buffered in all shards after the add.
-    pub(crate) keys: usize,
-}
-
-type Shard = BTreeMap<(u64, u64), Pending>;
+/// A shard: its entries in (conversation, user) order.
+pub(crate) type Shard = BTreeMap<(u64, u64), Entry>;
 
 /// The buffer.
 pub(crate) struct Combiner {
     shards: Box<[Mutex<Shard>]>,
-    keys: AtomicUsize,
+    entries: AtomicUsize,
+    dirty: AtomicUsize,
 }
 
 impl Default for Combiner {
@@ -58,111 +81,130 @@ impl Combiner {
     pub(crate) fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(BTreeMap::new())).collect(),
-            keys: AtomicUsize::new(0),
+            entries: AtomicUsize::new(0),
+            dirty: AtomicUsize::new(0),
         }
     }
 
-    fn shard(&self, conversation: u64) -> &Mutex<Shard> {
+    pub(crate) fn shard_of(conversation: u64) -> usize {
         let h = conversation.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
         #[allow(clippy::cast_possible_truncation)]
-        &self.shards[(h as usize) % SHARDS]
+        let i = (h as usize) % SHARDS;
+        i
     }
 
-    /// Joins `state` into the entry of (`conversation`, `user`). `under_lock`
-    /// runs while the shard is locked, before the entry changes: the store
-    /// appends to the journal there, so an update is in the journal and in
-    /// the buffer together or in neither, and a flush that copies this
-    /// shard after rotating the journal sees every update whose frame went
-    /// to the segment it is about to retire. If `under_lock` fails, nothing
-    /// changes.
-    pub(crate) fn add<T, E>(
-        &self,
-        conversation: u64,
-        user: u64,
-        state: MarkState,
-        under_lock: impl FnOnce() -> Result<T, E>,
-    ) -> Result<Added<T>, E> {
-        let mut shard = self.shard(conversation).lock();
-        let value = under_lock()?;
-        let (combined, updates) = match shard.get_mut(&(conversation, user)) {
-            Some(p) => {
-                p.state = p.state.join(state);
-                p.updates = p.updates.saturating_add(1);
-                (true, p.updates)
-            }
-            None => {
-                shard.insert((conversation, user), Pending { state, updates: 1 });
-                (false, 1)
-            }
-        };
-        let keys = if combined {
-            self.keys.load(Ordering::Relaxed)
-        } else {
-            self.keys.fetch_add(1, Ordering::Relaxed) + 1
-        };
-        Ok(Added {
-            value,
-            combined,
-            updates,
-            keys,
-        })
+    /// Locks the shard of `conversation`. Lock order: a stripe lock of the
+    /// store, the flush lock, then at most one shard at a time.
+    pub(crate) fn lock(&self, conversation: u64) -> MutexGuard<'_, Shard> {
+        self.shards[Self::shard_of(conversation)].lock()
     }
 
-    /// Whether (`conversation`, `user`) is buffered.
+    /// Inserts a new entry (the caller checked it is absent).
+    pub(crate) fn insert(&self, shard: &mut Shard, key: (u64, u64), entry: Entry) {
+        if entry.dirty {
+            self.dirty.fetch_add(1, Ordering::Relaxed);
+        }
+        self.entries.fetch_add(1, Ordering::Relaxed);
+        shard.insert(key, entry);
+    }
+
+    /// Removes an entry; returns it.
+    pub(crate) fn remove(&self, shard: &mut Shard, key: (u64, u64)) -> Option<Entry> {
+        let e = shard.remove(&key)?;
+        if e.dirty {
+            self.dirty.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.entries.fetch_sub(1, Ordering::Relaxed);
+        Some(e)
+    }
+
+    /// Sets an entry's dirty flag, keeping the count.
+    pub(crate) fn set_dirty(&self, entry: &mut Entry, dirty: bool) {
+        match (entry.dirty, dirty) {
+            (false, true) => {
+                self.dirty.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.dirty.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        entry.dirty = dirty;
+    }
+
+    /// Whether (`conversation`, `user`) has an entry.
+    #[cfg(test)]
     pub(crate) fn contains(&self, conversation: u64, user: u64) -> bool {
-        self.shard(conversation)
-            .lock()
-            .contains_key(&(conversation, user))
+        self.lock(conversation).contains_key(&(conversation, user))
     }
 
-    /// The buffered state of one key.
+    /// The state reads join with RocksDB's value for one key.
     pub(crate) fn peek(&self, conversation: u64, user: u64) -> Option<MarkState> {
-        self.shard(conversation)
-            .lock()
+        self.lock(conversation)
             .get(&(conversation, user))
-            .map(|p| p.state)
+            .map(|e| e.state)
     }
 
-    /// The buffered states of one conversation, in user order.
+    /// The entries' states of one conversation, in user order.
     pub(crate) fn pending_in(&self, conversation: u64) -> Vec<(u64, MarkState)> {
-        self.shard(conversation)
-            .lock()
+        self.lock(conversation)
             .range((conversation, 0)..=(conversation, u64::MAX))
-            .map(|(&(_, u), p)| (u, p.state))
+            .map(|(&(_, u), e)| (u, e.state))
             .collect()
     }
 
-    /// Every buffered entry, copied (entries stay buffered, and visible to
-    /// reads, until [`remove_if_unchanged`](Combiner::remove_if_unchanged)
-    /// after they are written).
-    pub(crate) fn snapshot(&self) -> Vec<((u64, u64), MarkState)> {
-        let mut out = Vec::new();
+    /// Keys with something to write, in all shards.
+    pub(crate) fn dirty_keys(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::with_capacity(self.dirty());
         for shard in self.shards.iter() {
-            out.extend(shard.lock().iter().map(|(&k, p)| (k, p.state)));
+            out.extend(
+                shard
+                    .lock()
+                    .iter()
+                    .filter(|(_, e)| e.dirty)
+                    .map(|(&k, _)| k),
+            );
         }
         out
     }
 
-    /// Removes each key whose buffered state is still the one given (it was
-    /// written); a key updated since keeps its entry, whose state includes
-    /// what was written (the join only grows), for the next flush. Returns
-    /// the number removed.
-    pub(crate) fn remove_if_unchanged(&self, written: &[((u64, u64), MarkState)]) -> usize {
+    /// Keys with something to write in one conversation.
+    pub(crate) fn dirty_in(&self, conversation: u64) -> Vec<(u64, u64)> {
+        self.lock(conversation)
+            .range((conversation, 0)..=(conversation, u64::MAX))
+            .filter(|(_, e)| e.dirty)
+            .map(|(&k, _)| k)
+            .collect()
+    }
+
+    /// Removes clean entries that became clean at grace epoch `before - 2`
+    /// or earlier (no reader that could need them is left, see
+    /// `store::writer::Grace`), until at most `keep` entries remain.
+    /// Returns how many were removed.
+    pub(crate) fn evict_clean(&self, epoch: u64, keep: usize) -> usize {
         let mut removed = 0;
-        for &((c, u), state) in written {
-            let mut shard = self.shard(c).lock();
-            if shard.get(&(c, u)).is_some_and(|p| p.state == state) {
-                shard.remove(&(c, u));
-                removed += 1;
+        for shard in self.shards.iter() {
+            if self.entries() <= keep {
+                break;
             }
+            let mut s = shard.lock();
+            let before = s.len();
+            s.retain(|_, e| e.dirty || e.clean_epoch.saturating_add(2) > epoch);
+            let n = before - s.len();
+            self.entries.fetch_sub(n, Ordering::Relaxed);
+            removed += n;
         }
-        self.keys.fetch_sub(removed, Ordering::Relaxed);
         removed
     }
 
-    /// Keys buffered now.
-    pub(crate) fn keys(&self) -> usize {
-        self.keys.load(Ordering::Relaxed)
+    /// Entries now (clean and dirty).
+    pub(crate) fn entries(&self) -> usize {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    /// Entries with something to write.
+    pub(crate) fn dirty(&self) -> usize {
+        self.dirty.load(Ordering::Relaxed)
     }
 }
 
@@ -170,113 +212,76 @@ impl Combiner {
 mod tests {
     use super::*;
     use crate::ids::{MessageId, Timestamp};
-    use proptest::prelude::*;
 
-    #[derive(Clone, Debug)]
-    enum Op {
-        Add(u64, u64, u64, u64),
-        Take(u64, u64),
-        Drain,
+    fn mark(m: u64) -> MarkState {
+        MarkState::from_mark(MessageId(m), Timestamp(m))
     }
 
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            8 => (0u64..4, 0u64..4, 0u64..50, 0u64..5).prop_map(|(c, u, m, t)| Op::Add(c, u, m, t)),
-            1 => (0u64..4, 0u64..4).prop_map(|(c, u)| Op::Take(c, u)),
-            1 => Just(Op::Drain),
-        ]
-    }
-
-    proptest! {
-        /// Against a `BTreeMap` model: the buffered state is the join of the
-        /// updates since the key was last taken, and what is taken or
-        /// drained plus what stays equals the model's total.
-        #[test]
-        fn combiner_matches_model(ops in proptest::collection::vec(op(), 1..200)) {
-            let c = Combiner::new();
-            let mut model: BTreeMap<(u64, u64), (MarkState, u32)> = BTreeMap::new();
-            let mut flushed_model: BTreeMap<(u64, u64), MarkState> = BTreeMap::new();
-            let mut flushed: BTreeMap<(u64, u64), MarkState> = BTreeMap::new();
-            for op in ops {
-                match op {
-                    Op::Add(conv, user, m, t) => {
-                        let s = MarkState::from_mark(MessageId(m), Timestamp(t));
-                        let added = c.add(conv, user, s, || Ok::<_, ()>(())).unwrap();
-                        let e = model.entry((conv, user)).or_insert((MarkState::default(), 0));
-                        prop_assert_eq!(added.combined, e.1 > 0);
-                        e.0 = e.0.join(s);
-                        e.1 += 1;
-                        prop_assert_eq!(added.updates, e.1);
-                    }
-                    Op::Take(conv, user) => {
-                        // A single-key flush: copy, "write", remove.
-                        let got = c.peek(conv, user);
-                        let want = model.remove(&(conv, user));
-                        prop_assert_eq!(got, want.map(|w| w.0));
-                        if let Some(s) = got {
-                            prop_assert_eq!(c.remove_if_unchanged(&[((conv, user), s)]), 1);
-                            let f = flushed.entry((conv, user)).or_default();
-                            *f = f.join(s);
-                        }
-                        if let Some((s, _)) = want {
-                            let f = flushed_model.entry((conv, user)).or_default();
-                            *f = f.join(s);
-                        }
-                    }
-                    Op::Drain => {
-                        let all = c.snapshot();
-                        prop_assert_eq!(c.remove_if_unchanged(&all), all.len());
-                        for (k, s) in all {
-                            let f = flushed.entry(k).or_default();
-                            *f = f.join(s);
-                        }
-                        for (k, (s, _)) in std::mem::take(&mut model) {
-                            let f = flushed_model.entry(k).or_default();
-                            *f = f.join(s);
-                        }
-                    }
-                }
-                prop_assert_eq!(c.keys(), model.len());
-                for (&(conv, user), &(s, _)) in &model {
-                    prop_assert_eq!(c.peek(conv, user), Some(s));
-                }
-                prop_assert_eq!(&flushed, &flushed_model);
-            }
+    #[test]
+    fn counts_follow_inserts_flags_and_removals() {
+        let c = Combiner::new();
+        for u in 0..10 {
+            let mut s = c.lock(1);
+            c.insert(
+                &mut s,
+                (1, u),
+                Entry {
+                    state: mark(u),
+                    dirty: u % 2 == 0,
+                    ..Entry::default()
+                },
+            );
         }
+        assert_eq!((c.entries(), c.dirty()), (10, 5));
+        assert_eq!(c.dirty_keys().len(), 5);
+        assert_eq!(c.dirty_in(1).len(), 5);
+        assert!(c.dirty_in(2).is_empty());
+        {
+            let mut s = c.lock(1);
+            let mut e = s[&(1, 1)];
+            c.set_dirty(&mut e, true);
+            s.insert((1, 1), e);
+            c.remove(&mut s, (1, 0));
+        }
+        assert_eq!((c.entries(), c.dirty()), (9, 5));
+        assert_eq!(c.peek(1, 3), Some(mark(3)));
+        assert_eq!(c.peek(1, 0), None);
     }
 
     #[test]
-    fn failed_under_lock_changes_nothing() {
+    fn eviction_keeps_dirty_and_recently_cleaned_entries() {
         let c = Combiner::new();
-        let s = MarkState::from_mark(MessageId(1), Timestamp(1));
-        assert!(c.add(1, 1, s, || Err::<(), _>("journal full")).is_err());
-        assert_eq!(c.keys(), 0);
-        assert_eq!(c.peek(1, 1), None);
-    }
-
-    #[test]
-    fn an_entry_updated_during_its_flush_stays_buffered() {
-        let c = Combiner::new();
-        let s1 = MarkState::from_mark(MessageId(1), Timestamp(1));
-        c.add(1, 1, s1, || Ok::<_, ()>(())).unwrap();
-        let copied = c.snapshot();
-        let s2 = MarkState::from_mark(MessageId(2), Timestamp(2));
-        c.add(1, 1, s2, || Ok::<_, ()>(())).unwrap();
-        assert_eq!(c.remove_if_unchanged(&copied), 0);
-        assert_eq!(c.peek(1, 1), Some(s1.join(s2)));
+        for u in 0..6u64 {
+            let mut s = c.lock(u);
+            c.insert(
+                &mut s,
+                (u, u),
+                Entry {
+                    dirty: u == 0,
+                    clean_epoch: u,
+                    ..Entry::default()
+                },
+            );
+        }
+        // At epoch 5, entries cleaned at epochs 1, 2, 3 are old enough.
+        assert_eq!(c.evict_clean(5, 0), 3);
+        let left: Vec<u64> = (0..6).filter(|&u| c.contains(u, u)).collect();
+        assert_eq!(left, vec![0, 4, 5]);
     }
 
     #[test]
     fn pending_in_is_one_conversation_in_user_order() {
         let c = Combiner::new();
         for (conv, user) in [(2, 9), (1, 5), (2, 3), (3, 1)] {
-            c.add(
-                conv,
-                user,
-                MarkState::from_mark(MessageId(user), Timestamp(0)),
-                || Ok::<_, ()>(()),
-            )
-            .unwrap();
+            let mut s = c.lock(conv);
+            c.insert(
+                &mut s,
+                (conv, user),
+                Entry {
+                    state: mark(user),
+                    ..Entry::default()
+                },
+            );
         }
         let users: Vec<u64> = c.pending_in(2).into_iter().map(|(u, _)| u).collect();
         assert_eq!(users, vec![3, 9]);

@@ -48,10 +48,11 @@ pub enum Durability {
 /// | [`block_cache_bytes`](Config::block_cache_bytes) | 64 MiB |
 /// | [`max_successive_merges`](Config::max_successive_merges) | 16 |
 /// | [`write_buffer_bytes`](Config::write_buffer_bytes) | 32 MiB per column family |
-/// | [`flush_interval`](Config::flush_interval) | 1 s |
-/// | [`flush_after_updates`](Config::flush_after_updates) | 100 updates of one key |
+/// | [`flush_interval`](Config::flush_interval) | 5 s |
+/// | [`flush_delay`](Config::flush_delay) | 2 ms |
+/// | [`flush_after_updates`](Config::flush_after_updates) | 1,000 updates of one key |
 /// | [`combiner_max_bytes`](Config::combiner_max_bytes) | 32 MiB |
-/// | [`journal_segment_bytes`](Config::journal_segment_bytes) | 8 MiB (two segments) |
+/// | [`journal_bytes`](Config::journal_bytes) | 16 MiB (102,375 slots) |
 /// | [`recovery_mode`](Config::recovery_mode) | [`RecoveryMode::Strict`] |
 /// | [`statistics`](Config::statistics) | `false` |
 /// | [`receipt_threshold`](Config::receipt_threshold) | 50 members |
@@ -82,9 +83,10 @@ pub struct Config {
     pub(crate) max_successive_merges: usize,
     pub(crate) write_buffer_bytes: usize,
     pub(crate) flush_interval: Duration,
+    pub(crate) flush_delay: Duration,
     pub(crate) flush_after_updates: u32,
     pub(crate) combiner_max_bytes: usize,
-    pub(crate) journal_segment_bytes: usize,
+    pub(crate) journal_bytes: usize,
     pub(crate) recovery_mode: RecoveryMode,
     pub(crate) statistics: bool,
     pub(crate) receipt_threshold: u32,
@@ -148,7 +150,7 @@ pub enum RecoveryMode {
 
 /// Estimated memory of one buffered key (map entry and node overhead),
 /// used to turn [`Config::combiner_max_bytes`] into a key count.
-pub(crate) const PENDING_ENTRY_BYTES: usize = 96;
+pub(crate) const PENDING_ENTRY_BYTES: usize = 224;
 
 impl Default for Config {
     fn default() -> Self {
@@ -165,10 +167,11 @@ impl Config {
             block_cache_bytes: 64 << 20,
             max_successive_merges: 16,
             write_buffer_bytes: 32 << 20,
-            flush_interval: Duration::from_secs(1),
-            flush_after_updates: 100,
+            flush_interval: Duration::from_secs(5),
+            flush_delay: Duration::from_millis(2),
+            flush_after_updates: 1_000,
             combiner_max_bytes: 32 << 20,
-            journal_segment_bytes: 8 << 20,
+            journal_bytes: 16 << 20,
             recovery_mode: RecoveryMode::Strict,
             statistics: false,
             receipt_threshold: 50,
@@ -229,33 +232,62 @@ impl Config {
         self
     }
 
-    /// How often buffered marks are written to RocksDB: at most one durable
-    /// write per key per interval. Default 1 s; at least 1 ms.
+    /// How often the flusher writes every buffered key to RocksDB: at most
+    /// one durable write per key per interval for a user who stays in a
+    /// conversation (one who leaves it is written within
+    /// [`flush_delay`](Config::flush_delay)). It also bounds how stale a
+    /// catch-up is and how coarse a read time recorded for a reader who
+    /// stays can be. The journal holds one slot per buffered key, not one
+    /// record per update, so a long interval costs no journal space.
+    /// Default 5 s; at least 1 ms.
     pub fn flush_interval(mut self, every: Duration) -> Self {
         self.flush_interval = every;
         self
     }
 
-    /// A key is flushed at once after this many updates since its last
-    /// flush (a long scroll). Default 100; at least 1.
+    /// How long the flusher waits after a key is sealed
+    /// ([`Store::seal`](crate::Store::seal), or the count trigger) before it
+    /// writes it, so keys sealed meanwhile, by any user, share one RocksDB
+    /// batch. Default 2 ms; zero writes at once.
+    pub fn flush_delay(mut self, delay: Duration) -> Self {
+        self.flush_delay = delay;
+        self
+    }
+
+    /// A key is sealed (written within [`flush_delay`](Config::flush_delay))
+    /// after this many updates since its last write (a very long scroll).
+    /// Default 1,000; at least 1.
     pub fn flush_after_updates(mut self, n: u32) -> Self {
         self.flush_after_updates = n;
         self
     }
 
-    /// Memory cap of the write-combining buffer; reaching it flushes
-    /// everything. Default 32 MiB (about 350 000 keys); at least 4 KiB.
+    /// Memory cap of the write-combining buffer, written and unwritten
+    /// keys together (about 224 bytes each): past half of it the flusher
+    /// writes every key and evicts written ones; at the cap a new key waits
+    /// for that. Default 32 MiB (about 150,000 keys); at least 4 KiB.
     pub fn combiner_max_bytes(mut self, bytes: usize) -> Self {
         self.combiner_max_bytes = bytes;
         self
     }
 
-    /// Size of each of the journal's two segment files; a full segment
-    /// triggers a flush. Default 8 MiB; at least 64 KiB. Changing it on an
-    /// existing store is allowed (the journal is replayed, then resized).
-    pub fn journal_segment_bytes(mut self, bytes: usize) -> Self {
-        self.journal_segment_bytes = bytes;
+    /// Size of the journal's slot file: one 160-byte slot per key with
+    /// journaled updates not yet in RocksDB (25 per 4 KiB page). When every
+    /// slot is taken, an update to a new key waits for the flusher to write
+    /// keys and give their slots back. Default 16 MiB (102,375 slots); at
+    /// least 64 KiB. Changing it on an existing store is allowed (the
+    /// journal is replayed, then made anew).
+    pub fn journal_bytes(mut self, bytes: usize) -> Self {
+        self.journal_bytes = bytes;
         self
+    }
+
+    /// Format 3's setting (two segments of this size): kept so existing
+    /// code builds; sets [`journal_bytes`](Config::journal_bytes) to twice
+    /// `bytes`.
+    #[deprecated(note = "the journal is one slot file now: use `journal_bytes`")]
+    pub fn journal_segment_bytes(self, bytes: usize) -> Self {
+        self.journal_bytes(bytes.saturating_mul(2))
     }
 
     /// What to do with damage in synced journal data at open. Default
@@ -411,10 +443,10 @@ impl Config {
                 "combiner_max_bytes must be at least 4096".into(),
             ));
         }
-        if self.journal_segment_bytes < crate::journal::MIN_SEGMENT_BYTES {
+        if self.journal_bytes < crate::journal::MIN_JOURNAL_BYTES {
             return Err(Error::InvalidConfig(format!(
-                "journal_segment_bytes must be at least {}",
-                crate::journal::MIN_SEGMENT_BYTES
+                "journal_bytes must be at least {}",
+                crate::journal::MIN_JOURNAL_BYTES
             )));
         }
         if self.max_successive_merges == 0 {

@@ -310,7 +310,7 @@ mod api {
             .flush_interval(Duration::from_secs(3600))
             .flush_after_updates(3)
             .combiner_max_bytes(4096)
-            .journal_segment_bytes(64 << 10)
+            .journal_bytes(128 << 10)
             .receipt_threshold(2)
     }
 
@@ -645,7 +645,7 @@ mod api {
 pub mod bench {
     use std::path::Path;
 
-    use crate::combiner::Combiner as Inner;
+    use crate::combiner::{Combiner as Inner, Entry};
     use crate::ids::{MessageId, Timestamp};
     use crate::journal::{record::MarkRecord, Journal as InnerJournal, Recovery};
     use crate::mark::MarkState;
@@ -666,59 +666,69 @@ pub mod bench {
         pub fn add(&self, conversation: u64, user: u64, up_to: u64, at: u64) -> bool {
             let Some(c) = &self.0 else { return false };
             let state = MarkState::from_mark(MessageId(up_to), Timestamp(at));
-            c.add(conversation, user, state, || Ok::<(), ()>(()))
-                .is_ok_and(|a| a.combined)
+            let mut shard = c.lock(conversation);
+            if let Some(e) = shard.get_mut(&(conversation, user)) {
+                e.state = e.state.join(state);
+                e.version += 1;
+                return true;
+            }
+            c.insert(
+                &mut shard,
+                (conversation, user),
+                Entry {
+                    state,
+                    dirty: true,
+                    ..Entry::default()
+                },
+            );
+            false
         }
 
-        /// Copies then removes every entry, as a flush does; returns how many.
+        /// Removes every entry, as writing them all and evicting would;
+        /// returns how many.
         pub fn drain(&self) -> usize {
             let Some(c) = &self.0 else { return 0 };
-            let all = c.snapshot();
-            c.remove_if_unchanged(&all);
-            all.len()
+            let keys = c.dirty_keys();
+            for &(conv, user) in &keys {
+                let mut shard = c.lock(conv);
+                c.remove(&mut shard, (conv, user));
+            }
+            keys.len()
         }
     }
 
-    /// The memory-mapped journal.
+    /// The memory-mapped slot journal.
     pub struct Journal(InnerJournal);
 
     impl Journal {
-        /// Two fresh segments of `segment_bytes` in `dir`.
+        /// A fresh slot file of `bytes` in `dir`.
         ///
         /// # Errors
         ///
         /// I/O errors.
-        pub fn create(dir: &Path, segment_bytes: usize) -> crate::Result<Self> {
-            Ok(Self(InnerJournal::create(
-                dir,
-                segment_bytes,
-                &Recovery::default(),
-            )?))
+        pub fn create(dir: &Path, bytes: usize) -> crate::Result<Self> {
+            Ok(Self(InnerJournal::create(dir, bytes, &Recovery::default())?))
         }
 
-        /// Appends one frame; `None` when the segment is full.
-        ///
-        /// # Errors
-        ///
-        /// I/O errors.
-        pub fn append(&self, payload: &[u8]) -> crate::Result<Option<u64>> {
-            self.0.append(payload)
+        /// Slots in the file.
+        #[must_use]
+        pub fn capacity(&self) -> usize {
+            self.0.capacity()
         }
 
-        /// Rotates to the other segment and retires the full one, as a
-        /// flush does (no fsync).
+        /// Writes one update's state into copy `copy` of `slot`, as the
+        /// write path does; returns its sequence number.
         ///
         /// # Errors
         ///
         /// I/O errors.
-        pub fn recycle(&self) -> crate::Result<()> {
-            let (old, _) = self.0.rotate()?;
-            self.0.retire(old, false)?;
-            Ok(())
+        pub fn write(&self, slot: u32, copy: u8, up_to: u64, at: u64) -> crate::Result<u64> {
+            let state = MarkState::from_mark(MessageId(up_to), Timestamp(at));
+            Ok(self.0.write(slot, copy, 1, 2, 0, &state)?)
         }
     }
 
-    /// The journal payload of one mark update (64 bytes framed).
+    /// A format-3 journal payload of one mark update (64 bytes framed).
     #[must_use]
     pub fn mark_payload(conversation: u64, user: u64, up_to: u64, at: u64) -> Vec<u8> {
         MarkRecord {

@@ -46,6 +46,8 @@ const KNOWN_BITS: u8 = BIT_MARK | BIT_FLAG | BIT_FLAG_SET | BIT_FLAG_POS;
 /// Length of a value holding a mark and no flag.
 #[cfg(test)]
 pub(crate) const PLAIN_MARK_LEN: usize = FIELDS_OFFSET + 16;
+/// The longest encoding: a mark and a flag with its position.
+pub(crate) const MAX_ENCODED_LEN: usize = FIELDS_OFFSET + 32;
 
 /// A last-read pointer: `user` has read everything up to and including
 /// `up_to`, and reached it at `at`.
@@ -185,6 +187,42 @@ impl MarkState {
         let mut out = Vec::with_capacity(self.encoded_len());
         self.encode_into(&mut out);
         out
+    }
+
+    /// Encodes into the front of `out` (at least [`MAX_ENCODED_LEN`] bytes)
+    /// without allocating; returns the length. The journal's hot path.
+    pub(crate) fn encode_to(&self, out: &mut [u8; MAX_ENCODED_LEN]) -> usize {
+        let mut bits = 0u8;
+        if self.mark.is_some() {
+            bits |= BIT_MARK;
+        }
+        if let Some(f) = self.flag {
+            bits |= BIT_FLAG;
+            if f.set {
+                bits |= BIT_FLAG_SET;
+            }
+            if f.pos.is_some() {
+                bits |= BIT_FLAG_POS;
+            }
+        }
+        out[VERSION_OFFSET] = MARK_VERSION;
+        out[BITS_OFFSET] = bits;
+        let mut n = FIELDS_OFFSET;
+        let mut put = |v: u64| {
+            BigEndian::write_u64(&mut out[n..n + 8], v);
+            n += 8;
+        };
+        if let Some(m) = self.mark {
+            put(m.up_to.0);
+            put(m.at.0);
+        }
+        if let Some(f) = self.flag {
+            put(f.time);
+            if let Some(p) = f.pos {
+                put(p);
+            }
+        }
+        n
     }
 
     pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {

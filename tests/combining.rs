@@ -176,7 +176,7 @@ fn full_journal_segment_flushes() {
     let store = Store::open(
         dir.path(),
         quiet_config()
-            .journal_segment_bytes(64 << 10)
+            .journal_bytes(128 << 10)
             .flush_after_updates(u32::MAX),
     )
     .unwrap();

@@ -27,7 +27,7 @@ fn config() -> Config {
     // commits, rotations, flushes and retirements alike.
     Config::new()
         .write_buffer_bytes(256 << 10)
-        .journal_segment_bytes(64 << 10)
+        .journal_bytes(128 << 10)
         .flush_interval(Duration::from_millis(5))
         .flush_after_updates(40)
 }

@@ -18,7 +18,7 @@ fn config() -> Config {
     common::small_config()
         .flush_interval(Duration::from_secs(3600))
         .flush_after_updates(5)
-        .journal_segment_bytes(64 << 10)
+        .journal_bytes(128 << 10)
 }
 
 #[derive(Default)]

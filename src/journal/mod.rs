@@ -1,71 +1,145 @@
-//! The journal: CRC-framed records in two memory-mapped segments that are
-//! reused in turn, so an acknowledged update survives a process crash
-//! (bytes in a shared file mapping are the page cache's, not the process's)
-//! and, after a group-commit fsync, power loss.
+//! The journal: one slot per buffered key in a memory-mapped file, so an
+//! acknowledged update survives a process crash (bytes in a shared file
+//! mapping are the page cache's, not the process's) and, after a
+//! group-commit fsync, power loss.
 //!
-//! Life of a segment: `reset` (new epoch in the header, end marker after
-//! it) → frames appended while it is active → `rotate` makes the other one
-//! active → the combiner flushes to RocksDB → `retire` (a new epoch: every
-//! old frame stops validating). Only two segments ever exist, so the pages
-//! written are the same pages again and again, and the bytes that reach the
-//! disk per logical update fall as more updates share a page between
-//! write-backs.
+//! A key's slot holds its whole buffered state, rewritten in place at each
+//! update ([`slot`]: two alternating copies, the newer wins). So the
+//! journal's size follows the number of keys buffered, not the number of
+//! updates: a scroll burst of 50 updates rewrites one slot 50 times in the
+//! page cache, and the disk sees that page once per write-back. A slot is
+//! taken by a key's first journaled update after a flush and given back
+//! (zeroed) once a flush has written the key to RocksDB.
 //!
-//! Formats: [`frame`] (segment header, frame), [`record`] (payload).
-//! Recovery rules: [`scan`].
+//! Stores of format 3 kept an append-only journal of two segments
+//! ([`frame`], [`record`], [`scan`]): recovery still reads those files, so
+//! an upgraded store replays what its last run acknowledged, and
+//! [`Journal::create`] removes them once that replay is durable.
 
 pub(crate) mod frame;
 pub(crate) mod record;
 pub(crate) mod scan;
+pub(crate) mod slot;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
 
-use memmap2::MmapMut;
-use parking_lot::Mutex;
+use memmap2::{MmapMut, MmapOptions};
+use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
-use frame::{
-    frame_size, write_frame, write_header, FRAME_HEADER_LEN, MAX_PAYLOAD, SEGMENT_HEADER_LEN,
-};
+use crate::mark::MarkState;
+use record::MarkRecord;
 use scan::{scan_segment, ScanEnd};
+use slot::{copy_offset, encode_copy, file_len, scan_slots, Copy, COPY_LEN, HEADER_LEN, PAGE};
 
-/// Number of segments.
-pub(crate) const SEGMENTS: usize = 2;
 /// Directory of the journal inside the store directory.
 pub(crate) const JOURNAL_DIR: &str = "readmark-journal";
+/// The slot file inside [`JOURNAL_DIR`].
+pub(crate) const SLOT_FILE: &str = "slots";
+/// Format 3's segment files, read at upgrade.
+pub(crate) const LEGACY_SEGMENTS: usize = 2;
 /// Epochs and sequence numbers at or above this are refused at recovery.
 const COUNTER_LIMIT: u64 = 1 << 62;
-/// Smallest segment accepted by the configuration.
-pub(crate) const MIN_SEGMENT_BYTES: usize = 64 << 10;
+/// Smallest journal accepted by the configuration (375 slots).
+pub(crate) const MIN_JOURNAL_BYTES: usize = 64 << 10;
+/// The slot area is mapped in at most this many pieces, each behind its own
+/// lock: writers of different pieces never wait for each other.
+const CHUNKS: usize = 64;
 
 pub(crate) fn segment_path(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("segment-{i}"))
 }
 
-/// One recovered frame's payload and where it was.
-#[derive(Debug)]
-pub(crate) struct RecoveredPayload {
-    pub(crate) path: PathBuf,
-    pub(crate) offset: usize,
-    pub(crate) bytes: Vec<u8>,
+pub(crate) fn slot_path(dir: &Path) -> PathBuf {
+    dir.join(SLOT_FILE)
 }
 
-/// What recovery found: payloads to replay, and where numbering resumes.
+/// One key's state found by recovery.
+#[derive(Debug, Clone)]
+pub(crate) struct Recovered {
+    pub(crate) conversation: u64,
+    pub(crate) user: u64,
+    /// The membership the state was written for; `None` for a format-3
+    /// frame, which did not record it (replayed if the user is a member).
+    pub(crate) joined_seq: Option<u64>,
+    pub(crate) state: MarkState,
+}
+
+/// What recovery found: states to replay, and counters to resume above.
 #[derive(Debug, Default)]
 pub(crate) struct Recovery {
-    pub(crate) payloads: Vec<RecoveredPayload>,
+    pub(crate) records: Vec<Recovered>,
     pub(crate) max_epoch: u64,
     pub(crate) max_seq: u64,
+    /// Copies whose checksum failed (writes cut short by a crash).
+    pub(crate) torn: u64,
 }
 
-/// Reads every valid frame of every segment, without changing anything.
-/// Files are read, not mapped: a file truncated by someone else cannot
-/// raise SIGBUS here.
+/// Reads the slot file and any format-3 segments, without changing
+/// anything. Files are read, not mapped: a file truncated by someone else
+/// cannot raise SIGBUS here.
 pub(crate) fn recover(dir: &Path, tolerant: bool) -> Result<Recovery> {
     let mut rec = Recovery::default();
-    for i in 0..SEGMENTS {
+    recover_legacy(dir, tolerant, &mut rec)?;
+    let path = slot_path(dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(rec),
+        Err(e) => return Err(e.into()),
+    };
+    let scan = scan_slots(&bytes);
+    if scan.bad_header {
+        // Written once, synced, never rewritten while open: only damage
+        // (or a foreign file) makes it fail, and without its epoch no copy
+        // can be checked.
+        if !tolerant {
+            return Err(Error::JournalCorrupt { path, offset: 0 });
+        }
+        tracing::warn!(file = %path.display(), "journal: slot file header damaged; nothing replayed from it (tolerant recovery)");
+        return Ok(rec);
+    }
+    if let Some(epoch) = scan.epoch {
+        if epoch >= COUNTER_LIMIT {
+            return Err(Error::JournalCorrupt { path, offset: 0 });
+        }
+        rec.max_epoch = rec.max_epoch.max(epoch);
+    }
+    if let Some(&offset) = scan.malformed.first() {
+        if !tolerant {
+            return Err(Error::JournalCorrupt {
+                path,
+                offset: offset as u64,
+            });
+        }
+        tracing::warn!(file = %path.display(), copies = scan.malformed.len(), "journal: skipped slot copies whose content does not decode (tolerant recovery)");
+    }
+    if scan.torn > 0 {
+        tracing::warn!(file = %path.display(), copies = scan.torn, "journal: copies cut short by a crash ignored (each slot's other copy replayed)");
+    }
+    rec.torn += scan.torn;
+    for f in scan.found {
+        if f.copy.seq >= COUNTER_LIMIT {
+            return Err(Error::JournalCorrupt {
+                path,
+                offset: f.offset as u64,
+            });
+        }
+        rec.max_seq = rec.max_seq.max(f.copy.seq);
+        rec.records.push(Recovered {
+            conversation: f.copy.conversation,
+            user: f.copy.user,
+            joined_seq: Some(f.copy.joined_seq),
+            state: f.copy.state,
+        });
+    }
+    Ok(rec)
+}
+
+/// Format 3's two segments (see `docs/design.md`, upgrade).
+fn recover_legacy(dir: &Path, tolerant: bool, rec: &mut Recovery) -> Result<()> {
+    for i in 0..LEGACY_SEGMENTS {
         let path = segment_path(dir, i);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -74,9 +148,6 @@ pub(crate) fn recover(dir: &Path, tolerant: bool) -> Result<Recovery> {
         };
         let scan = scan_segment(&bytes, tolerant);
         if let Some((epoch, first_seq)) = scan.header {
-            // Numbering resumes after these: values no journal can reach
-            // (2^62 frames) are damage that happens to pass the CRC, or a
-            // foreign file, and would overflow.
             if epoch >= COUNTER_LIMIT || first_seq >= COUNTER_LIMIT {
                 return Err(Error::JournalCorrupt { path, offset: 0 });
             }
@@ -105,69 +176,68 @@ pub(crate) fn recover(dir: &Path, tolerant: bool) -> Result<Recovery> {
                 });
             }
             rec.max_seq = rec.max_seq.max(f.seq);
-            rec.payloads.push(RecoveredPayload {
-                path: path.clone(),
-                offset: f.offset,
-                bytes: f.payload.to_vec(),
+            let Some(r) = MarkRecord::decode(f.payload) else {
+                // The frame's checksum held, so this is not a torn write: a
+                // newer writer's record kind, or a bug.
+                if !tolerant {
+                    return Err(Error::JournalCorrupt {
+                        path,
+                        offset: f.offset as u64,
+                    });
+                }
+                tracing::warn!("journal: skipped a frame whose payload does not decode");
+                continue;
+            };
+            rec.records.push(Recovered {
+                conversation: r.conversation,
+                user: r.user,
+                joined_seq: None,
+                state: r.state,
             });
         }
     }
-    Ok(rec)
+    Ok(())
 }
 
-struct State {
-    maps: Vec<MmapMut>,
-    epochs: [u64; SEGMENTS],
-    write_off: [usize; SEGMENTS],
-    frames: [u64; SEGMENTS],
-    /// Segments written since their last fsync.
-    unsynced: [bool; SEGMENTS],
-    /// Segments whose last retirement (or creation) is known durable.
-    retire_synced: [bool; SEGMENTS],
-    active: usize,
-    next_seq: u64,
-    next_epoch: u64,
-}
-
-impl State {
-    fn reset(&mut self, i: usize) {
-        let epoch = self.next_epoch;
-        self.next_epoch += 1;
-        let map = &mut self.maps[i];
-        write_header(&mut map[..SEGMENT_HEADER_LEN], epoch, self.next_seq);
-        map[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + FRAME_HEADER_LEN].fill(0);
-        self.epochs[i] = epoch;
-        self.write_off[i] = SEGMENT_HEADER_LEN;
-        self.frames[i] = 0;
-    }
+/// One mapped piece of the slot area.
+struct Chunk {
+    map: MmapMut,
+    /// File offset of the map's first byte.
+    base: usize,
 }
 
 /// The journal of an open store.
 pub(crate) struct Journal {
-    state: Mutex<State>,
-    /// Handles for fdatasync outside the state lock (group commit).
-    files: Vec<File>,
+    chunks: Box<[Mutex<Chunk>]>,
+    slots_per_chunk: usize,
+    slots: usize,
+    epoch: u64,
+    /// For fdatasync outside any chunk lock (group commit).
+    file: File,
+    /// Free slots, a stack: the most recently freed slot (a page most
+    /// likely still dirty in the page cache) is reused first.
+    free: Mutex<Vec<u32>>,
+    /// Next copy sequence number; taken under the chunk's lock.
+    next_seq: AtomicU64,
+    /// Every copy with a sequence number at or below this is fsynced.
+    synced: AtomicU64,
     /// Group commit: whether a leader is syncing; waiters sleep on `sync_cv`.
     syncing: Mutex<bool>,
-    sync_cv: parking_lot::Condvar,
+    sync_cv: Condvar,
     /// A sync failed: no later sync may acknowledge anything (the failed
     /// one may have lost dirty pages that a retry would not rewrite).
-    sync_failed: std::sync::atomic::AtomicBool,
-    /// Highest seq whose bytes are fully in a mapped page.
-    written: AtomicU64,
-    /// Highest seq made durable by an fsync.
-    synced: AtomicU64,
-    bytes_appended: AtomicU64,
+    sync_failed: AtomicBool,
+    bytes_written: AtomicU64,
     syncs: AtomicU64,
     /// Fault injection: journal operations left before one fails (-1: never).
-    fail_after: std::sync::atomic::AtomicI64,
-    fail_errno: std::sync::atomic::AtomicI32,
+    fail_after: AtomicI64,
+    fail_errno: AtomicI32,
 }
 
 impl Journal {
     /// Fault injection for tests: the `ops`-th journal operation from now
-    /// (append, fsync, durable retire) fails with an I/O error, as a full
-    /// disk or a failing device would.
+    /// (copy write or fsync) fails with an I/O error, as a full disk or a
+    /// failing device would.
     pub(crate) fn fail_after(&self, ops: u64, errno: i32) {
         self.fail_errno.store(errno, Ordering::SeqCst);
         self.fail_after
@@ -175,8 +245,7 @@ impl Journal {
     }
 
     fn injected_fault(&self) -> std::io::Result<()> {
-        let left = self.fail_after.load(Ordering::SeqCst);
-        if left < 0 {
+        if self.fail_after.load(Ordering::Relaxed) < 0 {
             return Ok(());
         }
         if self.fail_after.fetch_sub(1, Ordering::SeqCst) <= 0 {
@@ -188,104 +257,153 @@ impl Journal {
         Ok(())
     }
 
-    /// Creates or re-initialises both segments after `recovery`'s payloads
-    /// are durable elsewhere: new epochs, so nothing recovered is replayed
-    /// twice.
-    pub(crate) fn create(dir: &Path, segment_bytes: usize, recovery: &Recovery) -> Result<Journal> {
+    /// Creates a fresh slot file of at most `bytes`, after `recovery`'s
+    /// states are durable elsewhere, and removes format 3's segments.
+    pub(crate) fn create(dir: &Path, bytes: usize, recovery: &Recovery) -> Result<Journal> {
         std::fs::create_dir_all(dir)?;
-        let mut files = Vec::with_capacity(SEGMENTS);
-        let mut maps = Vec::with_capacity(SEGMENTS);
-        for i in 0..SEGMENTS {
-            let path = segment_path(dir, i);
-            // Always a new file, swapped in by rename once allocated: the old
-            // one's frames were replayed (and are durable in RocksDB) before
-            // this is called, and a fresh inode has no page-cache folios left
-            // by recovery's read (see `preallocate`).
-            let tmp = dir.join(format!("segment-{i}.new"));
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            preallocate(&file, segment_bytes)?;
-            std::fs::rename(&tmp, &path)?;
-            maps.push(map_file(&file)?);
-            files.push(file);
+        let slots = slot::slots_in(bytes).max(slot::SLOTS_PER_PAGE);
+        let len = file_len(slots);
+        let epoch = recovery.max_epoch + 1;
+        // Always a new file, swapped in by rename once allocated and given
+        // its header: the old one's states were replayed (and are durable
+        // in RocksDB) before this is called, and a fresh inode has no
+        // page-cache folios left by recovery's read (see `preallocate`).
+        let tmp = dir.join(format!("{SLOT_FILE}.new"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        preallocate(&file, len)?;
+        let mut header = vec![0u8; HEADER_LEN];
+        slot::write_header(&mut header, epoch, slots as u64);
+        {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&header, 0)?;
+        }
+        file.sync_data()?;
+        std::fs::rename(&tmp, slot_path(dir))?;
+        for i in 0..LEGACY_SEGMENTS {
+            match std::fs::remove_file(segment_path(dir, i)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         sync_dir(dir)?;
         if let Some(parent) = dir.parent() {
             sync_dir(parent)?;
         }
-        let mut state = State {
-            maps,
-            epochs: [0; SEGMENTS],
-            write_off: [SEGMENT_HEADER_LEN; SEGMENTS],
-            frames: [0; SEGMENTS],
-            unsynced: [false; SEGMENTS],
-            retire_synced: [true; SEGMENTS],
-            active: 0,
-            next_seq: recovery.max_seq + 1,
-            next_epoch: recovery.max_epoch + 1,
-        };
-        for i in 0..SEGMENTS {
-            state.reset(i);
+        let pages = slots.div_ceil(slot::SLOTS_PER_PAGE);
+        let pages_per_chunk = pages.div_ceil(CHUNKS).max(1);
+        let mut chunks = Vec::new();
+        let mut first = 0;
+        while first < pages {
+            let n = pages_per_chunk.min(pages - first);
+            let base = HEADER_LEN + first * PAGE;
+            chunks.push(Mutex::new(Chunk {
+                map: map_range(&file, base, n * PAGE)?,
+                base,
+            }));
+            first += n;
         }
-        for m in &state.maps {
-            m.flush()?;
-        }
-        let synced = recovery.max_seq;
+        #[allow(clippy::cast_possible_truncation)]
+        let free: Vec<u32> = (0..slots as u32).rev().collect();
+        let start = recovery.max_seq + 1;
         Ok(Journal {
-            state: Mutex::new(state),
-            files,
+            chunks: chunks.into_boxed_slice(),
+            slots_per_chunk: pages_per_chunk * slot::SLOTS_PER_PAGE,
+            slots,
+            epoch,
+            file,
+            free: Mutex::new(free),
+            next_seq: AtomicU64::new(start),
+            synced: AtomicU64::new(start - 1),
             syncing: Mutex::new(false),
-            sync_cv: parking_lot::Condvar::new(),
-            sync_failed: std::sync::atomic::AtomicBool::new(false),
-            written: AtomicU64::new(synced),
-            synced: AtomicU64::new(synced),
-            bytes_appended: AtomicU64::new(0),
+            sync_cv: Condvar::new(),
+            sync_failed: AtomicBool::new(false),
+            bytes_written: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
-            fail_after: std::sync::atomic::AtomicI64::new(-1),
-            fail_errno: std::sync::atomic::AtomicI32::new(libc::EIO),
+            fail_after: AtomicI64::new(-1),
+            fail_errno: AtomicI32::new(libc::EIO),
         })
     }
 
-    /// Appends one frame to the active segment. `Ok(None)` when it is full:
-    /// flush (which rotates) and retry.
-    pub(crate) fn append(&self, payload: &[u8]) -> Result<Option<u64>> {
-        if payload.len() > MAX_PAYLOAD {
-            return Err(Error::InvalidArgument("journal payload too large"));
-        }
-        let size = frame_size(payload.len());
-        self.injected_fault()?;
-        let mut st = self.state.lock();
-        let a = st.active;
-        let off = st.write_off[a];
-        if off + size + FRAME_HEADER_LEN > st.maps[a].len() {
-            return Ok(None);
-        }
-        let seq = st.next_seq;
-        let epoch = st.epochs[a];
-        let synced = self.synced.load(Ordering::Acquire);
-        let map = &mut st.maps[a];
-        write_frame(&mut map[off..off + size], epoch, seq, synced, payload);
-        // End marker: recovery stops here instead of reading old frames.
-        map[off + size..off + size + FRAME_HEADER_LEN].fill(0);
-        st.write_off[a] = off + size;
-        st.frames[a] += 1;
-        st.unsynced[a] = true;
-        st.next_seq = seq + 1;
-        self.written.store(seq, Ordering::Release);
-        self.bytes_appended
-            .fetch_add(size as u64, Ordering::Relaxed);
-        Ok(Some(seq))
+    /// Takes a free slot; `None` if every slot holds a buffered key (a
+    /// flush must give some back first).
+    pub(crate) fn alloc(&self) -> Option<u32> {
+        self.free.lock().pop()
     }
 
-    /// Returns once frame `seq` is durable. Concurrent callers share one
-    /// fsync: one caller leads and syncs everything written so far; the
-    /// others sleep until a sync covers their frame, and are woken together
-    /// the moment it does, so the next sync carries everyone who appended
-    /// in the meantime.
+    /// Slots holding buffered keys.
+    pub(crate) fn in_use(&self) -> usize {
+        self.slots - self.free.lock().len()
+    }
+
+    /// Slots in all.
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots
+    }
+
+    /// Writes `state` of (`conversation`, `user`) into copy `copy` of
+    /// `slot` and returns the copy's sequence number. The caller owns the
+    /// slot (it took it with [`alloc`](Journal::alloc)) and writes its
+    /// copies in turn.
+    pub(crate) fn write(
+        &self,
+        slot: u32,
+        copy: u8,
+        conversation: u64,
+        user: u64,
+        joined_seq: u64,
+        state: &MarkState,
+    ) -> std::io::Result<u64> {
+        self.injected_fault()?;
+        let slot = slot as usize;
+        let mut bytes = [0u8; COPY_LEN];
+        let mut chunk = self.chunks[slot / self.slots_per_chunk].lock();
+        // Taken under the chunk lock: a group commit that read `next_seq`
+        // and then took every chunk lock in turn knows every copy numbered
+        // below it is complete (`sync_now`).
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        encode_copy(
+            &mut bytes,
+            self.epoch,
+            &Copy {
+                seq,
+                conversation,
+                user,
+                joined_seq,
+                state: *state,
+            },
+        );
+        let off = copy_offset(slot, usize::from(copy & 1)) - chunk.base;
+        chunk.map[off..off + COPY_LEN].copy_from_slice(&bytes);
+        drop(chunk);
+        self.bytes_written
+            .fetch_add(COPY_LEN as u64, Ordering::Relaxed);
+        Ok(seq)
+    }
+
+    /// Zeroes the slots (both copies) and makes them free. Called once a
+    /// flush has written their keys to RocksDB (synced if any of their
+    /// updates was acknowledged at `PowerLoss`).
+    pub(crate) fn release(&self, slots: &[u32]) {
+        for &s in slots {
+            let slot = s as usize;
+            let mut chunk = self.chunks[slot / self.slots_per_chunk].lock();
+            let off = copy_offset(slot, 0) - chunk.base;
+            chunk.map[off..off + 2 * COPY_LEN].fill(0);
+        }
+        self.free.lock().extend_from_slice(slots);
+    }
+
+    /// Returns once the copy numbered `seq` is durable. Concurrent callers
+    /// share one fsync: one caller leads and syncs everything written so
+    /// far; the others sleep until a sync covers their copy, and are woken
+    /// together the moment it does, so the next sync carries everyone who
+    /// wrote in the meantime.
     pub(crate) fn sync_to(&self, seq: u64) -> std::io::Result<()> {
         let covered = |j: &Self| -> std::io::Result<bool> {
             if j.sync_failed.load(Ordering::Acquire) {
@@ -320,116 +438,35 @@ impl Journal {
             e
         };
         self.injected_fault().map_err(fail)?;
-        let (target, dirty) = {
-            let mut st = self.state.lock();
-            let dirty = st.unsynced;
-            st.unsynced = [false; SEGMENTS];
-            (self.written.load(Ordering::Acquire), dirty)
-        };
+        let target = self.next_seq.load(Ordering::SeqCst) - 1;
+        // Every copy numbered up to `target` got its number under a chunk
+        // lock it held until the copy was complete: taking each lock once
+        // waits for the writes still in progress.
+        for c in self.chunks.iter() {
+            drop(c.lock());
+        }
         // fdatasync on the mapped file: Linux marks pages of a shared
         // mapping dirty in the page cache at the first write fault, and
         // msync(MS_SYNC) itself is vfs_fsync_range on the file. The handle
-        // lets the sync run without the append lock.
-        for (f, _) in self.files.iter().zip(dirty).filter(|(_, d)| *d) {
-            f.sync_data().map_err(fail)?;
-        }
+        // lets the sync run without any chunk lock.
+        self.file.sync_data().map_err(fail)?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.synced.fetch_max(target, Ordering::AcqRel);
         Ok(())
     }
 
-    /// Makes the other segment active and returns the one to retire once
-    /// the combiner's contents are durable in RocksDB, with whether it holds
-    /// any frame.
-    ///
-    /// Refuses (an error, which poisons the store) to reuse a segment that
-    /// still holds frames: they were never retired, so they may be the only
-    /// copy of acknowledged updates (a flush that failed after rotating).
-    pub(crate) fn rotate(&self) -> std::io::Result<(usize, bool)> {
-        let mut st = self.state.lock();
-        let old = st.active;
-        let new = (old + 1) % SEGMENTS;
-        if st.frames[new] > 0 {
-            return Err(std::io::Error::other(
-                "journal segment to reuse was never retired (an earlier flush failed)",
-            ));
-        }
-        st.reset(new);
-        st.active = new;
-        Ok((old, st.frames[old] > 0))
+    /// Bytes of copies written since open.
+    pub(crate) fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
     }
 
-    /// Makes every retirement durable that is not yet: before a segment is
-    /// reused (so a power loss cannot bring back its old header under new
-    /// frames) and before a membership change (so no crash can replay frames
-    /// from before it). At most one fsync per segment.
-    pub(crate) fn sync_retirements(&self) -> std::io::Result<()> {
-        let pending = {
-            let st = self.state.lock();
-            st.retire_synced
-        };
-        for (i, f) in self.files.iter().enumerate() {
-            if !pending[i] {
-                self.checked_sync(f)?;
-                self.state.lock().retire_synced[i] = true;
-                self.syncs.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok(())
-    }
-
-    /// One fdatasync; a failure is sticky (see `sync_failed`).
-    fn checked_sync(&self, f: &File) -> std::io::Result<()> {
-        if self.sync_failed.load(Ordering::Acquire) {
-            return Err(std::io::Error::other("an earlier journal fsync failed"));
-        }
-        let r = self.injected_fault().and_then(|()| f.sync_data());
-        if r.is_err() {
-            self.sync_failed.store(true, Ordering::Release);
-        }
-        r
-    }
-
-    /// Invalidates every frame of segment `i` (a new epoch). With `durable`,
-    /// the new header is fsynced before returning, so no crash can bring the
-    /// old frames back.
-    pub(crate) fn retire(&self, i: usize, durable: bool) -> std::io::Result<()> {
-        let mut st = self.state.lock();
-        if st.active == i {
-            return Ok(());
-        }
-        st.reset(i);
-        st.retire_synced[i] = false;
-        drop(st);
-        if durable {
-            // Both files: the active segment's header was rewritten by the
-            // rotation and must not fall back to an older epoch either.
-            for f in &self.files {
-                self.checked_sync(f)?;
-            }
-            self.state.lock().retire_synced = [true; SEGMENTS];
-            self.syncs.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// Bytes of frames appended since open.
-    pub(crate) fn bytes_appended(&self) -> u64 {
-        self.bytes_appended.load(Ordering::Relaxed)
-    }
-
-    /// Group-commit fsyncs (and durable retirements) since open.
+    /// Group-commit fsyncs since open.
     pub(crate) fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
     }
-
-    /// Frames in the active and the other segment.
-    pub(crate) fn frames(&self) -> [u64; SEGMENTS] {
-        self.state.lock().frames
-    }
 }
 
-/// Gives the file its blocks with `posix_fallocate`, then fsyncs it.
+/// Gives the file its blocks with `posix_fallocate`.
 ///
 /// Allocated blocks mean a write through the mapping never needs a new
 /// block at fault time, so a full disk is an error here, not a SIGBUS later.
@@ -441,23 +478,28 @@ impl Journal {
 #[allow(unsafe_code)]
 fn preallocate(file: &File, len: usize) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::other("segment too large"))?;
+    let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::other("journal too large"))?;
     // SAFETY: plain system call on a file descriptor we own.
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
     if rc != 0 {
         return Err(std::io::Error::from_raw_os_error(rc));
     }
-    file.sync_all()
+    Ok(())
 }
 
 #[allow(unsafe_code)]
-fn map_file(file: &File) -> std::io::Result<MmapMut> {
-    // SAFETY: the file is readmark's own, sized and filled by `create`
-    // before mapping, and only this process writes it while the store is
-    // open (RocksDB's LOCK file in the same directory keeps a second
-    // process out). If another program truncates it anyway, access raises
-    // SIGBUS: the argument is in docs/design.md.
-    unsafe { MmapMut::map_mut(file) }
+fn map_range(file: &File, offset: usize, len: usize) -> std::io::Result<MmapMut> {
+    // SAFETY: the file is readmark's own, sized by `create` before mapping,
+    // and only this process writes it while the store is open (RocksDB's
+    // LOCK file in the same directory keeps a second process out). If
+    // another program truncates it anyway, access raises SIGBUS: the
+    // argument is in docs/design.md.
+    unsafe {
+        MmapOptions::new()
+            .offset(offset as u64)
+            .len(len)
+            .map_mut(file)
+    }
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -468,85 +510,84 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::ids::{MessageId, Timestamp};
-    use crate::mark::MarkState;
-    use record::MarkRecord;
 
-    fn payload(i: u64) -> Vec<u8> {
-        MarkRecord {
-            conversation: 1,
-            user: i,
-            state: MarkState::from_mark(MessageId(i), Timestamp(i)),
-        }
-        .encode()
+    fn state(i: u64) -> MarkState {
+        MarkState::from_mark(MessageId(i), Timestamp(i))
     }
 
     #[test]
-    fn append_recover_roundtrip_and_rotation() {
+    fn write_recover_roundtrip() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::create(dir.path(), MIN_SEGMENT_BYTES, &Recovery::default()).unwrap();
-        for i in 1..=10 {
-            assert_eq!(j.append(&payload(i)).unwrap(), Some(i));
+        let j = Journal::create(dir.path(), MIN_JOURNAL_BYTES, &Recovery::default()).unwrap();
+        let mut taken = Vec::new();
+        for i in 1..=40u64 {
+            let s = j.alloc().unwrap();
+            j.write(s, 0, 1, i, 7, &state(i)).unwrap();
+            j.write(s, 1, 1, i, 7, &state(i + 100)).unwrap();
+            taken.push(s);
         }
-        j.sync_to(10).unwrap();
+        let seq = j.write(taken[0], 0, 1, 1, 7, &state(500)).unwrap();
+        j.sync_to(seq).unwrap();
         let rec = recover(dir.path(), false).unwrap();
-        let got: Vec<Vec<u8>> = rec.payloads.iter().map(|p| p.bytes.clone()).collect();
-        assert_eq!(got, (1..=10).map(payload).collect::<Vec<_>>());
-        // Rotate and retire: the old frames are gone, new ones are kept.
-        let (old, nonempty) = j.rotate().unwrap();
-        assert!(nonempty);
-        j.append(&payload(11)).unwrap();
-        j.retire(old, true).unwrap();
-        let rec = recover(dir.path(), false).unwrap();
-        assert_eq!(rec.payloads.len(), 1);
-        assert_eq!(rec.payloads[0].bytes, payload(11));
-        assert_eq!(rec.max_seq, 11);
-    }
-
-    /// Regression (review): a flush that failed after rotating left its
-    /// segment unretired; the next flush rotated back onto it and reset it,
-    /// invalidating frames that were the only copy of acknowledged updates.
-    #[test]
-    fn a_segment_that_was_never_retired_is_not_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::create(dir.path(), MIN_SEGMENT_BYTES, &Recovery::default()).unwrap();
-        j.append(&payload(1)).unwrap();
-        let (old, _) = j.rotate().unwrap(); // the flush then fails: no retire
-        assert!(j.rotate().is_err());
-        let rec = recover(dir.path(), false).unwrap();
-        assert_eq!(rec.payloads.len(), 1, "the unretired frame is still there");
-        j.retire(old, false).unwrap();
-        assert!(j.rotate().is_ok());
+        let mut got: Vec<(u64, MarkState)> =
+            rec.records.iter().map(|r| (r.user, r.state)).collect();
+        got.sort_by_key(|g| g.0);
+        let mut want: Vec<(u64, MarkState)> = (1..=40).map(|i| (i, state(i + 100))).collect();
+        want[0].1 = state(500);
+        assert_eq!(got, want);
+        assert!(rec.records.iter().all(|r| r.joined_seq == Some(7)));
+        // Released slots are zeroed: nothing of them is replayed.
+        j.release(&taken[..10]);
+        assert_eq!(recover(dir.path(), false).unwrap().records.len(), 30);
+        assert_eq!(j.in_use(), 30);
     }
 
     #[test]
-    fn full_segment_asks_for_a_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::create(dir.path(), MIN_SEGMENT_BYTES, &Recovery::default()).unwrap();
-        let mut n = 0u64;
-        while j.append(&payload(n + 1)).unwrap().is_some() {
-            n += 1;
-        }
-        assert!(n > 1000);
-        let (old, _) = j.rotate().unwrap();
-        assert!(j.append(&payload(1)).unwrap().is_some());
-        j.retire(old, false).unwrap();
-    }
-
-    #[test]
-    fn reopen_continues_numbering_and_never_replays_twice() {
+    fn reopen_starts_from_a_fresh_file_above_the_old_numbers() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let j = Journal::create(dir.path(), MIN_SEGMENT_BYTES, &Recovery::default()).unwrap();
-            for i in 1..=3 {
-                j.append(&payload(i)).unwrap();
+            let j = Journal::create(dir.path(), MIN_JOURNAL_BYTES, &Recovery::default()).unwrap();
+            let s = j.alloc().unwrap();
+            for i in 0..5 {
+                j.write(s, i % 2, 1, 1, 0, &state(u64::from(i))).unwrap();
             }
         }
         let rec = recover(dir.path(), false).unwrap();
-        assert_eq!(rec.payloads.len(), 3);
-        let j = Journal::create(dir.path(), MIN_SEGMENT_BYTES, &rec).unwrap();
-        assert_eq!(j.append(&payload(9)).unwrap(), Some(4));
+        assert_eq!(rec.records.len(), 1);
+        assert_eq!(rec.max_seq, 5);
+        let j = Journal::create(dir.path(), MIN_JOURNAL_BYTES, &rec).unwrap();
+        let s = j.alloc().unwrap();
+        assert_eq!(j.write(s, 0, 1, 2, 0, &state(1)).unwrap(), 6);
         let again = recover(dir.path(), false).unwrap();
-        assert_eq!(again.payloads.len(), 1);
-        assert_eq!(again.payloads[0].bytes, payload(9));
+        assert_eq!(again.records.len(), 1);
+        assert_eq!(again.records[0].user, 2);
+    }
+
+    #[test]
+    fn every_slot_can_be_taken_and_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), MIN_JOURNAL_BYTES, &Recovery::default()).unwrap();
+        let n = j.capacity();
+        assert!(n >= 375);
+        let all: Vec<u32> = std::iter::from_fn(|| j.alloc()).collect();
+        assert_eq!(all.len(), n);
+        for &s in &all {
+            j.write(s, 0, 9, u64::from(s), 0, &state(1)).unwrap();
+        }
+        assert_eq!(recover(dir.path(), false).unwrap().records.len(), n);
+        j.release(&all);
+        assert_eq!(j.in_use(), 0);
+        assert!(recover(dir.path(), false).unwrap().records.is_empty());
+    }
+
+    #[test]
+    fn a_failed_sync_fails_every_later_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), MIN_JOURNAL_BYTES, &Recovery::default()).unwrap();
+        let s = j.alloc().unwrap();
+        let seq = j.write(s, 0, 1, 1, 0, &state(1)).unwrap();
+        j.fail_after(0, libc::EIO);
+        assert!(j.sync_to(seq).is_err());
+        assert!(j.sync_to(seq).is_err(), "no retry after a failed fsync");
     }
 }

@@ -76,9 +76,13 @@ impl Store {
         user: UserId,
         at: Timestamp,
     ) -> Result<()> {
-        // Nothing buffered or journaled from before this membership may be
-        // written or replayed after it (docs/design.md, membership).
-        self.writer.flush_all(true)?;
+        // The conversation's buffered advances are written under the mode
+        // they were made in (this join may cross the threshold). Nothing
+        // buffered or journaled for the joiner from an earlier membership
+        // is written or replayed after this one begins: both carry the
+        // membership's `joined_seq` (docs/design.md §8).
+        self.writer
+            .flush_keys(self.writer.combiner.dirty_in(conversation.0))?;
         // Held until the batch lands: a concurrent "private everywhere"
         // either sees this membership or is seen by it.
         let _settings = self.privacy_lock.lock();
@@ -127,11 +131,11 @@ impl Store {
             conv.encode(),
         );
         let shows_others = self.shows_others(&conv);
-        drop(view); // a view holds the read gate, which discard takes
-                    // Before the batch: until it lands the user is not a member, so
-                    // anything buffered for the key predates this membership (an update
-                    // that passed its check before an earlier leave). After it, a
-                    // buffered entry could be a new member's acknowledged update.
+        drop(view);
+        // Before the batch: until it lands the user is not a member, so
+        // anything buffered for the key predates this membership. (A key's
+        // first update checks membership under this lock, so none can be
+        // buffered after the batch for an earlier membership.)
         self.writer.discard(conversation.0, user.0);
         let members_cf = self.cf(Cf::Members);
         self.write_structural_with(batch, |v, seq, batch| {
@@ -173,7 +177,10 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn remove_member(&self, conversation: ConversationId, user: UserId) -> Result<()> {
-        self.writer.flush_all(true)?;
+        // As for a join: the others' buffered advances are written under
+        // the mode they were made in.
+        self.writer
+            .flush_keys(self.writer.combiner.dirty_in(conversation.0))?;
         let _guard = self.lock(conversation);
         let view = self.view();
         let mut conv = view.conversation_record(conversation)?;
@@ -203,10 +210,10 @@ impl Store {
             conv.encode(),
         );
         let shrunk_into_members = !showed_others && self.shows_others(&conv);
-        drop(view); // a view holds the read gate, which discard takes
-                    // The leaver's entry tells the others' catch-up to forget their
-                    // mark; after a shrink into "everyone sees everyone", the marks
-                    // there are news too (the view still has the leaver: left out).
+        drop(view);
+        // The leaver's entry tells the others' catch-up to forget their
+        // mark; after a shrink into "everyone sees everyone", the marks
+        // there are news too (the view still has the leaver: left out).
         self.write_structural_with(batch, |v, _, _| {
             let mut rows = if shrunk_into_members {
                 self.visible_marks(v, conversation)?
@@ -217,9 +224,9 @@ impl Store {
             rows.push((conversation.0, user.0));
             Ok(rows)
         })?;
-        // An update that passed its membership check before this change
-        // may have been buffered after the flush above: it predates the
-        // change, and a buffered key skips the check, so drop it.
+        // Whatever the leaver has buffered predates the leave: drop it (and
+        // zero its journal slot). Under this conversation's lock, so no
+        // update of theirs makes a new entry until a new membership.
         self.writer.discard(conversation.0, user.0);
         Ok(())
     }

@@ -31,8 +31,7 @@ use crate::error::{Error, Result};
 use crate::events::{ChangeRecord, Coalescer, Cursor, Pending, Pushed};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
 use crate::keys;
-use crate::mark::MarkState;
-use crate::records::{ConversationRecord, MemberRecord, MessageRecord};
+use crate::records::{ConversationRecord, MessageRecord};
 
 /// Key of the change-log sequence reservation in `meta`: every sequence
 /// number ever handed out is below the stored value.
@@ -497,38 +496,6 @@ impl ChangeLog {
         let mut s = self.state.lock();
         s.written = s.assigned;
         s.written_stamp = s.stamp;
-    }
-
-    /// Adds one change per flushed advance to `batch`, in both logs. Called
-    /// with the flush lock held (or at open), so batches carrying changes
-    /// are written in sequence order.
-    pub(crate) fn append(
-        &self,
-        db: &DB,
-        entries: &[((u64, u64), MarkState)],
-        batch: &mut WriteBatch,
-    ) -> Result<()> {
-        let members = db
-            .cf_handle(Cf::Members.name())
-            .ok_or(Error::InvalidArgument("column family missing"))?;
-        let mut rows = Vec::with_capacity(entries.len());
-        for &((c, u), state) in entries {
-            if state.mark.is_none() {
-                continue;
-            }
-            // A private reader's advances are nobody else's business, not
-            // even that they happened: only their own log gets them.
-            // A record that does not decode counts as private (fail
-            // closed); a missing one (a leave raced the buffer) as public:
-            // the walk then lists a non-member as hidden, which the leave
-            // itself already did.
-            let private = match db.get_pinned_cf(members, keys::pair_key(c, u))? {
-                Some(v) => MemberRecord::decode(&v).is_none_or(|m| m.is_private()),
-                None => false,
-            };
-            rows.push((c, u, !private, true));
-        }
-        self.append_rows(db, rows.into_iter(), batch)
     }
 
     /// Adds `(conversation, reader, by_conversation, by_reader)` changes to

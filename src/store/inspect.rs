@@ -18,7 +18,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::record::MarkRecord;
 use crate::journal::scan::{scan_segment, ScanEnd};
-use crate::journal::{segment_path, JOURNAL_DIR, SEGMENTS};
+use crate::journal::slot::scan_slots;
+use crate::journal::{segment_path, slot_path, JOURNAL_DIR, LEGACY_SEGMENTS};
 use crate::keys;
 use crate::mark::MarkState;
 use crate::merge::MergeCounters;
@@ -36,20 +37,25 @@ pub struct Problem {
     pub what: String,
 }
 
-/// State of one journal segment file.
+/// State of one journal file: the slot file, or a segment of a format-3
+/// journal not yet replayed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentInfo {
     /// The file.
     pub path: PathBuf,
     /// Its size in bytes.
     pub bytes: u64,
-    /// Valid frames (updates not yet flushed, or flushed and not retired).
+    /// Records an open would replay: slots holding a key (buffered updates
+    /// not yet written to RocksDB), or valid frames of a segment.
     pub frames: u64,
-    /// How the frame log ends: `"clean"`, `"torn"` (a write cut short by a
-    /// crash; recovery ignores it) or `"corrupt"` (damage before synced
-    /// data; a strict open refuses it).
+    /// `"clean"`; `"torn"` (a write cut short by a crash: in the slot file,
+    /// copies whose checksum fails, replaced by their slot's other copy;
+    /// in a segment, the tail recovery ignores); or `"corrupt"` (damage a
+    /// strict open refuses: a bad slot-file header, a copy whose checksum
+    /// holds but whose content does not decode, a segment damaged before
+    /// synced data).
     pub end: &'static str,
-    /// Offset of that end.
+    /// Offset of the damage (or of a segment's end).
     pub end_offset: u64,
 }
 
@@ -104,7 +110,41 @@ fn hex(b: &[u8]) -> String {
 fn journal_info(path: &Path, problems: &mut Vec<Problem>) -> Result<Vec<SegmentInfo>> {
     let dir = path.join(JOURNAL_DIR);
     let mut out = Vec::new();
-    for i in 0..SEGMENTS {
+    let p = slot_path(&dir);
+    match std::fs::read(&p) {
+        Ok(bytes) => {
+            let scan = scan_slots(&bytes);
+            let damage = if scan.bad_header {
+                Some((0, "slot file header damaged (a strict open refuses the store)"))
+            } else {
+                scan.malformed.first().map(|&o| {
+                    (o, "slot copy checksum holds but its content does not decode (a strict open refuses the store)")
+                })
+            };
+            let (end, off) = match damage {
+                Some((o, what)) => {
+                    problems.push(Problem {
+                        place: "journal".into(),
+                        at: format!("{}:{o}", p.display()),
+                        what: what.into(),
+                    });
+                    ("corrupt", o)
+                }
+                None if scan.torn > 0 => ("torn", 0),
+                None => ("clean", 0),
+            };
+            out.push(SegmentInfo {
+                path: p,
+                bytes: bytes.len() as u64,
+                frames: scan.found.len() as u64,
+                end,
+                end_offset: off as u64,
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    for i in 0..LEGACY_SEGMENTS {
         let p = segment_path(&dir, i);
         let bytes = match std::fs::read(&p) {
             Ok(b) => b,

@@ -5,7 +5,8 @@ use std::ops::ControlFlow;
 
 use super::{Cf, Store};
 use crate::config::Durability;
-use crate::error::Result;
+use super::writer::{Applied, Verified};
+use crate::error::{Error, Result};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
 use crate::keys;
 use crate::mark::{MarkState, ReadMark, UnreadFlag};
@@ -162,34 +163,73 @@ impl Store {
         at: Timestamp,
         durability: Durability,
     ) -> Result<()> {
-        // A key already buffered passed this check moments ago: a scroll
-        // burst pays one membership lookup, not one per update. (A leave
-        // flushes the buffer first, so the key is not buffered after it.)
-        if !self.writer.combiner.contains(conversation.0, user.0) {
-            self.view().require_member(conversation, user)?;
-        }
         // Only while someone listens: the mark it starts from tells a
-        // no-op from an advance, and which messages it newly covers.
-        // A no-op publishes nothing.
-        let from = if self.events.has_subscribers() {
-            let before = self.view().mark_state(conversation, user)?.mark;
-            before
-                .is_none_or(|m| m.up_to < up_to)
-                .then(|| before.map(|m| m.up_to.0))
-        } else {
-            None
-        };
-        self.writer.update(
-            conversation.0,
-            user.0,
+        // no-op from an advance, and which messages it newly covers. The
+        // buffer knows it after the key's first update, so this costs no
+        // read on the write path. A no-op publishes nothing.
+        let listening = self.events.has_subscribers();
+        let prev = self.update_mark(
+            conversation,
+            user,
             MarkState::from_mark(up_to, at),
             durability,
+            listening,
         )?;
-        if let Some(from) = from {
-            self.events
-                .publish(conversation.0, user.0, up_to.0, at.0, from);
+        if listening {
+            let before = prev.and_then(|p| p.mark);
+            if before.is_none_or(|m| m.up_to < up_to) {
+                self.events
+                    .publish(conversation.0, user.0, up_to.0, at.0, before.map(|m| m.up_to.0));
+            }
         }
         Ok(())
+    }
+
+    /// One update of a user's mark state through the buffer. The first
+    /// update of a key (since it was last evicted) checks membership under
+    /// the conversation's lock, so no membership change comes between the
+    /// check and the entry it makes: a change removes the key's entry under
+    /// the same lock. Later updates find the entry and skip the check: a
+    /// scroll burst pays one membership lookup, not one per update. With
+    /// `want_prev`, returns the key's whole state before the update.
+    pub(crate) fn update_mark(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        state: MarkState,
+        durability: Durability,
+        want_prev: bool,
+    ) -> Result<Option<MarkState>> {
+        let (c, u) = (conversation.0, user.0);
+        if let Applied::Done { prev } =
+            self.writer
+                .apply(c, u, state, durability, None, want_prev)?
+        {
+            return Ok(prev);
+        }
+        let _guard = self.lock(conversation);
+        let verified = {
+            let view = self.view();
+            let member = view.require_member(conversation, user)?;
+            let base = if want_prev {
+                Some(view.stored_mark(conversation, user)?)
+            } else {
+                None
+            };
+            Verified {
+                joined_seq: member.joined_seq,
+                base,
+            }
+        };
+        match self
+            .writer
+            .apply(c, u, state, durability, Some(verified), want_prev)?
+        {
+            Applied::Done { prev } => Ok(prev),
+            Applied::Verify => Err(Error::InvalidArgument(
+                "a verified update was refused (a bug)",
+            )),
+        }
     }
 
     /// The read mark of `user` in `conversation`, `None` if they have read
@@ -338,7 +378,7 @@ impl Store {
         // The flag records the mark's position it applies to, so a later
         // advance clears it without rewriting it. This read is on a rare
         // user action, not on the mark path. The view is dropped before the
-        // update, which may flush (and a flush waits for readers).
+        // update, which takes the conversation's lock.
         let pos = {
             let view = self.view();
             view.require_member(conversation, user)?;
@@ -349,8 +389,8 @@ impl Store {
             set,
             pos,
         });
-        self.writer
-            .update(conversation.0, user.0, operand, self.config.durability)
+        self.update_mark(conversation, user, operand, self.config.durability, false)
+            .map(|_| ())
     }
 
     /// Testing hook: writes `operand` verbatim as a merge operand of the

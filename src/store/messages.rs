@@ -18,6 +18,7 @@ use std::ops::ControlFlow;
 use rocksdb::WriteBatch;
 
 use super::conversations::conversations_in;
+use super::writer::{Applied, Verified};
 use super::{corrupt, Cf, Store, View};
 use crate::error::{Error, Result};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
@@ -84,7 +85,7 @@ impl Store {
         let _guard = self.lock(conversation);
         let view = self.view();
         let mut conv = view.conversation_record(conversation)?;
-        view.require_member(conversation, sender)?;
+        let member = view.require_member(conversation, sender)?;
         let mut sent_at = sent_at;
         if let Some(last) = conv.last_message() {
             if message <= last {
@@ -121,20 +122,27 @@ impl Store {
             keys::id_key(conversation.0),
             conv.encode(),
         );
-        drop(view); // the update may flush, which waits for readers
-                    // The sender's advance is an ordinary update at the store's
-                    // durability, journaled before the message is written: whatever
-                    // message survives a failure, the sender's mark covers it (at
-                    // `Memory`, a crash may lose the advance, as any `Memory` update).
-                    // Through the buffer it combines with the sender's reads, and its
-                    // per-message receipts are planned at the next flush with everyone
-                    // else's, sharing one bitset operand per message.
-        self.writer.update(
+        drop(view);
+        // The sender's advance is an ordinary update at the store's
+        // durability, journaled before the message is written: whatever
+        // message survives a failure, the sender's mark covers it (at
+        // `Memory`, a crash may lose the advance, as any `Memory` update).
+        // Through the buffer it combines with the sender's reads. The
+        // membership was checked above, under this conversation's lock.
+        let verified = Verified {
+            joined_seq: member.joined_seq,
+            base: None,
+        };
+        if let Applied::Verify = self.writer.apply(
             conversation.0,
             sender.0,
             MarkState::from_mark(message, sent_at),
             self.config.durability,
-        )?;
+            Some(verified),
+            false,
+        )? {
+            return Err(Error::InvalidArgument("a verified update was refused (a bug)"));
+        }
         self.write_structural(batch)
     }
 

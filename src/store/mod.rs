@@ -7,6 +7,7 @@
 
 mod conversations;
 mod events;
+mod flush;
 mod inspect;
 mod marks;
 mod messages;
@@ -31,8 +32,8 @@ use rocksdb::{
 use crate::config::{Config, Durability, RecoveryMode};
 use crate::error::{Error, Result};
 use crate::ids::ConversationId;
-use crate::journal::{self, record::MarkRecord, Journal};
-use crate::keys;
+use crate::journal::{self, Journal};
+use crate::mark::MarkState;
 use crate::merge::{adapter, MergeCounters};
 use writer::Writer;
 
@@ -49,11 +50,14 @@ pub(crate) use view::View;
 
 /// The on-disk format this build reads and writes, stored in `meta` under
 /// [`FORMAT_VERSION_KEY`] and checked on every open.
-pub const FORMAT_VERSION: u32 = 3;
-/// The previous format, opened and upgraded in place: version 3 only adds
-/// column families (`changes`, `user_changes`, `users`) and member flags
-/// that version 2 never set.
-pub(crate) const UPGRADABLE_FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 4;
+/// Earlier formats, opened and upgraded in place. Version 3 added column
+/// families (`changes`, `user_changes`, `users`) and member flags that
+/// version 2 never set; version 4 changed the journal (slots instead of
+/// segments, whose frames are still replayed at the upgrade) and stopped
+/// writing a bit per message for in-order reads (runs time them), which
+/// reads of older records answer the same way.
+pub(crate) const UPGRADABLE_FORMAT_VERSIONS: [u32; 2] = [2, 3];
 /// Key of the format version in the `meta` column family.
 pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
@@ -156,24 +160,38 @@ pub struct Stats {
     pub fsyncs: u64,
     /// Keys written to RocksDB by flushes (one merge operand each).
     pub keys_written: u64,
-    /// Bytes appended to the journal (frames, including headers).
+    /// Bytes written to the journal's slots (80 per journaled update;
+    /// rewritten in place, so what reaches the disk is what the page cache
+    /// writes back, not this).
     pub journal_bytes: u64,
-    /// Keys buffered right now.
+    /// Keys with updates not yet written to RocksDB, right now.
     pub pending_keys: u64,
-    /// Journal frames replayed into RocksDB at open (frames of users who
-    /// are no longer members are skipped and not counted).
+    /// Keys the buffer holds right now, written or not (written ones stay
+    /// as a cache of the stored mark until evicted under memory pressure).
+    pub cached_keys: u64,
+    /// Journal slots holding a key right now.
+    pub journal_slots_in_use: u64,
+    /// Journal records (slot copies, or frames of a format-3 journal)
+    /// replayed into RocksDB at open (those of users who are no longer
+    /// members, or of an earlier membership, are skipped and not counted).
     pub replayed_frames: u64,
     /// Times a merge skipped an input it could not decode (corruption or a
     /// foreign writer; the rest of the record is kept). One bad operand is
     /// counted each time a read or compaction meets it, until a compaction
     /// folds it away, so any non-zero value means "investigate".
     pub malformed_operands: u64,
-    /// Per-message bitset operands written (one per message per flush,
-    /// however many readers it carries, plus one per single view).
+    /// Per-message bitset operands written: one per recorded single view
+    /// ([`Store::mark_viewed`]); in-order reads write none.
     pub receipt_operands: u64,
-    /// Read-time records written: one run per flushed advance that gave
-    /// messages a bit, one per recorded single view.
+    /// Read-time records written: one run per flushed advance over messages
+    /// that keep per-message receipts, one per recorded single view.
     pub read_time_records: u64,
+    /// Change-log rows written by flushes (two per flushed advance of a
+    /// public reader, one for a private one).
+    pub change_records: u64,
+    /// Updates that changed nothing (stale or duplicated), found on the
+    /// write path or at a flush: they cost no write.
+    pub no_ops: u64,
 }
 
 /// RocksDB's I/O counters (see [`Store::rocksdb_io`]).
@@ -335,8 +353,8 @@ impl Store {
             config.recovery_mode == RecoveryMode::TolerateCorruption,
         )?;
         let changes = events::ChangeLog::open(&db, clock.clone())?;
-        let replayed = replay(&db, &recovery, config.recovery_mode, &policy, &changes)?;
-        let journal = Journal::create(&journal_dir, config.journal_segment_bytes, &recovery)?;
+        let replayed = replay(&db, &recovery, &policy, &changes)?;
+        let journal = Journal::create(&journal_dir, config.journal_bytes, &recovery)?;
         let writer = Arc::new(Writer::new(
             db.clone(),
             policy,
@@ -344,13 +362,14 @@ impl Store {
             journal,
             config.max_pending_keys(),
             config.flush_after_updates,
+            config.flush_delay,
+            config.flush_interval,
         ));
         let timer = {
             let writer = writer.clone();
-            let interval = config.flush_interval;
             std::thread::Builder::new()
                 .name("readmark-flush".into())
-                .spawn(move || writer.run_timer(interval))?
+                .spawn(move || writer.run_flusher())?
         };
         let events = events::Hub::new(config.event_window, config.event_buffer);
         Ok(Store {
@@ -398,22 +417,20 @@ impl Store {
 
     /// Stops the flush timer and flushes the combiner (once).
     fn shutdown(&self) -> Result<()> {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            self.writer.stop_timer();
-            if let Some(t) = self.timer.lock().take() {
-                let _ = t.join();
-            }
-            return Ok(());
-        }
-        self.writer.stop_timer();
+        self.writer.stop_flusher();
         if let Some(t) = self.timer.lock().take() {
             let _ = t.join();
         }
-        self.writer.flush_all(true)
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.writer.flush_all()
     }
 
-    /// Writes every buffered mark to RocksDB now and retires the journal
-    /// segment that held them. The timer does this every
+    /// Writes every buffered mark to RocksDB now, in the calling thread,
+    /// and syncs RocksDB's write-ahead log: afterwards every update
+    /// acknowledged before the call is in RocksDB and survives power loss.
+    /// The flusher does this (without the sync) every
     /// [`Config::flush_interval`]; call it to bound what a
     /// [`Durability::Memory`] update can lose.
     ///
@@ -432,12 +449,41 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn flush(&self) -> Result<()> {
-        self.writer.flush_all(false)
+        self.writer.flush_all()
     }
 
-    /// Writes one user's buffered mark in one conversation now. Call it when
-    /// the user leaves the conversation (closes it on screen): their burst of
-    /// scroll updates becomes one write without waiting for the timer.
+    /// The user left the conversation (closed it on screen): their burst of
+    /// scroll updates becomes one RocksDB write, made by the flusher thread
+    /// within [`Config::flush_delay`], in one batch with the other keys
+    /// sealed meanwhile. Returns at once; nothing is written on the
+    /// caller's thread. Does nothing if nothing is buffered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, u) = (ConversationId(1), UserId(1));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, u, Timestamp(0))?;
+    /// for m in 1..=50 {
+    ///     store.mark_read(c, u, MessageId(m), Timestamp(m))?;
+    /// }
+    /// store.seal(c, u); // written soon: one durable write for the 50 updates
+    /// store.flush_key(c, u)?; // or wait for it
+    /// assert_eq!(store.stats().keys_written, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn seal(&self, conversation: ConversationId, user: crate::ids::UserId) {
+        self.writer.seal(conversation.0, user.0);
+    }
+
+    /// Writes one user's buffered mark in one conversation and waits until
+    /// RocksDB holds it: [`seal`](Store::seal), then waiting for the
+    /// flusher's next round (which writes every key sealed meanwhile in the
+    /// same batch). For callers that need RocksDB to hold the mark before
+    /// they go on; a leave that need not wait is [`seal`](Store::seal).
     /// Does nothing if nothing is buffered.
     ///
     /// # Errors
@@ -467,7 +513,7 @@ impl Store {
     /// Testing hook: waits until at least `n` flushes happened since open.
     #[doc(hidden)]
     pub fn __wait_for_flushes(&self, n: u64, timeout: Duration) -> bool {
-        self.writer.wait_flushes(n, timeout)
+        self.writer.wait_rounds(n, timeout)
     }
 
     /// Testing hook: drops the store the way a process crash would. The
@@ -481,7 +527,7 @@ impl Store {
     }
 
     /// Testing hook (fault injection): the `ops`-th journal operation from
-    /// now (append, fsync, durable retire; 0 = the next one) fails with the
+    /// now (copy write or fsync; 0 = the next one) fails with the
     /// OS error `errno` (`libc::ENOSPC` for a full disk, `libc::EIO`, ...).
     #[doc(hidden)]
     pub fn __fail_journal_after(&self, ops: u64, errno: i32) {
@@ -491,7 +537,7 @@ impl Store {
     /// Testing hook: flushes observed since open.
     #[doc(hidden)]
     pub fn __flush_count(&self) -> u64 {
-        self.writer.flush_count()
+        self.writer.rounds_done()
     }
 
     /// The directory the store lives in.
@@ -511,12 +557,16 @@ impl Store {
             durable_batches: load(&c.batches),
             fsyncs: load(&c.rocksdb_syncs) + self.writer.journal.syncs(),
             keys_written: load(&c.keys_written),
-            journal_bytes: self.writer.journal.bytes_appended(),
-            pending_keys: self.writer.combiner.keys() as u64,
+            journal_bytes: self.writer.journal.bytes_written(),
+            pending_keys: self.writer.combiner.dirty() as u64,
+            cached_keys: self.writer.combiner.entries() as u64,
+            journal_slots_in_use: self.writer.journal.in_use() as u64,
             replayed_frames: self.replayed,
             malformed_operands: self.merge_counters.malformed.load(Ordering::Relaxed),
             receipt_operands: load(&c.receipt_operands),
             read_time_records: load(&c.read_time_records),
+            change_records: load(&c.change_records),
+            no_ops: load(&c.no_ops),
         }
     }
 
@@ -658,7 +708,7 @@ impl Store {
         View {
             store: self,
             snapshot: None,
-            _gate: self.writer.read_gate.read(),
+            _gate: self.writer.grace.enter(),
         }
     }
 
@@ -666,9 +716,9 @@ impl Store {
     /// several records (an unread count must not see a deletion without the
     /// message it deletes).
     pub(crate) fn snapshot_view(&self) -> View<'_> {
-        // The gate first: the snapshot must not predate a write whose
+        // Registered first: the snapshot must not predate a write whose
         // entries then leave the buffer before this view reads it.
-        let gate = self.writer.read_gate.read();
+        let gate = self.writer.grace.enter();
         View {
             store: self,
             snapshot: Some(self.db.snapshot()),
@@ -685,64 +735,54 @@ impl Drop for Store {
     }
 }
 
-/// Replays recovered journal frames into RocksDB (synced) before the journal
-/// is re-initialised. Merges are idempotent, so a frame whose update had
-/// already been flushed is harmless; frames of users who are no longer
-/// members are skipped (their membership ended after the frame was written).
+/// Replays recovered journal states into RocksDB (synced) before the
+/// journal is re-initialised: folded per key and planned as one flush
+/// would, so replayed advances get their read-time runs and change-log
+/// entries, and a state RocksDB already holds costs nothing. Merges are
+/// idempotent, so a state whose update had already been flushed is
+/// harmless; states of another membership than the current one are
+/// skipped (it ended after they were written).
 fn replay(
     db: &DB,
     recovery: &journal::Recovery,
-    mode: RecoveryMode,
     policy: &ReceiptPolicy,
     changes: &events::ChangeLog,
 ) -> Result<u64> {
-    let marks = db
-        .cf_handle(Cf::Marks.name())
-        .ok_or(Error::InvalidArgument("no marks column family"))?;
-    let members = db
-        .cf_handle(Cf::Members.name())
-        .ok_or(Error::InvalidArgument("no members column family"))?;
-    let mut batch = WriteBatch::default();
-    let mut n = 0u64;
-    // Folded per key first, so the receipts of each replayed advance are
-    // planned once, from the mark RocksDB holds, as a flush would.
-    let mut folded: std::collections::BTreeMap<(u64, u64), crate::mark::MarkState> =
+    let mut folded: std::collections::BTreeMap<(u64, u64, Option<u64>), (MarkState, u64)> =
         std::collections::BTreeMap::new();
-    for payload in &recovery.payloads {
-        let Some(r) = MarkRecord::decode(&payload.bytes) else {
-            // The frame's checksum held, so this is not a torn write: a
-            // newer writer's record kind, or a bug.
-            if mode == RecoveryMode::Strict {
-                return Err(Error::JournalCorrupt {
-                    path: payload.path.clone(),
-                    offset: payload.offset as u64,
-                });
-            }
-            tracing::warn!("journal: skipped a frame whose payload does not decode");
-            continue;
-        };
-        let key = keys::pair_key(r.conversation, r.user);
-        if db.get_pinned_cf(members, key)?.is_none() {
-            continue;
-        }
-        let e = folded.entry((r.conversation, r.user)).or_default();
-        *e = e.join(r.state);
-        n += 1;
+    for r in &recovery.records {
+        let e = folded
+            .entry((r.conversation, r.user, r.joined_seq))
+            .or_default();
+        e.0 = e.0.join(r.state);
+        e.1 += 1;
     }
-    let entries: Vec<_> = folded.into_iter().collect();
-    receipts::plan_advances(db, policy, &entries, &mut batch)?;
-    if !entries.is_empty() {
-        changes.append(db, &entries, &mut batch)?;
-    }
-    for ((c, u), state) in &entries {
-        batch.merge_cf(marks, keys::pair_key(*c, *u), state.encode());
-    }
+    let items: Vec<flush::Item> = folded
+        .iter()
+        .map(|(&(c, u, j), &(state, _))| flush::Item {
+            conversation: c,
+            user: u,
+            state,
+            base: None,
+            joined_seq: j,
+            version: 0,
+            needs_sync: true,
+        })
+        .collect();
+    let mut batch = WriteBatch::default();
+    let plan = flush::plan_round(db, policy, changes, &items, &mut batch)?;
+    let n: u64 = folded
+        .values()
+        .zip(&plan.outcomes)
+        .filter(|(_, o)| **o != flush::Outcome::Stale)
+        .map(|((_, frames), _)| frames)
+        .sum();
     if !batch.is_empty() {
         let mut o = WriteOptions::default();
         o.set_sync(true);
         db.write_opt(batch, &o)?;
         changes.mark_written();
-        tracing::info!(frames = n, "journal replayed");
+        tracing::info!(records = n, "journal replayed");
     }
     Ok(n)
 }
@@ -765,7 +805,7 @@ fn check_format(db: &DB, path: &Path, is_new: bool, names: &[String]) -> Result<
     match stored {
         Some(v) if v.len() == 4 => {
             let found = BigEndian::read_u32(&v);
-            if found == FORMAT_VERSION || found == UPGRADABLE_FORMAT_VERSION {
+            if found == FORMAT_VERSION || UPGRADABLE_FORMAT_VERSIONS.contains(&found) {
                 Ok(Some(found))
             } else {
                 Err(Error::UnsupportedFormat {

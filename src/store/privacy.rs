@@ -81,9 +81,17 @@ impl Store {
         private: bool,
     ) -> Result<()> {
         // Buffered advances were made under the old setting: they are
-        // planned (bits or none) under it, and no replay after a crash can
-        // plan them under the new one.
-        self.writer.flush_all(true)?;
+        // written (with a run or none) under it, and no replay after a
+        // crash can plan them under the new one.
+        let affected = match scope {
+            PrivacyScope::Conversation(c) => vec![(c.0, user.0)],
+            PrivacyScope::Everywhere => self
+                .conversations_of(user)?
+                .into_iter()
+                .map(|c| (c.0, user.0))
+                .collect(),
+        };
+        self.writer.flush_keys(affected)?;
         let _settings = self.privacy_lock.lock();
         let conversations = match scope {
             PrivacyScope::Conversation(c) => vec![c],

@@ -11,23 +11,21 @@
 //! reader once their advance is flushed; the marks complete the answer for
 //! advances still buffered and for the periods a crossing left without bits.
 
-use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rocksdb::{DBRawIterator, ReadOptions, WriteBatch, DB};
+use rocksdb::{DBRawIterator, WriteBatch};
 
 use super::{corrupt, Cf, Store, View};
 use crate::error::{Error, Result};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
 use crate::keys;
-use crate::mark::MarkState;
 use crate::receipts::{
     expired, time_key, time_key_range, Bitset, ReadTimeRecord, TimeKind, MAX_SLOTS, TIME_KEY_LEN,
     TIME_KEY_MESSAGE,
 };
-use crate::records::{ConversationRecord, MemberRecord, MessageRecord};
+use crate::records::{ConversationRecord, MemberRecord};
 
 use super::marks::{Page, ReadBy, ReadTime, Reader, ReceiptSource};
 
@@ -59,145 +57,9 @@ pub(crate) struct ReceiptPolicy {
 }
 
 impl ReceiptPolicy {
-    fn expired(&self, at: u64, now: u64) -> bool {
+    pub(crate) fn expired(&self, at: u64, now: u64) -> bool {
         expired(at, self.retention_ms, now)
     }
-}
-
-fn handle(db: &DB, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
-    db.cf_handle(cf.name())
-        .ok_or(Error::InvalidArgument("column family missing"))
-}
-
-/// Adds to `batch` the per-message bits and read-time runs of the mark
-/// advances in `entries`. Called with the writer's flush lock held, before
-/// the marks themselves are written in the same batch, so the mark each
-/// advance starts from is the one in RocksDB and no two plans overlap.
-///
-/// Only conversations in per-message mode, members with a slot, and live
-/// tracked messages get bits; bits for several readers of one message
-/// become one operand. Records that do not decode are skipped (a corrupt
-/// secondary record must not stop marks from being written; answers fall
-/// back to the marks). Returns the number of bitset operands and of runs
-/// added.
-pub(crate) fn plan_advances(
-    db: &DB,
-    policy: &ReceiptPolicy,
-    entries: &[((u64, u64), MarkState)],
-    batch: &mut WriteBatch,
-) -> Result<(u64, u64)> {
-    if entries.iter().all(|(_, s)| s.mark.is_none()) {
-        return Ok((0, 0));
-    }
-    let mut runs = 0u64;
-    let (conversations, members, marks, messages, receipts, times) = (
-        handle(db, Cf::Conversations)?,
-        handle(db, Cf::Members)?,
-        handle(db, Cf::Marks)?,
-        handle(db, Cf::Messages)?,
-        handle(db, Cf::Receipts)?,
-        handle(db, Cf::ReadTimes)?,
-    );
-    let snapshot = db.snapshot();
-    let ro = || {
-        let mut ro = ReadOptions::default();
-        ro.set_snapshot(&snapshot);
-        ro
-    };
-    let now = policy.clock.now();
-    let mut per_message: HashMap<u64, bool> = HashMap::new();
-    let mut bits: BTreeMap<(u64, u64), Bitset> = BTreeMap::new();
-    for &((c, u), state) in entries {
-        let Some(new) = state.mark else { continue };
-        let small = match per_message.get(&c) {
-            Some(&s) => s,
-            None => {
-                let s = db
-                    .get_pinned_cf_opt(conversations, keys::id_key(c), &ro())?
-                    .and_then(|v| ConversationRecord::decode(&v))
-                    .is_some_and(|r| r.per_message);
-                per_message.insert(c, s);
-                s
-            }
-        };
-        if !small {
-            continue;
-        }
-        let key = keys::pair_key(c, u);
-        let Some(member) = db
-            .get_pinned_cf_opt(members, key, &ro())?
-            .and_then(|v| MemberRecord::decode(&v))
-        else {
-            continue;
-        };
-        let Some(slot) = member.slot else { continue };
-        // A private member's reads get no bits or times: going public later
-        // must not reveal what was read while private (privacy.rs).
-        if member.is_private() {
-            continue;
-        }
-        let prev = db
-            .get_pinned_cf_opt(marks, key, &ro())?
-            .and_then(|v| MarkState::decode(&v))
-            .and_then(|s| s.mark)
-            .map(|m| m.up_to.0);
-        if prev.is_some_and(|p| p >= new.up_to.0) {
-            continue;
-        }
-        let from = match (prev, member.joined_after.map(|m| m.0)) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        // Newest first, stopping at the first expired message: ids grow
-        // with time, so everything older is expired too, and a first read
-        // of a long history costs only its retained part.
-        let lower = keys::pair_key(c, from.map_or(0, |f| f.saturating_add(1)));
-        let mut o = ro();
-        o.set_iterate_lower_bound(lower.to_vec());
-        let mut it = db.raw_iterator_cf_opt(messages, o);
-        it.seek_for_prev(keys::pair_key(c, new.up_to.0));
-        let mut newest_sent = None::<u64>;
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let Some((kc, m)) = keys::decode_pair_key(k) else {
-                break;
-            };
-            if kc != c || from.is_some_and(|f| m <= f) {
-                break;
-            }
-            if let Some(r) = MessageRecord::decode(v) {
-                if policy.expired(r.sent_at.0, now) {
-                    break;
-                }
-                if r.tracked && r.sender.0 != u {
-                    bits.entry((c, m))
-                        .or_insert_with(|| Bitset::new(r.sent_at.0))
-                        .set(slot);
-                    newest_sent = Some(newest_sent.unwrap_or(0).max(r.sent_at.0));
-                }
-            }
-            it.prev();
-        }
-        it.status()?;
-        if let Some(sent) = newest_sent {
-            // Nothing is read before it is sent: the clamp also keeps the
-            // run alive at least as long as the bits it times.
-            let run = ReadTimeRecord {
-                at: new.at.0.max(sent),
-                from,
-            };
-            batch.put_cf(
-                times,
-                time_key(c, u, TimeKind::Run, new.up_to.0),
-                run.encode(),
-            );
-            runs += 1;
-        }
-    }
-    let n = bits.len() as u64;
-    for ((c, m), b) in bits {
-        batch.merge_cf(receipts, keys::pair_key(c, m), b.encode());
-    }
-    Ok((n, runs))
 }
 
 /// Whether `member` was a member when `message` was recorded.
@@ -431,14 +293,14 @@ impl Store {
             ControlFlow::Continue(())
         })?;
         let mut readers = Vec::with_capacity(chosen.len());
-        let mut times = chosen
-            .iter()
-            .any(|c| c.1)
-            .then(|| view.times_of(conversation));
-        for (user, bit, mark_at) in chosen {
-            let exact = match (&mut times, bit) {
-                (Some(it), true) => first_read(it, conversation, user, message)?,
-                _ => None,
+        // In-order reads have no bit: the run of the advance that covered
+        // the message holds their time (flush.rs). A reader with neither a
+        // run nor a view read it no later than their mark says.
+        let mut times = (live && !chosen.is_empty()).then(|| view.times_of(conversation));
+        for (user, _bit, mark_at) in chosen {
+            let exact = match &mut times {
+                Some(it) => first_read(it, conversation, user, message)?,
+                None => None,
             };
             let read_at = match (exact, mark_at) {
                 // The mark proves an earlier read than the records show:
@@ -600,7 +462,8 @@ impl Store {
         }
         // As for a membership change: buffered advances are written under
         // the mode they were made in.
-        self.writer.flush_all(true)?;
+        self.writer
+            .flush_keys(self.writer.combiner.dirty_in(conversation.0))?;
         let _guard = self.lock(conversation);
         let view = self.view();
         let mut conv = view.conversation_record(conversation)?;

@@ -3,7 +3,6 @@
 
 use std::ops::ControlFlow;
 
-use parking_lot::RwLockReadGuard;
 use rocksdb::{DBPinnableSlice, DBRawIterator, ReadOptions, Snapshot};
 
 use super::{corrupt, Cf, Store};
@@ -17,9 +16,10 @@ use crate::records::{ConversationRecord, MemberRecord, MessageRecord};
 pub(crate) struct View<'a> {
     pub(super) store: &'a Store,
     pub(super) snapshot: Option<Snapshot<'a>>,
-    /// Held for the view's life: buffered marks cannot leave the buffer
-    /// between this view's read of the buffer and its read of RocksDB.
-    pub(super) _gate: RwLockReadGuard<'a, ()>,
+    /// Registered for the view's life: a buffered mark this view could
+    /// miss in RocksDB (its snapshot predates the write) cannot leave the
+    /// buffer meanwhile (`writer::Grace`).
+    pub(super) _gate: super::writer::GraceGuard<'a>,
 }
 
 impl<'a> View<'a> {
@@ -125,23 +125,29 @@ impl<'a> View<'a> {
     }
 
     /// The mark state as the user sees it: what RocksDB holds joined with
-    /// what the write-combining buffer still holds (read-your-writes).
+    /// what the write-combining buffer holds (read-your-writes).
     pub(crate) fn mark_state(
         &self,
         conversation: ConversationId,
         user: UserId,
     ) -> Result<MarkState> {
-        let key = keys::member_key(conversation, user);
         let pending = self.store.writer.combiner.peek(conversation.0, user.0);
-        let stored = match self.get(Cf::Marks, &key)? {
-            None => MarkState::default(),
-            Some(raw) => MarkState::decode(&raw)
-                .ok_or_else(|| corrupt(Cf::Marks, &key, "bad mark record"))?,
-        };
+        let stored = self.stored_mark(conversation, user)?;
         Ok(match pending {
             Some(p) => stored.join(p),
             None => stored,
         })
+    }
+
+    /// The mark state RocksDB holds, without the buffer.
+    pub(crate) fn stored_mark(&self, conversation: ConversationId, user: UserId) -> Result<MarkState> {
+        let key = keys::member_key(conversation, user);
+        match self.get(Cf::Marks, &key)? {
+            None => Ok(MarkState::default()),
+            Some(raw) => {
+                MarkState::decode(&raw).ok_or_else(|| corrupt(Cf::Marks, &key, "bad mark record"))
+            }
+        }
     }
 
     /// A raw iterator over the pair keys `(outer, inner >= from)` of `cf`.

@@ -1,43 +1,45 @@
-//! The mark write path: combiner + journal in front of RocksDB, the flush
-//! triggers, group commit, and poisoning.
+//! The mark write path: the combiner and the slot journal in front of
+//! RocksDB, the background flusher, group commit, and poisoning.
 //!
-//! Ordering argument (why nothing acknowledged is lost):
-//! 1. An update is appended to the journal and joined into the combiner
-//!    under the same shard lock ([`Combiner::add`]).
-//! 2. `flush_all` first rotates the journal (new frames go to the other
-//!    segment), then copies every shard. An update whose frame is in the old
-//!    segment finished its shard insert before the copy of that shard
-//!    could take the lock, so it is in the copied set.
-//! 3. The copied set is written to RocksDB with the write-ahead log synced
-//!    (which also makes every earlier RocksDB write durable, including
-//!    single-key flushes), and only then is the old segment retired.
-//! 4. Flushes are serialised by `flush_lock`, so a single-key flush is
-//!    entirely before or after a full flush.
-//! 5. Written entries leave the buffer only if unchanged since the copy, and
-//!    under `read_gate`, which every reader holds shared: a mark is always
-//!    in the buffer, in RocksDB, or both, for every reader.
+//! A caller's update costs a shard lock, a join and, above `Memory`, one
+//! 80-byte copy into the key's journal slot (plus a shared fsync at
+//! `PowerLoss`). Nothing else runs on the caller's path: leaving a
+//! conversation ([`Writer::seal`]) queues the key and returns; the flusher
+//! thread writes queued keys together, one RocksDB batch for many keys,
+//! `flush_delay` after the first of them, and every dirty key every
+//! `flush_interval`.
 //!
-//! Any failed journal sync or RocksDB write poisons the store: writes are
-//! refused until it is reopened, because after a failed fsync the page
-//! cache may already have dropped the data (Rebello et al., ATC '20), so
-//! retrying would acknowledge something that is not on disk.
+//! Why nothing acknowledged is lost (docs/design.md §8):
+//! 1. An update is joined into its entry and, above `Memory`, written to the
+//!    entry's slot under the same shard lock; the slot holds the entry's
+//!    whole state.
+//! 2. A flush copies an entry's state and version, writes it to RocksDB
+//!    (synced if any update in it was acknowledged at `PowerLoss`), and only
+//!    then, if the version is unchanged, marks the entry clean and gives its
+//!    slot back. An entry updated meanwhile keeps its slot for the next
+//!    flush.
+//! 3. So every acknowledged update is in its slot, or in RocksDB's WAL at
+//!    its level, or both.
+//!
+//! Any failed journal write or sync, or RocksDB write, poisons the store:
+//! writes are refused until it is reopened, because after a failed fsync
+//! the page cache may already have dropped the data (Rebello et al., ATC
+//! '20), so retrying would acknowledge something that is not on disk.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use super::events::ChangeLog;
-use super::receipts::{plan_advances, ReceiptPolicy};
-use super::Cf;
-use crate::combiner::Combiner;
+use super::flush::{plan_round, Item, Outcome};
+use super::receipts::ReceiptPolicy;
+use crate::combiner::{Combiner, Entry};
 use crate::config::Durability;
 use crate::error::{Error, Result};
-use crate::journal::record::MarkRecord;
 use crate::journal::Journal;
-use crate::keys;
 use crate::mark::MarkState;
 
 /// Counters of the write path.
@@ -48,13 +50,117 @@ pub(crate) struct WriterCounters {
     pub(crate) batches: AtomicU64,
     pub(crate) rocksdb_syncs: AtomicU64,
     pub(crate) keys_written: AtomicU64,
+    pub(crate) no_ops: AtomicU64,
     pub(crate) receipt_operands: AtomicU64,
     pub(crate) read_time_records: AtomicU64,
+    pub(crate) change_records: AtomicU64,
 }
 
-enum AppendError {
-    Full,
-    Failed(Error),
+/// Reader registration that lets the flusher evict clean entries without a
+/// lock readers wait for (an RCU-style grace period with two counters).
+///
+/// A view registers in the current epoch for its whole life. An entry that
+/// became clean while the epoch was `e` may leave the buffer once the epoch
+/// is `e + 2`: the flusher advances the epoch only when every view of the
+/// epoch before the current one has ended, so by then every view alive
+/// started after the entry's write had landed in RocksDB, and reads it
+/// there. Readers never wait; the flusher never waits either (it tries
+/// again at its next round).
+#[derive(Default)]
+pub(crate) struct Grace {
+    epoch: AtomicU64,
+    readers: [AtomicUsize; 2],
+}
+
+/// A registered reader; unregisters on drop.
+pub(crate) struct GraceGuard<'a> {
+    grace: &'a Grace,
+    parity: usize,
+}
+
+impl Grace {
+    pub(crate) fn enter(&self) -> GraceGuard<'_> {
+        loop {
+            let e = self.epoch.load(Ordering::SeqCst);
+            #[allow(clippy::cast_possible_truncation)]
+            let parity = (e & 1) as usize;
+            self.readers[parity].fetch_add(1, Ordering::SeqCst);
+            if self.epoch.load(Ordering::SeqCst) == e {
+                return GraceGuard {
+                    grace: self,
+                    parity,
+                };
+            }
+            // The epoch moved between the load and the registration: the
+            // flusher may already have checked this counter. Try again.
+            self.readers[parity].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Moves to the next epoch if every reader of the previous one has
+    /// left. One caller at a time (the flush lock).
+    fn try_advance(&self) -> bool {
+        let e = self.epoch.load(Ordering::SeqCst);
+        #[allow(clippy::cast_possible_truncation)]
+        let previous = ((e + 1) & 1) as usize;
+        if self.readers[previous].load(Ordering::SeqCst) != 0 {
+            return false;
+        }
+        self.epoch.store(e + 1, Ordering::SeqCst);
+        true
+    }
+}
+
+impl Drop for GraceGuard<'_> {
+    fn drop(&mut self) {
+        self.grace.readers[self.parity].fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What a caller verified about the key before its first update: the
+/// membership it checked (under the conversation's lock) and, when it
+/// needs the previous mark, what RocksDB holds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Verified {
+    pub(crate) joined_seq: u64,
+    pub(crate) base: Option<MarkState>,
+}
+
+/// Outcome of [`Writer::apply`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Applied {
+    /// Acknowledged. `prev` is the key's whole state before the update
+    /// when the store knew it.
+    Done { prev: Option<MarkState> },
+    /// The key has no entry (or, with `want_prev`, its stored mark is not
+    /// known yet): check membership and call again with [`Verified`].
+    Verify,
+}
+
+/// Which keys a flush round writes.
+pub(crate) enum Which {
+    /// Every key with something to write.
+    All,
+    /// These keys (sealed, or about to change membership or privacy).
+    Keys(Vec<(u64, u64)>),
+}
+
+/// The flusher's schedule, under `Writer::sched`.
+#[derive(Default)]
+struct Sched {
+    sealed: Vec<(u64, u64)>,
+    first_seal: Option<Instant>,
+    /// Write sealed keys now (a caller waits for them).
+    urgent: bool,
+    /// Write every dirty key now (memory, slots, or a caller).
+    full: bool,
+    stop: bool,
+    started: u64,
+    done: u64,
 }
 
 pub(crate) struct Writer {
@@ -64,22 +170,26 @@ pub(crate) struct Writer {
     pub(crate) changes: ChangeLog,
     pub(crate) combiner: Combiner,
     pub(crate) journal: Journal,
+    /// Serialises flush rounds with each other and with structural writes
+    /// that carry change-log entries (`write_with_changes`).
     flush_lock: Mutex<()>,
-    /// Held shared by every read view, exclusively while written entries
-    /// leave the buffer.
-    pub(crate) read_gate: RwLock<()>,
+    pub(crate) grace: Grace,
     poisoned: Mutex<Option<String>>,
     is_poisoned: AtomicBool,
     max_keys: usize,
     flush_after: u32,
+    flush_delay: Duration,
+    interval: Duration,
     pub(crate) counters: WriterCounters,
-    flushed: Mutex<u64>,
-    flushed_cv: Condvar,
-    stop: Mutex<bool>,
-    stop_cv: Condvar,
+    sched: Mutex<Sched>,
+    /// Wakes the flusher.
+    wake: Condvar,
+    /// Wakes callers waiting for a round.
+    round_done: Condvar,
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         db: Arc<DB>,
         policy: ReceiptPolicy,
@@ -87,6 +197,8 @@ impl Writer {
         journal: Journal,
         max_keys: usize,
         flush_after: u32,
+        flush_delay: Duration,
+        interval: Duration,
     ) -> Self {
         Self {
             db,
@@ -95,16 +207,17 @@ impl Writer {
             combiner: Combiner::new(),
             journal,
             flush_lock: Mutex::new(()),
-            read_gate: RwLock::new(()),
+            grace: Grace::default(),
             poisoned: Mutex::new(None),
             is_poisoned: AtomicBool::new(false),
             max_keys,
             flush_after,
+            flush_delay,
+            interval,
             counters: WriterCounters::default(),
-            flushed: Mutex::new(0),
-            flushed_cv: Condvar::new(),
-            stop: Mutex::new(false),
-            stop_cv: Condvar::new(),
+            sched: Mutex::new(Sched::default()),
+            wake: Condvar::new(),
+            round_done: Condvar::new(),
         }
     }
 
@@ -125,180 +238,343 @@ impl Writer {
             *p = Some(format!("{what}: {err}"));
         }
         self.is_poisoned.store(true, Ordering::Release);
+        drop(p);
+        // Nobody may wait for a round that will not come.
+        let _s = self.sched.lock();
+        self.round_done.notify_all();
+        self.wake.notify_all();
         err
     }
 
-    fn marks_cf(&self) -> &rocksdb::ColumnFamily {
-        #[allow(clippy::expect_used)]
-        self.db
-            .cf_handle(Cf::Marks.name())
-            .expect("column family opened by Store::open")
-    }
-
-    /// One logical update: buffered, journaled at `durability`, and
-    /// acknowledged once it is as durable as asked.
-    pub(crate) fn update(
+    /// One logical update of (`conversation`, `user`): joined into the
+    /// key's entry and, above `Memory`, written to its journal slot; at
+    /// `PowerLoss`, acknowledged after a shared fsync.
+    ///
+    /// Without `verified`, only a key that already has an entry is
+    /// updated (its membership was checked when the entry was made, and a
+    /// membership change removes it); otherwise [`Applied::Verify`].
+    pub(crate) fn apply(
         &self,
         conversation: u64,
         user: u64,
-        state: MarkState,
+        update: MarkState,
         durability: Durability,
-    ) -> Result<()> {
+        verified: Option<Verified>,
+        want_prev: bool,
+    ) -> Result<Applied> {
         self.check_poison()?;
-        let payload = (durability != Durability::Memory).then(|| {
-            MarkRecord {
-                conversation,
-                user,
-                state,
-            }
-            .encode()
-        });
-        let sync = durability == Durability::PowerLoss;
-        let added = loop {
-            let r = self
-                .combiner
-                .add(conversation, user, state, || match &payload {
-                    None => Ok(0),
-                    Some(p) => match self.journal.append(p) {
-                        Ok(Some(seq)) => Ok(seq),
-                        Ok(None) => Err(AppendError::Full),
-                        Err(e) => Err(AppendError::Failed(e)),
+        loop {
+            let key = (conversation, user);
+            let mut shard = self.combiner.lock(conversation);
+            if !shard.contains_key(&key) {
+                let Some(v) = verified else {
+                    return Ok(Applied::Verify);
+                };
+                if self.combiner.entries() >= self.max_keys {
+                    drop(shard);
+                    self.relieve_pressure()?;
+                    continue;
+                }
+                let base = v.base;
+                self.combiner.insert(
+                    &mut shard,
+                    key,
+                    Entry {
+                        state: base.unwrap_or_default(),
+                        base,
+                        joined_seq: v.joined_seq,
+                        ..Entry::default()
                     },
-                });
-            match r {
-                Ok(added) => break added,
-                // The active segment is full: a flush rotates to the empty
-                // one. Done outside the shard lock, which the flush copies.
-                Err(AppendError::Full) => self.flush_all(false)?,
-                Err(AppendError::Failed(e)) => return Err(self.poison("journal append", e)),
+                );
             }
-        };
-        self.counters.updates.fetch_add(1, Ordering::Relaxed);
-        if added.combined {
-            self.counters.combined.fetch_add(1, Ordering::Relaxed);
-        }
-        if sync {
-            if let Err(e) = self.journal.sync_to(added.value) {
-                return Err(self.poison("journal fsync", e.into()));
-            }
-        }
-        if added.updates >= self.flush_after {
-            self.flush_key(conversation, user)?;
-        }
-        if added.keys >= self.max_keys {
-            self.flush_all(false)?;
-        }
-        Ok(())
-    }
-
-    /// Writes one key's buffered state now (a user left the conversation,
-    /// or the key passed its update count).
-    pub(crate) fn flush_key(&self, conversation: u64, user: u64) -> Result<()> {
-        self.check_poison()?;
-        let _flush = self.flush_lock.lock();
-        // Again under the lock: a flush that failed while this one waited
-        // left a segment unretired, which must not be reused.
-        self.check_poison()?;
-        let Some(state) = self.combiner.peek(conversation, user) else {
-            return Ok(());
-        };
-        // No sync: until the journal segment holding this key's frames is
-        // retired, the journal still has them, and retiring waits for a
-        // synced RocksDB write, which covers this one too.
-        let entries = [((conversation, user), state)];
-        let batch = match self.batch_for(&entries) {
-            Ok(b) => b,
-            Err(e) => return Err(self.poison("receipt planning", e)),
-        };
-        if let Err(e) = self.db.write_opt(batch, &WriteOptions::default()) {
-            return Err(self.poison("RocksDB write", e.into()));
-        }
-        self.changes.mark_written();
-        self.remove_written(&entries);
-        self.counters.batches.fetch_add(1, Ordering::Relaxed);
-        self.counters.keys_written.fetch_add(1, Ordering::Relaxed);
-        self.note_flush();
-        Ok(())
-    }
-
-    /// Writes every buffered key in one RocksDB batch and retires the
-    /// journal segment that held them. With `durable_retire`, the
-    /// retirement itself is fsynced (before a membership change, so no crash
-    /// can replay older frames over it).
-    pub(crate) fn flush_all(&self, durable_retire: bool) -> Result<()> {
-        self.check_poison()?;
-        let _flush = self.flush_lock.lock();
-        // Again under the lock: a flush that failed while this one waited
-        // left a segment unretired, which must not be reused.
-        self.check_poison()?;
-        if self.combiner.keys() == 0 && self.journal.frames().iter().all(|&n| n == 0) {
-            if durable_retire {
-                if let Err(e) = self.journal.sync_retirements() {
-                    return Err(self.poison("journal fsync", e.into()));
+            let Some(e) = shard.get_mut(&key) else {
+                continue;
+            };
+            if e.base.is_none() {
+                match verified.and_then(|v| v.base) {
+                    Some(b) => {
+                        e.base = Some(b);
+                        e.state = e.state.join(b);
+                    }
+                    None if want_prev => return Ok(Applied::Verify),
+                    None => {}
                 }
             }
+            let prev = e.base.map(|_| e.state);
+            let joined = e.state.join(update);
+            let changed = joined != e.state;
+            // An update already covered needs no journal write if the slot
+            // holds the state, or (for a process crash) RocksDB does.
+            let covered = e.journaled
+                || durability == Durability::ProcessCrash
+                    && e.base.is_some_and(|b| b.join(update) == b);
+            let journal = durability != Durability::Memory && (changed || !covered);
+            if journal {
+                let slot = match e.slot {
+                    Some(s) => s,
+                    None => {
+                        if let Some(s) = self.journal.alloc() {
+                            e.slot = Some(s);
+                            s
+                        } else {
+                            // Every slot holds a buffered key: a flush gives
+                            // some back.
+                            drop(shard);
+                            self.wait_round(true, false)?;
+                            continue;
+                        }
+                    }
+                };
+                match self.journal.write(
+                    slot,
+                    e.copy,
+                    conversation,
+                    user,
+                    e.joined_seq,
+                    &joined,
+                ) {
+                    Ok(seq) => {
+                        e.copy ^= 1;
+                        e.journaled = true;
+                        e.last_seq = seq;
+                    }
+                    Err(err) => return Err(self.poison("journal write", err.into())),
+                }
+            } else if changed {
+                e.journaled = false;
+            }
+            if changed || journal {
+                e.state = joined;
+                e.version += 1;
+                e.updates = e.updates.saturating_add(1);
+                if durability == Durability::PowerLoss {
+                    e.needs_sync = true;
+                }
+                self.combiner.set_dirty(e, true);
+            } else {
+                self.counters.no_ops.fetch_add(1, Ordering::Relaxed);
+            }
+            let sync_seq = (durability == Durability::PowerLoss && e.journaled).then_some(e.last_seq);
+            let seal = e.dirty && !e.sealed && e.updates >= self.flush_after;
+            if seal {
+                e.sealed = true;
+            }
+            let combined = e.updates > 1;
+            drop(shard);
+            self.counters.updates.fetch_add(1, Ordering::Relaxed);
+            if combined {
+                self.counters.combined.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(seq) = sync_seq {
+                if let Err(err) = self.journal.sync_to(seq) {
+                    return Err(self.poison("journal fsync", err.into()));
+                }
+            }
+            if seal {
+                self.enqueue(key);
+            }
+            if self.combiner.dirty() >= self.max_keys / 2 {
+                self.request_full();
+            }
+            return Ok(Applied::Done { prev });
+        }
+    }
+
+    /// The user left the conversation: write the key soon, batched with
+    /// others. Returns without waiting.
+    pub(crate) fn seal(&self, conversation: u64, user: u64) {
+        let queue = {
+            let mut shard = self.combiner.lock(conversation);
+            match shard.get_mut(&(conversation, user)) {
+                Some(e) if e.dirty && !e.sealed => {
+                    e.sealed = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if queue {
+            self.enqueue((conversation, user));
+        }
+    }
+
+    fn enqueue(&self, key: (u64, u64)) {
+        let mut s = self.sched.lock();
+        s.sealed.push(key);
+        if s.first_seal.is_none() {
+            s.first_seal = Some(Instant::now());
+            self.wake.notify_one();
+        }
+    }
+
+    fn request_full(&self) {
+        let mut s = self.sched.lock();
+        if !s.full {
+            s.full = true;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Writes one key now and waits until RocksDB holds it.
+    pub(crate) fn flush_key(&self, conversation: u64, user: u64) -> Result<()> {
+        self.check_poison()?;
+        let dirty = self
+            .combiner
+            .lock(conversation)
+            .get(&(conversation, user))
+            .is_some_and(|e| e.dirty);
+        if !dirty {
             return Ok(());
         }
-        if let Err(e) = self.journal.sync_retirements() {
-            return Err(self.poison("journal fsync", e.into()));
+        self.seal(conversation, user);
+        self.wait_round(false, true)
+    }
+
+    /// Asks the flusher for a round (every dirty key with `full`, sealed
+    /// keys with `urgent`) and waits until one that started after this call
+    /// has finished.
+    fn wait_round(&self, full: bool, urgent: bool) -> Result<()> {
+        let mut s = self.sched.lock();
+        let target = s.started + 1;
+        s.full |= full;
+        s.urgent |= urgent;
+        self.wake.notify_one();
+        while s.done < target && !s.stop {
+            self.check_poison()?;
+            self.round_done.wait_for(&mut s, Duration::from_millis(100));
         }
-        let (old, had_frames) = match self.journal.rotate() {
-            Ok(r) => r,
-            Err(e) => return Err(self.poison("journal rotate", e.into())),
+        drop(s);
+        self.check_poison()
+    }
+
+    /// Too many entries: a round evicts clean ones (and writes dirty ones).
+    fn relieve_pressure(&self) -> Result<()> {
+        self.wait_round(true, false)
+    }
+
+    /// Writes every buffered key now, in the caller's thread, with the
+    /// write-ahead log synced: afterwards RocksDB holds every update
+    /// acknowledged before the call, durably.
+    pub(crate) fn flush_all(&self) -> Result<()> {
+        self.round(Which::All, true)
+    }
+
+    /// Writes the given keys now, in the caller's thread (before a
+    /// membership, threshold or privacy change of their conversations, so
+    /// their advances are planned under the rules they were made under).
+    pub(crate) fn flush_keys(&self, keys: Vec<(u64, u64)>) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.round(Which::Keys(keys), false)
+    }
+
+    /// One flush round: copy the chosen dirty entries, plan their batch
+    /// (marks, read-time runs, change log) from what the entries know and
+    /// one RocksDB snapshot, write it, then mark clean what did not change
+    /// meanwhile and give its slots back.
+    fn round(&self, which: Which, durable: bool) -> Result<()> {
+        self.check_poison()?;
+        let _flush = self.flush_lock.lock();
+        // Again under the lock: a round that failed while this one waited
+        // left entries dirty, and the store refuses writes.
+        self.check_poison()?;
+        let keys = match which {
+            Which::All => self.combiner.dirty_keys(),
+            Which::Keys(k) => k,
         };
-        // Copied, not removed: entries stay visible to reads until RocksDB
-        // holds them (`remove_written`).
-        let entries = self.combiner.snapshot();
-        if !entries.is_empty() {
-            let batch = match self.batch_for(&entries) {
-                Ok(b) => b,
-                Err(e) => return Err(self.poison("receipt planning", e)),
-            };
+        let mut items = Vec::with_capacity(keys.len());
+        for (c, u) in keys {
+            let shard = self.combiner.lock(c);
+            if let Some(e) = shard.get(&(c, u)) {
+                if e.dirty {
+                    items.push(Item {
+                        conversation: c,
+                        user: u,
+                        state: e.state,
+                        base: e.base,
+                        joined_seq: Some(e.joined_seq),
+                        version: e.version,
+                        needs_sync: e.needs_sync,
+                    });
+                }
+            }
+        }
+        let sync = durable || items.iter().any(|i| i.needs_sync);
+        let mut batch = WriteBatch::default();
+        let plan = match plan_round(&self.db, &self.policy, &self.changes, &items, &mut batch) {
+            Ok(p) => p,
+            Err(e) => return Err(self.poison("flush planning", e)),
+        };
+        if !batch.is_empty() {
             let mut wo = WriteOptions::default();
-            wo.set_sync(had_frames);
+            wo.set_sync(sync);
             if let Err(e) = self.db.write_opt(batch, &wo) {
                 return Err(self.poison("RocksDB write", e.into()));
             }
             self.changes.mark_written();
             self.counters.batches.fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .keys_written
-                .fetch_add(entries.len() as u64, Ordering::Relaxed);
-            if had_frames {
+            if sync {
                 self.counters.rocksdb_syncs.fetch_add(1, Ordering::Relaxed);
             }
-            self.remove_written(&entries);
-        } else if had_frames {
+        } else if sync {
+            // Nothing new to write, but what earlier (unsynced) rounds wrote
+            // must be durable before slots of `PowerLoss` updates are freed.
             if let Err(e) = self.db.flush_wal(true) {
                 return Err(self.poison("RocksDB WAL sync", e.into()));
             }
             self.counters.rocksdb_syncs.fetch_add(1, Ordering::Relaxed);
         }
-        if let Err(e) = self.journal.retire(old, durable_retire) {
-            return Err(self.poison("journal retire", e.into()));
+        let c = &self.counters;
+        c.keys_written.fetch_add(plan.marks, Ordering::Relaxed);
+        c.read_time_records.fetch_add(plan.runs, Ordering::Relaxed);
+        c.change_records.fetch_add(plan.change_rows, Ordering::Relaxed);
+        c.no_ops.fetch_add(plan.no_ops, Ordering::Relaxed);
+        let epoch = self.grace.epoch();
+        let mut release = Vec::new();
+        for (item, outcome) in items.iter().zip(plan.outcomes) {
+            let key = (item.conversation, item.user);
+            let mut shard = self.combiner.lock(item.conversation);
+            let Some(e) = shard.get_mut(&key) else {
+                // Discarded meanwhile (a membership change), slot and all.
+                continue;
+            };
+            if Some(e.joined_seq) != item.joined_seq {
+                continue;
+            }
+            match outcome {
+                Outcome::Stale => {
+                    // The membership it was made in has ended.
+                    if let Some(gone) = self.combiner.remove(&mut shard, key) {
+                        release.extend(gone.slot);
+                    }
+                }
+                Outcome::Stored(new) => {
+                    e.base = Some(new);
+                    e.state = e.state.join(new);
+                    if e.version == item.version {
+                        e.journaled = false;
+                        e.sealed = false;
+                        e.updates = 0;
+                        e.needs_sync = false;
+                        e.clean_epoch = epoch;
+                        release.extend(e.slot.take());
+                        self.combiner.set_dirty(e, false);
+                    } else {
+                        // Updated after the copy: still dirty, slot kept; a
+                        // later leave queues it again.
+                        e.sealed = false;
+                    }
+                }
+            }
         }
-        self.note_flush();
+        self.journal.release(&release);
+        if self.combiner.entries() >= self.max_keys * 3 / 4 {
+            self.grace.try_advance();
+            self.combiner
+                .evict_clean(self.grace.epoch(), self.max_keys / 2);
+        }
         Ok(())
-    }
-
-    /// One batch for `entries`: their per-message receipts (planned from
-    /// the marks RocksDB holds before this batch) and their mark operands.
-    /// Called with the flush lock held.
-    fn batch_for(&self, entries: &[((u64, u64), MarkState)]) -> Result<WriteBatch> {
-        let mut batch = WriteBatch::default();
-        let (operands, runs) = plan_advances(&self.db, &self.policy, entries, &mut batch)?;
-        self.counters
-            .receipt_operands
-            .fetch_add(operands, Ordering::Relaxed);
-        self.counters
-            .read_time_records
-            .fetch_add(runs, Ordering::Relaxed);
-        let cf = self.marks_cf();
-        for ((c, u), state) in entries {
-            batch.merge_cf(cf, keys::pair_key(*c, *u), state.encode());
-        }
-        self.changes.append(&self.db, entries, &mut batch)?;
-        Ok(batch)
     }
 
     /// Writes a structural batch (membership, privacy) together with the
@@ -334,71 +610,90 @@ impl Writer {
         Ok(())
     }
 
-    /// Drops written entries from the buffer. Readers hold the gate shared
-    /// across their read of the buffer and of RocksDB, so none can miss an
-    /// entry by reading RocksDB before the write and the buffer after the
-    /// removal.
-    fn remove_written(&self, written: &[((u64, u64), MarkState)]) {
-        let _gate = self.read_gate.write();
-        self.combiner.remove_if_unchanged(written);
-    }
-
-    /// Drops a key's buffered state without writing it: after a membership
-    /// change, whatever is buffered for the key predates it.
+    /// Drops a key's entry without writing it: after a membership change,
+    /// whatever it holds belongs to a membership that has ended (or not yet
+    /// begun). Its slot is zeroed, so no replay brings it back either.
     pub(crate) fn discard(&self, conversation: u64, user: u64) {
-        let _gate = self.read_gate.write();
-        if let Some(state) = self.combiner.peek(conversation, user) {
-            self.combiner
-                .remove_if_unchanged(&[((conversation, user), state)]);
+        let gone = {
+            let mut shard = self.combiner.lock(conversation);
+            self.combiner.remove(&mut shard, (conversation, user))
+        };
+        if let Some(slot) = gone.and_then(|e| e.slot) {
+            self.journal.release(&[slot]);
         }
     }
 
-    fn note_flush(&self) {
-        *self.flushed.lock() += 1;
-        self.flushed_cv.notify_all();
+    /// Rounds finished since open.
+    pub(crate) fn rounds_done(&self) -> u64 {
+        self.sched.lock().done
     }
 
-    /// Flushes observed since open (single-key and full).
-    pub(crate) fn flush_count(&self) -> u64 {
-        *self.flushed.lock()
-    }
-
-    /// Waits until at least `n` flushes happened since open, or `timeout`.
-    pub(crate) fn wait_flushes(&self, n: u64, timeout: Duration) -> bool {
-        let mut f = self.flushed.lock();
-        let deadline = std::time::Instant::now() + timeout;
-        while *f < n {
-            if self.flushed_cv.wait_until(&mut f, deadline).timed_out() {
-                return *f >= n;
+    /// Waits until at least `n` rounds finished since open, or `timeout`.
+    pub(crate) fn wait_rounds(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.sched.lock();
+        while s.done < n {
+            if self
+                .round_done
+                .wait_until(&mut s, deadline)
+                .timed_out()
+            {
+                return s.done >= n;
             }
         }
         true
     }
 
-    /// The timer: one full flush per interval until stopped.
-    pub(crate) fn run_timer(&self, interval: Duration) {
-        let mut stop = self.stop.lock();
+    /// The flusher thread: sealed keys `flush_delay` after the first of a
+    /// batch (at once if a caller waits), every dirty key each
+    /// `flush_interval` or when memory or slots run short.
+    pub(crate) fn run_flusher(&self) {
+        let mut next_full = Instant::now() + self.interval;
+        let mut s = self.sched.lock();
         loop {
-            if *stop {
+            if s.stop {
                 return;
             }
-            let _ = self.stop_cv.wait_for(&mut stop, interval);
-            if *stop {
-                return;
+            let now = Instant::now();
+            let full = s.full || now >= next_full;
+            let sealed_due = s
+                .first_seal
+                .is_some_and(|t| s.urgent || now >= t + self.flush_delay);
+            if !(full || sealed_due) {
+                let wake = s
+                    .first_seal
+                    .map_or(next_full, |t| next_full.min(t + self.flush_delay));
+                self.wake.wait_until(&mut s, wake);
+                continue;
             }
-            drop(stop);
-            if let Err(e) = self.flush_all(false) {
-                if matches!(e, Error::Poisoned(_)) {
+            let keys = std::mem::take(&mut s.sealed);
+            s.first_seal = None;
+            s.urgent = false;
+            s.full = false;
+            s.started += 1;
+            drop(s);
+            let which = if full { Which::All } else { Which::Keys(keys) };
+            let result = self.round(which, false);
+            if full {
+                next_full = Instant::now() + self.interval;
+            }
+            s = self.sched.lock();
+            s.done += 1;
+            self.round_done.notify_all();
+            if let Err(e) = result {
+                if matches!(e, Error::Poisoned(_)) || self.check_poison().is_err() {
+                    s.stop = true;
                     return;
                 }
-                tracing::error!(error = %e, "timed flush failed");
+                tracing::error!(error = %e, "flush round failed");
             }
-            stop = self.stop.lock();
         }
     }
 
-    pub(crate) fn stop_timer(&self) {
-        *self.stop.lock() = true;
-        self.stop_cv.notify_all();
+    pub(crate) fn stop_flusher(&self) {
+        let mut s = self.sched.lock();
+        s.stop = true;
+        self.wake.notify_all();
+        self.round_done.notify_all();
     }
 }

@@ -1,0 +1,238 @@
+//! Planning a flush: turning buffered entries into one RocksDB batch of
+//! mark operands, read-time runs and change-log entries.
+//!
+//! Per key: the mark RocksDB holds (`prev`: known to the entry, else one
+//! read), the new state `prev ⊔ buffered`, and nothing at all if that is
+//! `prev` (a stale or duplicated update costs no write and no change-log
+//! entry). An advance of the mark in a conversation that keeps per-message
+//! receipts writes one *run*: "this member read (from, m] at t", keyed by
+//! `m`, the newest message the advance covers that another member sent,
+//! tracked and within retention. Runs are what per-message receipts cost
+//! now: an in-order read needs no per-message bit, because the run and the
+//! mark say it all (docs/design.md §5.3).
+
+use std::collections::HashMap;
+
+use rocksdb::{ReadOptions, WriteBatch, DB};
+
+use super::events::ChangeLog;
+use super::receipts::ReceiptPolicy;
+use super::Cf;
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::mark::MarkState;
+use crate::receipts::{time_key, ReadTimeRecord, TimeKind};
+use crate::records::{ConversationRecord, MemberRecord, MessageRecord};
+
+/// One key to write, as copied from its entry (or rebuilt by replay).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Item {
+    pub(crate) conversation: u64,
+    pub(crate) user: u64,
+    pub(crate) state: MarkState,
+    /// What RocksDB holds, if the entry knows.
+    pub(crate) base: Option<MarkState>,
+    /// The membership the updates were made in; `None` (replay of a
+    /// format-3 frame): whatever membership the user has.
+    pub(crate) joined_seq: Option<u64>,
+    pub(crate) version: u64,
+    pub(crate) needs_sync: bool,
+}
+
+/// What became of one item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// RocksDB holds this state once the batch lands (written, or already
+    /// there: a no-op).
+    Stored(MarkState),
+    /// The user is not a member under the membership the updates were made
+    /// in: nothing written.
+    Stale,
+}
+
+/// A planned batch's outcomes and counts.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub(crate) outcomes: Vec<Outcome>,
+    pub(crate) marks: u64,
+    pub(crate) runs: u64,
+    pub(crate) change_rows: u64,
+    pub(crate) no_ops: u64,
+}
+
+fn handle(db: &DB, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
+    db.cf_handle(cf.name())
+        .ok_or(Error::InvalidArgument("column family missing"))
+}
+
+/// Adds the writes of `items` to `batch`. Called with the flush lock held
+/// (or by the single-threaded replay at open), so the change sequence is
+/// assigned in write order and no two plans start from the same mark.
+///
+/// Records that do not decode are not an error here: a damaged member
+/// record must not stop marks from being written (that would poison the
+/// store). Its key gets its mark, no run, and a change-log entry only in
+/// the reader's own log (fail closed, as if private).
+pub(crate) fn plan_round(
+    db: &DB,
+    policy: &ReceiptPolicy,
+    changes: &ChangeLog,
+    items: &[Item],
+    batch: &mut WriteBatch,
+) -> Result<Plan> {
+    let mut plan = Plan {
+        outcomes: Vec::with_capacity(items.len()),
+        ..Plan::default()
+    };
+    if items.is_empty() {
+        return Ok(plan);
+    }
+    let (conversations, members, marks, times) = (
+        handle(db, Cf::Conversations)?,
+        handle(db, Cf::Members)?,
+        handle(db, Cf::Marks)?,
+        handle(db, Cf::ReadTimes)?,
+    );
+    let snapshot = db.snapshot();
+    let ro = || {
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snapshot);
+        ro
+    };
+    let now = policy.clock.now();
+    let mut per_message: HashMap<u64, bool> = HashMap::new();
+    let mut rows = Vec::new();
+    for item in items {
+        let (c, u) = (item.conversation, item.user);
+        let key = keys::pair_key(c, u);
+        let member = match db.get_pinned_cf_opt(members, key, &ro())? {
+            None => {
+                plan.outcomes.push(Outcome::Stale);
+                continue;
+            }
+            Some(v) => MemberRecord::decode(&v),
+        };
+        if let (Some(m), Some(j)) = (&member, item.joined_seq) {
+            if m.joined_seq != j {
+                plan.outcomes.push(Outcome::Stale);
+                continue;
+            }
+        }
+        let prev = match item.base {
+            Some(b) => b,
+            // The merge's output always decodes (invariant 10).
+            None => db
+                .get_pinned_cf_opt(marks, key, &ro())?
+                .and_then(|v| MarkState::decode(&v))
+                .unwrap_or_default(),
+        };
+        let new = prev.join(item.state);
+        if new == prev {
+            plan.no_ops += 1;
+            plan.outcomes.push(Outcome::Stored(prev));
+            continue;
+        }
+        let advanced = new.mark != prev.mark;
+        // A private member's reads get no run: going public later must not
+        // reveal what was read while private (privacy.rs).
+        let runs_kept = member
+            .as_ref()
+            .is_some_and(|m| m.slot.is_some() && !m.is_private());
+        if let (true, true, Some(m), Some(mark)) = (advanced, runs_kept, &member, new.mark) {
+            let small = match per_message.get(&c) {
+                Some(&s) => s,
+                None => {
+                    let s = db
+                        .get_pinned_cf_opt(conversations, keys::id_key(c), &ro())?
+                        .and_then(|v| ConversationRecord::decode(&v))
+                        .is_some_and(|r| r.per_message);
+                    per_message.insert(c, s);
+                    s
+                }
+            };
+            if small {
+                let from = match (prev.mark.map(|p| p.up_to.0), m.joined_after.map(|j| j.0)) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                let newest = newest_receipt_message(
+                    db,
+                    ro(),
+                    policy,
+                    now,
+                    c,
+                    u,
+                    from,
+                    mark.up_to.0,
+                )?;
+                if let Some((message, sent_at)) = newest {
+                    // Nothing is read before it is sent: the clamp also
+                    // keeps the run alive as long as the messages it times.
+                    let run = ReadTimeRecord {
+                        at: mark.at.0.max(sent_at),
+                        from,
+                    };
+                    batch.put_cf(times, time_key(c, u, TimeKind::Run, message), run.encode());
+                    plan.runs += 1;
+                }
+            }
+        }
+        batch.merge_cf(marks, key, new.encode());
+        plan.marks += 1;
+        if advanced {
+            // A private reader's advances are nobody else's business, not
+            // even that they happened: only their own log gets them. A
+            // record that does not decode counts as private (fail closed).
+            let private = member.as_ref().is_none_or(MemberRecord::is_private);
+            rows.push((c, u, !private, true));
+            plan.change_rows += if private { 1 } else { 2 };
+        }
+        plan.outcomes.push(Outcome::Stored(new));
+    }
+    changes.append_rows(db, rows.into_iter(), batch)?;
+    Ok(plan)
+}
+
+/// The newest message in `(from, up_to]` of `c` that keeps per-message
+/// receipts for `user` (tracked, sent by someone else, within retention),
+/// with its `sent_at`: the key of the run an advance over that range
+/// writes. Newest first, stopping at the first message past retention
+/// (times follow ids, so every older one is past it too). Usually the first
+/// message looked at qualifies; a sender's own advance walks back over the
+/// messages they sent.
+#[allow(clippy::too_many_arguments)]
+fn newest_receipt_message(
+    db: &DB,
+    mut ro: ReadOptions,
+    policy: &ReceiptPolicy,
+    now: u64,
+    c: u64,
+    user: u64,
+    from: Option<u64>,
+    up_to: u64,
+) -> Result<Option<(u64, u64)>> {
+    let messages = handle(db, Cf::Messages)?;
+    let lower = keys::pair_key(c, from.map_or(0, |f| f.saturating_add(1)));
+    ro.set_iterate_lower_bound(lower.to_vec());
+    let mut it = db.raw_iterator_cf_opt(messages, ro);
+    it.seek_for_prev(keys::pair_key(c, up_to));
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        let Some((kc, m)) = keys::decode_pair_key(k) else {
+            break;
+        };
+        if kc != c || from.is_some_and(|f| m <= f) {
+            break;
+        }
+        if let Some(r) = MessageRecord::decode(v) {
+            if policy.expired(r.sent_at.0, now) {
+                break;
+            }
+            if r.tracked && r.sender.0 != user {
+                return Ok(Some((m, r.sent_at.0)));
+            }
+        }
+        it.prev();
+    }
+    it.status()?;
+    Ok(None)
+}
