@@ -133,7 +133,12 @@ fn bench_journal(c: &mut Criterion) {
         b.iter(|| {
             i = i.wrapping_add(1);
             journal
-                .write(i.wrapping_mul(2_654_435_761) % slots, (i & 1) as u8, u64::from(i), 4)
+                .write(
+                    i.wrapping_mul(2_654_435_761) % slots,
+                    (i & 1) as u8,
+                    u64::from(i),
+                    4,
+                )
                 .expect("write")
         });
     });

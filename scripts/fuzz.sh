@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
 # Default: 30 s for each pure target (merge_marks, merge_receipts, decoders,
-# journal). The
+# journal, slots). The
 # api_ops target links RocksDB, which a fuzz build compiles again (~25 min on
 # 2 cores, once): name it explicitly to run it.
 #
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/../fuzz"
 secs="${1:-30}"
 shift || true
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(merge_marks merge_receipts decoders journal)
+[ "${#targets[@]}" -gt 0 ] || targets=(merge_marks merge_receipts decoders journal slots)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/readmark-fuzz-target}"

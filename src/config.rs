@@ -52,7 +52,7 @@ pub enum Durability {
 /// | [`flush_delay`](Config::flush_delay) | 2 ms |
 /// | [`flush_after_updates`](Config::flush_after_updates) | 1,000 updates of one key |
 /// | [`combiner_max_bytes`](Config::combiner_max_bytes) | 32 MiB |
-/// | [`journal_bytes`](Config::journal_bytes) | 16 MiB (102,375 slots) |
+/// | [`journal_bytes`](Config::journal_bytes) | 16 MiB (98,280 slots) |
 /// | [`recovery_mode`](Config::recovery_mode) | [`RecoveryMode::Strict`] |
 /// | [`statistics`](Config::statistics) | `false` |
 /// | [`receipt_threshold`](Config::receipt_threshold) | 50 members |
@@ -272,9 +272,9 @@ impl Config {
     }
 
     /// Size of the journal's slot file: one 160-byte slot per key with
-    /// journaled updates not yet in RocksDB (25 per 4 KiB page). When every
+    /// journaled updates not yet in RocksDB (24 per 4 KiB page). When every
     /// slot is taken, an update to a new key waits for the flusher to write
-    /// keys and give their slots back. Default 16 MiB (102,375 slots); at
+    /// keys and give their slots back. Default 16 MiB (98,280 slots); at
     /// least 64 KiB. Changing it on an existing store is allowed (the
     /// journal is replayed, then made anew).
     pub fn journal_bytes(mut self, bytes: usize) -> Self {
@@ -407,6 +407,12 @@ impl Config {
     pub fn change_retention(mut self, keep: Duration) -> Self {
         self.change_retention = keep;
         self
+    }
+
+    /// The configured flush interval.
+    #[must_use]
+    pub fn get_flush_interval(&self) -> Duration {
+        self.flush_interval
     }
 
     /// The configured coalescing window.

@@ -5,6 +5,7 @@
 
 use crate::journal::frame::{frame_size, write_frame, write_header, SEGMENT_HEADER_LEN};
 use crate::journal::scan::{scan_segment, ScanEnd};
+use crate::journal::slot::{self, encode_copy, scan_slots, Copy};
 use crate::mark::MarkState;
 use crate::merge::merge_marks;
 use crate::receipts::{merge_bitsets, Bitset, ReadTimeRecord};
@@ -86,6 +87,171 @@ pub fn journal_scan(bytes: &[u8]) -> (Vec<(usize, usize)>, &'static str, usize) 
         ScanEnd::Corrupt { offset } => ("corrupt", offset),
     };
     (frames, kind, off)
+}
+
+/// What a scan of a slot-journal image found: `(offset, conversation,
+/// user, up_to)` of the winning copy of every slot holding one, copies
+/// whose checksum fails, offsets of copies whose checksum holds but whose
+/// content is invalid, and the header's epoch (`None`: blank or damaged).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlotSummary {
+    /// `(offset, conversation, user, up_to)` per slot with a valid copy.
+    pub found: Vec<(usize, u64, u64, Option<u64>)>,
+    /// Copies whose checksum fails.
+    pub torn: u64,
+    /// Copies whose checksum holds but whose content does not decode.
+    pub malformed: Vec<usize>,
+    /// The header's epoch.
+    pub epoch: Option<u64>,
+    /// The header is neither blank nor valid.
+    pub bad_header: bool,
+}
+
+/// Scans a slot-journal image.
+pub fn slot_scan(bytes: &[u8]) -> SlotSummary {
+    let s = scan_slots(bytes);
+    SlotSummary {
+        found: s
+            .found
+            .iter()
+            .map(|f| {
+                (
+                    f.offset,
+                    f.copy.conversation,
+                    f.copy.user,
+                    f.copy.state.mark.map(|m| m.up_to.0),
+                )
+            })
+            .collect(),
+        torn: s.torn,
+        malformed: s.malformed,
+        epoch: s.epoch,
+        bad_header: s.bad_header,
+    }
+}
+
+/// The bytes of one slot copy with a valid checksum for `epoch` and
+/// `state` written verbatim (so a test can plant a copy whose content does
+/// not decode), and the file offset of copy `copy` of slot `slot`.
+pub fn slot_copy(epoch: u64, seq: u64, conversation: u64, user: u64, state: &[u8]) -> Vec<u8> {
+    let mut out = [0u8; slot::COPY_LEN];
+    encode_copy(
+        &mut out,
+        epoch,
+        &Copy {
+            seq,
+            conversation,
+            user,
+            joined_seq: 0,
+            state: MarkState::default(),
+        },
+    );
+    let n = state.len().min(slot::COPY_LEN - slot::COPY_STATE);
+    out[slot::COPY_STATE..slot::COPY_STATE + n].copy_from_slice(&state[..n]);
+    #[allow(clippy::cast_possible_truncation)]
+    {
+        out[slot::COPY_STATE_LEN] = n as u8;
+    }
+    let mut h = crc32fast::Hasher::new();
+    h.update(&epoch.to_be_bytes());
+    h.update(&out[slot::COPY_VERSION..]);
+    out[..4].copy_from_slice(&h.finalize().to_be_bytes());
+    out.to_vec()
+}
+
+/// File offset of copy `copy` of slot `slot`.
+#[must_use]
+pub fn slot_offset(slot: usize, copy: usize) -> usize {
+    slot::copy_offset(slot, copy)
+}
+
+/// Target `slots`: the slot journal's scan on arbitrary images never
+/// panics, stays in bounds and returns only copies a writer could have
+/// encoded; on a well-formed image damaged at an input-chosen byte, each
+/// slot recovers its newest copy or, if that one was hit, its other copy,
+/// never a state that was not written.
+pub fn slots_target(data: &[u8]) {
+    let scan = scan_slots(data);
+    for f in &scan.found {
+        let mut b = [0u8; slot::COPY_LEN];
+        encode_copy(&mut b, scan.epoch.unwrap_or(0), &f.copy);
+        assert_eq!(&b[..], &data[f.offset..f.offset + slot::COPY_LEN]);
+    }
+    let Some((&ctl, rest)) = data.split_first() else {
+        return;
+    };
+    let slots = 48;
+    let mut file = vec![0u8; slot::file_len(slots)];
+    slot::write_header(&mut file, 5, slots as u64);
+    // Per slot: the states written to copy 0 and copy 1, and which is newer.
+    let mut written: Vec<[Option<Copy>; 2]> = vec![[None, None]; slots];
+    let mut seq = 0u64;
+    for chunk in rest.chunks(3).take(200) {
+        let (slot, copy, v) = (
+            usize::from(chunk[0]) % slots,
+            usize::from(chunk.get(1).copied().unwrap_or(0) & 1),
+            u64::from(chunk.get(2).copied().unwrap_or(0)),
+        );
+        seq += 1;
+        let c = Copy {
+            seq,
+            conversation: 1,
+            user: slot as u64,
+            joined_seq: 0,
+            state: MarkState::from_mark(crate::MessageId(v), crate::Timestamp(seq)),
+        };
+        let off = slot::copy_offset(slot, copy);
+        let mut b = [0u8; slot::COPY_LEN];
+        encode_copy(&mut b, 5, &c);
+        file[off..off + slot::COPY_LEN].copy_from_slice(&b);
+        written[slot][copy] = Some(c);
+    }
+    let hit = slot::HEADER_LEN + usize::from(ctl) * 97 % (file.len() - slot::HEADER_LEN);
+    file[hit] ^= 0x5A;
+    let scan = scan_slots(&file);
+    for f in &scan.found {
+        let slot = usize::try_from(f.copy.user).unwrap_or(usize::MAX);
+        let w = &written[slot];
+        assert!(
+            w.iter().flatten().any(|c| *c == f.copy),
+            "a copy that was never written"
+        );
+        let newest = w.iter().flatten().map(|c| c.seq).max();
+        let hit_newest = w
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.map(|c| (i, c)))
+            .any(|(i, c)| {
+                let off = slot::copy_offset(slot, i);
+                Some(c.seq) == newest && (off..off + slot::COPY_LEN).contains(&hit)
+            });
+        if !hit_newest {
+            assert_eq!(Some(f.copy.seq), newest, "the newest copy wins");
+        }
+    }
+}
+
+/// A format-3 journal segment of `len` bytes holding one frame per
+/// `(conversation, user, up_to, at)`: what a store of that format left
+/// behind, for upgrade tests.
+#[must_use]
+pub fn legacy_segment(epoch: u64, len: usize, marks: &[(u64, u64, u64, u64)]) -> Vec<u8> {
+    let mut seg = vec![0u8; len];
+    write_header(&mut seg, epoch, 1);
+    let mut off = SEGMENT_HEADER_LEN;
+    for (i, &(c, u, up_to, at)) in marks.iter().enumerate() {
+        let payload = crate::journal::record::MarkRecord {
+            conversation: c,
+            user: u,
+            state: MarkState::from_mark(crate::MessageId(up_to), crate::Timestamp(at)),
+        }
+        .encode();
+        let size = frame_size(payload.len());
+        let seq = i as u64 + 1;
+        write_frame(&mut seg[off..off + size], epoch, seq, seq, &payload);
+        off += size;
+    }
+    seg
 }
 
 /// Target `merge_marks`: the merge function on arbitrary inputs never
@@ -707,7 +873,11 @@ pub mod bench {
         ///
         /// I/O errors.
         pub fn create(dir: &Path, bytes: usize) -> crate::Result<Self> {
-            Ok(Self(InnerJournal::create(dir, bytes, &Recovery::default())?))
+            Ok(Self(InnerJournal::create(
+                dir,
+                bytes,
+                &Recovery::default(),
+            )?))
         }
 
         /// Slots in the file.

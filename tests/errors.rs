@@ -291,6 +291,11 @@ fn regression_compaction_filter_outlives_column_family_creation() {
         s.record_message(C, MessageId(m), UserId(8), Timestamp(t0))
             .unwrap();
     }
+    // A message opened out of order: its bitset is the receipts record
+    // the retention filter must drop.
+    assert!(s
+        .mark_viewed(C, ALICE, MessageId(1), Timestamp(t0 + 1))
+        .unwrap());
     s.mark_read(C, ALICE, MessageId(20), Timestamp(t0 + 1))
         .unwrap();
     s.flush().unwrap();

@@ -568,11 +568,10 @@ fn newest_wal(dir: &std::path::Path) -> std::path::PathBuf {
 /// skipped the new changes. Sequences now come from durably reserved blocks.
 #[test]
 fn regression_power_loss_cannot_make_a_cursor_skip_later_changes() {
-    let config = || {
-        common::small_config()
-            .flush_interval(Duration::from_secs(3600))
-            .durability(readmark::Durability::PowerLoss)
-    };
+    // `ProcessCrash`: flushes of its updates are unsynced RocksDB batches
+    // (a `PowerLoss` update's flush is synced before its journal slot is
+    // given back), which a power loss may drop, with their sequences.
+    let config = || common::small_config().flush_interval(Duration::from_secs(3600));
     let live = tempfile::tempdir().unwrap();
     let s = Store::open(live.path(), config()).unwrap();
     let (u, v, w) = (UserId(1), UserId(2), UserId(3));
@@ -591,7 +590,8 @@ fn regression_power_loss_cannot_make_a_cursor_skip_later_changes() {
     s.mark_read(C, v, MessageId(3), Timestamp(11)).unwrap();
     s.flush_key(C, v).unwrap();
     let cursor = s.snapshot(u).unwrap().cursor;
-    // Power loss: the unsynced WAL tail is gone, the fsynced journal stays.
+    // Power loss: the unsynced WAL tail is gone, and so are v's unsynced
+    // `ProcessCrash` updates (their slots were given back once written).
     let image = tempfile::tempdir().unwrap();
     common::copy_dir(live.path(), image.path());
     s.__simulate_crash();
@@ -602,10 +602,11 @@ fn regression_power_loss_cannot_make_a_cursor_skip_later_changes() {
     f.set_len(durable_len).unwrap();
     drop(f);
     let s = Store::open(image.path(), config()).unwrap();
-    assert_eq!(
-        s.mark(C, v).unwrap().unwrap().up_to,
-        MessageId(3),
-        "journal replayed"
+    assert!(
+        s.mark(C, v)
+            .unwrap()
+            .is_none_or(|m| m.up_to <= MessageId(3)),
+        "nothing that was never written"
     );
     s.mark_read(C, w, MessageId(4), Timestamp(20)).unwrap();
     s.flush().unwrap();

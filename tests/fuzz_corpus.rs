@@ -83,6 +83,11 @@ fn journal_corpus() {
 }
 
 #[test]
+fn slots_corpus() {
+    run("slots", readmark::fuzzing::slots_target, 6, 500, 600);
+}
+
+#[test]
 fn api_ops_corpus() {
     run("api_ops", readmark::fuzzing::api_target, 4, 25, 160);
 }

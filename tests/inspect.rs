@@ -61,11 +61,18 @@ fn clean_store_verifies_clean_and_is_not_changed() {
     assert_eq!(r.format_version, Some(readmark::FORMAT_VERSION));
     assert_eq!(r.records["messages"], 5);
     assert_eq!(r.records["deletions"], 1);
-    assert_eq!(r.records["receipts"], 5); // 1 to 4 by the read (the deleted one too), 5 by the view
-    assert_eq!(r.journal.len(), 2);
+    // The view of 5 is the only bitset: the read of 1 to 4 is timed by
+    // one run (read_times) and needs no bit per message.
+    assert_eq!(r.records["receipts"], 1);
+    assert_eq!(r.records["read_times"], 2);
+    assert_eq!(r.journal.len(), 1);
+    assert_eq!((r.journal[0].frames, r.journal[0].end), (0, "clean"));
     let text = readmark::dump(dir.path(), C, 10).unwrap();
     assert!(text.contains("3 members, 5 messages (1 deleted)"), "{text}");
-    assert!(text.contains("[1->u2]"), "{text}");
+    // Message 4: u2 read it in order (their mark), u3 read nothing.
+    assert!(text.contains("[u2 | bits: -]"), "{text}");
+    // Message 5: u3 opened it on its own (a bit in slot 2).
+    assert!(text.contains("[- | bits: 2->u3]"), "{text}");
     assert_eq!(files(dir.path()), before, "inspection changed the store");
 }
 
@@ -121,33 +128,46 @@ fn verify_finds_a_broken_index_and_counts() {
 }
 
 #[test]
-fn verify_finds_a_damaged_journal_frame() {
+fn verify_reports_the_journal_and_finds_damage_in_it() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path(), Config::new().durability(Durability::PowerLoss)).unwrap();
     s.create_conversation(C).unwrap();
-    s.add_member(C, UserId(1), Timestamp(0)).unwrap();
-    for m in 1..=3 {
-        s.mark_read(C, UserId(1), MessageId(m), Timestamp(m))
-            .unwrap();
+    for u in 1..=2 {
+        s.add_member(C, UserId(u), Timestamp(0)).unwrap();
     }
-    // A crash image: the frames are still in the journal.
+    for m in 1..=3 {
+        for u in 1..=2 {
+            s.mark_read(C, UserId(u), MessageId(m), Timestamp(m))
+                .unwrap();
+        }
+    }
+    // A crash image: the two keys are still in their journal slots.
     let image = tempfile::tempdir().unwrap();
     common::copy_dir(dir.path(), image.path());
     s.__simulate_crash();
-    let seg = image.path().join("readmark-journal/segment-0");
-    let mut bytes = std::fs::read(&seg).unwrap();
+    let slots = image.path().join("readmark-journal/slots");
+    let bytes = std::fs::read(&slots).unwrap();
     let r = readmark::verify(image.path()).unwrap();
     assert!(r.problems.is_empty(), "{:?}", r.problems);
-    assert_eq!(r.journal[0].frames, 3);
-    // Damage the first frame's payload: later synced frames prove it is
-    // not a torn tail.
-    bytes[32 + 24 + 4] ^= 0xFF;
-    std::fs::write(&seg, bytes).unwrap();
+    assert_eq!((r.journal[0].frames, r.journal[0].end), (2, "clean"));
+    // A copy cut short (a crash mid-write) is not damage: the slot's other
+    // copy stands in.
+    let (newest, ..) = readmark::fuzzing::slot_scan(&bytes).found[0];
+    let mut torn = bytes.clone();
+    torn[newest + 50] ^= 0xFF;
+    std::fs::write(&slots, &torn).unwrap();
+    let r = readmark::verify(image.path()).unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!((r.journal[0].frames, r.journal[0].end), (2, "torn"));
+    // A damaged header is: a strict open refuses the store.
+    let mut bad = bytes;
+    bad[9] ^= 0x01;
+    std::fs::write(&slots, bad).unwrap();
     let r = readmark::verify(image.path()).unwrap();
     assert!(
         r.problems
             .iter()
-            .any(|p| p.place == "journal" && p.at.ends_with(":32")),
+            .any(|p| p.place == "journal" && p.at.ends_with(":0")),
         "{:?}",
         r.problems
     );

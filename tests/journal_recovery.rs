@@ -1,11 +1,17 @@
-//! Lost and damaged journal bytes: a crash image of a live store (taken
-//! while it runs, as power loss would leave it) has its journal tail
-//! truncated or overwritten at random offsets. Everything acknowledged at
-//! `PowerLoss` must survive, and nothing that was never written may appear.
+//! Lost and damaged journal bytes. A running store writes `PowerLoss`
+//! updates (each acknowledged after an fsync), then `ProcessCrash` ones;
+//! an image of its directory is taken after each phase, while it runs. A
+//! power loss leaves every 512-byte sector of the slot file as it was at
+//! the last fsync (the first image) or as a later write left it (the
+//! second): disks write a sector whole, and no slot copy straddles two.
+//! Every such mix must keep everything acknowledged at `PowerLoss`, and no
+//! mark may take a value that was never written. Damage no crash explains
+//! is refused by a strict open and skipped by a tolerant one.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use readmark::{
@@ -13,7 +19,8 @@ use readmark::{
 };
 
 const C: ConversationId = ConversationId(1);
-const USERS: u64 = 5;
+const USERS: u64 = 30;
+const SECTOR: usize = 512;
 
 fn config() -> Config {
     common::small_config()
@@ -21,21 +28,23 @@ fn config() -> Config {
         .flush_after_updates(u32::MAX)
 }
 
-struct Image {
+struct Images {
     _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
+    /// After the `PowerLoss` phase: the slot file as the disk holds it.
+    synced: PathBuf,
+    /// At the end: the page cache's slot file, and the RocksDB files.
+    live: PathBuf,
     /// Every value written per user, and the highest acknowledged at
-    /// PowerLoss.
+    /// `PowerLoss`.
     written: BTreeMap<u64, Vec<u64>>,
-    synced: BTreeMap<u64, u64>,
-    /// Offset in segment-0 where the synced frames end.
-    synced_end: usize,
-    frames: Vec<(usize, usize)>,
+    acked: BTreeMap<u64, u64>,
 }
 
-/// A running store: `synced` PowerLoss updates, then `unsynced`
-/// ProcessCrash updates; its directory copied while it is still open.
-fn crash_image(seed: u64, synced: u64, unsynced: u64) -> Image {
+fn slots(store_dir: &Path) -> PathBuf {
+    store_dir.join("readmark-journal/slots")
+}
+
+fn crash_images(seed: u64, synced: u64, unsynced: u64) -> Images {
     let live = tempfile::tempdir().unwrap();
     let store = Store::open(live.path(), config()).unwrap();
     store.create_conversation(C).unwrap();
@@ -49,9 +58,14 @@ fn crash_image(seed: u64, synced: u64, unsynced: u64) -> Image {
         x ^= x << 17;
         x
     };
+    let dir = tempfile::tempdir().unwrap();
+    let (synced_path, live_path) = (dir.path().join("synced"), dir.path().join("live"));
     let mut written: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
     for i in 0..synced + unsynced {
+        if i == synced {
+            common::copy_dir(live.path(), &synced_path);
+        }
         let r = next();
         let (u, up_to) = (r % USERS, 1 + (r >> 8) % 1000);
         let level = if i < synced {
@@ -68,35 +82,24 @@ fn crash_image(seed: u64, synced: u64, unsynced: u64) -> Image {
             *e = (*e).max(up_to);
         }
     }
-    let image = tempfile::tempdir().unwrap();
-    let path = image.path().join("store");
-    common::copy_dir(live.path(), &path);
+    if unsynced == 0 {
+        common::copy_dir(live.path(), &synced_path);
+    }
+    common::copy_dir(live.path(), &live_path);
     std::mem::forget(store); // the live store "loses power": no close
-    let seg = std::fs::read(path.join("readmark-journal/segment-0")).unwrap();
-    let (frames, end, _) = readmark::fuzzing::journal_scan(&seg);
-    assert_eq!(end, "clean");
-    assert_eq!(
-        frames.len() as u64,
-        synced + unsynced,
-        "all frames in segment 0"
-    );
-    let synced_end = frames
-        .get(synced as usize)
-        .map_or(frames.last().map_or(32, |f| f.0 + f.1), |f| f.0);
-    Image {
-        _dir: image,
-        path,
+    Images {
+        _dir: dir,
+        synced: synced_path,
+        live: live_path,
         written,
-        synced: acked,
-        synced_end,
-        frames,
+        acked,
     }
 }
 
-fn check(store: &Store, img: &Image) {
+fn check(store: &Store, img: &Images) {
     for u in 0..USERS {
         let got = store.mark(C, UserId(u)).unwrap().map(|m| m.up_to.0);
-        if let Some(&want) = img.synced.get(&u) {
+        if let Some(&want) = img.acked.get(&u) {
             let got = got.unwrap_or(0);
             assert!(
                 got >= want,
@@ -110,113 +113,192 @@ fn check(store: &Store, img: &Image) {
     }
 }
 
-fn trial_dir(img: &Image) -> tempfile::TempDir {
+/// The live image with its slot file replaced by `bytes`.
+fn trial(img: &Images, bytes: &[u8]) -> tempfile::TempDir {
     let t = tempfile::tempdir().unwrap();
-    common::copy_dir(&img.path, &t.path().join("s"));
+    common::copy_dir(&img.live, &t.path().join("s"));
+    std::fs::write(slots(&t.path().join("s")), bytes).unwrap();
     t
 }
 
 #[test]
-fn torn_unsynced_tail_at_random_offsets() {
-    let img = crash_image(7, 40, 60);
-    let seg_len = std::fs::metadata(img.path.join("readmark-journal/segment-0"))
-        .unwrap()
-        .len() as usize;
-    let tail_end = img.frames.last().map_or(32, |f| f.0 + f.1);
+fn power_loss_keeps_each_sector_old_or_new_and_loses_nothing_synced() {
+    let img = crash_images(7, 120, 200);
+    let old = std::fs::read(slots(&img.synced)).unwrap();
+    let new = std::fs::read(slots(&img.live)).unwrap();
+    assert_eq!(old.len(), new.len());
+    let differing = old
+        .chunks(SECTOR)
+        .zip(new.chunks(SECTOR))
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(differing > 0, "the unsynced phase changed no sector");
     let mut x = 99u64;
-    for trial in 0..40 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let span = (tail_end + 64 - img.synced_end) as u64;
-        let off = img.synced_end + ((x >> 33) % span) as usize;
-        let t = trial_dir(&img);
-        let seg = t.path().join("s/readmark-journal/segment-0");
-        match trial % 3 {
-            // Lost bytes: the file ends at `off`.
-            0 => std::fs::OpenOptions::new()
-                .write(true)
-                .open(&seg)
-                .unwrap()
-                .set_len(off as u64)
-                .unwrap(),
-            // Lost pages: zeros from `off` on.
-            1 => {
-                let mut b = std::fs::read(&seg).unwrap();
-                b[off..].fill(0);
-                std::fs::write(&seg, b).unwrap();
-            }
-            // Garbage: random bytes over a stretch starting at `off`.
-            _ => {
-                let mut b = std::fs::read(&seg).unwrap();
-                let end = (off + 1 + (x as usize % 200)).min(seg_len);
-                for (i, byte) in b[off..end].iter_mut().enumerate() {
-                    *byte = (x >> (i % 56)) as u8 ^ 0xA5;
-                }
-                std::fs::write(&seg, b).unwrap();
-            }
+    for t in 0..40 {
+        let mut mixed = Vec::with_capacity(new.len());
+        for (a, b) in old.chunks(SECTOR).zip(new.chunks(SECTOR)) {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Trial 0: nothing written back; trial 1: everything.
+            let take_new = match t {
+                0 => false,
+                1 => true,
+                _ => (x >> 33) & 1 == 1,
+            };
+            mixed.extend_from_slice(if take_new { b } else { a });
         }
-        let store = Store::open(t.path().join("s"), config())
-            .unwrap_or_else(|e| panic!("trial {trial} (offset {off}): {e}"));
+        let dir = trial(&img, &mixed);
+        let store = Store::open(dir.path().join("s"), config())
+            .unwrap_or_else(|e| panic!("trial {t}: {e}"));
         check(&store, &img);
         store.close().unwrap();
         // Reopened again, nothing changes (replay is not repeated).
-        let store = Store::open(t.path().join("s"), config()).unwrap();
+        let store = Store::open(dir.path().join("s"), config()).unwrap();
         check(&store, &img);
     }
 }
 
 #[test]
-fn damage_in_synced_frames_is_refused_then_tolerated() {
-    let img = crash_image(11, 30, 0);
-    // Damage frame 10 of 30: frames after it prove it had been synced.
-    let (off, _) = img.frames[10];
-    let t = trial_dir(&img);
-    let seg = t.path().join("s/readmark-journal/segment-0");
-    let mut b = std::fs::read(&seg).unwrap();
-    b[off + 30] ^= 0x40;
-    std::fs::write(&seg, b).unwrap();
-    match Store::open(t.path().join("s"), config()) {
+fn a_copy_cut_short_falls_back_to_the_other_copy() {
+    let img = crash_images(3, 0, 200);
+    let bytes = std::fs::read(slots(&img.live)).unwrap();
+    let scan = readmark::fuzzing::slot_scan(&bytes);
+    assert!(scan.found.len() as u64 > USERS / 2, "{scan:?}");
+    // Tear the newest copy of every slot (a crash in the middle of each
+    // one's last write): each key replays its previous state.
+    let mut torn = bytes.clone();
+    for &(off, ..) in &scan.found {
+        torn[off + 40..off + 60].fill(0xEE);
+    }
+    let after = readmark::fuzzing::slot_scan(&torn);
+    assert_eq!(after.torn, scan.found.len() as u64);
+    let dir = trial(&img, &torn);
+    let store = Store::open(dir.path().join("s"), config()).unwrap();
+    check(&store, &img);
+    for &(_, c, u, up_to) in &after.found {
+        let got = store
+            .mark(ConversationId(c), UserId(u))
+            .unwrap()
+            .map(|m| m.up_to.0);
+        assert!(got >= up_to, "user {u}: the other copy was not replayed");
+    }
+}
+
+#[test]
+fn a_copy_that_checks_but_does_not_decode_is_refused_then_tolerated() {
+    let img = crash_images(11, 60, 0);
+    let mut bytes = std::fs::read(slots(&img.live)).unwrap();
+    let epoch = readmark::fuzzing::slot_scan(&bytes).epoch.unwrap();
+    // A free slot gets a copy whose checksum holds but whose state is not a
+    // mark: no crash writes that.
+    let off = readmark::fuzzing::slot_offset(200, 0);
+    let bad = readmark::fuzzing::slot_copy(epoch, 1, C.0, 1, &[9, 9, 9]);
+    bytes[off..off + bad.len()].copy_from_slice(&bad);
+    let dir = trial(&img, &bytes);
+    match Store::open(dir.path().join("s"), config()) {
         Err(Error::JournalCorrupt { path, offset }) => {
-            assert!(path.ends_with("segment-0"));
+            assert!(path.ends_with("slots"));
             assert_eq!(offset, off as u64);
         }
         other => panic!("expected JournalCorrupt, got {other:?}"),
     }
     // Strict refusal changed nothing: it refuses again, the same way.
     assert!(matches!(
-        Store::open(t.path().join("s"), config()),
+        Store::open(dir.path().join("s"), config()),
         Err(Error::JournalCorrupt { .. })
     ));
-    // Tolerant: every other frame is replayed.
     let store = Store::open(
-        t.path().join("s"),
+        dir.path().join("s"),
+        config().recovery_mode(RecoveryMode::TolerateCorruption),
+    )
+    .unwrap();
+    check(&store, &img);
+}
+
+#[test]
+fn a_damaged_header_is_refused_then_tolerated() {
+    let img = crash_images(5, 20, 0);
+    let mut bytes = std::fs::read(slots(&img.live)).unwrap();
+    bytes[9] ^= 0x10; // the epoch
+    let dir = trial(&img, &bytes);
+    assert!(matches!(
+        Store::open(dir.path().join("s"), config()),
+        Err(Error::JournalCorrupt { offset: 0, .. })
+    ));
+    // Tolerant: nothing can be checked without the epoch, so nothing is
+    // replayed from the file; every mark is still one that was written.
+    let store = Store::open(
+        dir.path().join("s"),
         config().recovery_mode(RecoveryMode::TolerateCorruption),
     )
     .unwrap();
     for u in 0..USERS {
-        if let Some(got) = store.mark(C, UserId(u)).unwrap().map(|m| m.up_to.0) {
-            assert!(img.written[&u].contains(&got));
+        if let Some(got) = store.mark(C, UserId(u)).unwrap() {
+            assert!(img.written[&u].contains(&got.up_to.0));
         }
     }
-    let recovered: u64 = (0..USERS)
-        .filter(|u| store.mark(C, UserId(*u)).unwrap().is_some())
-        .count() as u64;
-    assert!(recovered >= img.synced.len() as u64 - 1);
 }
 
 #[test]
-fn truncated_segment_file_is_recovered_and_resized() {
-    let img = crash_image(3, 10, 10);
-    let t = trial_dir(&img);
-    let seg = t.path().join("s/readmark-journal/segment-0");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&seg)
-        .unwrap()
-        .set_len(img.synced_end as u64)
-        .unwrap();
-    let store = Store::open(t.path().join("s"), config()).unwrap();
+fn a_truncated_slot_file_is_recovered_and_made_anew() {
+    let img = crash_images(13, 40, 0);
+    let bytes = std::fs::read(slots(&img.live)).unwrap();
+    let scan = readmark::fuzzing::slot_scan(&bytes);
+    let end = scan.found.iter().map(|f| f.0).max().unwrap() + 80;
+    let dir = trial(&img, &bytes[..end]);
+    let store = Store::open(dir.path().join("s"), config()).unwrap();
     check(&store, &img);
-    assert_eq!(std::fs::metadata(&seg).unwrap().len(), 8 << 20);
+    assert_eq!(
+        std::fs::metadata(slots(&dir.path().join("s")))
+            .unwrap()
+            .len(),
+        bytes.len() as u64,
+        "the new file has the configured size"
+    );
+}
+
+/// A format-3 store: its journal was two segment files of frames. The
+/// first open of this build replays them, upgrades the store to format 4
+/// and removes them.
+#[test]
+fn a_format_3_journal_is_replayed_at_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), config()).unwrap();
+        s.create_conversation(C).unwrap();
+        for u in 0..3 {
+            s.add_member(C, UserId(u), Timestamp(0)).unwrap();
+        }
+        s.close().unwrap();
+    }
+    {
+        let db = common::raw_open(dir.path());
+        let meta = db.cf_handle("meta").unwrap();
+        db.put_cf(meta, b"format_version", 3u32.to_be_bytes())
+            .unwrap();
+    }
+    let jdir = dir.path().join("readmark-journal");
+    std::fs::remove_file(jdir.join("slots")).unwrap();
+    let seg = readmark::fuzzing::legacy_segment(
+        4,
+        64 << 10,
+        &[
+            (C.0, 1, 7, 70),
+            (C.0, 2, 9, 90),
+            (C.0, 1, 5, 50),
+            (C.0, 99, 3, 1),
+        ],
+    );
+    std::fs::write(jdir.join("segment-0"), seg).unwrap();
+    std::fs::write(jdir.join("segment-1"), vec![0u8; 64 << 10]).unwrap();
+    let s = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(s.mark(C, UserId(1)).unwrap().unwrap().up_to, MessageId(7));
+    assert_eq!(s.mark(C, UserId(2)).unwrap().unwrap().up_to, MessageId(9));
+    // User 99 is not a member: the frame is skipped.
+    assert_eq!(s.stats().replayed_frames, 3);
+    assert!(!jdir.join("segment-0").exists() && !jdir.join("segment-1").exists());
+    s.close().unwrap();
+    let r = readmark::inspect(dir.path()).unwrap();
+    assert_eq!(r.format_version, Some(readmark::FORMAT_VERSION));
 }

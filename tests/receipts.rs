@@ -110,17 +110,20 @@ fn regression_join_that_crosses_down_gets_its_own_slot() {
     let s = open(dir.path(), 10);
     s.add_member(C, UserId(4), Timestamp(T0)).unwrap(); // the crossing
     send(&s, 10, 1);
-    s.mark_read(C, UserId(3), MessageId(10), Timestamp(T0 + 50))
-        .unwrap();
-    s.flush().unwrap();
+    send(&s, 11, 1);
+    // Opened out of order: a bit in user 3's slot, no mark.
+    assert!(s
+        .mark_viewed(C, UserId(3), MessageId(10), Timestamp(T0 + 50))
+        .unwrap());
     assert_eq!(users(&s, 10), [3]);
     let slots = s.__receipt_slots(C, MessageId(10)).unwrap();
     assert_eq!(slots.len(), 4, "every member has a slot: {slots:?}");
     assert_eq!(slots.iter().filter(|s| s.1).count(), 1);
     assert!(s
-        .mark_viewed(C, UserId(4), MessageId(10), Timestamp(T0 + 60))
+        .mark_viewed(C, UserId(4), MessageId(11), Timestamp(T0 + 60))
         .unwrap());
-    assert_eq!(users(&s, 10), [3, 4]);
+    assert_eq!(users(&s, 10), [3]);
+    assert_eq!(users(&s, 11), [4]);
 }
 
 /// Small → large by a join: messages from before keep their receipts and
@@ -195,12 +198,10 @@ fn crossing_down_by_leave() {
             ReceiptSource::PerMessage
         )
     );
-    // The bitset alone holds both readers: nothing was left to the marks.
-    let slots = s.__receipt_slots(C, MessageId(20)).unwrap();
-    assert_eq!(
-        slots,
-        [(UserId(1), false), (UserId(2), true), (UserId(3), true)]
-    );
+    // In-order reads need no bit per message: one run per reader holds
+    // their time.
+    assert!(!s.__has_receipt_record(C, MessageId(20)).unwrap());
+    assert_eq!(s.stats().read_time_records, 2);
 }
 
 /// The per-conversation threshold crosses both ways without membership
@@ -265,10 +266,11 @@ fn retention_expiry() {
         .unwrap());
 }
 
-/// Many readers advancing over the same messages in one flush write one
-/// operand per message, and one mark operand per reader.
+/// Many readers advancing over the same messages write, per reader, one
+/// mark operand and one read-time run, and nothing per message: the mark
+/// and the run say everything an in-order read means.
 #[test]
-fn one_operand_per_message_per_flush() {
+fn in_order_reads_write_one_run_per_reader_and_nothing_per_message() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), 50);
     setup(&s, 1..=40);
@@ -285,11 +287,18 @@ fn one_operand_per_message_per_flush() {
     }
     s.flush().unwrap();
     let after = s.stats();
-    assert_eq!(after.receipt_operands - before.receipt_operands, 30);
+    assert_eq!(after.receipt_operands - before.receipt_operands, 0);
     assert_eq!(after.keys_written - before.keys_written, 39);
+    assert_eq!(after.read_time_records - before.read_time_records, 39);
     for m in [1, 15, 30] {
         assert_eq!(s.read_count(C, UserId(1), MessageId(m)).unwrap().count, 39);
+        assert!(!s.__has_receipt_record(C, MessageId(m)).unwrap());
     }
+    // Each reader's time is the one of their combined advance.
+    let page = s
+        .read_by(C, UserId(1), MessageId(15), Page::first(1))
+        .unwrap();
+    assert_eq!(page.readers[0].read_at, ReadTime::At(Timestamp(T0 + 130)));
 }
 
 /// A conversation above the threshold writes nothing per message.
@@ -343,10 +352,6 @@ fn replayed_advances_get_their_receipts() {
     s.__set_clock(None);
     // The sender's advance (journaled with the send) and the read.
     assert_eq!(s.stats().replayed_frames, 2);
-    assert_eq!(
-        s.__receipt_slots(C, MessageId(10)).unwrap(),
-        [(UserId(1), false), (UserId(2), true)]
-    );
     assert_eq!(
         readers(&s, 10),
         (

@@ -42,7 +42,7 @@ pub(crate) const SLOT_FILE: &str = "slots";
 pub(crate) const LEGACY_SEGMENTS: usize = 2;
 /// Epochs and sequence numbers at or above this are refused at recovery.
 const COUNTER_LIMIT: u64 = 1 << 62;
-/// Smallest journal accepted by the configuration (375 slots).
+/// Smallest journal accepted by the configuration (360 slots).
 pub(crate) const MIN_JOURNAL_BYTES: usize = 64 << 10;
 /// The slot area is mapped in at most this many pieces, each behind its own
 /// lock: writers of different pieces never wait for each other.
@@ -568,7 +568,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::create(dir.path(), MIN_JOURNAL_BYTES, &Recovery::default()).unwrap();
         let n = j.capacity();
-        assert!(n >= 375);
+        assert_eq!(n, 360);
         let all: Vec<u32> = std::iter::from_fn(|| j.alloc()).collect();
         assert_eq!(all.len(), n);
         for &s in &all {

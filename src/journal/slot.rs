@@ -7,9 +7,8 @@
 //! | magic (8)      | epoch (u64 BE) | slot_count (BE)  | copy_len    | crc   | zeros
 //!   crc = crc32(bytes 0..28)
 //!
-//! page p (4096 bytes) holds slots 25p .. 25p+24, then 96 unused bytes:
-//! 0          160        320              3840       4000     4096
-//! | slot     | slot     | ...            | slot     | unused |
+//! sector (512 bytes) = 3 slots (480 bytes) + 32 unused; page (4096) = 8 sectors = 24 slots
+//! slot i: page i / 24, sector (i % 24) / 3, offset 160 * (i % 3) in the sector
 //!
 //! slot (SLOT_LEN = 160) = copy 0 (80) | copy 1 (80)
 //!
@@ -18,6 +17,10 @@
 //! | crc    | ver | len | zero   | seq (BE)   | conversation | user    | joined_seq  | mark state | zeros |
 //!   crc = crc32(epoch BE ‖ bytes 4..80); ver = 1; len = 2..=34 (mark.rs encoding)
 //! ```
+//!
+//! No copy straddles a 512-byte sector, so on a disk that writes sectors
+//! atomically a power loss leaves each copy either as it was at the last
+//! fsync or as a later complete write, never torn (docs/design.md §13).
 //!
 //! A copy holds the whole buffered state of one (conversation, user) key:
 //! the join of every update since the key's last flush (and what the store
@@ -45,12 +48,14 @@ pub(crate) const HEADER_CRC: usize = 28;
 /// The header takes a whole page, so every slot page is page-aligned.
 pub(crate) const HEADER_LEN: usize = PAGE;
 
-/// The unit slots are laid out in: no slot straddles two pages, so one
-/// copy write dirties one page.
+/// The page-cache unit: one copy write dirties one page.
 pub(crate) const PAGE: usize = 4096;
+/// The unit a disk writes atomically: no copy straddles two.
+pub(crate) const SECTOR: usize = 512;
 pub(crate) const COPY_LEN: usize = 80;
 pub(crate) const SLOT_LEN: usize = 2 * COPY_LEN;
-pub(crate) const SLOTS_PER_PAGE: usize = PAGE / SLOT_LEN;
+pub(crate) const SLOTS_PER_SECTOR: usize = SECTOR / SLOT_LEN;
+pub(crate) const SLOTS_PER_PAGE: usize = PAGE / SECTOR * SLOTS_PER_SECTOR;
 
 pub(crate) const COPY_CRC: usize = 0;
 pub(crate) const COPY_VERSION: usize = 4;
@@ -81,7 +86,8 @@ pub(crate) const fn slots_in(bytes: usize) -> usize {
 
 /// Byte offset of copy `copy` (0 or 1) of slot `slot` in the file.
 pub(crate) const fn copy_offset(slot: usize, copy: usize) -> usize {
-    HEADER_LEN + slot / SLOTS_PER_PAGE * PAGE + slot % SLOTS_PER_PAGE * SLOT_LEN + copy * COPY_LEN
+    let sector = slot / SLOTS_PER_SECTOR;
+    HEADER_LEN + sector * SECTOR + slot % SLOTS_PER_SECTOR * SLOT_LEN + copy * COPY_LEN
 }
 
 /// Writes the file header into `buf[..HEADER_LEN]`.
@@ -243,19 +249,28 @@ pub(crate) fn scan_slots(buf: &[u8]) -> SlotScan {
     };
     scan.epoch = Some(epoch);
     // The slot count comes from the file's length, not the header: a
-    // damaged count must not send the scan out of bounds.
-    let slots = slots_in(buf.len());
-    for slot in 0..slots {
+    // damaged count must not send the scan out of bounds, and a file cut
+    // short keeps every copy it still holds whole.
+    for slot in 0.. {
+        if copy_offset(slot, 0) + COPY_LEN > buf.len() {
+            break;
+        }
         let mut best: Option<SlotFound> = None;
         for copy in 0..2 {
             let off = copy_offset(slot, copy);
+            if off + COPY_LEN > buf.len() {
+                continue;
+            }
             match read_copy(&buf[off..off + COPY_LEN], epoch) {
                 CopyRead::Empty => {}
                 CopyRead::Torn => scan.torn += 1,
                 CopyRead::Malformed => scan.malformed.push(off),
                 CopyRead::Valid(c) => {
                     if best.is_none_or(|b| c.seq > b.copy.seq) {
-                        best = Some(SlotFound { offset: off, copy: c });
+                        best = Some(SlotFound {
+                            offset: off,
+                            copy: c,
+                        });
                     }
                 }
             }
@@ -304,14 +319,27 @@ mod tests {
 
     #[test]
     fn golden_layout() {
-        assert_eq!(SLOTS_PER_PAGE, 25);
+        assert_eq!((SLOTS_PER_SECTOR, SLOTS_PER_PAGE), (3, 24));
         assert_eq!(copy_offset(0, 0), 4096);
         assert_eq!(copy_offset(0, 1), 4096 + 80);
-        assert_eq!(copy_offset(24, 1), 4096 + 24 * 160 + 80);
-        assert_eq!(copy_offset(25, 0), 8192);
-        assert_eq!(file_len(25), 8192);
-        assert_eq!(file_len(26), 12288);
-        assert_eq!(slots_in(file_len(26)), 50);
+        assert_eq!(copy_offset(2, 1), 4096 + 2 * 160 + 80);
+        assert_eq!(copy_offset(3, 0), 4096 + 512);
+        assert_eq!(copy_offset(23, 1), 4096 + 7 * 512 + 2 * 160 + 80);
+        assert_eq!(copy_offset(24, 0), 8192);
+        assert_eq!(file_len(24), 8192);
+        assert_eq!(file_len(25), 12288);
+        assert_eq!(slots_in(file_len(25)), 48);
+        // No copy straddles a sector.
+        for slot in 0..SLOTS_PER_PAGE * 2 {
+            for copy in 0..2 {
+                let o = copy_offset(slot, copy);
+                assert_eq!(
+                    o / SECTOR,
+                    (o + COPY_LEN - 1) / SECTOR,
+                    "slot {slot} copy {copy}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -364,7 +392,13 @@ mod tests {
         assert_eq!(read_header(&vec![0u8; HEADER_LEN]), Header::Blank);
         let mut h = vec![0u8; HEADER_LEN];
         write_header(&mut h, 3, 100);
-        assert_eq!(read_header(&h), Header::Valid { epoch: 3, slots: 100 });
+        assert_eq!(
+            read_header(&h),
+            Header::Valid {
+                epoch: 3,
+                slots: 100
+            }
+        );
         h[HEADER_EPOCH] ^= 1;
         assert_eq!(read_header(&h), Header::Invalid);
     }

@@ -155,16 +155,8 @@ pub(crate) fn plan_round(
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
                 };
-                let newest = newest_receipt_message(
-                    db,
-                    ro(),
-                    policy,
-                    now,
-                    c,
-                    u,
-                    from,
-                    mark.up_to.0,
-                )?;
+                let newest =
+                    newest_receipt_message(db, ro(), policy, now, c, u, from, mark.up_to.0)?;
                 if let Some((message, sent_at)) = newest {
                     // Nothing is read before it is sent: the clamp also
                     // keeps the run alive as long as the messages it times.

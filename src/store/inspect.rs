@@ -115,7 +115,10 @@ fn journal_info(path: &Path, problems: &mut Vec<Problem>) -> Result<Vec<SegmentI
         Ok(bytes) => {
             let scan = scan_slots(&bytes);
             let damage = if scan.bad_header {
-                Some((0, "slot file header damaged (a strict open refuses the store)"))
+                Some((
+                    0,
+                    "slot file header damaged (a strict open refuses the store)",
+                ))
             } else {
                 scan.malformed.first().map(|&o| {
                     (o, "slot copy checksum holds but its content does not decode (a strict open refuses the store)")
@@ -564,19 +567,28 @@ pub fn dump(path: &Path, conversation: crate::ConversationId, messages: usize) -
     };
     let marks: BTreeMap<u64, Vec<u8>> = prefix(Cf::Marks)?.into_iter().collect();
     let mut slot_of = BTreeMap::new();
+    // (user, joined after, read up to): who a message's readers by mark are.
+    let mut covering: Vec<(u64, u64, u64)> = Vec::new();
     let _ = writeln!(out, "members (user, slot, joined after, mark):");
     for (u, v) in prefix(Cf::Members)? {
         let m = MemberRecord::decode(&v);
         if let Some(s) = m.and_then(|m| m.slot) {
             slot_of.insert(s, u);
         }
-        let mark = marks
+        let stored = marks
             .get(&u)
             .and_then(|v| MarkState::decode(v))
-            .and_then(|s| s.mark)
-            .map_or("-".to_string(), |m| {
-                format!("m{} at t{}", m.up_to.0, m.at.0)
-            });
+            .and_then(|s| s.mark);
+        if let Some(mk) = stored {
+            covering.push((
+                u,
+                m.and_then(|m| m.joined_after).map_or(0, |j| j.0),
+                mk.up_to.0,
+            ));
+        }
+        let mark = stored.map_or("-".to_string(), |m| {
+            format!("m{} at t{}", m.up_to.0, m.at.0)
+        });
         let _ = writeln!(
             out,
             "  u{u}  slot {}  joined after {}  read up to {mark}",
@@ -589,7 +601,7 @@ pub fn dump(path: &Path, conversation: crate::ConversationId, messages: usize) -
     let msgs = prefix(Cf::Messages)?;
     let _ = writeln!(
         out,
-        "newest {} of {} messages (id, sender, sent, flags, read by slot -> user):",
+        "newest {} of {} messages (id, sender, sent, flags, [readers by mark | bits: slot -> user]):",
         messages.min(msgs.len()),
         msgs.len()
     );
@@ -598,7 +610,18 @@ pub fn dump(path: &Path, conversation: crate::ConversationId, messages: usize) -
         let bits = db
             .get_cf(h(Cf::Receipts)?, keys::pair_key(c, *m))?
             .and_then(|b| Bitset::decode(&b));
-        let readers = bits.map_or("-".to_string(), |b| {
+        let sender = r.map(|r| r.sender.0);
+        let by_mark = covering
+            .iter()
+            .filter(|&&(u, after, up_to)| Some(u) != sender && *m > after && *m <= up_to)
+            .map(|(u, ..)| format!("u{u}"))
+            .collect::<Vec<_>>();
+        let by_mark = if by_mark.is_empty() {
+            "-".to_string()
+        } else {
+            by_mark.join(" ")
+        };
+        let bits = bits.map_or("-".to_string(), |b| {
             b.slots()
                 .map(|s| match slot_of.get(&s) {
                     Some(u) => format!("{s}->u{u}"),
@@ -609,7 +632,7 @@ pub fn dump(path: &Path, conversation: crate::ConversationId, messages: usize) -
         });
         let _ = writeln!(
             out,
-            "  m{m}  {}  t{}  {}{}  [{readers}]",
+            "  m{m}  {}  t{}  {}{}  [{by_mark} | bits: {bits}]",
             r.map_or("?".to_string(), |r| format!("u{}", r.sender.0)),
             r.map_or(0, |r| r.sent_at.0),
             if r.is_some_and(|r| r.tracked) {

@@ -3,9 +3,9 @@
 
 use std::ops::ControlFlow;
 
+use super::writer::{Applied, Verified};
 use super::{Cf, Store};
 use crate::config::Durability;
-use super::writer::{Applied, Verified};
 use crate::error::{Error, Result};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
 use crate::keys;
@@ -178,8 +178,13 @@ impl Store {
         if listening {
             let before = prev.and_then(|p| p.mark);
             if before.is_none_or(|m| m.up_to < up_to) {
-                self.events
-                    .publish(conversation.0, user.0, up_to.0, at.0, before.map(|m| m.up_to.0));
+                self.events.publish(
+                    conversation.0,
+                    user.0,
+                    up_to.0,
+                    at.0,
+                    before.map(|m| m.up_to.0),
+                );
             }
         }
         Ok(())
@@ -201,9 +206,9 @@ impl Store {
         want_prev: bool,
     ) -> Result<Option<MarkState>> {
         let (c, u) = (conversation.0, user.0);
-        if let Applied::Done { prev } =
-            self.writer
-                .apply(c, u, state, durability, None, want_prev)?
+        if let Applied::Done { prev } = self
+            .writer
+            .apply(c, u, state, durability, None, want_prev)?
         {
             return Ok(prev);
         }

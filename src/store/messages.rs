@@ -141,7 +141,9 @@ impl Store {
             Some(verified),
             false,
         )? {
-            return Err(Error::InvalidArgument("a verified update was refused (a bug)"));
+            return Err(Error::InvalidArgument(
+                "a verified update was refused (a bug)",
+            ));
         }
         self.write_structural(batch)
     }

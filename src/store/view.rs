@@ -140,7 +140,11 @@ impl<'a> View<'a> {
     }
 
     /// The mark state RocksDB holds, without the buffer.
-    pub(crate) fn stored_mark(&self, conversation: ConversationId, user: UserId) -> Result<MarkState> {
+    pub(crate) fn stored_mark(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<MarkState> {
         let key = keys::member_key(conversation, user);
         match self.get(Cf::Marks, &key)? {
             None => Ok(MarkState::default()),

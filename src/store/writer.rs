@@ -325,14 +325,10 @@ impl Writer {
                         }
                     }
                 };
-                match self.journal.write(
-                    slot,
-                    e.copy,
-                    conversation,
-                    user,
-                    e.joined_seq,
-                    &joined,
-                ) {
+                match self
+                    .journal
+                    .write(slot, e.copy, conversation, user, e.joined_seq, &joined)
+                {
                     Ok(seq) => {
                         e.copy ^= 1;
                         e.journaled = true;
@@ -354,7 +350,8 @@ impl Writer {
             } else {
                 self.counters.no_ops.fetch_add(1, Ordering::Relaxed);
             }
-            let sync_seq = (durability == Durability::PowerLoss && e.journaled).then_some(e.last_seq);
+            let sync_seq =
+                (durability == Durability::PowerLoss && e.journaled).then_some(e.last_seq);
             let seal = e.dirty && !e.sealed && e.updates >= self.flush_after;
             if seal {
                 e.sealed = true;
@@ -528,7 +525,8 @@ impl Writer {
         let c = &self.counters;
         c.keys_written.fetch_add(plan.marks, Ordering::Relaxed);
         c.read_time_records.fetch_add(plan.runs, Ordering::Relaxed);
-        c.change_records.fetch_add(plan.change_rows, Ordering::Relaxed);
+        c.change_records
+            .fetch_add(plan.change_rows, Ordering::Relaxed);
         c.no_ops.fetch_add(plan.no_ops, Ordering::Relaxed);
         let epoch = self.grace.epoch();
         let mut release = Vec::new();
@@ -633,11 +631,7 @@ impl Writer {
         let deadline = Instant::now() + timeout;
         let mut s = self.sched.lock();
         while s.done < n {
-            if self
-                .round_done
-                .wait_until(&mut s, deadline)
-                .timed_out()
-            {
+            if self.round_done.wait_until(&mut s, deadline).timed_out() {
                 return s.done >= n;
             }
         }
