@@ -14,14 +14,14 @@
 //! journal: the store drives both around it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::mark::MarkState;
 
 /// Number of shards; a shard is picked by conversation.
-pub(crate) const SHARDS: usize = 128;
+pub(crate) const SHARDS: usize = 1024;
 
 /// One buffered key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -69,6 +69,9 @@ pub(crate) struct Combiner {
     shards: Box<[Mutex<Shard>]>,
     entries: AtomicUsize,
     dirty: AtomicUsize,
+    /// Entries that went from clean (or new) to dirty: updates that did
+    /// not join a key already waiting to be written.
+    dirtied: AtomicU64,
 }
 
 impl Default for Combiner {
@@ -83,9 +86,11 @@ impl Combiner {
             shards: (0..SHARDS).map(|_| Mutex::new(BTreeMap::new())).collect(),
             entries: AtomicUsize::new(0),
             dirty: AtomicUsize::new(0),
+            dirtied: AtomicU64::new(0),
         }
     }
 
+    #[inline]
     pub(crate) fn shard_of(conversation: u64) -> usize {
         let h = conversation.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
         #[allow(clippy::cast_possible_truncation)]
@@ -103,6 +108,7 @@ impl Combiner {
     pub(crate) fn insert(&self, shard: &mut Shard, key: (u64, u64), entry: Entry) {
         if entry.dirty {
             self.dirty.fetch_add(1, Ordering::Relaxed);
+            self.dirtied.fetch_add(1, Ordering::Relaxed);
         }
         self.entries.fetch_add(1, Ordering::Relaxed);
         shard.insert(key, entry);
@@ -123,6 +129,7 @@ impl Combiner {
         match (entry.dirty, dirty) {
             (false, true) => {
                 self.dirty.fetch_add(1, Ordering::Relaxed);
+                self.dirtied.fetch_add(1, Ordering::Relaxed);
             }
             (true, false) => {
                 self.dirty.fetch_sub(1, Ordering::Relaxed);
@@ -205,6 +212,11 @@ impl Combiner {
     /// Entries with something to write.
     pub(crate) fn dirty(&self) -> usize {
         self.dirty.load(Ordering::Relaxed)
+    }
+
+    /// Clean-to-dirty transitions since the buffer was made.
+    pub(crate) fn dirtied(&self) -> u64 {
+        self.dirtied.load(Ordering::Relaxed)
     }
 }
 

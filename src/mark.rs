@@ -86,10 +86,12 @@ impl ReadMark {
     /// `at` wins (the first time the user reached that message). This is a
     /// total order, so "keep the greatest" is commutative, associative and
     /// idempotent.
+    #[inline]
     fn rank(&self) -> (u64, std::cmp::Reverse<u64>) {
         (self.up_to.0, std::cmp::Reverse(self.at.0))
     }
 
+    #[inline]
     pub(crate) fn join(a: Option<Self>, b: Option<Self>) -> Option<Self> {
         match (a, b) {
             (Some(x), Some(y)) => Some(if y.rank() > x.rank() { y } else { x }),
@@ -114,10 +116,12 @@ pub(crate) struct UnreadFlag {
 impl UnreadFlag {
     /// Later `time` wins; at equal time `set` beats clear, then the larger
     /// position: a total order, so the join converges.
+    #[inline]
     fn rank(&self) -> (u64, bool, Option<u64>) {
         (self.time, self.set, self.pos)
     }
 
+    #[inline]
     fn join(a: Option<Self>, b: Option<Self>) -> Option<Self> {
         match (a, b) {
             (Some(x), Some(y)) => Some(if y.rank() > x.rank() { y } else { x }),
@@ -151,6 +155,7 @@ impl MarkState {
 
     /// The semilattice join of two records.
     #[must_use]
+    #[inline]
     pub(crate) fn join(self, other: Self) -> Self {
         Self {
             mark: ReadMark::join(self.mark, other.mark),

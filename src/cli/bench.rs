@@ -3,7 +3,7 @@
 //!
 //! The workload is the one the seeds describe: a user opens a conversation,
 //! scrolls through the new messages (one `mark_read` per message scrolled
-//! past, `--burst` of them) and leaves (`flush_key`). Each thread plays its
+//! past, `--burst` of them) and leaves (`seal`). Each thread plays its
 //! own users, so threads compete for the journal and the fsync, not for one
 //! key.
 
@@ -120,7 +120,7 @@ fn run_once(
                             h.record(ns.max(1)).ok();
                             done += 1;
                         }
-                        store.flush_key(conv, UserId(u))?;
+                        store.seal(conv, UserId(u));
                         if t == 0 {
                             bar.inc(burst * threads);
                         }
@@ -217,7 +217,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), readmark::Error> {
         return super::print_json(&reports);
     }
     println!(
-        "mark_read by durability level: {} updates x {} runs per level, {} threads, bursts of {} updates per key then flush_key (leave)",
+        "mark_read by durability level: {} updates x {} runs per level, {} threads, bursts of {} updates per key then seal (leave)",
         args.updates, args.runs, args.threads, args.burst
     );
     println!(

@@ -175,8 +175,8 @@ pub(crate) struct BenchArgs {
     /// ADR mode: messages per second (in groups of 50 messages/s each).
     #[arg(long, default_value_t = 50_000)]
     pub(crate) adr_messages_per_sec: u64,
-    /// ADR mode: simulated seconds.
-    #[arg(long, default_value_t = 2)]
+    /// ADR mode: simulated seconds (the flush timer fires every 5).
+    #[arg(long, default_value_t = 10)]
     pub(crate) adr_seconds: u64,
     /// ADR mode: members per group.
     #[arg(long, default_value_t = 50)]

@@ -32,7 +32,10 @@ use crate::error::{Error, Result};
 use crate::mark::MarkState;
 use record::MarkRecord;
 use scan::{scan_segment, ScanEnd};
-use slot::{copy_offset, encode_copy, file_len, scan_slots, Copy, COPY_LEN, HEADER_LEN, PAGE};
+use slot::{
+    copy_offset, encode_copy_with, epoch_hasher, file_len, scan_slots, Copy, COPY_LEN, HEADER_LEN,
+    PAGE,
+};
 
 /// Directory of the journal inside the store directory.
 pub(crate) const JOURNAL_DIR: &str = "readmark-journal";
@@ -211,7 +214,12 @@ pub(crate) struct Journal {
     chunks: Box<[Mutex<Chunk>]>,
     slots_per_chunk: usize,
     slots: usize,
-    epoch: u64,
+    /// The CRC state after this file's epoch, which every copy's checksum
+    /// covers.
+    epoch: crc32fast::Hasher,
+    /// The first sequence number of this open (bytes written are counted
+    /// from it).
+    first_seq: u64,
     /// For fdatasync outside any chunk lock (group commit).
     file: File,
     /// Free slots, a stack: the most recently freed slot (a page most
@@ -227,7 +235,6 @@ pub(crate) struct Journal {
     /// A sync failed: no later sync may acknowledge anything (the failed
     /// one may have lost dirty pages that a retry would not rewrite).
     sync_failed: AtomicBool,
-    bytes_written: AtomicU64,
     syncs: AtomicU64,
     /// Fault injection: journal operations left before one fails (-1: never).
     fail_after: AtomicI64,
@@ -244,6 +251,7 @@ impl Journal {
             .store(i64::try_from(ops).unwrap_or(i64::MAX), Ordering::SeqCst);
     }
 
+    #[inline]
     fn injected_fault(&self) -> std::io::Result<()> {
         if self.fail_after.load(Ordering::Relaxed) < 0 {
             return Ok(());
@@ -315,7 +323,8 @@ impl Journal {
             chunks: chunks.into_boxed_slice(),
             slots_per_chunk: pages_per_chunk * slot::SLOTS_PER_PAGE,
             slots,
-            epoch,
+            epoch: epoch_hasher(epoch),
+            first_seq: start,
             file,
             free: Mutex::new(free),
             next_seq: AtomicU64::new(start),
@@ -323,7 +332,6 @@ impl Journal {
             syncing: Mutex::new(false),
             sync_cv: Condvar::new(),
             sync_failed: AtomicBool::new(false),
-            bytes_written: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             fail_after: AtomicI64::new(-1),
             fail_errno: AtomicI32::new(libc::EIO),
@@ -366,10 +374,11 @@ impl Journal {
         // Taken under the chunk lock: a group commit that read `next_seq`
         // and then took every chunk lock in turn knows every copy numbered
         // below it is complete (`sync_now`).
-        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        encode_copy(
+        // Relaxed: the chunk lock orders it against a group commit's sweep.
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        encode_copy_with(
             &mut bytes,
-            self.epoch,
+            &self.epoch,
             &Copy {
                 seq,
                 conversation,
@@ -381,8 +390,6 @@ impl Journal {
         let off = copy_offset(slot, usize::from(copy & 1)) - chunk.base;
         chunk.map[off..off + COPY_LEN].copy_from_slice(&bytes);
         drop(chunk);
-        self.bytes_written
-            .fetch_add(COPY_LEN as u64, Ordering::Relaxed);
         Ok(seq)
     }
 
@@ -457,7 +464,7 @@ impl Journal {
 
     /// Bytes of copies written since open.
     pub(crate) fn bytes_written(&self) -> u64 {
-        self.bytes_written.load(Ordering::Relaxed)
+        (self.next_seq.load(Ordering::Relaxed) - self.first_seq) * COPY_LEN as u64
     }
 
     /// Group-commit fsyncs since open.

@@ -141,15 +141,28 @@ pub(crate) struct Copy {
     pub(crate) state: MarkState,
 }
 
-fn crc_of(epoch: u64, body: &[u8]) -> u32 {
+/// The CRC state after a file's epoch: every copy's checksum starts from
+/// it (computed once per file, not once per write).
+pub(crate) fn epoch_hasher(epoch: u64) -> crc32fast::Hasher {
     let mut h = crc32fast::Hasher::new();
     h.update(&epoch.to_be_bytes());
+    h
+}
+
+fn crc_of(epoch: u64, body: &[u8]) -> u32 {
+    let mut h = epoch_hasher(epoch);
     h.update(body);
     h.finalize()
 }
 
 /// Encodes `copy` into `out` (exactly [`COPY_LEN`] bytes).
 pub(crate) fn encode_copy(out: &mut [u8; COPY_LEN], epoch: u64, copy: &Copy) {
+    encode_copy_with(out, &epoch_hasher(epoch), copy);
+}
+
+/// [`encode_copy`] from a precomputed [`epoch_hasher`].
+#[inline]
+pub(crate) fn encode_copy_with(out: &mut [u8; COPY_LEN], epoch: &crc32fast::Hasher, copy: &Copy) {
     let mut state = [0u8; MAX_ENCODED_LEN];
     let len = copy.state.encode_to(&mut state);
     out.fill(0);
@@ -163,8 +176,9 @@ pub(crate) fn encode_copy(out: &mut [u8; COPY_LEN], epoch: u64, copy: &Copy) {
     BigEndian::write_u64(&mut out[COPY_USER..COPY_JOINED_SEQ], copy.user);
     BigEndian::write_u64(&mut out[COPY_JOINED_SEQ..COPY_STATE], copy.joined_seq);
     out[COPY_STATE..COPY_STATE + len].copy_from_slice(&state[..len]);
-    let crc = crc_of(epoch, &out[COPY_VERSION..]);
-    BigEndian::write_u32(&mut out[COPY_CRC..COPY_VERSION], crc);
+    let mut h = epoch.clone();
+    h.update(&out[COPY_VERSION..]);
+    BigEndian::write_u32(&mut out[COPY_CRC..COPY_VERSION], h.finalize());
 }
 
 /// What one copy's bytes are.

@@ -553,7 +553,7 @@ impl Store {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Stats {
             mark_updates: load(&c.updates),
-            combined_away: load(&c.combined),
+            combined_away: load(&c.updates).saturating_sub(self.writer.combiner.dirtied()),
             durable_batches: load(&c.batches),
             fsyncs: load(&c.rocksdb_syncs) + self.writer.journal.syncs(),
             keys_written: load(&c.keys_written),

@@ -46,7 +46,6 @@ use crate::mark::MarkState;
 #[derive(Default)]
 pub(crate) struct WriterCounters {
     pub(crate) updates: AtomicU64,
-    pub(crate) combined: AtomicU64,
     pub(crate) batches: AtomicU64,
     pub(crate) rocksdb_syncs: AtomicU64,
     pub(crate) keys_written: AtomicU64,
@@ -356,12 +355,8 @@ impl Writer {
             if seal {
                 e.sealed = true;
             }
-            let combined = e.updates > 1;
             drop(shard);
             self.counters.updates.fetch_add(1, Ordering::Relaxed);
-            if combined {
-                self.counters.combined.fetch_add(1, Ordering::Relaxed);
-            }
             if let Some(seq) = sync_seq {
                 if let Err(err) = self.journal.sync_to(seq) {
                     return Err(self.poison("journal fsync", err.into()));
