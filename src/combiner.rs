@@ -41,7 +41,7 @@ pub(crate) struct Entry {
     pub(crate) copy: u8,
     /// The slot's newest copy holds `state`.
     pub(crate) journaled: bool,
-    /// Sequence number of the slot's newest copy (group commit target).
+    /// Sequence number of the slot's newest copy (the next is one more).
     pub(crate) last_seq: u64,
     /// Updates joined since the entry was last clean (the count trigger).
     pub(crate) updates: u32,

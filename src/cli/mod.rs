@@ -161,6 +161,31 @@ pub(crate) struct BenchArgs {
     /// Runs per design (median and spread are reported).
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: u64,
+    /// Replaying threads, comma-separated: one table per value; every
+    /// design runs on the same number. Each thread replays the
+    /// conversations whose id is its index modulo the count.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub(crate) threads: Vec<u64>,
+    /// Which stream: `visits` (open, scroll `burst` messages, leave) or
+    /// `chat` (small groups where every member reads and posts).
+    #[arg(long, value_enum, default_value_t = StreamArg::Visits)]
+    pub(crate) stream: StreamArg,
+    /// Chat stream: number of groups.
+    #[arg(long, default_value_t = 250)]
+    pub(crate) groups: u64,
+    /// Chat stream: members per group.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) group_members: u64,
+    /// Steady state: replay each design for at least this many seconds
+    /// (at least 30 to put page write-back inside the run) and report disk
+    /// bytes per update; `--updates` is then ignored.
+    #[arg(long)]
+    pub(crate) steady: Option<u64>,
+    /// Only these designs, comma-separated: memory, process-crash,
+    /// power-loss, naive, naive-sync, merge, merge-sync, sqlite,
+    /// sqlite-full, hashmap. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) designs: Vec<String>,
     /// readmark's receipt threshold: conversations of at most this many
     /// members keep per-message receipts (0: marks only, like the others).
     #[arg(long, default_value_t = 50)]
@@ -242,6 +267,13 @@ pub(crate) struct DemoArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub(crate) quiet: bool,
+}
+
+/// The stream `readmark bench` replays.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StreamArg {
+    Visits,
+    Chat,
 }
 
 /// A durability level on the command line.

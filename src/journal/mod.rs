@@ -34,7 +34,6 @@ use record::MarkRecord;
 use scan::{scan_segment, ScanEnd};
 use slot::{
     copy_offset, encode_copy_with, epoch_hasher, file_len, scan_slots, Copy, COPY_LEN, HEADER_LEN,
-    PAGE,
 };
 
 /// Directory of the journal inside the store directory.
@@ -47,9 +46,6 @@ pub(crate) const LEGACY_SEGMENTS: usize = 2;
 const COUNTER_LIMIT: u64 = 1 << 62;
 /// Smallest journal accepted by the configuration (360 slots).
 pub(crate) const MIN_JOURNAL_BYTES: usize = 64 << 10;
-/// The slot area is mapped in at most this many pieces, each behind its own
-/// lock: writers of different pieces never wait for each other.
-const CHUNKS: usize = 64;
 
 pub(crate) fn segment_path(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("segment-{i}"))
@@ -202,32 +198,30 @@ fn recover_legacy(dir: &Path, tolerant: bool, rec: &mut Recovery) -> Result<()> 
     Ok(())
 }
 
-/// One mapped piece of the slot area.
-struct Chunk {
-    map: MmapMut,
-    /// File offset of the map's first byte.
-    base: usize,
-}
-
 /// The journal of an open store.
+///
+/// Copies are written into the mapping with plain stores, without a lock:
+/// a slot belongs to exactly one buffered key between [`alloc`] and
+/// [`release`], and the store writes a key's slot only under that key's
+/// shard lock, so no two threads ever write the same bytes.
+///
+/// [`alloc`]: Journal::alloc
+/// [`release`]: Journal::release
 pub(crate) struct Journal {
-    chunks: Box<[Mutex<Chunk>]>,
-    slots_per_chunk: usize,
+    map: SlotMap,
     slots: usize,
     /// The CRC state after this file's epoch, which every copy's checksum
     /// covers.
     epoch: crc32fast::Hasher,
-    /// The first sequence number of this open (bytes written are counted
-    /// from it).
-    first_seq: u64,
-    /// For fdatasync outside any chunk lock (group commit).
+    /// For fdatasync (group commit).
     file: File,
     /// Free slots, a stack: the most recently freed slot (a page most
     /// likely still dirty in the page cache) is reused first.
     free: Mutex<Vec<u32>>,
-    /// Next copy sequence number; taken under the chunk's lock.
-    next_seq: AtomicU64,
-    /// Every copy with a sequence number at or below this is fsynced.
+    /// Group commit tickets: a `PowerLoss` caller takes one after its copy
+    /// is in the mapping; a sync covers every ticket taken before it.
+    tickets: AtomicU64,
+    /// Every ticket at or below this is covered by a completed fdatasync.
     synced: AtomicU64,
     /// Group commit: whether a leader is syncing; waiters sleep on `sync_cv`.
     syncing: Mutex<bool>,
@@ -235,10 +229,45 @@ pub(crate) struct Journal {
     /// A sync failed: no later sync may acknowledge anything (the failed
     /// one may have lost dirty pages that a retry would not rewrite).
     sync_failed: AtomicBool,
+    copies: AtomicU64,
     syncs: AtomicU64,
     /// Fault injection: journal operations left before one fails (-1: never).
     fail_after: AtomicI64,
     fail_errno: AtomicI32,
+}
+
+/// The slot area's mapping, written through a raw pointer (see
+/// [`Journal`]).
+struct SlotMap {
+    /// Kept for its `Drop` (the unmap); all access goes through `base`.
+    _map: MmapMut,
+    base: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by `SlotMap` and lives as long as it; threads
+// write disjoint byte ranges of it (one slot per key, see `Journal`), and
+// nothing reads it while the store is open.
+#[allow(unsafe_code)]
+unsafe impl Send for SlotMap {}
+// SAFETY: as for `Send`: shared access only ever writes disjoint ranges.
+#[allow(unsafe_code)]
+unsafe impl Sync for SlotMap {}
+
+impl SlotMap {
+    /// Writes `bytes` at file offset `off` (at least `HEADER_LEN`).
+    #[allow(unsafe_code)]
+    #[inline]
+    fn write(&self, off: usize, bytes: &[u8]) {
+        let at = off - HEADER_LEN;
+        assert!(at + bytes.len() <= self.len, "slot outside the journal");
+        // SAFETY: in bounds (checked above) of a live mapping; the caller
+        // owns the slot these bytes belong to, so no other thread writes
+        // them meanwhile (`Journal`), and `bytes` is a separate buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.as_ptr().add(at), bytes.len());
+        }
+    }
 }
 
 impl Journal {
@@ -303,35 +332,28 @@ impl Journal {
         if let Some(parent) = dir.parent() {
             sync_dir(parent)?;
         }
-        let pages = slots.div_ceil(slot::SLOTS_PER_PAGE);
-        let pages_per_chunk = pages.div_ceil(CHUNKS).max(1);
-        let mut chunks = Vec::new();
-        let mut first = 0;
-        while first < pages {
-            let n = pages_per_chunk.min(pages - first);
-            let base = HEADER_LEN + first * PAGE;
-            chunks.push(Mutex::new(Chunk {
-                map: map_range(&file, base, n * PAGE)?,
-                base,
-            }));
-            first += n;
-        }
+        let area = len - HEADER_LEN;
+        let mut map = map_range(&file, HEADER_LEN, area)?;
+        let base = std::ptr::NonNull::new(map.as_mut_ptr())
+            .ok_or_else(|| std::io::Error::other("null mapping"))?;
         #[allow(clippy::cast_possible_truncation)]
         let free: Vec<u32> = (0..slots as u32).rev().collect();
-        let start = recovery.max_seq + 1;
         Ok(Journal {
-            chunks: chunks.into_boxed_slice(),
-            slots_per_chunk: pages_per_chunk * slot::SLOTS_PER_PAGE,
+            map: SlotMap {
+                _map: map,
+                base,
+                len: area,
+            },
             slots,
             epoch: epoch_hasher(epoch),
-            first_seq: start,
             file,
             free: Mutex::new(free),
-            next_seq: AtomicU64::new(start),
-            synced: AtomicU64::new(start - 1),
+            tickets: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
             syncing: Mutex::new(false),
             sync_cv: Condvar::new(),
             sync_failed: AtomicBool::new(false),
+            copies: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             fail_after: AtomicI64::new(-1),
             fail_errno: AtomicI32::new(libc::EIO),
@@ -355,27 +377,29 @@ impl Journal {
     }
 
     /// Writes `state` of (`conversation`, `user`) into copy `copy` of
-    /// `slot` and returns the copy's sequence number. The caller owns the
-    /// slot (it took it with [`alloc`](Journal::alloc)) and writes its
-    /// copies in turn.
+    /// `slot`, numbered `seq` (greater than the slot's other copy's). The
+    /// caller owns the slot (it took it with [`alloc`](Journal::alloc)),
+    /// holds the lock of the key it belongs to, and writes its copies in
+    /// turn, so the other copy (the previous state) survives this write
+    /// being cut short.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub(crate) fn write(
         &self,
         slot: u32,
         copy: u8,
+        seq: u64,
         conversation: u64,
         user: u64,
         joined_seq: u64,
         state: &MarkState,
-    ) -> std::io::Result<u64> {
+    ) -> std::io::Result<()> {
         self.injected_fault()?;
         let slot = slot as usize;
+        if slot >= self.slots {
+            return Err(std::io::Error::other("slot outside the journal"));
+        }
         let mut bytes = [0u8; COPY_LEN];
-        let mut chunk = self.chunks[slot / self.slots_per_chunk].lock();
-        // Taken under the chunk lock: a group commit that read `next_seq`
-        // and then took every chunk lock in turn knows every copy numbered
-        // below it is complete (`sync_now`).
-        // Relaxed: the chunk lock orders it against a group commit's sweep.
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         encode_copy_with(
             &mut bytes,
             &self.epoch,
@@ -387,36 +411,46 @@ impl Journal {
                 state: *state,
             },
         );
-        let off = copy_offset(slot, usize::from(copy & 1)) - chunk.base;
-        chunk.map[off..off + COPY_LEN].copy_from_slice(&bytes);
-        drop(chunk);
-        Ok(seq)
+        self.map
+            .write(copy_offset(slot, usize::from(copy & 1)), &bytes);
+        self.copies.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Zeroes the slots (both copies) and makes them free. Called once a
     /// flush has written their keys to RocksDB (synced if any of their
-    /// updates was acknowledged at `PowerLoss`).
+    /// updates was acknowledged at `PowerLoss`), by the owner of each slot.
     pub(crate) fn release(&self, slots: &[u32]) {
+        let zeros = [0u8; 2 * COPY_LEN];
         for &s in slots {
             let slot = s as usize;
-            let mut chunk = self.chunks[slot / self.slots_per_chunk].lock();
-            let off = copy_offset(slot, 0) - chunk.base;
-            chunk.map[off..off + 2 * COPY_LEN].fill(0);
+            if slot < self.slots {
+                self.map.write(copy_offset(slot, 0), &zeros);
+            }
         }
         self.free.lock().extend_from_slice(slots);
     }
 
-    /// Returns once the copy numbered `seq` is durable. Concurrent callers
-    /// share one fsync: one caller leads and syncs everything written so
-    /// far; the others sleep until a sync covers their copy, and are woken
-    /// together the moment it does, so the next sync carries everyone who
-    /// wrote in the meantime.
-    pub(crate) fn sync_to(&self, seq: u64) -> std::io::Result<()> {
+    /// A group commit ticket, taken after the copies it must cover are in
+    /// the mapping: [`sync_to`](Journal::sync_to) returns once a sync
+    /// started after it completed.
+    pub(crate) fn ticket(&self) -> u64 {
+        // Release: the copies written before are visible to the leader
+        // that reads this ticket (Acquire) before its fdatasync.
+        self.tickets.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Returns once every copy written before `ticket` was taken is
+    /// durable. Concurrent callers share one fsync: one caller leads and
+    /// syncs everything written so far; the others sleep until a sync
+    /// covers their ticket, and are woken together the moment it does, so
+    /// the next sync carries everyone who wrote in the meantime.
+    pub(crate) fn sync_to(&self, ticket: u64) -> std::io::Result<()> {
         let covered = |j: &Self| -> std::io::Result<bool> {
             if j.sync_failed.load(Ordering::Acquire) {
                 return Err(std::io::Error::other("an earlier journal fsync failed"));
             }
-            Ok(j.synced.load(Ordering::Acquire) >= seq)
+            Ok(j.synced.load(Ordering::Acquire) >= ticket)
         };
         if covered(self)? {
             return Ok(());
@@ -445,17 +479,12 @@ impl Journal {
             e
         };
         self.injected_fault().map_err(fail)?;
-        let target = self.next_seq.load(Ordering::SeqCst) - 1;
-        // Every copy numbered up to `target` got its number under a chunk
-        // lock it held until the copy was complete: taking each lock once
-        // waits for the writes still in progress.
-        for c in self.chunks.iter() {
-            drop(c.lock());
-        }
+        // Every ticket up to `target` was taken after its copies were in
+        // the mapping (and this load sees them, Acquire).
+        let target = self.tickets.load(Ordering::Acquire);
         // fdatasync on the mapped file: Linux marks pages of a shared
         // mapping dirty in the page cache at the first write fault, and
-        // msync(MS_SYNC) itself is vfs_fsync_range on the file. The handle
-        // lets the sync run without any chunk lock.
+        // msync(MS_SYNC) itself is vfs_fsync_range on the file.
         self.file.sync_data().map_err(fail)?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.synced.fetch_max(target, Ordering::AcqRel);
@@ -464,7 +493,7 @@ impl Journal {
 
     /// Bytes of copies written since open.
     pub(crate) fn bytes_written(&self) -> u64 {
-        (self.next_seq.load(Ordering::Relaxed) - self.first_seq) * COPY_LEN as u64
+        self.copies.load(Ordering::Relaxed) * COPY_LEN as u64
     }
 
     /// Group-commit fsyncs since open.
@@ -529,43 +558,53 @@ mod tests {
         let mut taken = Vec::new();
         for i in 1..=40u64 {
             let s = j.alloc().unwrap();
-            j.write(s, 0, 1, i, 7, &state(i)).unwrap();
-            j.write(s, 1, 1, i, 7, &state(i + 100)).unwrap();
+            j.write(s, 0, 1, 1, i, 7, &state(i)).unwrap();
+            j.write(s, 1, 2, 1, i, 7, &state(i + 100)).unwrap();
             taken.push(s);
         }
-        let seq = j.write(taken[0], 0, 1, 1, 7, &state(500)).unwrap();
-        j.sync_to(seq).unwrap();
+        j.write(taken[0], 0, 3, 1, 1, 7, &state(500)).unwrap();
+        j.sync_to(j.ticket()).unwrap();
         let rec = recover(dir.path(), false).unwrap();
-        let mut got: Vec<(u64, MarkState)> =
-            rec.records.iter().map(|r| (r.user, r.state)).collect();
-        got.sort_by_key(|g| g.0);
+        let mut joined: std::collections::BTreeMap<u64, MarkState> = Default::default();
+        for r in &rec.records {
+            let e = joined.entry(r.user).or_default();
+            *e = e.join(r.state);
+        }
+        let got: Vec<(u64, MarkState)> = joined.into_iter().collect();
         let mut want: Vec<(u64, MarkState)> = (1..=40).map(|i| (i, state(i + 100))).collect();
         want[0].1 = state(500);
         assert_eq!(got, want);
         assert!(rec.records.iter().all(|r| r.joined_seq == Some(7)));
         // Released slots are zeroed: nothing of them is replayed.
         j.release(&taken[..10]);
-        assert_eq!(recover(dir.path(), false).unwrap().records.len(), 30);
+        assert_eq!(recover(dir.path(), false).unwrap().records.len(), 60);
         assert_eq!(j.in_use(), 30);
     }
 
     #[test]
-    fn reopen_starts_from_a_fresh_file_above_the_old_numbers() {
+    fn reopen_starts_from_a_fresh_file_with_a_new_epoch() {
         let dir = tempfile::tempdir().unwrap();
         {
             let j = Journal::create(dir.path(), MIN_JOURNAL_BYTES, &Recovery::default()).unwrap();
             let s = j.alloc().unwrap();
-            for i in 0..5 {
-                j.write(s, i % 2, 1, 1, 0, &state(u64::from(i))).unwrap();
+            for i in 0..5u8 {
+                j.write(s, i % 2, u64::from(i) + 1, 1, 1, 0, &state(u64::from(i)))
+                    .unwrap();
             }
         }
         let rec = recover(dir.path(), false).unwrap();
-        assert_eq!(rec.records.len(), 1);
-        assert_eq!(rec.max_seq, 5);
+        // Both copies, which replay joins: the newest state wins.
+        let joined = rec
+            .records
+            .iter()
+            .fold(MarkState::default(), |a, r| a.join(r.state));
+        assert_eq!((rec.records.len(), joined), (2, state(4)));
+        assert_eq!((rec.max_seq, rec.max_epoch), (5, 1));
         let j = Journal::create(dir.path(), MIN_JOURNAL_BYTES, &rec).unwrap();
         let s = j.alloc().unwrap();
-        assert_eq!(j.write(s, 0, 1, 2, 0, &state(1)).unwrap(), 6);
+        j.write(s, 0, 1, 1, 2, 0, &state(1)).unwrap();
         let again = recover(dir.path(), false).unwrap();
+        assert_eq!(again.max_epoch, 2);
         assert_eq!(again.records.len(), 1);
         assert_eq!(again.records[0].user, 2);
     }
@@ -579,7 +618,7 @@ mod tests {
         let all: Vec<u32> = std::iter::from_fn(|| j.alloc()).collect();
         assert_eq!(all.len(), n);
         for &s in &all {
-            j.write(s, 0, 9, u64::from(s), 0, &state(1)).unwrap();
+            j.write(s, 0, 1, 9, u64::from(s), 0, &state(1)).unwrap();
         }
         assert_eq!(recover(dir.path(), false).unwrap().records.len(), n);
         j.release(&all);
@@ -592,9 +631,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::create(dir.path(), MIN_JOURNAL_BYTES, &Recovery::default()).unwrap();
         let s = j.alloc().unwrap();
-        let seq = j.write(s, 0, 1, 1, 0, &state(1)).unwrap();
+        j.write(s, 0, 1, 1, 1, 0, &state(1)).unwrap();
+        let ticket = j.ticket();
         j.fail_after(0, libc::EIO);
-        assert!(j.sync_to(seq).is_err());
-        assert!(j.sync_to(seq).is_err(), "no retry after a failed fsync");
+        assert!(j.sync_to(ticket).is_err());
+        assert!(j.sync_to(ticket).is_err(), "no retry after a failed fsync");
     }
 }

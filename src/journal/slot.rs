@@ -25,10 +25,11 @@
 //! A copy holds the whole buffered state of one (conversation, user) key:
 //! the join of every update since the key's last flush (and what the store
 //! knew of its stored mark), so the last valid copy alone replays the key.
-//! Updates write the slot's two copies in turn, each stamped with a
-//! journal-wide sequence number: a write cut short by a crash damages only
-//! the copy being written, and the other one (the previous state) stays
-//! valid. The copy with the higher `seq` wins. `joined_seq` is the member
+//! Updates write the slot's two copies in turn, numbered by the key: a
+//! write cut short by a crash damages only the copy being written, and the
+//! other one (the previous state) stays valid. Recovery replays every valid
+//! copy, joined per key (a newer state contains an older one), so it needs
+//! no ordering between copies; `seq` says which is newer, for inspection. `joined_seq` is the member
 //! record's: replay applies a copy only to the membership it was written
 //! for. A freed slot is zeroed (all-zero copies are empty, not damage).
 //! The epoch in the CRC keeps a copy from another file's life from
@@ -227,10 +228,10 @@ pub(crate) fn read_copy(buf: &[u8], epoch: u64) -> CopyRead {
     })
 }
 
-/// One slot's recovered state.
+/// One valid copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SlotFound {
-    /// Offset of the winning copy in the file.
+    /// Offset of the copy in the file.
     pub(crate) offset: usize,
     pub(crate) copy: Copy,
 }
@@ -242,8 +243,14 @@ pub(crate) struct SlotScan {
     pub(crate) epoch: Option<u64>,
     /// A non-blank header that does not validate.
     pub(crate) bad_header: bool,
-    /// The newest valid copy of each slot that has one.
+    /// Every valid copy. Both copies of a slot are returned: they may hold
+    /// two states of one key (replay joins them: the newer contains the
+    /// older) or, after a power loss undid a slot's zeroing, a state of the
+    /// slot's previous key (written to RocksDB before the slot was given
+    /// back, so replaying it again changes nothing) beside the new key's.
     pub(crate) found: Vec<SlotFound>,
+    /// Slots with at least one valid copy.
+    pub(crate) slots_used: u64,
     /// Copies whose checksum fails (a write cut short, or damage).
     pub(crate) torn: u64,
     /// Offsets of copies whose checksum holds but whose content is invalid.
@@ -269,7 +276,7 @@ pub(crate) fn scan_slots(buf: &[u8]) -> SlotScan {
         if copy_offset(slot, 0) + COPY_LEN > buf.len() {
             break;
         }
-        let mut best: Option<SlotFound> = None;
+        let mut used = false;
         for copy in 0..2 {
             let off = copy_offset(slot, copy);
             if off + COPY_LEN > buf.len() {
@@ -280,16 +287,15 @@ pub(crate) fn scan_slots(buf: &[u8]) -> SlotScan {
                 CopyRead::Torn => scan.torn += 1,
                 CopyRead::Malformed => scan.malformed.push(off),
                 CopyRead::Valid(c) => {
-                    if best.is_none_or(|b| c.seq > b.copy.seq) {
-                        best = Some(SlotFound {
-                            offset: off,
-                            copy: c,
-                        });
-                    }
+                    used = true;
+                    scan.found.push(SlotFound {
+                        offset: off,
+                        copy: c,
+                    });
                 }
             }
         }
-        scan.found.extend(best);
+        scan.slots_used += u64::from(used);
     }
     scan
 }
@@ -381,7 +387,7 @@ mod tests {
     }
 
     #[test]
-    fn the_newer_copy_wins_and_a_torn_one_falls_back() {
+    fn both_copies_are_found_and_a_torn_one_falls_back() {
         let mut file = vec![0u8; file_len(30)];
         write_header(&mut file, 5, 30);
         let mut b = [0u8; COPY_LEN];
@@ -392,12 +398,12 @@ mod tests {
         let o1 = copy_offset(27, 1);
         file[o1..o1 + COPY_LEN].copy_from_slice(&b);
         let s = scan_slots(&file);
-        assert_eq!(s.found.len(), 1);
-        assert_eq!((s.found[0].copy.seq, s.found[0].offset), (11, o1));
+        let seqs: Vec<u64> = s.found.iter().map(|f| f.copy.seq).collect();
+        assert_eq!((seqs, s.slots_used), (vec![10, 11], 1));
         // Tear the newer copy: the older one is replayed.
         file[o1 + 50] ^= 0xFF;
         let s = scan_slots(&file);
-        assert_eq!((s.found[0].copy.seq, s.torn), (10, 1));
+        assert_eq!((s.found.len(), s.found[0].copy.seq, s.torn), (1, 10, 1));
     }
 
     #[test]

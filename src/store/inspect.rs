@@ -45,8 +45,8 @@ pub struct SegmentInfo {
     pub path: PathBuf,
     /// Its size in bytes.
     pub bytes: u64,
-    /// Records an open would replay: slots holding a key (buffered updates
-    /// not yet written to RocksDB), or valid frames of a segment.
+    /// What an open would replay: slots holding a key (buffered updates not
+    /// yet written to RocksDB), or valid frames of a segment.
     pub frames: u64,
     /// `"clean"`; `"torn"` (a write cut short by a crash: in the slot file,
     /// copies whose checksum fails, replaced by their slot's other copy;
@@ -139,7 +139,7 @@ fn journal_info(path: &Path, problems: &mut Vec<Problem>) -> Result<Vec<SegmentI
             out.push(SegmentInfo {
                 path: p,
                 bytes: bytes.len() as u64,
-                frames: scan.found.len() as u64,
+                frames: scan.slots_used,
                 end,
                 end_offset: off as u64,
             });

@@ -324,14 +324,21 @@ impl Writer {
                         }
                     }
                 };
-                match self
-                    .journal
-                    .write(slot, e.copy, conversation, user, e.joined_seq, &joined)
-                {
-                    Ok(seq) => {
+                // Numbered after the slot's other copy: a slot is zeroed
+                // when given back, so its copies are this key's alone.
+                match self.journal.write(
+                    slot,
+                    e.copy,
+                    e.last_seq + 1,
+                    conversation,
+                    user,
+                    e.joined_seq,
+                    &joined,
+                ) {
+                    Ok(()) => {
                         e.copy ^= 1;
                         e.journaled = true;
-                        e.last_seq = seq;
+                        e.last_seq += 1;
                     }
                     Err(err) => return Err(self.poison("journal write", err.into())),
                 }
@@ -349,16 +356,18 @@ impl Writer {
             } else {
                 self.counters.no_ops.fetch_add(1, Ordering::Relaxed);
             }
-            let sync_seq =
-                (durability == Durability::PowerLoss && e.journaled).then_some(e.last_seq);
+            // The slot holds the update (written now or before): a ticket
+            // taken now is covered by the next sync that starts.
+            let sync_ticket =
+                (durability == Durability::PowerLoss && e.journaled).then(|| self.journal.ticket());
             let seal = e.dirty && !e.sealed && e.updates >= self.flush_after;
             if seal {
                 e.sealed = true;
             }
             drop(shard);
             self.counters.updates.fetch_add(1, Ordering::Relaxed);
-            if let Some(seq) = sync_seq {
-                if let Err(err) = self.journal.sync_to(seq) {
+            if let Some(ticket) = sync_ticket {
+                if let Err(err) = self.journal.sync_to(ticket) {
                     return Err(self.poison("journal fsync", err.into()));
                 }
             }
@@ -547,6 +556,7 @@ impl Writer {
                     e.state = e.state.join(new);
                     if e.version == item.version {
                         e.journaled = false;
+                        e.last_seq = 0;
                         e.sealed = false;
                         e.updates = 0;
                         e.needs_sync = false;
