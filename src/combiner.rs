@@ -13,7 +13,6 @@
 //! for "read by" and "all marks"). Nothing here touches RocksDB or the
 //! journal: the store drives both around it.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -61,8 +60,8 @@ pub(crate) struct Entry {
     pub(crate) clean_epoch: u64,
 }
 
-/// A shard: its entries in (conversation, user) order.
-pub(crate) type Shard = BTreeMap<(u64, u64), Entry>;
+/// A shard: its entries by (conversation, user).
+pub(crate) type Shard = rustc_hash::FxHashMap<(u64, u64), Entry>;
 
 /// The buffer.
 pub(crate) struct Combiner {
@@ -83,7 +82,7 @@ impl Default for Combiner {
 impl Combiner {
     pub(crate) fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(BTreeMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             entries: AtomicUsize::new(0),
             dirty: AtomicUsize::new(0),
             dirtied: AtomicU64::new(0),
@@ -154,10 +153,14 @@ impl Combiner {
 
     /// The entries' states of one conversation, in user order.
     pub(crate) fn pending_in(&self, conversation: u64) -> Vec<(u64, MarkState)> {
-        self.lock(conversation)
-            .range((conversation, 0)..=(conversation, u64::MAX))
+        let mut out: Vec<(u64, MarkState)> = self
+            .lock(conversation)
+            .iter()
+            .filter(|(&(c, _), _)| c == conversation)
             .map(|(&(_, u), e)| (u, e.state))
-            .collect()
+            .collect();
+        out.sort_unstable_by_key(|&(u, _)| u);
+        out
     }
 
     /// Keys with something to write, in all shards.
@@ -178,8 +181,8 @@ impl Combiner {
     /// Keys with something to write in one conversation.
     pub(crate) fn dirty_in(&self, conversation: u64) -> Vec<(u64, u64)> {
         self.lock(conversation)
-            .range((conversation, 0)..=(conversation, u64::MAX))
-            .filter(|(_, e)| e.dirty)
+            .iter()
+            .filter(|(&(c, _), e)| c == conversation && e.dirty)
             .map(|(&k, _)| k)
             .collect()
     }

@@ -4,7 +4,7 @@
 //! (publishing, recipients, the change log's reads and writes) is in
 //! `store::events`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use byteorder::{BigEndian, ByteOrder};
 
@@ -50,7 +50,7 @@ pub(crate) enum Pushed {
 pub(crate) struct Coalescer {
     window: u64,
     capacity: usize,
-    pending: HashMap<(u64, u64), Pending>,
+    pending: rustc_hash::FxHashMap<(u64, u64), Pending>,
     /// Keys in the order of their `due`: every entry gets the same window,
     /// so insertion order is due order.
     order: VecDeque<(u64, u64)>,
@@ -62,7 +62,7 @@ impl Coalescer {
         Self {
             window,
             capacity: capacity.max(1),
-            pending: HashMap::new(),
+            pending: rustc_hash::FxHashMap::default(),
             order: VecDeque::new(),
             dropped: 0,
         }
@@ -72,6 +72,7 @@ impl Coalescer {
         self.pending.len()
     }
 
+    #[cfg(test)]
     pub(crate) fn push(
         &mut self,
         key: (u64, u64),
@@ -79,6 +80,20 @@ impl Coalescer {
         at: u64,
         from: Option<u64>,
         now: u64,
+    ) -> Pushed {
+        self.push_with(key, up_to, at, from, || now)
+    }
+
+    /// [`push`](Coalescer::push) reading the clock only when a new entry
+    /// needs a deadline (a joined advance changes none).
+    #[inline]
+    pub(crate) fn push_with(
+        &mut self,
+        key: (u64, u64),
+        up_to: u64,
+        at: u64,
+        from: Option<u64>,
+        now: impl FnOnce() -> u64,
     ) -> Pushed {
         if let Some(p) = self.pending.get_mut(&key) {
             if up_to > p.up_to || up_to == p.up_to && at < p.at {
@@ -103,7 +118,7 @@ impl Coalescer {
                 up_to,
                 at,
                 from,
-                due: now.saturating_add(self.window),
+                due: now().saturating_add(self.window),
                 advances: 1,
             },
         );

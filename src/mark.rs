@@ -153,6 +153,35 @@ impl MarkState {
         }
     }
 
+    /// Joins `other` into `self` in place; returns whether `self` changed.
+    /// The write path's join: no temporaries, and "changed" without a
+    /// comparison of whole records (each rank covers all of its half's
+    /// fields, so an equal rank is an equal half).
+    #[inline]
+    pub(crate) fn absorb(&mut self, other: &Self) -> bool {
+        let mut changed = false;
+        if let Some(m) = other.mark {
+            if self.mark.is_none_or(|s| m.rank() > s.rank()) {
+                self.mark = Some(m);
+                changed = true;
+            }
+        }
+        if let Some(f) = other.flag {
+            if self.flag.is_none_or(|s| f.rank() > s.rank()) {
+                self.flag = Some(f);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Whether joining `other` would change nothing.
+    #[inline]
+    pub(crate) fn covers(&self, other: &Self) -> bool {
+        let mut copy = *self;
+        !copy.absorb(other)
+    }
+
     /// The semilattice join of two records.
     #[must_use]
     #[inline]
@@ -320,6 +349,39 @@ impl MarkState {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    fn any_state() -> impl Strategy<Value = MarkState> {
+        (
+            proptest::option::of((0u64..5, 0u64..5)),
+            proptest::option::of((0u64..5, any::<bool>(), proptest::option::of(0u64..5))),
+        )
+            .prop_map(|(m, f)| MarkState {
+                mark: m.map(|(u, a)| ReadMark {
+                    up_to: MessageId(u),
+                    at: Timestamp(a),
+                }),
+                flag: f.map(|(time, set, pos)| UnreadFlag { time, set, pos }),
+            })
+    }
+
+    proptest! {
+        /// The write path's in-place join is the join, and says exactly
+        /// whether anything changed; `encode_to` is `encode`.
+        #[test]
+        fn absorb_is_join_and_covers_is_no_change(a in any_state(), b in any_state()) {
+            let mut x = a;
+            let changed = x.absorb(&b);
+            prop_assert_eq!(x, a.join(b));
+            prop_assert_eq!(changed, a.join(b) != a);
+            prop_assert_eq!(a.covers(&b), a.join(b) == a);
+            let mut buf = [0u8; MAX_ENCODED_LEN];
+            let n = a.encode_to(&mut buf);
+            let full = a.encode();
+            prop_assert_eq!(&buf[..n], full.as_slice());
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -398,6 +398,11 @@ pub(crate) struct RunResult {
     send_secs: f64,
     p50_us: f64,
     p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+    mean_read_us: f64,
+    /// Time in leaves, all threads.
+    leave_secs: f64,
     send_p50_us: f64,
     send_p99_us: f64,
     /// Wall time of the whole replay.
@@ -865,6 +870,7 @@ struct Plan<'a> {
 struct ThreadResult {
     updates: u64,
     secs: f64,
+    leave_secs: f64,
     leaves: u64,
     sends: u64,
     send_secs: f64,
@@ -926,7 +932,9 @@ fn replay(
                 }
                 let t0 = Instant::now();
                 session.leave(conv, user)?;
-                r.secs += t0.elapsed().as_secs_f64();
+                let took = t0.elapsed().as_secs_f64();
+                r.secs += took;
+                r.leave_secs += took;
             }
         }
     }
@@ -975,6 +983,7 @@ fn run_once(
             Ok(ThreadResult {
                 updates: 0,
                 secs: 0.0,
+                leave_secs: 0.0,
                 leaves: 0,
                 sends: 0,
                 send_secs: 0.0,
@@ -1065,6 +1074,10 @@ fn run_once(
         send_secs: results.iter().map(|r| r.send_secs).sum(),
         p50_us: us(hist.value_at_quantile(0.50)),
         p99_us: us(hist.value_at_quantile(0.99)),
+        p999_us: us(hist.value_at_quantile(0.999)),
+        max_us: us(hist.max()),
+        mean_read_us: hist.mean() / 1_000.0,
+        leave_secs: results.iter().map(|r| r.leave_secs).sum(),
         send_p50_us: us(send_hist.value_at_quantile(0.50)),
         send_p99_us: us(send_hist.value_at_quantile(0.99)),
         wall_secs: wall,

@@ -170,13 +170,15 @@ impl Hub {
         from: Option<u64>,
     ) {
         let queues = self.queues.read();
-        let now = self.now_ns();
+        let mut now = None;
         for q in queues.iter() {
-            let pushed = q
-                .inner
-                .lock()
-                .receipts
-                .push((conversation, reader), up_to, at, from, now);
+            let pushed =
+                q.inner
+                    .lock()
+                    .receipts
+                    .push_with((conversation, reader), up_to, at, from, || {
+                        *now.get_or_insert_with(|| self.now_ns())
+                    });
             // A joined advance changes no deadline: nobody to wake.
             if pushed != Pushed::Coalesced {
                 q.ready.notify_all();

@@ -152,7 +152,10 @@ pub(crate) enum Which {
 #[derive(Default)]
 struct Sched {
     sealed: Vec<(u64, u64)>,
-    first_seal: Option<Instant>,
+    /// The flusher is asleep until woken (idle for a while): the next seal
+    /// wakes it. While the store is busy it ticks every `flush_delay`
+    /// instead, so a seal costs no wake-up.
+    idle: bool,
     /// Write sealed keys now (a caller waits for them).
     urgent: bool,
     /// Write every dirty key now (memory, slots, or a caller).
@@ -214,7 +217,10 @@ impl Writer {
             flush_delay,
             interval,
             counters: WriterCounters::default(),
-            sched: Mutex::new(Sched::default()),
+            sched: Mutex::new(Sched {
+                idle: true,
+                ..Sched::default()
+            }),
             wake: Condvar::new(),
             round_done: Condvar::new(),
         }
@@ -299,15 +305,20 @@ impl Writer {
                     None => {}
                 }
             }
-            let prev = e.base.map(|_| e.state);
-            let joined = e.state.join(update);
-            let changed = joined != e.state;
+            let prev = if want_prev {
+                e.base.map(|_| e.state)
+            } else {
+                None
+            };
+            let mut joined = e.state;
+            let changed = joined.absorb(&update);
             // An update already covered needs no journal write if the slot
             // holds the state, or (for a process crash) RocksDB does.
-            let covered = e.journaled
-                || durability == Durability::ProcessCrash
-                    && e.base.is_some_and(|b| b.join(update) == b);
-            let journal = durability != Durability::Memory && (changed || !covered);
+            let journal = durability != Durability::Memory
+                && (changed
+                    || !(e.journaled
+                        || durability == Durability::ProcessCrash
+                            && e.base.is_some_and(|b| b.covers(&update))));
             if journal {
                 let slot = match e.slot {
                     Some(s) => s,
@@ -402,8 +413,8 @@ impl Writer {
     fn enqueue(&self, key: (u64, u64)) {
         let mut s = self.sched.lock();
         s.sealed.push(key);
-        if s.first_seal.is_none() {
-            s.first_seal = Some(Instant::now());
+        if s.idle {
+            s.idle = false;
             self.wake.notify_one();
         }
     }
@@ -643,11 +654,19 @@ impl Writer {
         true
     }
 
-    /// The flusher thread: sealed keys `flush_delay` after the first of a
-    /// batch (at once if a caller waits), every dirty key each
-    /// `flush_interval` or when memory or slots run short.
+    /// The flusher thread. While the store is busy it ticks every
+    /// `flush_delay` and writes the keys sealed since the last tick (at
+    /// once if a caller waits for them); every `flush_interval`, or when
+    /// memory or slots run short, it writes every dirty key. After
+    /// `IDLE_AFTER` without anything to write it sleeps until a seal, a
+    /// request or the interval wakes it: an idle store costs nothing, and
+    /// a busy one pays no wake-up per seal.
     pub(crate) fn run_flusher(&self) {
+        const IDLE_AFTER: Duration = Duration::from_secs(1);
+        let ticking = !self.flush_delay.is_zero();
         let mut next_full = Instant::now() + self.interval;
+        let mut next_tick: Option<Instant> = None;
+        let mut last_work = Instant::now();
         let mut s = self.sched.lock();
         loop {
             if s.stop {
@@ -655,26 +674,43 @@ impl Writer {
             }
             let now = Instant::now();
             let full = s.full || now >= next_full;
-            let sealed_due = s
-                .first_seal
-                .is_some_and(|t| s.urgent || now >= t + self.flush_delay);
-            if !(full || sealed_due) {
-                let wake = s
-                    .first_seal
-                    .map_or(next_full, |t| next_full.min(t + self.flush_delay));
+            let sealed = !s.sealed.is_empty();
+            let tick = next_tick.is_some_and(|t| now >= t);
+            if !(full || sealed && (s.urgent || tick || !ticking)) {
+                if ticking {
+                    if sealed && next_tick.is_none() {
+                        // The first seal after idling: wait one delay for
+                        // the keys sealed with it.
+                        next_tick = Some(now + self.flush_delay);
+                    } else if tick {
+                        if now.duration_since(last_work) >= IDLE_AFTER {
+                            s.idle = true;
+                            next_tick = None;
+                        } else {
+                            next_tick = Some(now + self.flush_delay);
+                        }
+                    }
+                } else {
+                    s.idle = true;
+                }
+                let wake = next_tick.map_or(next_full, |t| t.min(next_full));
                 self.wake.wait_until(&mut s, wake);
                 continue;
             }
             let keys = std::mem::take(&mut s.sealed);
-            s.first_seal = None;
             s.urgent = false;
             s.full = false;
+            s.idle = false;
             s.started += 1;
             drop(s);
             let which = if full { Which::All } else { Which::Keys(keys) };
             let result = self.round(which, false);
+            last_work = Instant::now();
             if full {
-                next_full = Instant::now() + self.interval;
+                next_full = last_work + self.interval;
+            }
+            if ticking {
+                next_tick = Some(last_work + self.flush_delay);
             }
             s = self.sched.lock();
             s.done += 1;
