@@ -30,7 +30,8 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn create_conversation(&self, conversation: ConversationId) -> Result<()> {
-        let _guard = self.lock(conversation);
+        let mut guard = self.lock(conversation);
+        guard.forget(conversation);
         match self.view().conversation_record(conversation) {
             Ok(_) => return Err(Error::ConversationExists(conversation)),
             Err(Error::UnknownConversation(_)) => {}
@@ -87,7 +88,8 @@ impl Store {
         // either sees this membership or is seen by it.
         let _settings = self.privacy_lock.lock();
         let private_all = self.private_everywhere(user)?;
-        let _guard = self.lock(conversation);
+        let mut guard = self.lock(conversation);
+        guard.forget(conversation);
         let view = self.view();
         let mut conv = view.conversation_record(conversation)?;
         if view.member_record(conversation, user)?.is_some() {
@@ -181,7 +183,8 @@ impl Store {
         // the mode they were made in.
         self.writer
             .flush_keys(self.writer.combiner.dirty_in(conversation.0))?;
-        let _guard = self.lock(conversation);
+        let mut guard = self.lock(conversation);
+        guard.forget(conversation);
         let view = self.view();
         let mut conv = view.conversation_record(conversation)?;
         if view.member_record(conversation, user)?.is_none() {

@@ -19,7 +19,7 @@ use rocksdb::WriteBatch;
 
 use super::conversations::conversations_in;
 use super::writer::{Applied, Verified};
-use super::{corrupt, Cf, Store, View};
+use super::{corrupt, Cf, ConvMeta, Store, View};
 use crate::error::{Error, Result};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
 use crate::keys;
@@ -82,10 +82,27 @@ impl Store {
         sender: UserId,
         sent_at: Timestamp,
     ) -> Result<()> {
-        let _guard = self.lock(conversation);
+        let mut stripe = self.lock(conversation);
+        // What the last writer under this lock wrote, or one read each.
         let view = self.view();
-        let mut conv = view.conversation_record(conversation)?;
-        let member = view.require_member(conversation, sender)?;
+        let (mut conv, last_sent_at) = match stripe.cached(conversation) {
+            Some(meta) => (meta.record, meta.last_sent_at),
+            None => {
+                let conv = view.conversation_record(conversation)?;
+                let last = match conv.last_message() {
+                    Some(last) => view.message_record(conversation, last)?.map(|m| m.sent_at),
+                    None => None,
+                };
+                (conv, last)
+            }
+        };
+        // A buffered key was checked when it was buffered, under this lock,
+        // and a membership change removes it under this lock too.
+        let joined_seq = match self.writer.buffered_membership(conversation.0, sender.0) {
+            Some(j) => j,
+            None => view.require_member(conversation, sender)?.joined_seq,
+        };
+        drop(view);
         let mut sent_at = sent_at;
         if let Some(last) = conv.last_message() {
             if message <= last {
@@ -98,8 +115,8 @@ impl Store {
             // Times follow ids: a skewed client clock cannot make a newer
             // message older, which retention and receipt planning rely on
             // (docs/design.md §5.6).
-            if let Some(prev) = view.message_record(conversation, last)? {
-                sent_at = sent_at.max(prev.sent_at);
+            if let Some(prev) = last_sent_at {
+                sent_at = sent_at.max(prev);
             }
         }
         conv.message_count += 1;
@@ -111,6 +128,7 @@ impl Store {
             deleted: false,
             tracked: conv.per_message,
         };
+        let advance = MarkState::from_mark(message, sent_at);
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.cf(Cf::Messages),
@@ -122,21 +140,21 @@ impl Store {
             keys::id_key(conversation.0),
             conv.encode(),
         );
-        drop(view);
-        // The sender's advance is an ordinary update at the store's
-        // durability, journaled before the message is written: whatever
-        // message survives a failure, the sender's mark covers it (at
-        // `Memory`, a crash may lose the advance, as any `Memory` update).
-        // Through the buffer it combines with the sender's reads. The
-        // membership was checked above, under this conversation's lock.
+        // Sending counts as reading: the sender's advance is an ordinary
+        // update at the store's durability, journaled before the message is
+        // written, so whatever message survives a failure, the sender's
+        // mark covers it (at `Memory`, a crash may lose the advance, as any
+        // `Memory` update). Through the buffer it combines with the
+        // sender's reads, and its flush plans it like any advance (its
+        // change-log entry, and a run over what others posted before).
         let verified = Verified {
-            joined_seq: member.joined_seq,
+            joined_seq,
             base: None,
         };
         if let Applied::Verify = self.writer.apply(
             conversation.0,
             sender.0,
-            MarkState::from_mark(message, sent_at),
+            advance,
             self.config.durability,
             Some(verified),
             false,
@@ -145,7 +163,15 @@ impl Store {
                 "a verified update was refused (a bug)",
             ));
         }
-        self.write_structural(batch)
+        self.write_structural(batch)?;
+        stripe.keep(
+            conversation,
+            ConvMeta {
+                record: conv,
+                last_sent_at: Some(sent_at),
+            },
+        );
+        Ok(())
     }
 
     /// Deletes a message: it stops counting as unread for everyone. Deleting
@@ -172,7 +198,8 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn delete_message(&self, conversation: ConversationId, message: MessageId) -> Result<()> {
-        let _guard = self.lock(conversation);
+        let mut guard = self.lock(conversation);
+        guard.forget(conversation);
         let view = self.view();
         let mut conv = view.conversation_record(conversation)?;
         let mut record = view.require_message(conversation, message)?;

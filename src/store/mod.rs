@@ -31,7 +31,7 @@ use rocksdb::{
 
 use crate::config::{Config, Durability, RecoveryMode};
 use crate::error::{Error, Result};
-use crate::ids::ConversationId;
+use crate::ids::{ConversationId, Timestamp};
 use crate::journal::{self, Journal};
 use crate::mark::MarkState;
 use crate::merge::{adapter, MergeCounters};
@@ -64,6 +64,44 @@ pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 /// Number of per-conversation lock stripes guarding read-modify-write of
 /// conversation records (membership, message ordinals).
 const LOCK_STRIPES: usize = 64;
+
+/// Conversations whose record a stripe keeps in memory (per stripe).
+const STRIPE_CACHE: usize = 4096;
+
+/// What a lock stripe guards besides the order of its conversations'
+/// writers: the records those writers last wrote, so a send reads nothing
+/// from RocksDB. Exact, because every write of a conversation record
+/// happens under its stripe, and updates or forgets the cached copy after
+/// the write lands. Bounded: a full cache is emptied.
+#[derive(Default)]
+pub(crate) struct Stripe {
+    convs: rustc_hash::FxHashMap<u64, ConvMeta>,
+}
+
+/// A cached conversation record and the `sent_at` of its newest message.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvMeta {
+    pub(crate) record: crate::records::ConversationRecord,
+    pub(crate) last_sent_at: Option<Timestamp>,
+}
+
+impl Stripe {
+    pub(crate) fn cached(&self, conversation: ConversationId) -> Option<ConvMeta> {
+        self.convs.get(&conversation.0).copied()
+    }
+
+    pub(crate) fn keep(&mut self, conversation: ConversationId, meta: ConvMeta) {
+        if self.convs.len() >= STRIPE_CACHE && !self.convs.contains_key(&conversation.0) {
+            self.convs.clear();
+        }
+        self.convs.insert(conversation.0, meta);
+    }
+
+    /// Called by every other writer of the conversation's record.
+    pub(crate) fn forget(&mut self, conversation: ConversationId) {
+        self.convs.remove(&conversation.0);
+    }
+}
 
 /// The column families, one per kind of record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,7 +289,7 @@ pub struct Store {
     timer: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     replayed: u64,
-    locks: Box<[Mutex<()>]>,
+    locks: Box<[Mutex<Stripe>]>,
 }
 
 impl std::fmt::Debug for Store {
@@ -386,7 +424,9 @@ impl Store {
             timer: Mutex::new(Some(timer)),
             closed: AtomicBool::new(false),
             replayed,
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            locks: (0..LOCK_STRIPES)
+                .map(|_| Mutex::new(Stripe::default()))
+                .collect(),
         })
     }
 
@@ -637,7 +677,7 @@ impl Store {
             .expect("column family opened by Store::open")
     }
 
-    pub(crate) fn lock(&self, conversation: ConversationId) -> MutexGuard<'_, ()> {
+    pub(crate) fn lock(&self, conversation: ConversationId) -> MutexGuard<'_, Stripe> {
         self.locks[self.stripe(conversation)].lock()
     }
 
@@ -650,7 +690,10 @@ impl Store {
 
     /// The stripes of several conversations, each once, in stripe order
     /// (the one order every multi-stripe holder uses: no deadlock).
-    pub(crate) fn lock_many(&self, conversations: &[ConversationId]) -> Vec<MutexGuard<'_, ()>> {
+    pub(crate) fn lock_many(
+        &self,
+        conversations: &[ConversationId],
+    ) -> Vec<MutexGuard<'_, Stripe>> {
         let mut stripes: Vec<usize> = conversations.iter().map(|&c| self.stripe(c)).collect();
         stripes.sort_unstable();
         stripes.dedup();

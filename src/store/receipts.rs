@@ -464,7 +464,8 @@ impl Store {
         // the mode they were made in.
         self.writer
             .flush_keys(self.writer.combiner.dirty_in(conversation.0))?;
-        let _guard = self.lock(conversation);
+        let mut guard = self.lock(conversation);
+        guard.forget(conversation);
         let view = self.view();
         let mut conv = view.conversation_record(conversation)?;
         conv.threshold = threshold;

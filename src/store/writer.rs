@@ -42,6 +42,9 @@ use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::mark::MarkState;
 
+/// Keys per RocksDB batch a flush round writes.
+const FLUSH_BATCH_KEYS: usize = 64;
+
 /// Counters of the write path.
 #[derive(Default)]
 pub(crate) struct WriterCounters {
@@ -392,6 +395,16 @@ impl Writer {
         }
     }
 
+    /// The `joined_seq` a buffered key was checked against: the key's
+    /// membership, for a caller holding the conversation's lock (entries
+    /// are made, and removed at a membership change, under that lock).
+    pub(crate) fn buffered_membership(&self, conversation: u64, user: u64) -> Option<u64> {
+        self.combiner
+            .lock(conversation)
+            .get(&(conversation, user))
+            .map(|e| e.joined_seq)
+    }
+
     /// The user left the conversation: write the key soon, batched with
     /// others. Returns without waiting.
     pub(crate) fn seal(&self, conversation: u64, user: u64) {
@@ -513,39 +526,43 @@ impl Writer {
             }
         }
         let sync = durable || items.iter().any(|i| i.needs_sync);
-        let mut batch = WriteBatch::default();
-        let plan = match plan_round(&self.db, &self.policy, &self.changes, &items, &mut batch) {
-            Ok(p) => p,
-            Err(e) => return Err(self.poison("flush planning", e)),
-        };
-        if !batch.is_empty() {
-            let mut wo = WriteOptions::default();
-            wo.set_sync(sync);
-            if let Err(e) = self.db.write_opt(batch, &wo) {
-                return Err(self.poison("RocksDB write", e.into()));
+        // Batches of at most `FLUSH_BATCH_KEYS` keys: a writer whose own
+        // RocksDB write (a send, a membership change) queues behind one
+        // waits for a few dozen keys, not for a whole round.
+        let mut outcomes = Vec::with_capacity(items.len());
+        let c = &self.counters;
+        for chunk in items.chunks(FLUSH_BATCH_KEYS) {
+            let mut batch = WriteBatch::default();
+            let plan = match plan_round(&self.db, &self.policy, &self.changes, chunk, &mut batch) {
+                Ok(p) => p,
+                Err(e) => return Err(self.poison("flush planning", e)),
+            };
+            if !batch.is_empty() {
+                if let Err(e) = self.db.write_opt(batch, &WriteOptions::default()) {
+                    return Err(self.poison("RocksDB write", e.into()));
+                }
+                self.changes.mark_written();
+                c.batches.fetch_add(1, Ordering::Relaxed);
             }
-            self.changes.mark_written();
-            self.counters.batches.fetch_add(1, Ordering::Relaxed);
-            if sync {
-                self.counters.rocksdb_syncs.fetch_add(1, Ordering::Relaxed);
-            }
-        } else if sync {
-            // Nothing new to write, but what earlier (unsynced) rounds wrote
-            // must be durable before slots of `PowerLoss` updates are freed.
+            c.keys_written.fetch_add(plan.marks, Ordering::Relaxed);
+            c.read_time_records.fetch_add(plan.runs, Ordering::Relaxed);
+            c.change_records
+                .fetch_add(plan.change_rows, Ordering::Relaxed);
+            c.no_ops.fetch_add(plan.no_ops, Ordering::Relaxed);
+            outcomes.extend(plan.outcomes);
+        }
+        if sync {
+            // One WAL sync covers every batch above and every earlier
+            // (unsynced) round: only then may the slots of `PowerLoss`
+            // updates be given back.
             if let Err(e) = self.db.flush_wal(true) {
                 return Err(self.poison("RocksDB WAL sync", e.into()));
             }
-            self.counters.rocksdb_syncs.fetch_add(1, Ordering::Relaxed);
+            c.rocksdb_syncs.fetch_add(1, Ordering::Relaxed);
         }
-        let c = &self.counters;
-        c.keys_written.fetch_add(plan.marks, Ordering::Relaxed);
-        c.read_time_records.fetch_add(plan.runs, Ordering::Relaxed);
-        c.change_records
-            .fetch_add(plan.change_rows, Ordering::Relaxed);
-        c.no_ops.fetch_add(plan.no_ops, Ordering::Relaxed);
         let epoch = self.grace.epoch();
         let mut release = Vec::new();
-        for (item, outcome) in items.iter().zip(plan.outcomes) {
+        for (item, outcome) in items.iter().zip(outcomes) {
             let key = (item.conversation, item.user);
             let mut shard = self.combiner.lock(item.conversation);
             let Some(e) = shard.get_mut(&key) else {
@@ -663,6 +680,7 @@ impl Writer {
     /// a busy one pays no wake-up per seal.
     pub(crate) fn run_flusher(&self) {
         const IDLE_AFTER: Duration = Duration::from_secs(1);
+        lower_priority();
         let ticking = !self.flush_delay.is_zero();
         let mut next_full = Instant::now() + self.interval;
         let mut next_tick: Option<Instant> = None;
@@ -730,5 +748,23 @@ impl Writer {
         s.stop = true;
         self.wake.notify_all();
         self.round_done.notify_all();
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (nice +10), as RocksDB
+/// does for its background threads: a flush is background work whose
+/// delay matters little, and callers' own writes and reads should win the
+/// CPU. If the CPU stays saturated the flusher falls behind, the buffer
+/// fills, and writers wait for it (the memory and slot bounds), so it is
+/// never starved for good. A failure leaves the priority as it was.
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take and return plain integers; on
+    // Linux PRIO_PROCESS with a thread id applies to that thread only.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid);
+        if let Ok(tid) = libc::id_t::try_from(tid) {
+            libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        }
     }
 }
