@@ -53,7 +53,7 @@ use rand_chacha::ChaCha8Rng;
 use readmark::{Config, ConversationId, Durability, MessageId, Store, Timestamp, UserId};
 use serde::Serialize;
 
-use super::measure::{cpu_micros, proc_write_bytes, Spread};
+use super::measure::{cpu_micros, proc_write_bytes, thread_switches, Spread};
 use super::workload::{Step, Workload, WorldParams};
 use super::{BenchArgs, StreamArg};
 
@@ -405,6 +405,10 @@ pub(crate) struct RunResult {
     leave_secs: f64,
     send_p50_us: f64,
     send_p99_us: f64,
+    send_p999_us: f64,
+    send_max_us: f64,
+    /// Context switches of the replaying threads: blocked, preempted.
+    switches: (u64, u64),
     /// Wall time of the whole replay.
     wall_secs: f64,
     durable_writes: u64,
@@ -868,6 +872,8 @@ struct Plan<'a> {
 
 /// One thread's measurements.
 struct ThreadResult {
+    /// Context switches of the replaying thread: (blocked, preempted).
+    switches: (u64, u64),
     updates: u64,
     secs: f64,
     leave_secs: f64,
@@ -981,6 +987,7 @@ fn run_once(
     let mut results: Vec<ThreadResult> = (0..threads)
         .map(|_| -> readmark::Result<ThreadResult> {
             Ok(ThreadResult {
+                switches: (0, 0),
                 updates: 0,
                 secs: 0.0,
                 leave_secs: 0.0,
@@ -1023,7 +1030,12 @@ fn run_once(
                 .map(|(part, r)| {
                     s.spawn(move || -> readmark::Result<()> {
                         let mut session = subject.session()?;
-                        replay(&mut *session, part, plan, r)
+                        let before = thread_switches();
+                        let out = replay(&mut *session, part, plan, r);
+                        let after = thread_switches();
+                        r.switches.0 += after.0 - before.0;
+                        r.switches.1 += after.1 - before.1;
+                        out
                     })
                 })
                 .collect();
@@ -1080,6 +1092,11 @@ fn run_once(
         leave_secs: results.iter().map(|r| r.leave_secs).sum(),
         send_p50_us: us(send_hist.value_at_quantile(0.50)),
         send_p99_us: us(send_hist.value_at_quantile(0.99)),
+        send_p999_us: us(send_hist.value_at_quantile(0.999)),
+        send_max_us: us(send_hist.max()),
+        switches: results
+            .iter()
+            .fold((0, 0), |a, r| (a.0 + r.switches.0, a.1 + r.switches.1)),
         wall_secs: wall,
         durable_writes: c.durable_writes,
         fsyncs: c.fsyncs,

@@ -30,6 +30,22 @@ pub(crate) fn cpu_micros() -> u64 {
     us(ru.ru_utime) + us(ru.ru_stime)
 }
 
+/// Context switches of the calling thread so far: (voluntary: it blocked,
+/// involuntary: it was preempted).
+#[allow(unsafe_code)]
+pub(crate) fn thread_switches() -> (u64, u64) {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: as in `cpu_micros`.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    (
+        u64::try_from(ru.ru_nvcsw).unwrap_or(0),
+        u64::try_from(ru.ru_nivcsw).unwrap_or(0),
+    )
+}
+
 /// Median and range of a few runs.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub(crate) struct Spread {

@@ -50,9 +50,11 @@ pub(crate) enum Outcome {
     Stale,
 }
 
-/// A planned batch's outcomes and counts.
-#[derive(Debug, Default)]
+/// A planned round's batches, outcomes and counts.
+#[derive(Default)]
 pub(crate) struct Plan {
+    /// The batches to write, in order (change-log sequences follow it).
+    pub(crate) batches: Vec<WriteBatch>,
     pub(crate) outcomes: Vec<Outcome>,
     pub(crate) marks: u64,
     pub(crate) runs: u64,
@@ -65,9 +67,12 @@ fn handle(db: &DB, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
         .ok_or(Error::InvalidArgument("column family missing"))
 }
 
-/// Adds the writes of `items` to `batch`. Called with the flush lock held
-/// (or by the single-threaded replay at open), so the change sequence is
-/// assigned in write order and no two plans start from the same mark.
+/// Plans the writes of `items` as batches of at most `keys_per_batch`
+/// keys, from one snapshot. Called with the flush lock held (or by the
+/// single-threaded replay at open), so the change sequence is assigned in
+/// write order and no two plans start from the same mark. Small batches
+/// keep a writer whose own write (a send) queues behind one in RocksDB's
+/// write queue from waiting for a whole round.
 ///
 /// Records that do not decode are not an error here: a damaged member
 /// record must not stop marks from being written (that would poison the
@@ -78,12 +83,14 @@ pub(crate) fn plan_round(
     policy: &ReceiptPolicy,
     changes: &ChangeLog,
     items: &[Item],
-    batch: &mut WriteBatch,
+    keys_per_batch: usize,
 ) -> Result<Plan> {
     let mut plan = Plan {
         outcomes: Vec::with_capacity(items.len()),
         ..Plan::default()
     };
+    let mut batch = WriteBatch::default();
+    let mut in_batch = 0usize;
     if items.is_empty() {
         return Ok(plan);
     }
@@ -100,9 +107,16 @@ pub(crate) fn plan_round(
         ro
     };
     let now = policy.clock.now();
+    let messages = handle(db, Cf::Messages)?;
+    let mut messages_it: Option<rocksdb::DBRawIterator<'_>> = None;
     let mut per_message: HashMap<u64, bool> = HashMap::new();
     let mut rows = Vec::new();
     for item in items {
+        if in_batch >= keys_per_batch.max(1) {
+            changes.append_rows(db, rows.drain(..), &mut batch)?;
+            plan.batches.push(std::mem::take(&mut batch));
+            in_batch = 0;
+        }
         let (c, u) = (item.conversation, item.user);
         let key = keys::pair_key(c, u);
         let member = match db.get_pinned_cf_opt(members, key, &ro())? {
@@ -155,8 +169,24 @@ pub(crate) fn plan_round(
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
                 };
-                let newest =
-                    newest_receipt_message(db, ro(), policy, now, c, u, from, mark.up_to.0)?;
+                // Usually the message the mark points at qualifies: one
+                // point read. Otherwise walk back, with one iterator for
+                // the whole round (making one per advance costs more than
+                // its seeks).
+                let up_to = mark.up_to.0;
+                let exact = db
+                    .get_pinned_cf_opt(messages, keys::pair_key(c, up_to), &ro())?
+                    .and_then(|v| MessageRecord::decode(&v))
+                    .filter(|r| from.is_none_or(|f| up_to > f) && r.sender.0 != u && r.tracked);
+                let newest = match exact {
+                    Some(r) if policy.expired(r.sent_at.0, now) => None,
+                    Some(r) => Some((up_to, r.sent_at.0)),
+                    None => {
+                        let it = messages_it
+                            .get_or_insert_with(|| db.raw_iterator_cf_opt(messages, ro()));
+                        newest_receipt_message(it, policy, now, c, u, from, up_to)?
+                    }
+                };
                 if let Some((message, sent_at)) = newest {
                     // Nothing is read before it is sent: the clamp also
                     // keeps the run alive as long as the messages it times.
@@ -171,6 +201,7 @@ pub(crate) fn plan_round(
         }
         batch.merge_cf(marks, key, new.encode());
         plan.marks += 1;
+        in_batch += 1;
         if advanced {
             // A private reader's advances are nobody else's business, not
             // even that they happened: only their own log gets them. A
@@ -181,7 +212,10 @@ pub(crate) fn plan_round(
         }
         plan.outcomes.push(Outcome::Stored(new));
     }
-    changes.append_rows(db, rows.into_iter(), batch)?;
+    changes.append_rows(db, rows.drain(..), &mut batch)?;
+    if !batch.is_empty() {
+        plan.batches.push(batch);
+    }
     Ok(plan)
 }
 
@@ -192,10 +226,8 @@ pub(crate) fn plan_round(
 /// (times follow ids, so every older one is past it too). Usually the first
 /// message looked at qualifies; a sender's own advance walks back over the
 /// messages they sent.
-#[allow(clippy::too_many_arguments)]
 fn newest_receipt_message(
-    db: &DB,
-    mut ro: ReadOptions,
+    it: &mut rocksdb::DBRawIterator<'_>,
     policy: &ReceiptPolicy,
     now: u64,
     c: u64,
@@ -203,10 +235,6 @@ fn newest_receipt_message(
     from: Option<u64>,
     up_to: u64,
 ) -> Result<Option<(u64, u64)>> {
-    let messages = handle(db, Cf::Messages)?;
-    let lower = keys::pair_key(c, from.map_or(0, |f| f.saturating_add(1)));
-    ro.set_iterate_lower_bound(lower.to_vec());
-    let mut it = db.raw_iterator_cf_opt(messages, ro);
     it.seek_for_prev(keys::pair_key(c, up_to));
     while let (Some(k), Some(v)) = (it.key(), it.value()) {
         let Some((kc, m)) = keys::decode_pair_key(k) else {

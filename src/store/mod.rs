@@ -812,15 +812,14 @@ fn replay(
             needs_sync: true,
         })
         .collect();
-    let mut batch = WriteBatch::default();
-    let plan = flush::plan_round(db, policy, changes, &items, &mut batch)?;
+    let plan = flush::plan_round(db, policy, changes, &items, usize::MAX)?;
     let n: u64 = folded
         .values()
         .zip(&plan.outcomes)
         .filter(|(_, o)| **o != flush::Outcome::Stale)
         .map(|((_, frames), _)| frames)
         .sum();
-    if !batch.is_empty() {
+    if let Some(batch) = plan.batches.into_iter().next() {
         let mut o = WriteOptions::default();
         o.set_sync(true);
         db.write_opt(batch, &o)?;

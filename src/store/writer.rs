@@ -43,7 +43,7 @@ use crate::journal::Journal;
 use crate::mark::MarkState;
 
 /// Keys per RocksDB batch a flush round writes.
-const FLUSH_BATCH_KEYS: usize = 64;
+const FLUSH_BATCH_KEYS: usize = 16;
 
 /// Counters of the write path.
 #[derive(Default)]
@@ -529,28 +529,31 @@ impl Writer {
         // Batches of at most `FLUSH_BATCH_KEYS` keys: a writer whose own
         // RocksDB write (a send, a membership change) queues behind one
         // waits for a few dozen keys, not for a whole round.
-        let mut outcomes = Vec::with_capacity(items.len());
         let c = &self.counters;
-        for chunk in items.chunks(FLUSH_BATCH_KEYS) {
-            let mut batch = WriteBatch::default();
-            let plan = match plan_round(&self.db, &self.policy, &self.changes, chunk, &mut batch) {
-                Ok(p) => p,
-                Err(e) => return Err(self.poison("flush planning", e)),
-            };
-            if !batch.is_empty() {
-                if let Err(e) = self.db.write_opt(batch, &WriteOptions::default()) {
-                    return Err(self.poison("RocksDB write", e.into()));
-                }
-                self.changes.mark_written();
-                c.batches.fetch_add(1, Ordering::Relaxed);
+        let plan = match plan_round(
+            &self.db,
+            &self.policy,
+            &self.changes,
+            &items,
+            FLUSH_BATCH_KEYS,
+        ) {
+            Ok(p) => p,
+            Err(e) => return Err(self.poison("flush planning", e)),
+        };
+        for batch in plan.batches {
+            if let Err(e) = self.db.write_opt(batch, &WriteOptions::default()) {
+                return Err(self.poison("RocksDB write", e.into()));
             }
-            c.keys_written.fetch_add(plan.marks, Ordering::Relaxed);
-            c.read_time_records.fetch_add(plan.runs, Ordering::Relaxed);
-            c.change_records
-                .fetch_add(plan.change_rows, Ordering::Relaxed);
-            c.no_ops.fetch_add(plan.no_ops, Ordering::Relaxed);
-            outcomes.extend(plan.outcomes);
+            c.batches.fetch_add(1, Ordering::Relaxed);
         }
+        // Every sequence the plan assigned has landed.
+        self.changes.mark_written();
+        c.keys_written.fetch_add(plan.marks, Ordering::Relaxed);
+        c.read_time_records.fetch_add(plan.runs, Ordering::Relaxed);
+        c.change_records
+            .fetch_add(plan.change_rows, Ordering::Relaxed);
+        c.no_ops.fetch_add(plan.no_ops, Ordering::Relaxed);
+        let outcomes = plan.outcomes;
         if sync {
             // One WAL sync covers every batch above and every earlier
             // (unsynced) round: only then may the slots of `PowerLoss`
@@ -680,7 +683,6 @@ impl Writer {
     /// a busy one pays no wake-up per seal.
     pub(crate) fn run_flusher(&self) {
         const IDLE_AFTER: Duration = Duration::from_secs(1);
-        lower_priority();
         let ticking = !self.flush_delay.is_zero();
         let mut next_full = Instant::now() + self.interval;
         let mut next_tick: Option<Instant> = None;
@@ -748,23 +750,5 @@ impl Writer {
         s.stop = true;
         self.wake.notify_all();
         self.round_done.notify_all();
-    }
-}
-
-/// Lowers the calling thread's scheduling priority (nice +10), as RocksDB
-/// does for its background threads: a flush is background work whose
-/// delay matters little, and callers' own writes and reads should win the
-/// CPU. If the CPU stays saturated the flusher falls behind, the buffer
-/// fills, and writers wait for it (the memory and slot bounds), so it is
-/// never starved for good. A failure leaves the priority as it was.
-#[allow(unsafe_code)]
-fn lower_priority() {
-    // SAFETY: gettid and setpriority take and return plain integers; on
-    // Linux PRIO_PROCESS with a thread id applies to that thread only.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid);
-        if let Ok(tid) = libc::id_t::try_from(tid) {
-            libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-        }
     }
 }
