@@ -1414,6 +1414,24 @@ fn print_table(args: &BenchArgs, rows: &[Row]) {
             .iter()
             .filter(|r| r.threads == threads && r.burst == burst)
         {
+            if r.design.contains("sends only") {
+                println!(
+                    "{:<22} {:<13} {:>20} {:>7} {:>7} {:>9} {:>9.1} {:>8} {:>8.1} {:>9.1} {:>8} {:>8.2}",
+                    r.design,
+                    "(control)",
+                    "n/a",
+                    "",
+                    "",
+                    "",
+                    r.durable_writes_per_1k,
+                    opt(r.fsyncs_per_1k, 1),
+                    r.keys_written_per_1k,
+                    r.disk_write_bytes_per_update,
+                    "",
+                    r.cpu_us_per_update,
+                );
+                continue;
+            }
             println!(
                 "{:<22} {:<13} {:>12.0} ({:>4.0}%) {:>7.2} {:>7.2} {:>9} {:>9.1} {:>8} {:>8.1} {:>9.1} {:>8} {:>8.2} {:>6.2}x {:>6.1}x",
                 r.design,

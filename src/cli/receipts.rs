@@ -9,8 +9,9 @@
 //! the newest message and leaves (`mark_read` + `flush_key`): one advance
 //! covering the messages since their last visit. With `--flush-every N`,
 //! visits are not flushed on leave but all together every N messages (the
-//! flush timer in a busy group), so readers of the same messages share one
-//! bitset operand per message.
+//! flush timer in a busy group). In-order reads write no bit per message
+//! (a run per advance times them); bitsets hold only messages opened out
+//! of order (`mark_viewed`), which this workload does not do.
 //!
 //! Sending also advances the sender's mark (a buffered update, combined with
 //! the sender's other advances until their key is flushed), so
