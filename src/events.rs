@@ -204,11 +204,12 @@ impl ChangeRecord {
 ///
 /// The walk lists the changes with sequence numbers in `(since, high]`;
 /// `high = 0` means "not pinned yet" (the next call pins the newest
-/// sequence and its time). Phase 0 walks the user's own changes (past
-/// sequence `resume_b`), phase 1 the changes of other members in the user's
-/// conversations (from conversation `resume_a`, past sequence `resume_b`
-/// in it). `since_at` (store clock, ms, when `since` was the newest
-/// sequence) tells whether the changes after `since` are still retained.
+/// sequence and its time). Phase 0 lists the user's own marks (from
+/// conversation `resume_a`), phase 1 the other members' in the user's
+/// conversations (from conversation `resume_a`, reader `resume_b` in it).
+/// `since_at` (store clock, ms, when `since` was the newest sequence) tells
+/// whether the changes after `since` are still retained. Version 1 (format
+/// 3's log walk) still decodes; catch-up answers it with a snapshot.
 ///
 /// # Examples
 ///
@@ -221,8 +222,9 @@ impl ChangeRecord {
 /// assert_eq!(text.parse::<readmark::Cursor>()?, cursor);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Cursor {
+    pub(crate) version: u8,
     pub(crate) phase: u8,
     pub(crate) since: u64,
     pub(crate) since_at: u64,
@@ -232,7 +234,9 @@ pub struct Cursor {
     pub(crate) resume_b: u64,
 }
 
-pub(crate) const CURSOR_VERSION: u8 = 1;
+pub(crate) const CURSOR_VERSION: u8 = 2;
+/// Cursors of format 3's log walk: decoded, then answered with a snapshot.
+pub(crate) const LEGACY_CURSOR_VERSION: u8 = 1;
 pub(crate) const CURSOR_PHASE: usize = 1;
 pub(crate) const CURSOR_SINCE: usize = 2;
 pub(crate) const CURSOR_SINCE_AT: usize = 10;
@@ -243,7 +247,28 @@ pub(crate) const CURSOR_RESUME_B: usize = 42;
 /// Encoded length of a [`Cursor`].
 pub const CURSOR_LEN: usize = 50;
 
+impl Default for Cursor {
+    fn default() -> Self {
+        Self {
+            version: CURSOR_VERSION,
+            phase: 0,
+            since: 0,
+            since_at: 0,
+            high: 0,
+            high_at: 0,
+            resume_a: 0,
+            resume_b: 0,
+        }
+    }
+}
+
 impl Cursor {
+    /// Whether the cursor comes from a format-3 store's walk, whose
+    /// positions mean something else: catch-up asks for a snapshot.
+    pub(crate) fn legacy(&self) -> bool {
+        self.version == LEGACY_CURSOR_VERSION
+    }
+
     /// A fresh walk of the changes after `since` (pinned at `since_at`).
     pub(crate) fn after(since: u64, since_at: u64) -> Self {
         Self {
@@ -260,7 +285,7 @@ impl Cursor {
     /// See [`Cursor`].
     pub fn to_bytes(&self) -> [u8; CURSOR_LEN] {
         let mut b = [0u8; CURSOR_LEN];
-        b[0] = CURSOR_VERSION;
+        b[0] = self.version;
         b[CURSOR_PHASE] = self.phase;
         let fields = [
             (CURSOR_SINCE, self.since),
@@ -288,11 +313,15 @@ impl Cursor {
     /// assert!(readmark::Cursor::from_bytes(b"nope").is_err());
     /// ```
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
-        if b.len() != CURSOR_LEN || b[0] != CURSOR_VERSION || b[CURSOR_PHASE] > 1 {
+        if b.len() != CURSOR_LEN
+            || !(b[0] == CURSOR_VERSION || b[0] == LEGACY_CURSOR_VERSION)
+            || b[CURSOR_PHASE] > 1
+        {
             return Err(Error::InvalidCursor);
         }
         let get = |at: usize| BigEndian::read_u64(&b[at..at + 8]);
         let c = Self {
+            version: b[0],
             phase: b[CURSOR_PHASE],
             since: get(CURSOR_SINCE),
             since_at: get(CURSOR_SINCE_AT),
@@ -379,6 +408,7 @@ mod tests {
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
         let c = Cursor {
+            version: CURSOR_VERSION,
             phase: 1,
             since: 1,
             since_at: 6,
@@ -406,6 +436,17 @@ mod tests {
         assert!("é".repeat(CURSOR_LEN).parse::<Cursor>().is_err());
         let backwards = Cursor { since: 9, ..c };
         assert!(Cursor::from_bytes(&backwards.to_bytes()).is_err());
+        // A format-3 cursor still decodes (and round-trips), as legacy.
+        let old = Cursor {
+            version: LEGACY_CURSOR_VERSION,
+            ..c
+        };
+        let decoded = Cursor::from_bytes(&old.to_bytes()).unwrap();
+        assert!(decoded.legacy() && !c.legacy());
+        assert_eq!(decoded.to_bytes(), old.to_bytes());
+        let mut future = b;
+        future[0] = CURSOR_VERSION + 1;
+        assert!(Cursor::from_bytes(&future).is_err());
     }
 
     #[test]

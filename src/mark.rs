@@ -16,6 +16,8 @@
 //! at           8 BE  bits & BIT_MARK
 //! flag_time    8 BE  bits & BIT_FLAG
 //! flag_pos     8 BE  bits & BIT_FLAG_POS (only with BIT_FLAG)
+//! changed      8 BE  bits & BIT_CHANGED (format 4: the change-log sequence
+//!                    of the flush that last moved the mark; catch-up)
 //! ```
 //!
 //! Fields are packed: an absent field takes no space, so `flag_time` starts
@@ -42,12 +44,18 @@ pub(crate) const BIT_FLAG: u8 = 0x02;
 pub(crate) const BIT_FLAG_SET: u8 = 0x04;
 /// Bit: the `flag_pos` field is present (a mark existed when the flag was written).
 pub(crate) const BIT_FLAG_POS: u8 = 0x08;
-const KNOWN_BITS: u8 = BIT_MARK | BIT_FLAG | BIT_FLAG_SET | BIT_FLAG_POS;
+/// Bit: the `changed` field is present.
+pub(crate) const BIT_CHANGED: u8 = 0x10;
+const KNOWN_BITS: u8 = BIT_MARK | BIT_FLAG | BIT_FLAG_SET | BIT_FLAG_POS | BIT_CHANGED;
 /// Length of a value holding a mark and no flag.
 #[cfg(test)]
 pub(crate) const PLAIN_MARK_LEN: usize = FIELDS_OFFSET + 16;
-/// The longest encoding: a mark and a flag with its position.
-pub(crate) const MAX_ENCODED_LEN: usize = FIELDS_OFFSET + 32;
+/// The longest encoding: a mark, a flag with its position, and a change
+/// sequence.
+pub(crate) const MAX_ENCODED_LEN: usize = FIELDS_OFFSET + 40;
+/// The longest encoding without a change sequence (what the journal holds:
+/// sequences are assigned when a flush writes the mark).
+pub(crate) const MAX_UNSEQUENCED_LEN: usize = FIELDS_OFFSET + 32;
 
 /// A last-read pointer: `user` has read everything up to and including
 /// `up_to`, and reached it at `at`.
@@ -136,6 +144,9 @@ impl UnreadFlag {
 pub(crate) struct MarkState {
     pub(crate) mark: Option<ReadMark>,
     pub(crate) flag: Option<UnreadFlag>,
+    /// The change-log sequence of the flush that last moved the mark (0:
+    /// none recorded). Joined by max, so it is a third semilattice half.
+    pub(crate) changed: u64,
 }
 
 impl MarkState {
@@ -143,6 +154,7 @@ impl MarkState {
         Self {
             mark: Some(ReadMark { up_to, at }),
             flag: None,
+            changed: 0,
         }
     }
 
@@ -150,6 +162,7 @@ impl MarkState {
         Self {
             mark: None,
             flag: Some(flag),
+            changed: 0,
         }
     }
 
@@ -172,6 +185,10 @@ impl MarkState {
                 changed = true;
             }
         }
+        if other.changed > self.changed {
+            self.changed = other.changed;
+            changed = true;
+        }
         changed
     }
 
@@ -189,6 +206,7 @@ impl MarkState {
         Self {
             mark: ReadMark::join(self.mark, other.mark),
             flag: UnreadFlag::join(self.flag, other.flag),
+            changed: self.changed.max(other.changed),
         }
     }
 
@@ -213,6 +231,9 @@ impl MarkState {
             if f.pos.is_some() {
                 n += 8;
             }
+        }
+        if self.changed != 0 {
+            n += 8;
         }
         n
     }
@@ -239,6 +260,9 @@ impl MarkState {
                 bits |= BIT_FLAG_POS;
             }
         }
+        if self.changed != 0 {
+            bits |= BIT_CHANGED;
+        }
         out[VERSION_OFFSET] = MARK_VERSION;
         out[BITS_OFFSET] = bits;
         let mut n = FIELDS_OFFSET;
@@ -255,6 +279,9 @@ impl MarkState {
             if let Some(p) = f.pos {
                 put(p);
             }
+        }
+        if self.changed != 0 {
+            put(self.changed);
         }
         n
     }
@@ -273,6 +300,9 @@ impl MarkState {
                 bits |= BIT_FLAG_POS;
             }
         }
+        if self.changed != 0 {
+            bits |= BIT_CHANGED;
+        }
         out.push(MARK_VERSION);
         out.push(bits);
         let mut word = [0u8; 8];
@@ -289,6 +319,10 @@ impl MarkState {
                 BigEndian::write_u64(&mut word, p);
                 out.extend_from_slice(&word);
             }
+        }
+        if self.changed != 0 {
+            BigEndian::write_u64(&mut word, self.changed);
+            out.extend_from_slice(&word);
         }
     }
 
@@ -340,10 +374,23 @@ impl MarkState {
         } else {
             None
         };
+        let changed = if bits & BIT_CHANGED != 0 {
+            // Present means non-zero: one encoding per record.
+            match take()? {
+                0 => return None,
+                v => v,
+            }
+        } else {
+            0
+        };
         if !rest.is_empty() {
             return None;
         }
-        Some(Self { mark, flag })
+        Some(Self {
+            mark,
+            flag,
+            changed,
+        })
     }
 }
 
@@ -362,7 +409,10 @@ mod tests {
                     at: Timestamp(a),
                 }),
                 flag: f.map(|(time, set, pos)| UnreadFlag { time, set, pos }),
+                changed: 0,
             })
+            .prop_flat_map(|s| (Just(s), 0u64..3))
+            .prop_map(|(s, changed)| MarkState { changed, ..s })
     }
 
     proptest! {
@@ -420,6 +470,7 @@ mod tests {
                 set: true,
                 pos: Some(4),
             }),
+            changed: 0,
         };
         let bytes = s.encode();
         let mut want = vec![1, BIT_MARK | BIT_FLAG | BIT_FLAG_SET | BIT_FLAG_POS];
@@ -432,10 +483,37 @@ mod tests {
     }
 
     #[test]
+    fn golden_mark_with_change_sequence() {
+        let s = MarkState {
+            changed: 0x0D,
+            ..MarkState::from_mark(MessageId(1), Timestamp(2))
+        };
+        let bytes = s.encode();
+        let mut want = vec![1, BIT_MARK | BIT_CHANGED];
+        for v in [1u64, 2, 0x0D] {
+            want.extend_from_slice(&v.to_be_bytes());
+        }
+        assert_eq!(bytes, want);
+        assert_eq!(MarkState::decode(&bytes), Some(s));
+        // The join keeps the newest sequence, whichever mark wins.
+        let older = MarkState {
+            changed: 3,
+            ..MarkState::from_mark(MessageId(9), Timestamp(2))
+        };
+        assert_eq!(s.join(older).changed, 0x0D);
+        assert_eq!(older.join(s).mark, older.mark);
+    }
+
+    #[test]
     fn malformed_is_rejected() {
         assert_eq!(MarkState::decode(&[]), None);
         assert_eq!(MarkState::decode(&[2, 0]), None);
-        assert_eq!(MarkState::decode(&[1, 0x10]), None);
+        assert_eq!(MarkState::decode(&[1, 0x20]), None);
+        // A present sequence is never zero (one encoding per record).
+        assert_eq!(
+            MarkState::decode(&[1, BIT_CHANGED, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None
+        );
         assert_eq!(MarkState::decode(&[1, BIT_FLAG_SET]), None);
         assert_eq!(MarkState::decode(&[1, BIT_MARK, 0]), None);
         let mut long = MarkState::from_mark(MessageId(1), Timestamp(1)).encode();

@@ -447,7 +447,7 @@ fn stale_and_duplicate_updates_write_nothing() {
     store.flush().unwrap();
     let s = store.stats();
     assert_eq!(s.keys_written, before.keys_written, "{s:?}");
-    assert_eq!(s.change_records, before.change_records);
+    assert_eq!(s.change_sequences, before.change_sequences);
     assert_eq!(s.no_ops - before.no_ops, 4);
     // After a reopen the buffer does not know the stored mark: the no-op
     // is found at the flush instead, still without a write.
@@ -458,5 +458,5 @@ fn stale_and_duplicate_updates_write_nothing() {
         .unwrap();
     store.flush().unwrap();
     let s = store.stats();
-    assert_eq!((s.keys_written, s.change_records, s.no_ops), (0, 0, 1));
+    assert_eq!((s.keys_written, s.change_sequences, s.no_ops), (0, 0, 1));
 }

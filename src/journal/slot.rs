@@ -37,7 +37,7 @@
 
 use byteorder::{BigEndian, ByteOrder};
 
-use crate::mark::{MarkState, MAX_ENCODED_LEN};
+use crate::mark::{MarkState, MAX_ENCODED_LEN, MAX_UNSEQUENCED_LEN};
 
 /// Magic bytes opening the slot file ("readmark slots, layout 1").
 pub(crate) const SLOT_MAGIC: &[u8; 8] = b"RDMKSLT1";
@@ -69,7 +69,7 @@ pub(crate) const COPY_STATE: usize = 40;
 /// Version byte of a copy; 0 is an empty (zeroed) copy.
 pub(crate) const COPY_FORMAT: u8 = 1;
 
-const _: () = assert!(COPY_STATE + MAX_ENCODED_LEN <= COPY_LEN);
+const _: () = assert!(COPY_STATE + MAX_UNSEQUENCED_LEN <= COPY_LEN);
 
 /// Bytes of a file holding `slots` slots.
 pub(crate) const fn file_len(slots: usize) -> usize {
@@ -164,8 +164,14 @@ pub(crate) fn encode_copy(out: &mut [u8; COPY_LEN], epoch: u64, copy: &Copy) {
 /// [`encode_copy`] from a precomputed [`epoch_hasher`].
 #[inline]
 pub(crate) fn encode_copy_with(out: &mut [u8; COPY_LEN], epoch: &crc32fast::Hasher, copy: &Copy) {
+    // Without its change sequence: the journal holds updates not yet
+    // written, and a sequence is assigned when a flush writes them.
     let mut state = [0u8; MAX_ENCODED_LEN];
-    let len = copy.state.encode_to(&mut state);
+    let len = MarkState {
+        changed: 0,
+        ..copy.state
+    }
+    .encode_to(&mut state);
     out.fill(0);
     out[COPY_VERSION] = COPY_FORMAT;
     #[allow(clippy::cast_possible_truncation)]
@@ -211,7 +217,7 @@ pub(crate) fn read_copy(buf: &[u8], epoch: u64) -> CopyRead {
     let len = usize::from(buf[COPY_STATE_LEN]);
     if buf[COPY_VERSION] != COPY_FORMAT
         || buf[COPY_STATE_LEN + 1..COPY_SEQ].iter().any(|&b| b != 0)
-        || len > MAX_ENCODED_LEN
+        || len > MAX_UNSEQUENCED_LEN
         || buf[COPY_STATE + len..].iter().any(|&b| b != 0)
     {
         return CopyRead::Malformed;
@@ -219,6 +225,9 @@ pub(crate) fn read_copy(buf: &[u8], epoch: u64) -> CopyRead {
     let Some(state) = MarkState::decode(&buf[COPY_STATE..COPY_STATE + len]) else {
         return CopyRead::Malformed;
     };
+    if state.changed != 0 {
+        return CopyRead::Malformed;
+    }
     CopyRead::Valid(Copy {
         seq: BigEndian::read_u64(&buf[COPY_SEQ..COPY_CONVERSATION]),
         conversation: BigEndian::read_u64(&buf[COPY_CONVERSATION..COPY_USER]),

@@ -14,7 +14,7 @@
 //! marks it records, so it is exactly as durable, and survives restart with
 //! them. Its sequence counter is stored in `meta` in that batch too.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -500,37 +500,48 @@ impl ChangeLog {
         s.written_stamp = s.stamp;
     }
 
-    /// Adds `(conversation, reader, by_conversation, by_reader)` changes to
-    /// `batch`: in the conversation's log (listed to the other members), in
-    /// the reader's (listed to their own devices), or both.
+    /// The next sequence number, for a flushed advance: it goes into the
+    /// mark itself (`MarkState::changed`), not into a row. Called with the
+    /// flush lock held (or by the replay at open).
+    pub(crate) fn next(&self, db: &DB) -> Result<u64> {
+        let mut s = self.state.lock();
+        s.stamp = s.stamp.max(self.clock.now());
+        Self::assign(db, &mut s)
+    }
+
+    fn assign(db: &DB, s: &mut LogState) -> Result<u64> {
+        if s.assigned >= s.reserved {
+            let next = s.reserved.saturating_add(CHANGE_SEQ_BLOCK);
+            reserve(db, next)?;
+            s.reserved = next;
+        }
+        s.assigned += 1;
+        Ok(s.assigned)
+    }
+
+    /// Adds structural changes (a join, a leave, a privacy change) to
+    /// `batch`: `(conversation, reader)` rows in the conversation's log,
+    /// listed again (or as hidden) to the other members. Called with the
+    /// flush lock held, so batches carrying sequences are written in
+    /// sequence order.
     pub(crate) fn append_rows(
         &self,
         db: &DB,
-        rows: impl Iterator<Item = (u64, u64, bool, bool)>,
+        rows: impl Iterator<Item = (u64, u64)>,
         batch: &mut WriteBatch,
     ) -> Result<()> {
-        let handle = |cf: Cf| {
-            db.cf_handle(cf.name())
-                .ok_or(Error::InvalidArgument("column family missing"))
-        };
-        let (conv_log, user_log) = (handle(Cf::Changes)?, handle(Cf::UserChanges)?);
+        let conv_log = db
+            .cf_handle(Cf::Changes.name())
+            .ok_or(Error::InvalidArgument("column family missing"))?;
         let mut s = self.state.lock();
         s.stamp = s.stamp.max(self.clock.now());
-        for (c, u, by_conv, by_reader) in rows {
-            if s.assigned >= s.reserved {
-                let next = s.reserved.saturating_add(CHANGE_SEQ_BLOCK);
-                reserve(db, next)?;
-                s.reserved = next;
-            }
-            s.assigned += 1;
-            let written_at = s.stamp;
-            let rec = |id| ChangeRecord { id, written_at }.encode();
-            if by_conv {
-                batch.put_cf(conv_log, keys::pair_key(c, s.assigned), rec(u));
-            }
-            if by_reader {
-                batch.put_cf(user_log, keys::pair_key(u, s.assigned), rec(c));
-            }
+        for (c, u) in rows {
+            let seq = Self::assign(db, &mut s)?;
+            let rec = ChangeRecord {
+                id: u,
+                written_at: s.stamp,
+            };
+            batch.put_cf(conv_log, keys::pair_key(c, seq), rec.encode());
         }
         Ok(())
     }
@@ -772,7 +783,8 @@ impl Store {
         // retention filter removes changes stamped `retention` before its
         // clock, which is this one.
         let now = self.clock.now();
-        if cursor.since > seq_now
+        if cursor.legacy()
+            || cursor.since > seq_now
             || cursor.high > seq_now
             || cursor.since_at > now.max(pinned_at)
             || now.saturating_sub(cursor.since_at) >= retention
@@ -784,99 +796,108 @@ impl Store {
             c.high = seq_now;
             c.high_at = pinned_at;
         }
+        // Changes in (since, high]: every one of them has landed (`pin`),
+        // so this view, taken after it, holds them.
+        let in_walk = |seq: u64| seq > c.since && seq <= c.high;
         let view = self.snapshot_view();
         let mut states = Vec::new();
-        let mut seen: HashSet<(u64, u64)> = HashSet::new();
         let mut hidden: Vec<(ConversationId, UserId)> = Vec::new();
+        let full = |states: &Vec<ReadState>, hidden: &Vec<(ConversationId, UserId)>| {
+            states.len() + hidden.len() >= limit
+        };
+        let conversations = super::conversations::conversations_in(&view, user)?;
         if c.phase == 0 {
-            let mut stop = None;
-            let after = c.since.max(c.resume_b);
-            walk_log(&view, Cf::UserChanges, user.0, after, c.high, |seq, id| {
-                if !seen.insert((id, user.0)) {
-                    return Ok(ControlFlow::Continue(()));
+            // The user's own marks (their other devices): each carries the
+            // sequence of the flush that last moved it.
+            for &conversation in conversations.iter().filter(|c2| c2.0 >= c.resume_a) {
+                let stored = view.stored_mark(conversation, user)?;
+                if stored.mark.is_none() || !in_walk(stored.changed) {
+                    continue;
                 }
-                if states.len() + hidden.len() >= limit {
-                    stop = Some(seq - 1);
-                    return Ok(ControlFlow::Break(()));
+                if full(&states, &hidden) {
+                    c.resume_a = conversation.0;
+                    return Ok(CatchUp::Changes(Changes {
+                        states,
+                        hidden,
+                        next: c,
+                        more: true,
+                    }));
                 }
-                let conversation = ConversationId(id);
-                if view.member_record(conversation, user)?.is_some() {
-                    if let Some(s) = read_state(&view, conversation, user)? {
-                        states.push(s);
-                    }
+                if let Some(s) = read_state(&view, conversation, user)? {
+                    states.push(s);
                 }
-                Ok(ControlFlow::Continue(()))
-            })?;
-            if let Some(at) = stop {
-                c.resume_b = at;
-                return Ok(CatchUp::Changes(Changes {
-                    states,
-                    hidden,
-                    next: c,
-                    more: true,
-                }));
             }
             c.phase = 1;
             c.resume_a = 0;
             c.resume_b = 0;
         }
-        for conversation in super::conversations::conversations_in(&view, user)? {
-            if conversation.0 < c.resume_a {
-                continue;
-            }
+        for &conversation in conversations.iter().filter(|c2| c2.0 >= c.resume_a) {
             let conv = view.conversation_record(conversation)?;
             if !self.shows_others(&conv) {
                 continue;
             }
-            let from = if conversation.0 == c.resume_a {
-                c.since.max(c.resume_b)
-            } else {
-                c.since
-            };
             // Changes up to the user's join are none of their business: no
             // "forget" for readers who left or hid before they came.
             let joined = view
                 .member_record(conversation, user)?
                 .map_or(0, |m| m.joined_seq);
-            let mut stop = None;
+            // Who to list, by reader: the public members whose mark moved in
+            // the walk, and the readers a structural change names (a join,
+            // a shrink or going public made their mark visible; a leave or
+            // going private hid it), with the newest such change.
+            let mut candidates: BTreeMap<u64, u64> = BTreeMap::new();
+            view.for_each_member(conversation, |reader, member, state| {
+                if reader != user
+                    && !member.is_private()
+                    && state.mark.is_some()
+                    && in_walk(state.changed)
+                {
+                    candidates.insert(reader.0, 0);
+                }
+                ControlFlow::Continue(())
+            })?;
             walk_log(
                 &view,
                 Cf::Changes,
                 conversation.0,
-                from,
+                c.since,
                 c.high,
                 |seq, id| {
-                    let reader = UserId(id);
-                    if reader == user || !seen.insert((conversation.0, id)) {
-                        return Ok(ControlFlow::Continue(()));
-                    }
-                    if states.len() + hidden.len() >= limit {
-                        stop = Some(seq - 1);
-                        return Ok(ControlFlow::Break(()));
-                    }
-                    let shown = view
-                        .member_record(conversation, reader)?
-                        .is_some_and(|m| !m.is_private());
-                    // Left, private, or (after leaving and joining again)
-                    // no mark yet: whatever the user was shown is stale.
-                    match shown.then(|| read_state(&view, conversation, reader)) {
-                        Some(Ok(Some(s))) => states.push(s),
-                        Some(Err(e)) => return Err(e),
-                        _ if seq <= joined => {}
-                        _ => hidden.push((conversation, reader)),
+                    if id != user.0 {
+                        let e = candidates.entry(id).or_insert(seq);
+                        *e = (*e).max(seq);
                     }
                     Ok(ControlFlow::Continue(()))
                 },
             )?;
-            if let Some(at) = stop {
-                c.resume_a = conversation.0;
-                c.resume_b = at;
-                return Ok(CatchUp::Changes(Changes {
-                    states,
-                    hidden,
-                    next: c,
-                    more: true,
-                }));
+            let from = if conversation.0 == c.resume_a {
+                c.resume_b
+            } else {
+                0
+            };
+            for (&reader, &row) in candidates.range(from..) {
+                if full(&states, &hidden) {
+                    c.resume_a = conversation.0;
+                    c.resume_b = reader;
+                    return Ok(CatchUp::Changes(Changes {
+                        states,
+                        hidden,
+                        next: c,
+                        more: true,
+                    }));
+                }
+                let reader = UserId(reader);
+                let shown = view
+                    .member_record(conversation, reader)?
+                    .is_some_and(|m| !m.is_private());
+                // Left, private, or (after leaving and joining again) no
+                // mark yet: whatever the user was shown is stale.
+                match shown.then(|| read_state(&view, conversation, reader)) {
+                    Some(Ok(Some(s))) => states.push(s),
+                    Some(Err(e)) => return Err(e),
+                    _ if row <= joined => {}
+                    _ => hidden.push((conversation, reader)),
+                }
             }
         }
         Ok(CatchUp::Changes(Changes {

@@ -58,7 +58,8 @@ pub(crate) struct Plan {
     pub(crate) outcomes: Vec<Outcome>,
     pub(crate) marks: u64,
     pub(crate) runs: u64,
-    pub(crate) change_rows: u64,
+    /// Advances given a change sequence.
+    pub(crate) sequenced: u64,
     pub(crate) no_ops: u64,
 }
 
@@ -76,8 +77,8 @@ fn handle(db: &DB, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
 ///
 /// Records that do not decode are not an error here: a damaged member
 /// record must not stop marks from being written (that would poison the
-/// store). Its key gets its mark, no run, and a change-log entry only in
-/// the reader's own log (fail closed, as if private).
+/// store). Its key gets its mark and no run; catch-up treats the reader as
+/// private (fail closed).
 pub(crate) fn plan_round(
     db: &DB,
     policy: &ReceiptPolicy,
@@ -110,10 +111,8 @@ pub(crate) fn plan_round(
     let messages = handle(db, Cf::Messages)?;
     let mut messages_it: Option<rocksdb::DBRawIterator<'_>> = None;
     let mut per_message: HashMap<u64, bool> = HashMap::new();
-    let mut rows = Vec::new();
     for item in items {
         if in_batch >= keys_per_batch.max(1) {
-            changes.append_rows(db, rows.drain(..), &mut batch)?;
             plan.batches.push(std::mem::take(&mut batch));
             in_batch = 0;
         }
@@ -140,13 +139,20 @@ pub(crate) fn plan_round(
                 .and_then(|v| MarkState::decode(&v))
                 .unwrap_or_default(),
         };
-        let new = prev.join(item.state);
+        let mut new = prev.join(item.state);
         if new == prev {
             plan.no_ops += 1;
             plan.outcomes.push(Outcome::Stored(prev));
             continue;
         }
         let advanced = new.mark != prev.mark;
+        if advanced {
+            // The change-log entry of an advance is its sequence, in the
+            // mark: catch-up finds the marks that moved since a cursor by
+            // scanning them (docs/design.md §15.5), and no row is written.
+            new.changed = changes.next(db)?;
+            plan.sequenced += 1;
+        }
         // A private member's reads get no run: going public later must not
         // reveal what was read while private (privacy.rs).
         let runs_kept = member
@@ -202,17 +208,8 @@ pub(crate) fn plan_round(
         batch.merge_cf(marks, key, new.encode());
         plan.marks += 1;
         in_batch += 1;
-        if advanced {
-            // A private reader's advances are nobody else's business, not
-            // even that they happened: only their own log gets them. A
-            // record that does not decode counts as private (fail closed).
-            let private = member.as_ref().is_none_or(MemberRecord::is_private);
-            rows.push((c, u, !private, true));
-            plan.change_rows += if private { 1 } else { 2 };
-        }
         plan.outcomes.push(Outcome::Stored(new));
     }
-    changes.append_rows(db, rows.drain(..), &mut batch)?;
     if !batch.is_empty() {
         plan.batches.push(batch);
     }

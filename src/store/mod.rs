@@ -224,9 +224,9 @@ pub struct Stats {
     /// Read-time records written: one run per flushed advance over messages
     /// that keep per-message receipts, one per recorded single view.
     pub read_time_records: u64,
-    /// Change-log rows written by flushes (two per flushed advance of a
-    /// public reader, one for a private one).
-    pub change_records: u64,
+    /// Flushed advances given a change-log sequence (kept in the mark
+    /// itself, for catch-up: no row is written for them).
+    pub change_sequences: u64,
     /// Updates that changed nothing (stale or duplicated), found on the
     /// write path or at a flush: they cost no write.
     pub no_ops: u64,
@@ -605,7 +605,7 @@ impl Store {
             malformed_operands: self.merge_counters.malformed.load(Ordering::Relaxed),
             receipt_operands: load(&c.receipt_operands),
             read_time_records: load(&c.read_time_records),
-            change_records: load(&c.change_records),
+            change_sequences: load(&c.change_sequences),
             no_ops: load(&c.no_ops),
         }
     }

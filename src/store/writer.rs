@@ -55,7 +55,7 @@ pub(crate) struct WriterCounters {
     pub(crate) no_ops: AtomicU64,
     pub(crate) receipt_operands: AtomicU64,
     pub(crate) read_time_records: AtomicU64,
-    pub(crate) change_records: AtomicU64,
+    pub(crate) change_sequences: AtomicU64,
 }
 
 /// Reader registration that lets the flusher evict clean entries without a
@@ -550,8 +550,8 @@ impl Writer {
         self.changes.mark_written();
         c.keys_written.fetch_add(plan.marks, Ordering::Relaxed);
         c.read_time_records.fetch_add(plan.runs, Ordering::Relaxed);
-        c.change_records
-            .fetch_add(plan.change_rows, Ordering::Relaxed);
+        c.change_sequences
+            .fetch_add(plan.sequenced, Ordering::Relaxed);
         c.no_ops.fetch_add(plan.no_ops, Ordering::Relaxed);
         let outcomes = plan.outcomes;
         if sync {
@@ -630,8 +630,10 @@ impl Writer {
         self.check_poison()?;
         let rows = rows(self.changes.assigned(), &mut batch)?;
         if !rows.is_empty() {
-            let rows = rows.iter().map(|&(c, u)| (c, u, true, false));
-            if let Err(e) = self.changes.append_rows(&self.db, rows, &mut batch) {
+            if let Err(e) = self
+                .changes
+                .append_rows(&self.db, rows.into_iter(), &mut batch)
+            {
                 return Err(self.poison("change log", e));
             }
         }
