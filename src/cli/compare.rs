@@ -264,6 +264,61 @@ impl Generator for Chat {
     }
 }
 
+/// The `updates` stream: visits of `burst` read updates to keys of a fixed
+/// set of conversations, and no messages: what every design does per mark
+/// update alone (the concurrency and durability comparison).
+pub(crate) struct Updates {
+    rng: ChaCha8Rng,
+    convs: Vec<(u64, Vec<u64>)>,
+    next: HashMap<(u64, u64), u64>,
+    burst: u64,
+    t: u64,
+}
+
+impl Updates {
+    pub(crate) fn new(seed: u64, groups: u64, members: u64, burst: u64, start_ms: u64) -> Self {
+        let members = members.max(1);
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            convs: (0..groups.max(1))
+                .map(|g| (g + 1, (0..members).map(|m| g * members + m + 1).collect()))
+                .collect(),
+            next: HashMap::new(),
+            burst: burst.max(1),
+            t: start_ms,
+        }
+    }
+}
+
+impl Generator for Updates {
+    fn convs(&self) -> &[(u64, Vec<u64>)] {
+        &self.convs
+    }
+
+    fn fill(&mut self, updates: u64, out: &mut Vec<Op>) -> u64 {
+        let mut done = 0u64;
+        while done < updates {
+            let g = self.rng.random_range(0..self.convs.len());
+            let k = self.rng.random_range(0..self.convs[g].1.len());
+            let (conv, user) = (self.convs[g].0, self.convs[g].1[k]);
+            let next = self.next.entry((conv, user)).or_insert(0);
+            for _ in 0..self.burst.min(updates - done) {
+                *next += 1;
+                self.t += 100;
+                out.push(Op::Read {
+                    conv,
+                    user,
+                    msg: *next,
+                    t: self.t,
+                });
+                done += 1;
+            }
+            out.push(Op::Leave { conv, user });
+        }
+        done
+    }
+}
+
 /// The world and the operations of a `visits` stream, generated at once.
 #[cfg(test)]
 pub(crate) struct Stream {
@@ -1169,7 +1224,7 @@ pub(crate) fn run(args: &BenchArgs) -> readmark::Result<()> {
         args.threads.clone()
     };
     let bursts = match args.stream {
-        StreamArg::Visits => args.burst.clone(),
+        StreamArg::Visits | StreamArg::Updates => args.burst.clone(),
         StreamArg::Chat => vec![0],
     };
     let per_run = |d: &Design| {
@@ -1213,6 +1268,12 @@ pub(crate) fn run(args: &BenchArgs) -> readmark::Result<()> {
                     let (seed, groups, members) = (args.seed, args.groups, args.group_members);
                     Box::new(move || -> Box<dyn Generator> {
                         Box::new(Chat::new(seed, groups, members, start_ms))
+                    })
+                }
+                StreamArg::Updates => {
+                    let (seed, groups, members) = (args.seed, args.groups, args.group_members);
+                    Box::new(move || -> Box<dyn Generator> {
+                        Box::new(Updates::new(seed, groups, members, burst, start_ms))
                     })
                 }
             };
@@ -1288,7 +1349,11 @@ fn summarise(
         let chat = args.stream == StreamArg::Chat;
         let disk = bytes_per_update(runs);
         rows.push(Row {
-            stream: if chat { "chat" } else { "visits" },
+            stream: match args.stream {
+                StreamArg::Visits => "visits",
+                StreamArg::Chat => "chat",
+                StreamArg::Updates => "updates",
+            },
             burst,
             threads,
             design: d.name(),
@@ -1360,6 +1425,10 @@ fn opt(v: Option<f64>, prec: usize) -> String {
 fn print_table(args: &BenchArgs, rows: &[Row]) {
     let stream = match args.stream {
         StreamArg::Visits => format!("visits stream, {} users", args.users),
+        StreamArg::Updates => format!(
+            "updates stream (no messages), {} conversations of {} members",
+            args.groups, args.group_members
+        ),
         StreamArg::Chat => format!(
             "chat stream, {} groups of {} members",
             args.groups, args.group_members
@@ -1390,7 +1459,7 @@ fn print_table(args: &BenchArgs, rows: &[Row]) {
     for (threads, burst) in groups {
         println!();
         match args.stream {
-            StreamArg::Visits => println!("{threads} thread(s), burst {burst}: open a conversation, scroll past {burst} new messages (one update each), leave"),
+            StreamArg::Visits | StreamArg::Updates => println!("{threads} thread(s), burst {burst}: open a conversation, scroll past {burst} new messages (one update each), leave"),
             StreamArg::Chat => println!("{threads} thread(s): open a group, read what the others posted since (one update each), post {CHAT_SENDS_PER_VISIT} messages, leave"),
         }
         println!(

@@ -166,14 +166,16 @@ pub(crate) struct BenchArgs {
     /// conversations whose id is its index modulo the count.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub(crate) threads: Vec<u64>,
-    /// Which stream: `visits` (open, scroll `burst` messages, leave) or
-    /// `chat` (small groups where every member reads and posts).
+    /// Which stream: `visits` (open, scroll `burst` messages, leave),
+    /// `chat` (small groups where every member reads and posts), or
+    /// `updates` (visits of `burst` updates to keys of `--groups`
+    /// conversations of `--group-members`, no messages).
     #[arg(long, value_enum, default_value_t = StreamArg::Visits)]
     pub(crate) stream: StreamArg,
-    /// Chat stream: number of groups.
+    /// Chat and updates streams: number of conversations.
     #[arg(long, default_value_t = 250)]
     pub(crate) groups: u64,
-    /// Chat stream: members per group.
+    /// Chat and updates streams: members per conversation.
     #[arg(long, default_value_t = 8)]
     pub(crate) group_members: u64,
     /// Steady state: replay each design for at least this many seconds
@@ -274,6 +276,7 @@ pub(crate) struct DemoArgs {
 pub(crate) enum StreamArg {
     Visits,
     Chat,
+    Updates,
 }
 
 /// A durability level on the command line.

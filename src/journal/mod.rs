@@ -44,6 +44,12 @@ pub(crate) const SLOT_FILE: &str = "slots";
 pub(crate) const LEGACY_SEGMENTS: usize = 2;
 /// Epochs and sequence numbers at or above this are refused at recovery.
 const COUNTER_LIMIT: u64 = 1 << 62;
+/// How long a group commit's leader waits for more writers to join, at
+/// most, while they keep coming.
+const GATHER: std::time::Duration = std::time::Duration::from_micros(300);
+/// The leader also stops gathering after this many yields in a row without
+/// a new ticket (and nobody in flight).
+const GATHER_QUIET_YIELDS: u32 = 8;
 /// Smallest journal accepted by the configuration (360 slots).
 pub(crate) const MIN_JOURNAL_BYTES: usize = 64 << 10;
 
@@ -223,6 +229,10 @@ pub(crate) struct Journal {
     tickets: AtomicU64,
     /// Every ticket at or below this is covered by a completed fdatasync.
     synced: AtomicU64,
+    /// Writers between `durable_writer` and the end of their sync.
+    durable_writers: std::sync::atomic::AtomicUsize,
+    /// Of those, the ones waiting in (or leading) a sync.
+    in_sync: std::sync::atomic::AtomicUsize,
     /// Group commit: whether a leader is syncing; waiters sleep on `sync_cv`.
     syncing: Mutex<bool>,
     sync_cv: Condvar,
@@ -350,6 +360,8 @@ impl Journal {
             free: Mutex::new(free),
             tickets: AtomicU64::new(0),
             synced: AtomicU64::new(0),
+            durable_writers: std::sync::atomic::AtomicUsize::new(0),
+            in_sync: std::sync::atomic::AtomicUsize::new(0),
             syncing: Mutex::new(false),
             sync_cv: Condvar::new(),
             sync_failed: AtomicBool::new(false),
@@ -455,6 +467,17 @@ impl Journal {
         if covered(self)? {
             return Ok(());
         }
+        self.in_sync.fetch_add(1, Ordering::AcqRel);
+        let result = self.wait_or_lead(ticket, covered);
+        self.in_sync.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+
+    fn wait_or_lead(
+        &self,
+        _ticket: u64,
+        covered: impl Fn(&Self) -> std::io::Result<bool>,
+    ) -> std::io::Result<()> {
         let mut syncing = self.syncing.lock();
         loop {
             if covered(self)? {
@@ -473,6 +496,14 @@ impl Journal {
         result
     }
 
+    /// Registers a writer that will take a ticket and sync (a `PowerLoss`
+    /// update) until the guard drops: a group commit's leader waits for
+    /// registered writers to reach their sync before it starts one.
+    pub(crate) fn durable_writer(&self) -> DurableWriter<'_> {
+        self.durable_writers.fetch_add(1, Ordering::AcqRel);
+        DurableWriter(self)
+    }
+
     fn sync_now(&self) -> std::io::Result<()> {
         let fail = |e: std::io::Error| {
             self.sync_failed.store(true, Ordering::Release);
@@ -481,7 +512,29 @@ impl Journal {
         self.injected_fault().map_err(fail)?;
         // Every ticket up to `target` was taken after its copies were in
         // the mapping (and this load sees them, Acquire).
-        let target = self.tickets.load(Ordering::Acquire);
+        let mut target = self.tickets.load(Ordering::Acquire);
+        // Gather: while writers are between their copy and their ticket, or
+        // tickets keep coming, give them a moment (at most `GATHER`) to
+        // join this sync rather than wait a whole fsync for the next one
+        // (PostgreSQL's commit_delay, made adaptive: a lone writer pays a
+        // few yields).
+        let deadline = std::time::Instant::now() + GATHER;
+        let mut quiet = 0;
+        loop {
+            let in_flight =
+                self.in_sync.load(Ordering::Acquire) < self.durable_writers.load(Ordering::Acquire);
+            if !in_flight && quiet >= GATHER_QUIET_YIELDS || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::yield_now();
+            let now = self.tickets.load(Ordering::Acquire);
+            if now == target {
+                quiet += 1;
+            } else {
+                quiet = 0;
+                target = now;
+            }
+        }
         // fdatasync on the mapped file: Linux marks pages of a shared
         // mapping dirty in the page cache at the first write fault, and
         // msync(MS_SYNC) itself is vfs_fsync_range on the file.
@@ -499,6 +552,15 @@ impl Journal {
     /// Group-commit fsyncs since open.
     pub(crate) fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
+    }
+}
+
+/// A registered durable writer (see [`Journal::durable_writer`]).
+pub(crate) struct DurableWriter<'a>(&'a Journal);
+
+impl Drop for DurableWriter<'_> {
+    fn drop(&mut self) {
+        self.0.durable_writers.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -271,6 +271,7 @@ impl Writer {
         want_prev: bool,
     ) -> Result<Applied> {
         self.check_poison()?;
+        let _durable = (durability == Durability::PowerLoss).then(|| self.journal.durable_writer());
         loop {
             let key = (conversation, user);
             let mut shard = self.combiner.lock(conversation);
