@@ -284,6 +284,95 @@ mod tests {
         assert_eq!(left, vec![0, 4, 5]);
     }
 
+    #[derive(Clone, Debug)]
+    enum Op {
+        Update(u64, u64, u64),
+        Clean(u64, u64, u64),
+        Remove(u64, u64),
+        Evict(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0u64..4, 0u64..4, 0u64..50).prop_map(|(c, u, m)| Op::Update(c, u, m)),
+            3 => (0u64..4, 0u64..4, 0u64..4).prop_map(|(c, u, e)| Op::Clean(c, u, e)),
+            1 => (0u64..4, 0u64..4).prop_map(|(c, u)| Op::Remove(c, u)),
+            1 => (0u64..8).prop_map(Op::Evict),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The buffer against a `BTreeMap` of (state, dirty, clean_epoch):
+        /// what the writer does to entries (update, clean after a flush,
+        /// remove at a membership change, evict), and the counts and views
+        /// the store reads, always agree with the model.
+        #[test]
+        fn combiner_matches_model(ops in proptest::collection::vec(op(), 1..200)) {
+            use std::collections::BTreeMap;
+            let c = Combiner::new();
+            let mut model: BTreeMap<(u64, u64), (MarkState, bool, u64)> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Update(conv, user, m) => {
+                        let mut s = c.lock(conv);
+                        let update = mark(m);
+                        match s.get_mut(&(conv, user)) {
+                            Some(e) => {
+                                e.state.absorb(&update);
+                                c.set_dirty(e, true);
+                            }
+                            None => c.insert(
+                                &mut s,
+                                (conv, user),
+                                Entry { state: update, dirty: true, ..Entry::default() },
+                            ),
+                        }
+                        let e = model.entry((conv, user)).or_insert((MarkState::default(), true, 0));
+                        e.0 = e.0.join(update);
+                        e.1 = true;
+                    }
+                    Op::Clean(conv, user, epoch) => {
+                        let mut s = c.lock(conv);
+                        if let Some(e) = s.get_mut(&(conv, user)) {
+                            e.clean_epoch = epoch;
+                            c.set_dirty(e, false);
+                        }
+                        if let Some(e) = model.get_mut(&(conv, user)) {
+                            e.1 = false;
+                            e.2 = epoch;
+                        }
+                    }
+                    Op::Remove(conv, user) => {
+                        let mut s = c.lock(conv);
+                        proptest::prop_assert_eq!(
+                            c.remove(&mut s, (conv, user)).map(|e| e.state),
+                            model.remove(&(conv, user)).map(|e| e.0)
+                        );
+                    }
+                    Op::Evict(epoch) => {
+                        c.evict_clean(epoch, 0);
+                        model.retain(|_, e| e.1 || e.2 + 2 > epoch);
+                    }
+                }
+                proptest::prop_assert_eq!(c.entries(), model.len());
+                proptest::prop_assert_eq!(c.dirty(), model.values().filter(|e| e.1).count());
+                let mut dirty = c.dirty_keys();
+                dirty.sort_unstable();
+                let want: Vec<(u64, u64)> =
+                    model.iter().filter(|(_, e)| e.1).map(|(&k, _)| k).collect();
+                proptest::prop_assert_eq!(dirty, want);
+                for conv in 0..4 {
+                    let want: Vec<(u64, MarkState)> = model
+                        .range((conv, 0)..=(conv, u64::MAX))
+                        .map(|(&(_, u), e)| (u, e.0))
+                        .collect();
+                    proptest::prop_assert_eq!(c.pending_in(conv), want);
+                }
+            }
+        }
+    }
+
     #[test]
     fn pending_in_is_one_conversation_in_user_order() {
         let c = Combiner::new();
