@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
 
 use memmap2::{MmapMut, MmapOptions};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::mark::MarkState;
@@ -44,12 +44,9 @@ pub(crate) const SLOT_FILE: &str = "slots";
 pub(crate) const LEGACY_SEGMENTS: usize = 2;
 /// Epochs and sequence numbers at or above this are refused at recovery.
 const COUNTER_LIMIT: u64 = 1 << 62;
-/// How long a group commit's leader waits for more writers to join, at
-/// most, while they keep coming.
+/// How long a group commit's leader waits for the writers it expects, at
+/// most (see `Journal::gather`).
 const GATHER: std::time::Duration = std::time::Duration::from_micros(300);
-/// The leader also stops gathering after this many yields in a row without
-/// a new ticket (and nobody in flight).
-const GATHER_QUIET_YIELDS: u32 = 8;
 /// Smallest journal accepted by the configuration (360 slots).
 pub(crate) const MIN_JOURNAL_BYTES: usize = 64 << 10;
 
@@ -229,13 +226,21 @@ pub(crate) struct Journal {
     tickets: AtomicU64,
     /// Every ticket at or below this is covered by a completed fdatasync.
     synced: AtomicU64,
+    /// Tickets the last completed sync covered that the one before had
+    /// not: how many writers a group commit's leader expects back.
+    last_group: AtomicU64,
     /// Writers between `durable_writer` and the end of their sync.
     durable_writers: std::sync::atomic::AtomicUsize,
     /// Of those, the ones waiting in (or leading) a sync.
     in_sync: std::sync::atomic::AtomicUsize,
-    /// Group commit: whether a leader is syncing; waiters sleep on `sync_cv`.
-    syncing: Mutex<bool>,
+    /// Group commit: what the leader is doing; waiters sleep on `sync_cv`,
+    /// a gathering leader on `gather_cv`.
+    state: Mutex<SyncState>,
     sync_cv: Condvar,
+    gather_cv: Condvar,
+    /// `state` is [`SyncState::Gathering`]: a leaving durable writer
+    /// wakes the leader (the one change it cannot see otherwise).
+    gathering: AtomicBool,
     /// A sync failed: no later sync may acknowledge anything (the failed
     /// one may have lost dirty pages that a retry would not rewrite).
     sync_failed: AtomicBool,
@@ -360,10 +365,13 @@ impl Journal {
             free: Mutex::new(free),
             tickets: AtomicU64::new(0),
             synced: AtomicU64::new(0),
+            last_group: AtomicU64::new(0),
             durable_writers: std::sync::atomic::AtomicUsize::new(0),
             in_sync: std::sync::atomic::AtomicUsize::new(0),
-            syncing: Mutex::new(false),
+            state: Mutex::new(SyncState::Idle),
             sync_cv: Condvar::new(),
+            gather_cv: Condvar::new(),
+            gathering: AtomicBool::new(false),
             sync_failed: AtomicBool::new(false),
             copies: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -478,22 +486,65 @@ impl Journal {
         _ticket: u64,
         covered: impl Fn(&Self) -> std::io::Result<bool>,
     ) -> std::io::Result<()> {
-        let mut syncing = self.syncing.lock();
+        let mut state = self.state.lock();
         loop {
             if covered(self)? {
                 return Ok(());
             }
-            if !*syncing {
-                break;
+            match *state {
+                SyncState::Idle => break,
+                SyncState::Gathering => {
+                    // This writer has come: the leader counts again.
+                    self.gather_cv.notify_one();
+                    self.sync_cv.wait(&mut state);
+                }
+                SyncState::Syncing => {
+                    self.sync_cv.wait(&mut state);
+                }
             }
-            self.sync_cv.wait(&mut syncing);
         }
-        *syncing = true;
-        drop(syncing);
-        let result = self.sync_now();
-        *self.syncing.lock() = false;
+        let result = self.gather(state).and_then(|target| self.sync_now(target));
+        *self.state.lock() = SyncState::Idle;
         self.sync_cv.notify_all();
         result
+    }
+
+    /// The leader's wait for the writers it expects, then the ticket its
+    /// sync will cover.
+    ///
+    /// It waits while writers are between their copy and their ticket, or
+    /// while fewer tickets have come than the last sync carried, at most
+    /// `GATHER` (PostgreSQL's commit_delay, made adaptive: a lone writer
+    /// waits for nobody). It sleeps rather than spins, and every writer
+    /// that comes wakes it: with more writers than cores, the writers the
+    /// last sync woke are runnable but not yet running, and they need the
+    /// CPU the leader would burn. Without the wait for the last group, a
+    /// leader that started at the first quiet moment would split one
+    /// closed loop of writers into two alternating groups, each paying a
+    /// whole fsync.
+    fn gather(&self, mut state: MutexGuard<'_, SyncState>) -> std::io::Result<u64> {
+        *state = SyncState::Gathering;
+        self.gathering.store(true, Ordering::Release);
+        let before = self.synced.load(Ordering::Acquire);
+        let expect = self.last_group.load(Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + GATHER;
+        loop {
+            let target = self.tickets.load(Ordering::Acquire);
+            let in_flight =
+                self.in_sync.load(Ordering::Acquire) < self.durable_writers.load(Ordering::Acquire);
+            let short = target.saturating_sub(before) < expect;
+            if !in_flight && !short {
+                break;
+            }
+            if self.gather_cv.wait_until(&mut state, deadline).timed_out() {
+                break;
+            }
+        }
+        *state = SyncState::Syncing;
+        self.gathering.store(false, Ordering::Release);
+        // Every ticket up to this one was taken after its copies were in
+        // the mapping, and this load sees them (Acquire).
+        Ok(self.tickets.load(Ordering::Acquire))
     }
 
     /// Registers a writer that will take a ticket and sync (a `PowerLoss`
@@ -504,43 +555,20 @@ impl Journal {
         DurableWriter(self)
     }
 
-    fn sync_now(&self) -> std::io::Result<()> {
+    fn sync_now(&self, target: u64) -> std::io::Result<()> {
         let fail = |e: std::io::Error| {
             self.sync_failed.store(true, Ordering::Release);
             e
         };
         self.injected_fault().map_err(fail)?;
-        // Every ticket up to `target` was taken after its copies were in
-        // the mapping (and this load sees them, Acquire).
-        let mut target = self.tickets.load(Ordering::Acquire);
-        // Gather: while writers are between their copy and their ticket, or
-        // tickets keep coming, give them a moment (at most `GATHER`) to
-        // join this sync rather than wait a whole fsync for the next one
-        // (PostgreSQL's commit_delay, made adaptive: a lone writer pays a
-        // few yields).
-        let deadline = std::time::Instant::now() + GATHER;
-        let mut quiet = 0;
-        loop {
-            let in_flight =
-                self.in_sync.load(Ordering::Acquire) < self.durable_writers.load(Ordering::Acquire);
-            if !in_flight && quiet >= GATHER_QUIET_YIELDS || std::time::Instant::now() >= deadline {
-                break;
-            }
-            std::thread::yield_now();
-            let now = self.tickets.load(Ordering::Acquire);
-            if now == target {
-                quiet += 1;
-            } else {
-                quiet = 0;
-                target = now;
-            }
-        }
         // fdatasync on the mapped file: Linux marks pages of a shared
         // mapping dirty in the page cache at the first write fault, and
         // msync(MS_SYNC) itself is vfs_fsync_range on the file.
         self.file.sync_data().map_err(fail)?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.synced.fetch_max(target, Ordering::AcqRel);
+        let previous = self.synced.fetch_max(target, Ordering::AcqRel);
+        self.last_group
+            .store(target.saturating_sub(previous), Ordering::Relaxed);
         Ok(())
     }
 
@@ -561,7 +589,24 @@ pub(crate) struct DurableWriter<'a>(&'a Journal);
 impl Drop for DurableWriter<'_> {
     fn drop(&mut self) {
         self.0.durable_writers.fetch_sub(1, Ordering::AcqRel);
+        if self.0.gathering.load(Ordering::Acquire) {
+            // Under the lock: the leader is either before its check (and
+            // sees the new count) or asleep (and gets this wake-up).
+            let _state = self.0.state.lock();
+            self.0.gather_cv.notify_one();
+        }
     }
+}
+
+/// What a group commit's leader is doing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SyncState {
+    /// No leader: the next writer to wait leads.
+    Idle,
+    /// The leader waits for the writers it expects (see `Journal::gather`).
+    Gathering,
+    /// The leader's fdatasync is running.
+    Syncing,
 }
 
 /// Gives the file its blocks with `posix_fallocate`.
