@@ -2,7 +2,7 @@
 # Every measurement of docs/benchmarks.md, in order, each command's output
 # in its own file of OUT_DIR (default: bench-results/). Run it on an
 # otherwise idle machine: the ratios are taken inside each invocation, but
-# a busy machine widens the spread. About 30 minutes on 2 cores.
+# a busy machine widens the spread. About 45 minutes on 2 cores.
 #
 #   scripts/bench-all.sh [OUT_DIR]
 set -euo pipefail
@@ -31,8 +31,16 @@ run threads-sync bench --stream updates --burst 50 --threads 1,16 --sync-updates
 # (45 s: Linux writes a dirty page back 30 s after it was dirtied, and
 # /proc/self/io counts a page again only once write-back has cleaned it).
 run steady bench --burst 50 --steady 45 --designs process-crash,merge
+# The same on mark updates alone (no messages: every byte is the marks').
+run steady-updates bench --stream updates --burst 50 --steady 45 --designs process-crash,merge
 # The seed ADR's workload on the default Config.
 run adr bench --adr
-echo "== criterion: mark_read"
-cargo bench --quiet --bench components -- mark_read > "$out/criterion-mark-read.txt" 2>&1 || true
-grep -E 'mark_read/|time:' "$out/criterion-mark-read.txt" || true
+# Receipt storage per group size; concurrency and group commit; events.
+run receipts receipts
+run scaling scaling
+run scaling-16 scaling --levels power-loss --threads 16 --updates 100000
+run scaling-64 scaling --levels power-loss --threads 64 --updates 100000
+run events events
+echo "== criterion: cargo bench --bench components -- --warm-up-time 1 --measurement-time 3"
+cargo bench --quiet --bench components -- --warm-up-time 1 --measurement-time 3 > "$out/criterion.txt" 2>&1
+grep -E '^[a-z_]+/|time:' "$out/criterion.txt" || true

@@ -423,9 +423,9 @@ fn sealed_keys_of_many_users_share_one_batch_written_by_the_flusher() {
     let s = store.stats();
     assert_eq!(s.keys_written - before.keys_written, 40);
     assert_eq!(store.__flush_count() - rounds, 1, "one round");
-    // Written in batches of 16 keys (so a send queued behind one in
-    // RocksDB's write queue waits for 16 keys, not a whole round).
-    assert_eq!(s.durable_batches - before.durable_batches, 3);
+    // Written in batches of 8 keys (so a send queued behind one in
+    // RocksDB's write queue waits for 8 keys, not a whole round).
+    assert_eq!(s.durable_batches - before.durable_batches, 5);
     assert_eq!(s.pending_keys, 0);
 }
 

@@ -3,7 +3,7 @@
 //! designs a backend team would otherwise pick, side by side, on the same
 //! number of threads.
 //!
-//! Two streams (`--stream`):
+//! Three streams (`--stream`):
 //!
 //! - `visits` (default): the demo's world (DMs, groups of 3–50, channels of
 //!   hundreds to thousands, Zipf activity). When a member opens a
@@ -19,6 +19,10 @@
 //!   (a send is also its sender's advance), then leaves. Every design
 //!   writes one row per message here (and, for the sender, its read
 //!   state), and the send path is timed and reported on its own.
+//! - `updates`: mark updates alone, no messages, in conversations of
+//!   `--group-members`: visits of `burst` updates, then a leave. Nothing
+//!   but the read path runs, so it compares designs on several threads and
+//!   at power loss.
 //!
 //! What each design does with a read update, a leave and a send:
 //!
@@ -34,8 +38,8 @@
 //! path (read updates and leaves); with `--threads N` each thread replays
 //! the conversations whose id is its index modulo N, and throughput is the
 //! updates over the wall time of the replay (use the `updates` stream,
-//! which has no sends, to compare designs on several threads). CPU is the whole process's (flush thread and RocksDB's
-//! background work included). Power-loss rows replay only the first
+//! which has no sends, to compare designs on several threads). CPU is the
+//! whole process's (flush thread and RocksDB's background work included). Power-loss rows replay only the first
 //! `--sync-updates` updates: an fsync per update makes the full stream take
 //! minutes. `--steady SECS` replays the stream for at least that long
 //! (page write-back then happens inside the run) and reports disk bytes

@@ -328,6 +328,7 @@ impl Store {
         db_opts.create_if_missing(config.create_if_missing);
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(4);
+        db_opts.set_enable_pipelined_write(true);
         if config.statistics {
             db_opts.enable_statistics();
         }
@@ -700,9 +701,6 @@ impl Store {
         stripes.into_iter().map(|i| self.locks[i].lock()).collect()
     }
 
-    /// Membership and message writes go straight to RocksDB's write-ahead
-    /// log (they are rare and must not be lost to a process crash), synced
-    /// at [`Durability::PowerLoss`].
     /// [`write_structural`](Store::write_structural) with change entries for
     /// the (conversation, reader) pairs `rows` returns, computed from a
     /// fresh view under the flush lock (see `Writer::write_with_changes`):
@@ -736,6 +734,9 @@ impl Store {
         }
     }
 
+    /// Membership and message writes go straight to RocksDB's write-ahead
+    /// log (they must not be lost to a process crash), synced at
+    /// [`Durability::PowerLoss`].
     pub(crate) fn write_structural(&self, batch: WriteBatch) -> Result<()> {
         self.writer.check_poison()?;
         let mut o = WriteOptions::default();

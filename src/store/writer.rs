@@ -43,7 +43,7 @@ use crate::journal::Journal;
 use crate::mark::MarkState;
 
 /// Keys per RocksDB batch a flush round writes.
-const FLUSH_BATCH_KEYS: usize = 16;
+const FLUSH_BATCH_KEYS: usize = 8;
 
 /// Counters of the write path.
 #[derive(Default)]
