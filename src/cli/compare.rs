@@ -36,7 +36,8 @@
 //!
 //! Throughput is logical read updates divided by the time spent in the read
 //! path (read updates and leaves); with `--threads N` each thread replays
-//! the conversations whose id is its index modulo N, and throughput is the
+//! the conversations whose id is its index modulo N (in the `updates`
+//! stream, whole visits go to the least loaded thread), and throughput is the
 //! updates over the wall time of the replay (use the `updates` stream,
 //! which has no sends, to compare designs on several threads). CPU is the
 //! whole process's (flush thread and RocksDB's background work included). Power-loss rows replay only the first
@@ -927,6 +928,8 @@ struct Plan<'a> {
     steady: Option<Duration>,
     /// Sends are timed and every design stores them.
     chat: bool,
+    /// The stream has no sends: visits may go to any thread.
+    no_sends: bool,
     receipt_threshold: u32,
     bar: &'a ProgressBar,
 }
@@ -1008,6 +1011,41 @@ fn replay(
     Ok(())
 }
 
+/// Splits a chunk of operations among `threads`. Sends must stay in
+/// order within a conversation, so a stream with sends goes by
+/// conversation (id modulo the thread count). Without sends, each visit
+/// (a key's reads up to its leave) goes whole to the thread with the
+/// least work so far: every thread then stays busy to the end of the
+/// chunk, so "16 threads" means 16 threads for the whole run rather than
+/// fewer as the lighter ones finish (which would, for example, shrink
+/// group commits in the run's tail).
+fn partition(ops: Vec<Op>, threads: usize, no_sends: bool) -> Vec<Vec<Op>> {
+    let threads = threads.max(1);
+    let mut parts: Vec<Vec<Op>> = vec![Vec::new(); threads];
+    if !no_sends {
+        for op in ops {
+            let t = usize::try_from(op.conv() % threads as u64).unwrap_or(0);
+            parts[t].push(op);
+        }
+        return parts;
+    }
+    let mut open: HashMap<(u64, u64), usize> = HashMap::new();
+    for op in ops {
+        let key = match op {
+            Op::Read { conv, user, .. } | Op::Leave { conv, user } => (conv, user),
+            Op::Send { conv, sender, .. } => (conv, sender),
+        };
+        let t = *open
+            .entry(key)
+            .or_insert_with(|| (0..threads).min_by_key(|&t| parts[t].len()).unwrap_or(0));
+        if matches!(op, Op::Leave { .. }) {
+            open.remove(&key);
+        }
+        parts[t].push(op);
+    }
+    parts
+}
+
 /// Replays a stream through `design` in a fresh temporary directory.
 fn run_once(
     make: &dyn Fn() -> Box<dyn Generator>,
@@ -1079,11 +1117,7 @@ fn run_once(
             break;
         }
         replayed += gen.fill(want, &mut ops);
-        let mut parts: Vec<Vec<Op>> = vec![Vec::new(); usize::try_from(threads).unwrap_or(1)];
-        for op in ops {
-            let t = usize::try_from(op.conv() % threads).unwrap_or(0);
-            parts[t].push(op);
-        }
+        let parts = partition(ops, usize::try_from(threads).unwrap_or(1), plan.no_sends);
         let subject = &*subject;
         let scope_started = Instant::now();
         let outcome: Vec<readmark::Result<()>> = std::thread::scope(|s| {
@@ -1304,6 +1338,7 @@ pub(crate) fn run(args: &BenchArgs) -> readmark::Result<()> {
                     limit: per_run(&d),
                     steady: args.steady.map(Duration::from_secs),
                     chat: args.stream == StreamArg::Chat,
+                    no_sends: args.stream == StreamArg::Updates,
                     receipt_threshold: args.receipt_threshold,
                     bar: &bar,
                 };

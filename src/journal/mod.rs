@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
 
 use memmap2::{MmapMut, MmapOptions};
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::Mutex;
+use parking_lot_core::{DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN};
 
 use crate::error::{Error, Result};
 use crate::mark::MarkState;
@@ -233,14 +234,15 @@ pub(crate) struct Journal {
     durable_writers: std::sync::atomic::AtomicUsize,
     /// Of those, the ones waiting in (or leading) a sync.
     in_sync: std::sync::atomic::AtomicUsize,
-    /// Group commit: what the leader is doing; waiters sleep on `sync_cv`,
-    /// a gathering leader on `gather_cv`.
-    state: Mutex<SyncState>,
-    sync_cv: Condvar,
-    gather_cv: Condvar,
-    /// `state` is [`SyncState::Gathering`]: a leaving durable writer
-    /// wakes the leader (the one change it cannot see otherwise).
+    /// A writer leads a group commit (gathers, then syncs). Waiters park
+    /// on the address of `synced`, a gathering leader on `gather_goal`
+    /// (`parking_lot_core`).
+    leading: AtomicBool,
+    /// The leader is gathering: a writer that completes its group, or a
+    /// durable writer that leaves without syncing, wakes it.
     gathering: AtomicBool,
+    /// The ticket a gathering leader waits for (see `Journal::gather`).
+    gather_goal: AtomicU64,
     /// A sync failed: no later sync may acknowledge anything (the failed
     /// one may have lost dirty pages that a retry would not rewrite).
     sync_failed: AtomicBool,
@@ -368,10 +370,9 @@ impl Journal {
             last_group: AtomicU64::new(0),
             durable_writers: std::sync::atomic::AtomicUsize::new(0),
             in_sync: std::sync::atomic::AtomicUsize::new(0),
-            state: Mutex::new(SyncState::Idle),
-            sync_cv: Condvar::new(),
-            gather_cv: Condvar::new(),
+            leading: AtomicBool::new(false),
             gathering: AtomicBool::new(false),
+            gather_goal: AtomicU64::new(0),
             sync_failed: AtomicBool::new(false),
             copies: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -481,32 +482,72 @@ impl Journal {
         result
     }
 
+    #[allow(unsafe_code)]
     fn wait_or_lead(
         &self,
         _ticket: u64,
         covered: impl Fn(&Self) -> std::io::Result<bool>,
     ) -> std::io::Result<()> {
-        let mut state = self.state.lock();
         loop {
             if covered(self)? {
                 return Ok(());
             }
-            match *state {
-                SyncState::Idle => break,
-                SyncState::Gathering => {
-                    // This writer has come: the leader counts again.
-                    self.gather_cv.notify_one();
-                    self.sync_cv.wait(&mut state);
+            if self
+                .leading
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let result = self.gather().and_then(|target| self.sync_now(target));
+                self.leading.store(false, Ordering::Release);
+                // Every waiter wakes at once and runs on whatever core is
+                // free: no lock to take in turn on the way out (with a
+                // condition variable, the waiters of one sync would each
+                // wait for the one before to release its mutex).
+                // SAFETY: the key is the address of a field of this
+                // journal, used as a parking key by this journal only.
+                unsafe {
+                    parking_lot_core::unpark_all(self.waiters_key(), DEFAULT_UNPARK_TOKEN);
                 }
-                SyncState::Syncing => {
-                    self.sync_cv.wait(&mut state);
-                }
+                return result;
+            }
+            if self.gathering.load(Ordering::Acquire) && self.gathered() {
+                self.wake_leader();
+            }
+            // Sleep while a leader runs and has not covered this ticket;
+            // checked under the parking queue's lock, which the leader
+            // takes to wake everyone after it clears `leading`.
+            // SAFETY: as above; the closures neither panic nor park.
+            unsafe {
+                parking_lot_core::park(
+                    self.waiters_key(),
+                    || {
+                        self.leading.load(Ordering::Acquire)
+                            && !self.sync_failed.load(Ordering::Acquire)
+                            && !matches!(covered(self), Ok(true))
+                    },
+                    || {},
+                    |_, _| {},
+                    DEFAULT_PARK_TOKEN,
+                    None,
+                );
             }
         }
-        let result = self.gather(state).and_then(|target| self.sync_now(target));
-        *self.state.lock() = SyncState::Idle;
-        self.sync_cv.notify_all();
-        result
+    }
+
+    fn waiters_key(&self) -> usize {
+        std::ptr::from_ref(&self.synced) as usize
+    }
+
+    fn leader_key(&self) -> usize {
+        std::ptr::from_ref(&self.gather_goal) as usize
+    }
+
+    #[allow(unsafe_code)]
+    fn wake_leader(&self) {
+        // SAFETY: as in `wait_or_lead`.
+        unsafe {
+            parking_lot_core::unpark_one(self.leader_key(), |_| DEFAULT_UNPARK_TOKEN);
+        }
     }
 
     /// The leader's wait for the writers it expects, then the ticket its
@@ -515,32 +556,40 @@ impl Journal {
     /// It waits while writers are between their copy and their ticket, or
     /// while fewer tickets have come than the last sync carried, at most
     /// `GATHER` (PostgreSQL's commit_delay, made adaptive: a lone writer
-    /// waits for nobody). It sleeps rather than spins, and every writer
-    /// that comes wakes it: with more writers than cores, the writers the
-    /// last sync woke are runnable but not yet running, and they need the
-    /// CPU the leader would burn. Without the wait for the last group, a
-    /// leader that started at the first quiet moment would split one
-    /// closed loop of writers into two alternating groups, each paying a
-    /// whole fsync.
-    fn gather(&self, mut state: MutexGuard<'_, SyncState>) -> std::io::Result<u64> {
-        *state = SyncState::Gathering;
-        self.gathering.store(true, Ordering::Release);
+    /// waits for nobody). It sleeps rather than spins, and only the writer
+    /// that completes the group wakes it: with more writers than cores,
+    /// the writers the last sync woke are runnable but not yet running,
+    /// and they need the CPU a spinning leader, or a wake-up per writer,
+    /// would take. Without the wait for the last group, a leader that
+    /// started at the first quiet moment would split one closed loop of
+    /// writers into two alternating groups, each paying a whole fsync.
+    #[allow(unsafe_code)]
+    fn gather(&self) -> std::io::Result<u64> {
         let before = self.synced.load(Ordering::Acquire);
         let expect = self.last_group.load(Ordering::Relaxed);
+        self.gather_goal.store(before + expect, Ordering::Release);
+        self.gathering.store(true, Ordering::Release);
         let deadline = std::time::Instant::now() + GATHER;
-        loop {
-            let target = self.tickets.load(Ordering::Acquire);
-            let in_flight =
-                self.in_sync.load(Ordering::Acquire) < self.durable_writers.load(Ordering::Acquire);
-            let short = target.saturating_sub(before) < expect;
-            if !in_flight && !short {
-                break;
-            }
-            if self.gather_cv.wait_until(&mut state, deadline).timed_out() {
+        while !self.gathered() {
+            // SAFETY: as in `wait_or_lead`; `validate` runs under the
+            // queue's lock, which a waking writer takes after changing
+            // what `gathered` reads, so no wake-up is lost.
+            let woke = unsafe {
+                parking_lot_core::park(
+                    self.leader_key(),
+                    || !self.gathered(),
+                    || {},
+                    |_, _| {},
+                    DEFAULT_PARK_TOKEN,
+                    Some(deadline),
+                )
+            };
+            if matches!(woke, parking_lot_core::ParkResult::TimedOut)
+                || std::time::Instant::now() >= deadline
+            {
                 break;
             }
         }
-        *state = SyncState::Syncing;
         self.gathering.store(false, Ordering::Release);
         // Every ticket up to this one was taken after its copies were in
         // the mapping, and this load sees them (Acquire).
@@ -553,6 +602,13 @@ impl Journal {
     pub(crate) fn durable_writer(&self) -> DurableWriter<'_> {
         self.durable_writers.fetch_add(1, Ordering::AcqRel);
         DurableWriter(self)
+    }
+
+    /// A gathering leader has what it waits for: as many tickets as the
+    /// last group, and no registered writer still on its way to its sync.
+    fn gathered(&self) -> bool {
+        self.tickets.load(Ordering::Acquire) >= self.gather_goal.load(Ordering::Acquire)
+            && self.in_sync.load(Ordering::Acquire) >= self.durable_writers.load(Ordering::Acquire)
     }
 
     fn sync_now(&self, target: u64) -> std::io::Result<()> {
@@ -589,24 +645,10 @@ pub(crate) struct DurableWriter<'a>(&'a Journal);
 impl Drop for DurableWriter<'_> {
     fn drop(&mut self) {
         self.0.durable_writers.fetch_sub(1, Ordering::AcqRel);
-        if self.0.gathering.load(Ordering::Acquire) {
-            // Under the lock: the leader is either before its check (and
-            // sees the new count) or asleep (and gets this wake-up).
-            let _state = self.0.state.lock();
-            self.0.gather_cv.notify_one();
+        if self.0.gathering.load(Ordering::Acquire) && self.0.gathered() {
+            self.0.wake_leader();
         }
     }
-}
-
-/// What a group commit's leader is doing.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum SyncState {
-    /// No leader: the next writer to wait leads.
-    Idle,
-    /// The leader waits for the writers it expects (see `Journal::gather`).
-    Gathering,
-    /// The leader's fdatasync is running.
-    Syncing,
 }
 
 /// Gives the file its blocks with `posix_fallocate`.
