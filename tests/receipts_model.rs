@@ -1,6 +1,7 @@
 //! Hybrid per-message receipts against an in-memory model: random joins,
-//! leaves, messages, mark advances, single views, threshold changes, clock
-//! ticks past retention, compactions and reopens. Every `read_by` answer
+//! leaves, messages, mark advances, single views, threshold changes,
+//! private receipts switched on and off, clock ticks past retention,
+//! compactions and reopens. Every `read_by` answer
 //! (readers, read times, source, pagination), every `read_count` and every
 //! `mark_viewed` result must agree with the model after every operation.
 //!
@@ -16,8 +17,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use readmark::{
-    Config, ConversationId, Error, MessageId, Page, ReadTime, ReceiptSource, Store, Timestamp,
-    UserId,
+    Config, ConversationId, Error, MessageId, Page, PrivacyScope, ReadTime, ReceiptSource, Store,
+    Timestamp, UserId,
 };
 
 const C: ConversationId = ConversationId(7);
@@ -43,6 +44,8 @@ enum Op {
     Read(u64, usize, i64),
     View(u64, usize, i64),
     Threshold(Option<u32>),
+    /// user, private (in this conversation)
+    Private(u64, bool),
     Flush,
     /// Close and reopen, possibly with another store-wide threshold (it
     /// applies to the conversation at its next membership change).
@@ -59,6 +62,7 @@ fn op() -> impl Strategy<Value = Op> {
         7 => (0..USERS, 0usize..14, -40i64..40).prop_map(|(u, i, d)| Op::Read(u, i, d)),
         3 => (0..USERS, 0usize..12, -40i64..40).prop_map(|(u, i, d)| Op::View(u, i, d)),
         1 => proptest::option::of(0u32..6).prop_map(Op::Threshold),
+        2 => (0..USERS, any::<bool>()).prop_map(|(u, p)| Op::Private(u, p)),
         2 => Just(Op::Flush),
         3 => proptest::option::of(0u32..8).prop_map(Op::Reopen),
         2 => (0u64..450).prop_map(Op::Tick),
@@ -100,6 +104,9 @@ struct Model {
     /// user -> runs (from, up_to, at)
     runs: BTreeMap<u64, Vec<(Option<u64>, u64, u64)>>,
     views: BTreeMap<(u64, u64), u64>,
+    /// Members whose receipts are private here: their flushed advances
+    /// write the mark only, their views nothing, and nobody else sees them.
+    private: BTreeSet<u64>,
     now: u64,
 }
 
@@ -116,6 +123,7 @@ impl Model {
             bits: BTreeMap::new(),
             runs: BTreeMap::new(),
             views: BTreeMap::new(),
+            private: BTreeSet::new(),
             now: T0,
         }
     }
@@ -130,7 +138,7 @@ impl Model {
 
     /// The receipts a flushed advance of `u` to `p` writes.
     fn plan(&mut self, u: u64, p: Mark) {
-        if self.per_message {
+        if self.per_message && !self.private.contains(&u) {
             if let Some(&joined_after) = self.members.get(&u) {
                 let prev = self.durable.get(&u).map(|m| m.0);
                 if prev.is_none_or(|x| x < p.0) {
@@ -171,6 +179,14 @@ impl Model {
         }
     }
 
+    /// One key's buffered advance written (a privacy change flushes the
+    /// user's key only).
+    fn flush_user(&mut self, u: u64) {
+        if let Some(p) = self.pending.remove(&u) {
+            self.plan(u, p);
+        }
+    }
+
     fn decide_mode(&mut self) {
         let t = u64::from(self.threshold.unwrap_or(self.default_threshold));
         self.per_message = self.members.len() as u64 <= t;
@@ -196,12 +212,15 @@ impl Model {
         }
     }
 
-    /// Expected readers of `msg`, and the source.
-    fn read_by(&self, msg: &Msg) -> (Vec<(u64, ReadTime)>, ReceiptSource) {
+    /// Expected readers of `msg` as `viewer` sees them, and the source.
+    fn read_by(&self, msg: &Msg, viewer: u64) -> (Vec<(u64, ReadTime)>, ReceiptSource) {
         let live = self.live(msg);
         let mut out = Vec::new();
         for (&u, &joined_after) in &self.members {
-            if u == msg.sender || joined_after.is_some_and(|j| msg.id <= j) {
+            if u == msg.sender
+                || joined_after.is_some_and(|j| msg.id <= j)
+                || self.private.contains(&u) && u != viewer
+            {
                 continue;
             }
             let bit = live && self.bits.get(&msg.id).is_some_and(|b| b.contains(&u));
@@ -243,8 +262,25 @@ fn check(store: &Store, model: &Model, page_size: usize) -> Result<(), TestCaseE
         );
         return Ok(());
     };
+    // Another member sees the same minus private readers other than
+    // themselves.
+    if let Some(&other) = model.members.keys().last().filter(|&&o| o != viewer.0) {
+        for msg in &model.msgs {
+            let (want, source) = model.read_by(msg, other);
+            let got = store
+                .read_by(C, UserId(other), MessageId(msg.id), Page::first(100))
+                .unwrap();
+            let got: Vec<(u64, ReadTime)> =
+                got.readers.iter().map(|r| (r.user.0, r.read_at)).collect();
+            prop_assert_eq!(&got, &want, "readers of message {} as {}", msg.id, other);
+            let n = store
+                .read_count(C, UserId(other), MessageId(msg.id))
+                .unwrap();
+            prop_assert_eq!((n.count, n.source), (want.len() as u64, source));
+        }
+    }
     for msg in &model.msgs {
-        let (want, source) = model.read_by(msg);
+        let (want, source) = model.read_by(msg, viewer.0);
         let all = store
             .read_by(C, viewer, MessageId(msg.id), Page::first(100))
             .unwrap();
@@ -314,6 +350,7 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
                 if model.members.contains_key(&u) {
                     r.unwrap();
                     model.members.remove(&u);
+                    model.private.remove(&u);
                     model.durable.remove(&u);
                     model.runs.remove(&u);
                     model.views.retain(|&(v, _), _| v != u);
@@ -386,6 +423,7 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
                     continue;
                 };
                 let recorded = model.per_message
+                    && !model.private.contains(&u)
                     && model.live(&msg)
                     && msg.sender != u
                     && joined_after.is_none_or(|j| msg.id > j);
@@ -402,6 +440,27 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
                 model.flush();
                 model.threshold = t;
                 model.decide_mode();
+            }
+            Op::Private(u, private) => {
+                let r =
+                    store.set_receipts_private(UserId(u), PrivacyScope::Conversation(C), private);
+                // The user's buffered advance is written first, under the
+                // old setting.
+                model.flush_user(u);
+                if model.members.contains_key(&u) {
+                    r.unwrap();
+                    if private {
+                        model.private.insert(u);
+                    } else {
+                        model.private.remove(&u);
+                    }
+                } else {
+                    prop_assert!(
+                        matches!(r, Err(Error::NotMember { .. })),
+                        "expected NotMember, got {:?}",
+                        r
+                    );
+                }
             }
             Op::Flush => {
                 store.flush().unwrap();
