@@ -287,43 +287,9 @@ impl MarkState {
     }
 
     pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
-        let mut bits = 0u8;
-        if self.mark.is_some() {
-            bits |= BIT_MARK;
-        }
-        if let Some(f) = self.flag {
-            bits |= BIT_FLAG;
-            if f.set {
-                bits |= BIT_FLAG_SET;
-            }
-            if f.pos.is_some() {
-                bits |= BIT_FLAG_POS;
-            }
-        }
-        if self.changed != 0 {
-            bits |= BIT_CHANGED;
-        }
-        out.push(MARK_VERSION);
-        out.push(bits);
-        let mut word = [0u8; 8];
-        if let Some(m) = self.mark {
-            BigEndian::write_u64(&mut word, m.up_to.0);
-            out.extend_from_slice(&word);
-            BigEndian::write_u64(&mut word, m.at.0);
-            out.extend_from_slice(&word);
-        }
-        if let Some(f) = self.flag {
-            BigEndian::write_u64(&mut word, f.time);
-            out.extend_from_slice(&word);
-            if let Some(p) = f.pos {
-                BigEndian::write_u64(&mut word, p);
-                out.extend_from_slice(&word);
-            }
-        }
-        if self.changed != 0 {
-            BigEndian::write_u64(&mut word, self.changed);
-            out.extend_from_slice(&word);
-        }
+        let mut buf = [0u8; MAX_ENCODED_LEN];
+        let n = self.encode_to(&mut buf);
+        out.extend_from_slice(&buf[..n]);
     }
 
     /// Decodes a value or operand; `None` if it is malformed in any way
