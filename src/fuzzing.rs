@@ -608,6 +608,11 @@ mod api {
                         assert!(matches!(r, Err(Error::NotMember { .. })));
                     } else {
                         r.expect("mark_read");
+                        // Clamped to the newest message; none yet, nothing.
+                        let Some(&(last, _, _)) = m.msgs[&conv].last() else {
+                            continue;
+                        };
+                        let up = up.min(last);
                         join(&mut m.marks, key, up, clock);
                         m.written.entry(key).or_default().insert(up);
                         if level != Durability::Memory {

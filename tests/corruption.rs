@@ -43,6 +43,7 @@ fn build() -> (tempfile::TempDir, BTreeMap<u64, u64>) {
     {
         let s = Store::open(dir.path(), config()).unwrap();
         s.create_conversation(C).unwrap();
+        common::post(&s, C, [common::FAR]);
         for u in 0..USERS {
             s.add_member(C, UserId(u), Timestamp(0)).unwrap();
             s.mark_read(C, UserId(u), MessageId(100 + u), Timestamp(u))

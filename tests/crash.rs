@@ -92,7 +92,18 @@ fn crash_child() {
     let mut rng: u64 = std::env::var(ENV_SEED).unwrap().parse().unwrap();
     let store = Store::open(&dir, config()).unwrap();
     for c in 0..CONVS {
-        set_up_again(&store, ConversationId(c));
+        let c = ConversationId(c);
+        set_up_again(&store, c);
+        // A message above every mark the child makes (marks clamp to the
+        // newest message), from a member of its own.
+        match store.add_member(c, common::POSTER, Timestamp(0)) {
+            Ok(()) | Err(Error::AlreadyMember { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        match store.record_message(c, MessageId(common::FAR), common::POSTER, Timestamp(0)) {
+            Ok(()) | Err(Error::MessageOutOfOrder { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
     }
     let out = std::io::stdout();
     let mut out = out.lock();

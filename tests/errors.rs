@@ -223,6 +223,7 @@ fn malformed_merge_operand_is_skipped_and_counted() {
     let (_d, s) = temp_store();
     s.create_conversation(C).unwrap();
     s.add_member(C, ALICE, t(0)).unwrap();
+    common::post(&s, C, [common::FAR]);
     s.mark_read(C, ALICE, MessageId(7), t(1)).unwrap();
     s.__merge_raw_mark_operand(C, ALICE, b"\x01\x01short")
         .unwrap();
@@ -242,6 +243,7 @@ fn malformed_operand_survives_flush_and_reopen() {
     let s = Store::open(dir.path(), small_config()).unwrap();
     s.create_conversation(C).unwrap();
     s.add_member(C, ALICE, t(0)).unwrap();
+    common::post(&s, C, [common::FAR]);
     s.__merge_raw_mark_operand(C, ALICE, b"\xff").unwrap();
     s.mark_read(C, ALICE, MessageId(3), t(1)).unwrap();
     // close() flushes: the merge runs inside RocksDB's flush, from C.
@@ -381,8 +383,10 @@ fn large_conversation_and_huge_burst() {
         s.add_member(c, UserId(u), Timestamp(0)).unwrap();
     }
     assert_eq!(s.member_count(c).unwrap(), 5_000);
-    s.record_message(c, MessageId(1), UserId(0), Timestamp(1))
-        .unwrap();
+    for m in 1..=20 {
+        s.record_message(c, MessageId(m), UserId(0), Timestamp(m))
+            .unwrap();
+    }
     for i in 0..100_000u64 {
         s.mark_read(c, UserId(i % 5_000), MessageId(1 + i / 5_000), Timestamp(i))
             .unwrap();

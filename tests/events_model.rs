@@ -327,9 +327,20 @@ fn run_epoch<'o>(
                 store
                     .record_message(ConversationId(c), MessageId(id), UserId(u), Timestamp(id))
                     .unwrap();
-                model.msgs.get_mut(&c).expect("conversation").push((id, u));
-                let m = model.marks.entry((c, u)).or_insert(id);
-                *m = (*m).max(id);
+                let msgs = model.msgs.get_mut(&c).expect("conversation");
+                let last = msgs.last().map(|m| m.0);
+                msgs.push((id, u));
+                let before = model.marks.get(&(c, u)).copied();
+                model.marks.insert((c, u), id);
+                // Sending read what the sender had not: an event, like a
+                // read. A send that covers only itself is none.
+                if last.is_some_and(|l| before.is_none_or(|b| b < l)) {
+                    let p = model.pending.entry((c, u)).or_insert(before);
+                    *p = match (*p, before) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        _ => None,
+                    };
+                }
             }
             Op::Read(c, u, i) => {
                 let msgs = &model.msgs[&c];
@@ -391,6 +402,11 @@ fn run_epoch<'o>(
                     }
                 }
                 for (c, before) in was {
+                    // Going public shows the mark: an event (from nothing
+                    // read, as far as the others know).
+                    if before && !model.private(c, u) && model.marks.contains_key(&(c, u)) {
+                        model.pending.insert((c, u), None);
+                    }
                     if !before && model.private(c, u) {
                         model.counter += 1;
                         model.pending_hidden.push((c, u, model.counter));

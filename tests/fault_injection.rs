@@ -67,6 +67,7 @@ fn setup(path: &Path) -> Store {
     for u in 0..4 {
         store.add_member(C, UserId(u), Timestamp(0)).unwrap();
     }
+    common::post(&store, C, [common::FAR]);
     store
 }
 
@@ -114,7 +115,7 @@ fn every_journal_operation_failing_in_turn() {
                 for r in [
                     store.mark_read(C, UserId(0), MessageId(500), Timestamp(500)),
                     store.flush(),
-                    store.record_message(C, MessageId(1), UserId(0), Timestamp(1)),
+                    store.record_message(C, MessageId(common::FAR + 1), UserId(0), Timestamp(1)),
                     store.add_member(C, UserId(7), Timestamp(1)),
                 ] {
                     assert!(

@@ -135,6 +135,7 @@ fn verify_reports_the_journal_and_finds_damage_in_it() {
     for u in 1..=2 {
         s.add_member(C, UserId(u), Timestamp(0)).unwrap();
     }
+    common::post(&s, C, [common::FAR]);
     for m in 1..=3 {
         for u in 1..=2 {
             s.mark_read(C, UserId(u), MessageId(m), Timestamp(m))

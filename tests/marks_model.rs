@@ -53,6 +53,8 @@ fn setup(store: &Store) {
                 .add_member(ConversationId(c), UserId(u), Timestamp(0))
                 .unwrap();
         }
+        // Above every mark made here (marks clamp to the newest message).
+        common::post(store, ConversationId(c), [common::FAR]);
     }
 }
 
@@ -69,6 +71,14 @@ fn check(store: &Store, model: &BTreeMap<(u64, u64), (u64, u64)>) -> Result<(), 
                 expected.push((UserId(u), m));
             }
         }
+        // The poster's, from sending.
+        expected.push((
+            common::POSTER,
+            ReadMark {
+                up_to: MessageId(common::FAR),
+                at: Timestamp(common::FAR),
+            },
+        ));
         // Any member may list the marks (nobody is private here).
         prop_assert_eq!(store.marks(ConversationId(c), UserId(0)).unwrap(), expected);
     }
@@ -152,6 +162,7 @@ fn hot_key_with_many_operands_reads_back_the_max() {
     // folds them, reads stay correct.
     let (_d, store) = common::temp_store();
     setup(&store);
+    let before = store.stats().mark_updates;
     let (c, u) = (ConversationId(0), UserId(0));
     for i in 0..5_000u64 {
         // Interleave an advancing and a stale stream.
@@ -159,5 +170,5 @@ fn hot_key_with_many_operands_reads_back_the_max() {
         store.mark_read(c, u, MessageId(up), Timestamp(i)).unwrap();
     }
     assert_eq!(store.mark(c, u).unwrap().unwrap().up_to, MessageId(4_998));
-    assert_eq!(store.stats().mark_updates, 5_000);
+    assert_eq!(store.stats().mark_updates - before, 5_000);
 }

@@ -81,8 +81,10 @@ fn run_once(
             for u in 0..MEMBERS {
                 store.add_member(conv, UserId(u), Timestamp(0))?;
             }
+            super::post_far_message(&store, conv)?;
         }
     }
+    store.flush()?;
     let per_thread = args.updates / threads;
     let write0 = proc_write_bytes();
     let cpu0 = cpu_micros();

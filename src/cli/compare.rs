@@ -22,7 +22,9 @@
 //! - `updates`: mark updates alone, no messages, in conversations of
 //!   `--group-members`: visits of `burst` updates, then a leave. Nothing
 //!   but the read path runs, so it compares designs on several threads and
-//!   at power loss.
+//!   at power loss. (Marks never pass the newest message, so before the
+//!   run readmark records one message per conversation at an id above
+//!   every update, from a member of its own; no update covers it.)
 //!
 //! What each design does with a read update, a leave and a send:
 //!
@@ -1070,7 +1072,11 @@ fn run_once(
                 for &u in members {
                     store.add_member(ConversationId(*c), UserId(u), Timestamp(start_ms))?;
                 }
+                if plan.no_sends {
+                    super::post_far_message(&store, ConversationId(*c))?;
+                }
             }
+            store.flush()?;
             let before = store.stats();
             Box::new(Readmark { store, before })
         }

@@ -108,6 +108,29 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> readmark::Result<()>
     Ok(())
 }
 
+/// The id of the one message a marks-only workload records per
+/// conversation: above every mark it makes, so its marks (which never pass
+/// the newest message) stand as generated.
+pub(crate) const FAR_MESSAGE: u64 = 1 << 62;
+
+/// Records [`FAR_MESSAGE`] in `conversation` from a member of its own
+/// (`u64::MAX`, added here), for the marks-only workloads (`scaling`,
+/// `bench --stream updates`): no read reaches it, so it is covered by no
+/// advance and adds no run, receipt or change to what they measure.
+pub(crate) fn post_far_message(
+    store: &readmark::Store,
+    conversation: readmark::ConversationId,
+) -> readmark::Result<()> {
+    let poster = readmark::UserId(u64::MAX);
+    store.add_member(conversation, poster, readmark::Timestamp(0))?;
+    store.record_message(
+        conversation,
+        readmark::MessageId(FAR_MESSAGE),
+        poster,
+        readmark::Timestamp(0),
+    )
+}
+
 /// Options of `readmark receipts`.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ReceiptsArgs {

@@ -197,10 +197,12 @@ impl Hub {
 /// [`Config::event_buffer`](crate::Config::event_buffer) entries; past it,
 /// advances of new pairs are counted and reported as [`Event::Lagged`].
 ///
-/// Only advances by [`Store::mark_read`] publish events; a sender's own
-/// advance when sending, [`Store::mark_viewed`] and the unread flag do not
-/// (the sender's clients know what they sent; views and the flag change no
-/// read mark).
+/// Advances by [`Store::mark_read`] publish events, and so does a send
+/// that covered messages its sender had not read (sending counts as
+/// reading), and a mark that becomes visible when its owner makes their
+/// receipts public again. A send that covers only itself,
+/// [`Store::mark_viewed`] and the unread flag do not (the sender's clients
+/// know what they sent; views and the flag change no read mark).
 ///
 /// # Examples
 ///

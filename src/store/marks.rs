@@ -103,11 +103,20 @@ impl Store {
     /// Records that `user` has read `conversation` up to and including
     /// `up_to`, at time `at`, with the store's durability.
     ///
-    /// Writes one merge operand: no read of the current mark. The stored mark
-    /// is the maximum of every update ever made (higher `up_to` wins; at equal
-    /// `up_to` the earliest `at`), so stale, duplicated and reordered updates
-    /// are harmless no-ops, not errors. Membership is checked with one point
-    /// lookup.
+    /// The update joins the key's buffered state (a journal slot rewrite
+    /// above [`Durability::Memory`]); the flusher writes it to RocksDB. The
+    /// mark is the maximum of every update ever made (higher `up_to` wins;
+    /// at equal `up_to` the earliest `at`), so stale, duplicated and
+    /// reordered updates are harmless no-ops, not errors. Membership is
+    /// checked with one point lookup on a key's first update.
+    ///
+    /// Nobody reads past the newest message: an `up_to` above the newest
+    /// message recorded in the conversation is clamped to it, and in a
+    /// conversation with no message yet the call changes nothing. (A
+    /// receipt for an id the store has not seen, from a buggy or hostile
+    /// client or one that raced a send, would otherwise mark every later
+    /// message read. Refusing it instead would fail a client for a race;
+    /// Synapse likewise ignores receipts for unknown events.)
     ///
     /// # Errors
     ///
@@ -122,9 +131,13 @@ impl Store {
     /// # let (c, u) = (ConversationId(1), UserId(1));
     /// # store.create_conversation(c)?;
     /// # store.add_member(c, u, Timestamp(0))?;
+    /// # store.add_member(c, UserId(2), Timestamp(0))?;
+    /// # for m in [10, 20, 30] { store.record_message(c, MessageId(m), UserId(2), Timestamp(1))?; }
     /// store.mark_read(c, u, MessageId(20), Timestamp(2))?;
     /// store.mark_read(c, u, MessageId(10), Timestamp(3))?; // late, ignored
     /// assert_eq!(store.mark(c, u)?.map(|m| m.up_to), Some(MessageId(20)));
+    /// store.mark_read(c, u, MessageId(u64::MAX), Timestamp(4))?; // past the newest
+    /// assert_eq!(store.mark(c, u)?.map(|m| m.up_to), Some(MessageId(30)));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn mark_read(
@@ -168,13 +181,15 @@ impl Store {
         // buffer knows it after the key's first update, so this costs no
         // read on the write path. A no-op publishes nothing.
         let listening = self.events.has_subscribers();
-        let prev = self.update_mark(
-            conversation,
-            user,
-            MarkState::from_mark(up_to, at),
-            durability,
-            listening,
-        )?;
+        let Some(newest) = self.newest_message(conversation)? else {
+            // No message yet: nothing to read, but the same answer to a
+            // non-member as ever.
+            self.view().require_member(conversation, user)?;
+            return Ok(());
+        };
+        let up_to = up_to.min(MessageId(newest));
+        let state = MarkState::from_mark(up_to, at);
+        let prev = self.update_mark(conversation, user, state, durability, listening)?;
         if listening {
             let before = prev.and_then(|p| p.mark);
             if before.is_none_or(|m| m.up_to < up_to) {
@@ -188,6 +203,23 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The newest message recorded in `conversation` (`None`: none yet):
+    /// from memory, or one read of the conversation record on a miss.
+    pub(crate) fn newest_message(&self, conversation: ConversationId) -> Result<Option<u64>> {
+        match self.newest.get(conversation.0) {
+            Ok(n) => Ok(n),
+            Err(generation) => {
+                let n = self
+                    .view()
+                    .conversation_record(conversation)?
+                    .last_message()
+                    .map(|m| m.0);
+                self.newest.fill(conversation.0, n, generation);
+                Ok(n)
+            }
+        }
     }
 
     /// One update of a user's mark state through the buffer. The first
@@ -274,10 +306,11 @@ impl Store {
     /// # let c = ConversationId(1);
     /// # store.create_conversation(c)?;
     /// # for u in 1..=2 { store.add_member(c, UserId(u), Timestamp(0))?; }
-    /// store.mark_read(c, UserId(2), MessageId(4), Timestamp(1))?;
+    /// store.record_message(c, MessageId(4), UserId(1), Timestamp(1))?; // 1 read it by sending
+    /// store.mark_read(c, UserId(2), MessageId(4), Timestamp(2))?;
     /// let marks = store.marks(c, UserId(1))?;
-    /// assert_eq!(marks.len(), 1);
-    /// assert_eq!(marks[0].0, UserId(2));
+    /// let readers: Vec<UserId> = marks.iter().map(|(u, _)| *u).collect();
+    /// assert_eq!(readers, vec![UserId(1), UserId(2)]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn marks(
@@ -327,6 +360,8 @@ impl Store {
     /// # let (c, u) = (ConversationId(1), UserId(1));
     /// # store.create_conversation(c)?;
     /// # store.add_member(c, u, Timestamp(0))?;
+    /// # store.add_member(c, UserId(2), Timestamp(0))?;
+    /// # for m in [5, 6] { store.record_message(c, MessageId(m), UserId(2), Timestamp(0))?; }
     /// store.mark_read(c, u, MessageId(5), Timestamp(1))?;
     /// store.set_unread_flag(c, u, Timestamp(2))?;
     /// assert!(store.unread_count(c, u)?.marked_unread);

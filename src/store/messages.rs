@@ -83,6 +83,7 @@ impl Store {
         sent_at: Timestamp,
     ) -> Result<()> {
         let mut stripe = self.lock(conversation);
+        let listening = self.events.has_subscribers();
         // What the last writer under this lock wrote, or one read each.
         let view = self.view();
         let (mut conv, last_sent_at) = match stripe.cached(conversation) {
@@ -104,7 +105,8 @@ impl Store {
         };
         drop(view);
         let mut sent_at = sent_at;
-        if let Some(last) = conv.last_message() {
+        let before_last = conv.last_message();
+        if let Some(last) = before_last {
             if message <= last {
                 return Err(Error::MessageOutOfOrder {
                     conversation,
@@ -147,23 +149,51 @@ impl Store {
         // `Memory` update). Through the buffer it combines with the
         // sender's reads, and its flush plans it like any advance (its
         // change-log entry, and a run over what others posted before).
-        let verified = Verified {
+        // With someone listening, the state it starts from tells whether
+        // the send covered messages the sender had not read (an event);
+        // the buffer knows it, or one read of the stored mark does.
+        let mut verified = Verified {
             joined_seq,
             base: None,
         };
-        if let Applied::Verify = self.writer.apply(
-            conversation.0,
-            sender.0,
-            advance,
-            self.config.durability,
-            Some(verified),
-            false,
-        )? {
-            return Err(Error::InvalidArgument(
-                "a verified update was refused (a bug)",
-            ));
-        }
+        let prev = loop {
+            match self.writer.apply(
+                conversation.0,
+                sender.0,
+                advance,
+                self.config.durability,
+                Some(verified),
+                listening,
+            )? {
+                Applied::Done { prev } => break prev,
+                Applied::Verify if listening && verified.base.is_none() => {
+                    verified.base = Some(self.view().stored_mark(conversation, sender)?);
+                }
+                Applied::Verify => {
+                    return Err(Error::InvalidArgument(
+                        "a verified update was refused (a bug)",
+                    ))
+                }
+            }
+        };
         self.write_structural(batch)?;
+        // Marks made from now on may cover it (`mark_read` clamps to it).
+        self.newest.raise(conversation.0, message.0);
+        // A send that covered others' unread messages moved the sender
+        // into their `read_by`: other members hear of it like any read.
+        // One that covered only itself tells nobody anything new.
+        if listening {
+            let before = prev.and_then(|p| p.mark);
+            if before_last.is_some_and(|l| before.is_none_or(|m| m.up_to < l)) {
+                self.events.publish(
+                    conversation.0,
+                    sender.0,
+                    message.0,
+                    sent_at.0,
+                    before.map(|m| m.up_to.0),
+                );
+            }
+        }
         stripe.keep(
             conversation,
             ConvMeta {

@@ -138,12 +138,15 @@ impl Store {
         // Other members' catch-up lists a mark that became visible, and a
         // hidden member (as "forget it"): both as change entries.
         let mut base = 0;
+        // Marks that became visible: (conversation, up_to, at).
+        let mut now_visible = Vec::new();
         self.write_structural_with(batch, |v, seq, _| {
             base = seq;
             let mut rows: Vec<(u64, u64)> = hidden.iter().map(|c| (c.0, user.0)).collect();
             for &c in &shown {
-                if v.mark_state(c, user)?.mark.is_some() {
+                if let Some(m) = v.mark_state(c, user)?.mark {
                     rows.push((c.0, user.0));
+                    now_visible.push((c.0, m.up_to.0, m.at.0));
                 }
             }
             Ok(rows)
@@ -155,6 +158,11 @@ impl Store {
         // at `base`, before this change).
         for &c in &hidden {
             self.events.publish_hidden(c.0, user.0, base);
+        }
+        // ... and are told of what they may see now, like of any read (the
+        // counterpart of `Event::Hidden`).
+        for (c, up_to, at) in now_visible {
+            self.events.publish(c, user.0, up_to, at, None);
         }
         Ok(())
     }

@@ -4,7 +4,30 @@
 
 use std::path::Path;
 
-use readmark::{Config, Store};
+use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+
+/// Who posts the messages a test's members read: a member of its own, so
+/// the members' marks are theirs alone. Needed because `mark_read` clamps
+/// to the newest recorded message.
+pub const POSTER: UserId = UserId(1 << 40);
+
+/// A message id above every mark a marks-only test makes: posted once, it
+/// lets those marks stand unclamped.
+pub const FAR: u64 = 1 << 40;
+
+/// Adds [`POSTER`] to `c` (if not a member) and records `messages` from
+/// them (sent at their id, as a time), then flushes, so the test's own
+/// counters start from a settled store.
+pub fn post(s: &Store, c: ConversationId, messages: impl IntoIterator<Item = u64>) {
+    if !s.is_member(c, POSTER).unwrap() {
+        s.add_member(c, POSTER, Timestamp(0)).unwrap();
+    }
+    for m in messages {
+        s.record_message(c, MessageId(m), POSTER, Timestamp(m))
+            .unwrap();
+    }
+    s.flush().unwrap();
+}
 
 /// A store in a fresh temporary directory (kept alive by the returned guard).
 pub fn temp_store() -> (tempfile::TempDir, Store) {

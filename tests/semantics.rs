@@ -1,0 +1,181 @@
+//! Receipt semantics that peers' test suites (Synapse's receipts and
+//! unread counts, Mattermost's channel member store) expect, each a
+//! regression test of a defect found by porting them: every test here
+//! failed on the code before its fix. Real stores in temporary
+//! directories.
+
+use std::time::Duration;
+
+use readmark::{
+    CatchUp, Config, ConversationId, Durability, Event, MessageId, Page, PrivacyScope,
+    ReceiptEvent, Store, Timestamp, UserId,
+};
+
+const C: ConversationId = ConversationId(1);
+const ALICE: UserId = UserId(1);
+const BOB: UserId = UserId(2);
+const CAROL: UserId = UserId(3);
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(
+        dir,
+        Config::new()
+            .event_window(Duration::ZERO)
+            .flush_interval(Duration::from_secs(3600)),
+    )
+    .unwrap()
+}
+
+/// Alice, Bob and Carol in `C`; Alice posted messages `1..=messages`.
+fn trio(s: &Store, messages: u64) {
+    s.create_conversation(C).unwrap();
+    for u in [ALICE, BOB, CAROL] {
+        s.add_member(C, u, Timestamp(0)).unwrap();
+    }
+    for m in 1..=messages {
+        s.record_message(C, MessageId(m), ALICE, Timestamp(m))
+            .unwrap();
+    }
+}
+
+fn receipts(events: Vec<Event>) -> Vec<ReceiptEvent> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Receipt(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Post-mortem: a mark was taken as the client sent it, so one receipt
+/// naming an id above the newest message (`u64::MAX` here) made every
+/// later message read for that user, for good.
+#[test]
+fn regression_a_mark_past_the_newest_message_is_clamped_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    trio(&s, 3);
+    s.mark_read(C, BOB, MessageId(u64::MAX), Timestamp(10))
+        .unwrap();
+    assert_eq!(s.mark(C, BOB).unwrap().unwrap().up_to, MessageId(3));
+    s.record_message(C, MessageId(4), ALICE, Timestamp(11))
+        .unwrap();
+    assert_eq!(s.unread_count(C, BOB).unwrap().count, 1);
+    let by = s.read_by(C, ALICE, MessageId(4), Page::first(10)).unwrap();
+    assert_eq!(
+        by.count, 0,
+        "Bob has not read a message sent after his mark"
+    );
+    // A real read later is an advance like any other.
+    let sub = s.subscribe();
+    s.mark_read(C, BOB, MessageId(4), Timestamp(12)).unwrap();
+    let got = receipts(sub.drain().unwrap());
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].reader, got[0].up_to), (BOB, MessageId(4)));
+    // Every durability level, and across a reopen.
+    s.mark_read_with(
+        C,
+        CAROL,
+        MessageId(99),
+        Timestamp(13),
+        Durability::PowerLoss,
+    )
+    .unwrap();
+    drop(sub);
+    s.close().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.mark(C, CAROL).unwrap().unwrap().up_to, MessageId(4));
+    assert_eq!(s.mark(C, BOB).unwrap().unwrap().up_to, MessageId(4));
+}
+
+/// Post-mortem: the same, in a conversation with no message yet: the
+/// mark must not exist before anything was sent.
+#[test]
+fn regression_a_mark_in_an_empty_conversation_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    trio(&s, 0);
+    s.mark_read(C, BOB, MessageId(7), Timestamp(1)).unwrap();
+    assert_eq!(s.mark(C, BOB).unwrap(), None);
+    s.record_message(C, MessageId(1), ALICE, Timestamp(2))
+        .unwrap();
+    assert_eq!(s.unread_count(C, BOB).unwrap().count, 1);
+    s.flush().unwrap();
+    assert_eq!(s.unread_count(C, BOB).unwrap().count, 1);
+}
+
+/// Post-mortem: going public again wrote a change-log row for catch-up
+/// but told nobody online; every change others may now see is an event.
+#[test]
+fn regression_going_public_publishes_the_now_visible_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    trio(&s, 3);
+    s.set_receipts_private(BOB, PrivacyScope::Everywhere, true)
+        .unwrap();
+    s.mark_read(C, BOB, MessageId(2), Timestamp(10)).unwrap();
+    s.flush().unwrap();
+    let sub = s.subscribe();
+    s.set_receipts_private(BOB, PrivacyScope::Everywhere, false)
+        .unwrap();
+    let got = receipts(sub.drain().unwrap());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].reader, got[0].up_to), (BOB, MessageId(2)));
+    let mut to: Vec<u64> = got[0].recipients.iter().map(|u| u.0).collect();
+    to.sort_unstable();
+    assert_eq!(to, vec![1, 3]);
+    // Going public where nothing was read shows nothing.
+    s.set_receipts_private(CAROL, PrivacyScope::Conversation(C), true)
+        .unwrap();
+    s.set_receipts_private(CAROL, PrivacyScope::Conversation(C), false)
+        .unwrap();
+    assert!(receipts(sub.drain().unwrap()).is_empty());
+}
+
+/// Post-mortem: sending counts as reading, so a send that covered others'
+/// unread messages moved the sender into their `read_by`, but published
+/// nothing: the other members never saw it live.
+#[test]
+fn regression_a_send_that_covers_unread_messages_publishes_a_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    trio(&s, 2);
+    let sub = s.subscribe();
+    s.record_message(C, MessageId(3), BOB, Timestamp(10))
+        .unwrap();
+    let got = receipts(sub.drain().unwrap());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].reader, got[0].up_to, got[0].read_at),
+        (BOB, MessageId(3), Timestamp(10))
+    );
+    let mut to: Vec<u64> = got[0].recipients.iter().map(|u| u.0).collect();
+    to.sort_unstable();
+    assert_eq!(to, vec![1, 3]);
+    // Nothing unread before it: a send covers only itself, which its
+    // sender's clients know; no event.
+    s.record_message(C, MessageId(4), BOB, Timestamp(11))
+        .unwrap();
+    assert!(receipts(sub.drain().unwrap()).is_empty());
+}
+
+/// Post-mortem (format 3): a stale or duplicate update still wrote a
+/// change entry at flush, so catch-up listed an unchanged state again
+/// and every member downloaded it.
+#[test]
+fn regression_catch_up_does_not_list_an_unchanged_state_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    trio(&s, 5);
+    s.mark_read(C, BOB, MessageId(4), Timestamp(10)).unwrap();
+    s.flush().unwrap();
+    let cursor = s.snapshot(ALICE).unwrap().cursor;
+    s.mark_read(C, BOB, MessageId(3), Timestamp(11)).unwrap(); // stale
+    s.mark_read(C, BOB, MessageId(4), Timestamp(12)).unwrap(); // duplicate
+    s.flush().unwrap();
+    match s.changes_since(ALICE, cursor, 100).unwrap() {
+        CatchUp::Changes(page) => assert!(page.states.is_empty(), "{page:?}"),
+        CatchUp::SnapshotRequired => panic!("the cursor is fresh"),
+    }
+}
