@@ -179,3 +179,30 @@ fn regression_catch_up_does_not_list_an_unchanged_state_again() {
         CatchUp::SnapshotRequired => panic!("the cursor is fresh"),
     }
 }
+
+/// A store written before the clamp may hold a mark past the newest
+/// message: `verify` counts such marks (not a problem: answers stay
+/// consistent with the mark), and a clamped write never adds one.
+#[test]
+fn verify_counts_marks_past_the_newest_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    trio(&s, 3);
+    s.mark_read(C, BOB, MessageId(u64::MAX), Timestamp(9))
+        .unwrap();
+    s.close().unwrap();
+    const KEY: &str = "marks past the newest message (older versions)";
+    let r = readmark::verify(dir.path()).unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(r.records.get(KEY), None, "{:?}", r.records);
+    // What an older version wrote: a plain mark operand (design §2.2) at
+    // u64::MAX, merged around the clamp.
+    let s = open(dir.path());
+    let mut operand = vec![1u8, 1];
+    operand.extend_from_slice(&u64::MAX.to_be_bytes());
+    operand.extend_from_slice(&10u64.to_be_bytes());
+    s.__merge_raw_mark_operand(C, CAROL, &operand).unwrap();
+    s.close().unwrap();
+    let r = readmark::verify(dir.path()).unwrap();
+    assert_eq!(r.records.get(KEY), Some(&1), "{:?}", r.records);
+}

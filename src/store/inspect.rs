@@ -346,17 +346,29 @@ pub fn verify(path: &Path) -> Result<Report> {
         None => bad(Cf::Deletions, k, "key is not 16 bytes"),
     })?;
     let mut orphan_marks = 0u64;
+    let mut marks_past_newest = 0u64;
     each(Cf::Marks, &mut |k, v| match keys::decode_pair_key(k) {
         None => bad(Cf::Marks, k, "key is not 16 bytes"),
-        Some(p) => {
-            if MarkState::decode(v).is_none() {
-                bad(Cf::Marks, k, "mark value does not decode");
-            } else if !members.contains_key(&p) {
-                // A write that raced a leave can land after it; the next
-                // join of that user deletes it. Counted, not a problem.
-                orphan_marks += 1;
+        Some(p) => match MarkState::decode(v) {
+            None => bad(Cf::Marks, k, "mark value does not decode"),
+            Some(state) => {
+                if !members.contains_key(&p) {
+                    // A write that raced a leave can land after it; the next
+                    // join of that user deletes it. Counted, not a problem.
+                    orphan_marks += 1;
+                }
+                // Clamped since format 4's semantics fix (design §3.1);
+                // older versions took such marks as given. Counted, since
+                // a store written by them may hold some.
+                let newest = convs.get(&p.0).and_then(ConversationRecord::last_message);
+                if state
+                    .mark
+                    .is_some_and(|m| newest.is_none_or(|n| m.up_to > n))
+                {
+                    marks_past_newest += 1;
+                }
             }
-        }
+        },
     })?;
     each(Cf::Receipts, &mut |k, v| {
         if keys::decode_pair_key(k).is_none() {
@@ -485,6 +497,12 @@ pub fn verify(path: &Path) -> Result<Report> {
     report.journal = journal_info(path, &mut journal_problems)?;
     problems.extend(journal_problems);
     report.malformed_operands = counters.malformed.load(Ordering::Relaxed);
+    if marks_past_newest > 0 {
+        report.records.insert(
+            "marks past the newest message (older versions)",
+            marks_past_newest,
+        );
+    }
     if orphan_marks > 0 {
         report.records.insert("marks of non-members", orphan_marks);
     }

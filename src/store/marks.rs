@@ -181,7 +181,11 @@ impl Store {
         // buffer knows it after the key's first update, so this costs no
         // read on the write path. A no-op publishes nothing.
         let listening = self.events.has_subscribers();
-        let Some(newest) = self.newest_message(conversation)? else {
+        let newest = match self.newest.get(conversation.0) {
+            Some(n) => n,
+            None => self.newest_message_slow(conversation)?,
+        };
+        let Some(newest) = newest else {
             // No message yet: nothing to read, but the same answer to a
             // non-member as ever.
             self.view().require_member(conversation, user)?;
@@ -205,21 +209,21 @@ impl Store {
         Ok(())
     }
 
-    /// The newest message recorded in `conversation` (`None`: none yet):
-    /// from memory, or one read of the conversation record on a miss.
-    pub(crate) fn newest_message(&self, conversation: ConversationId) -> Result<Option<u64>> {
-        match self.newest.get(conversation.0) {
-            Ok(n) => Ok(n),
-            Err(generation) => {
-                let n = self
-                    .view()
-                    .conversation_record(conversation)?
-                    .last_message()
-                    .map(|m| m.0);
-                self.newest.fill(conversation.0, n, generation);
-                Ok(n)
-            }
-        }
+    /// The newest message recorded in `conversation` (`None`: none yet)
+    /// when memory does not say (`Newest::get` missed): one read of the
+    /// conversation record under its stripe lock, which orders it with
+    /// sends. Out of line: the hot path is the lock-free hit.
+    #[cold]
+    #[inline(never)]
+    fn newest_message_slow(&self, conversation: ConversationId) -> Result<Option<u64>> {
+        let _stripe = self.lock(conversation);
+        let n = self
+            .view()
+            .conversation_record(conversation)?
+            .last_message()
+            .map(|m| m.0);
+        self.newest.set(conversation.0, n);
+        Ok(n)
     }
 
     /// One update of a user's mark state through the buffer. The first

@@ -178,7 +178,7 @@ impl Store {
         };
         self.write_structural(batch)?;
         // Marks made from now on may cover it (`mark_read` clamps to it).
-        self.newest.raise(conversation.0, message.0);
+        self.newest.set(conversation.0, Some(message.0));
         // A send that covered others' unread messages moved the sender
         // into their `read_by`: other members hear of it like any read.
         // One that covered only itself tells nobody anything new.

@@ -66,9 +66,8 @@ pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 /// conversation records (membership, message ordinals).
 const LOCK_STRIPES: usize = 64;
 
-/// Conversations whose newest message is kept in memory (about; a shard
-/// over its share is cleared and refilled from the records on demand).
-const NEWEST_CAPACITY: usize = 1 << 18;
+// Every conversation of a `newest` slot is in the slot's stripe.
+const _: () = assert!(newest::SLOTS.is_multiple_of(LOCK_STRIPES));
 /// Conversations whose record a stripe keeps in memory (per stripe).
 const STRIPE_CACHE: usize = 4096;
 
@@ -426,7 +425,7 @@ impl Store {
             clock,
             writer,
             events,
-            newest: newest::Newest::new(NEWEST_CAPACITY),
+            newest: newest::Newest::new(),
             privacy_lock: Mutex::new(()),
             privacy_epoch: std::sync::atomic::AtomicU64::new(0),
             timer: Mutex::new(Some(timer)),
@@ -698,7 +697,7 @@ impl Store {
     }
 
     fn stripe(&self, conversation: ConversationId) -> usize {
-        let h = conversation.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let h = newest::stripe_hash(conversation.0);
         #[allow(clippy::cast_possible_truncation)]
         let i = (h as usize) % self.locks.len();
         i
@@ -816,7 +815,7 @@ fn replay(
         e.0 = e.0.join(r.state);
         e.1 += 1;
     }
-    // The rule `mark_read` applies (§4.4): no mark past the newest
+    // The rule `mark_read` applies (§3.1): no mark past the newest
     // recorded message, whatever a slot says (one written by an older
     // version, or a valid CRC over a bad write).
     let conversations = db
