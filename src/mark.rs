@@ -18,6 +18,8 @@
 //! flag_pos     8 BE  bits & BIT_FLAG_POS (only with BIT_FLAG)
 //! changed      8 BE  bits & BIT_CHANGED (format 4: the change-log sequence
 //!                    of the flush that last moved the mark; catch-up)
+//! flag_changed 8 BE  bits & BIT_FLAG_CHANGED (format 5: the sequence of the
+//!                    flush that last changed the flag; the owner's catch-up)
 //! ```
 //!
 //! Fields are packed: an absent field takes no space, so `flag_time` starts
@@ -46,13 +48,16 @@ pub(crate) const BIT_FLAG_SET: u8 = 0x04;
 pub(crate) const BIT_FLAG_POS: u8 = 0x08;
 /// Bit: the `changed` field is present.
 pub(crate) const BIT_CHANGED: u8 = 0x10;
-const KNOWN_BITS: u8 = BIT_MARK | BIT_FLAG | BIT_FLAG_SET | BIT_FLAG_POS | BIT_CHANGED;
+/// Bit: the `flag_changed` field is present (format 5).
+pub(crate) const BIT_FLAG_CHANGED: u8 = 0x20;
+const KNOWN_BITS: u8 =
+    BIT_MARK | BIT_FLAG | BIT_FLAG_SET | BIT_FLAG_POS | BIT_CHANGED | BIT_FLAG_CHANGED;
 /// Length of a value holding a mark and no flag.
 #[cfg(test)]
 pub(crate) const PLAIN_MARK_LEN: usize = FIELDS_OFFSET + 16;
-/// The longest encoding: a mark, a flag with its position, and a change
-/// sequence.
-pub(crate) const MAX_ENCODED_LEN: usize = FIELDS_OFFSET + 40;
+/// The longest encoding: a mark, a flag with its position, and both change
+/// sequences.
+pub(crate) const MAX_ENCODED_LEN: usize = FIELDS_OFFSET + 48;
 /// The longest encoding without a change sequence (what the journal holds:
 /// sequences are assigned when a flush writes the mark).
 pub(crate) const MAX_UNSEQUENCED_LEN: usize = FIELDS_OFFSET + 32;
@@ -147,6 +152,10 @@ pub(crate) struct MarkState {
     /// The change-log sequence of the flush that last moved the mark (0:
     /// none recorded). Joined by max, so it is a third semilattice half.
     pub(crate) changed: u64,
+    /// The change-log sequence of the flush that last changed the flag (0:
+    /// none recorded): the owner's other devices catch up on it; nobody
+    /// else sees the flag. Joined by max, a fourth half.
+    pub(crate) flag_changed: u64,
 }
 
 impl MarkState {
@@ -155,6 +164,7 @@ impl MarkState {
             mark: Some(ReadMark { up_to, at }),
             flag: None,
             changed: 0,
+            flag_changed: 0,
         }
     }
 
@@ -163,6 +173,7 @@ impl MarkState {
             mark: None,
             flag: Some(flag),
             changed: 0,
+            flag_changed: 0,
         }
     }
 
@@ -189,6 +200,10 @@ impl MarkState {
             self.changed = other.changed;
             changed = true;
         }
+        if other.flag_changed > self.flag_changed {
+            self.flag_changed = other.flag_changed;
+            changed = true;
+        }
         changed
     }
 
@@ -207,6 +222,7 @@ impl MarkState {
             mark: ReadMark::join(self.mark, other.mark),
             flag: UnreadFlag::join(self.flag, other.flag),
             changed: self.changed.max(other.changed),
+            flag_changed: self.flag_changed.max(other.flag_changed),
         }
     }
 
@@ -233,6 +249,9 @@ impl MarkState {
             }
         }
         if self.changed != 0 {
+            n += 8;
+        }
+        if self.flag_changed != 0 {
             n += 8;
         }
         n
@@ -263,6 +282,9 @@ impl MarkState {
         if self.changed != 0 {
             bits |= BIT_CHANGED;
         }
+        if self.flag_changed != 0 {
+            bits |= BIT_FLAG_CHANGED;
+        }
         out[VERSION_OFFSET] = MARK_VERSION;
         out[BITS_OFFSET] = bits;
         let mut n = FIELDS_OFFSET;
@@ -282,6 +304,9 @@ impl MarkState {
         }
         if self.changed != 0 {
             put(self.changed);
+        }
+        if self.flag_changed != 0 {
+            put(self.flag_changed);
         }
         n
     }
@@ -349,6 +374,14 @@ impl MarkState {
         } else {
             0
         };
+        let flag_changed = if bits & BIT_FLAG_CHANGED != 0 {
+            match take()? {
+                0 => return None,
+                v => v,
+            }
+        } else {
+            0
+        };
         if !rest.is_empty() {
             return None;
         }
@@ -356,6 +389,7 @@ impl MarkState {
             mark,
             flag,
             changed,
+            flag_changed,
         })
     }
 }
@@ -376,9 +410,14 @@ mod tests {
                 }),
                 flag: f.map(|(time, set, pos)| UnreadFlag { time, set, pos }),
                 changed: 0,
+                flag_changed: 0,
             })
-            .prop_flat_map(|s| (Just(s), 0u64..3))
-            .prop_map(|(s, changed)| MarkState { changed, ..s })
+            .prop_flat_map(|s| (Just(s), 0u64..3, 0u64..3))
+            .prop_map(|(s, changed, flag_changed)| MarkState {
+                changed,
+                flag_changed,
+                ..s
+            })
     }
 
     proptest! {
@@ -437,6 +476,7 @@ mod tests {
                 pos: Some(4),
             }),
             changed: 0,
+            flag_changed: 0,
         };
         let bytes = s.encode();
         let mut want = vec![1, BIT_MARK | BIT_FLAG | BIT_FLAG_SET | BIT_FLAG_POS];
@@ -471,10 +511,49 @@ mod tests {
     }
 
     #[test]
+    fn golden_flag_with_both_sequences() {
+        let s = MarkState {
+            changed: 0x0D,
+            flag_changed: 0x0E,
+            ..MarkState::from_mark(MessageId(1), Timestamp(2)).join(MarkState::from_flag(
+                UnreadFlag {
+                    time: 3,
+                    set: true,
+                    pos: Some(1),
+                },
+            ))
+        };
+        let bytes = s.encode();
+        let mut want = vec![
+            1,
+            BIT_MARK | BIT_FLAG | BIT_FLAG_SET | BIT_FLAG_POS | BIT_CHANGED | BIT_FLAG_CHANGED,
+        ];
+        for v in [1u64, 2, 3, 1, 0x0D, 0x0E] {
+            want.extend_from_slice(&v.to_be_bytes());
+        }
+        assert_eq!(bytes, want);
+        assert_eq!(bytes.len(), MAX_ENCODED_LEN);
+        assert_eq!(MarkState::decode(&bytes), Some(s));
+        // Each sequence joins by max on its own.
+        let other = MarkState {
+            changed: 0x20,
+            flag_changed: 0x01,
+            ..MarkState::default()
+        };
+        let j = s.join(other);
+        assert_eq!((j.changed, j.flag_changed), (0x20, 0x0E));
+        // Present means non-zero.
+        let mut zero = vec![1, BIT_FLAG_CHANGED];
+        zero.extend_from_slice(&0u64.to_be_bytes());
+        assert_eq!(MarkState::decode(&zero), None);
+    }
+
+    #[test]
     fn malformed_is_rejected() {
         assert_eq!(MarkState::decode(&[]), None);
         assert_eq!(MarkState::decode(&[2, 0]), None);
-        assert_eq!(MarkState::decode(&[1, 0x20]), None);
+        assert_eq!(MarkState::decode(&[1, 0x40]), None);
+        assert_eq!(MarkState::decode(&[1, BIT_FLAG_CHANGED]), None);
         // A present sequence is never zero (one encoding per record).
         assert_eq!(
             MarkState::decode(&[1, BIT_CHANGED, 0, 0, 0, 0, 0, 0, 0, 0]),

@@ -206,3 +206,106 @@ fn verify_counts_marks_past_the_newest_message() {
     let r = readmark::verify(dir.path()).unwrap();
     assert_eq!(r.records.get(KEY), Some(&1), "{:?}", r.records);
 }
+
+/// Post-mortem: "marked unread" was only in `unread_count`; a flag-only
+/// change wrote no change sequence, so the user's other devices had to
+/// poll for it. Now it is an event to the owner alone and in the owner's
+/// catch-up, and nobody else learns it moved.
+#[test]
+fn regression_the_unread_flag_reaches_the_owners_other_devices_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    trio(&s, 3);
+    s.mark_read(C, BOB, MessageId(3), Timestamp(10)).unwrap();
+    s.flush().unwrap();
+    let bob_cursor = s.snapshot(BOB).unwrap().cursor;
+    let alice_cursor = s.snapshot(ALICE).unwrap().cursor;
+    let sub = s.subscribe();
+    s.set_unread_flag(C, BOB, Timestamp(11)).unwrap();
+    assert_eq!(
+        sub.drain().unwrap(),
+        vec![Event::UnreadFlag {
+            conversation: C,
+            reader: BOB,
+            marked_unread: true
+        }]
+    );
+    // Setting it again at an older time changes nothing: no event.
+    s.set_unread_flag(C, BOB, Timestamp(5)).unwrap();
+    assert!(sub.drain().unwrap().is_empty());
+    s.flush().unwrap();
+    let CatchUp::Changes(own) = s.changes_since(BOB, bob_cursor, 10).unwrap() else {
+        panic!("fresh cursor")
+    };
+    assert_eq!(own.states.len(), 1, "{own:?}");
+    assert_eq!(
+        (
+            own.states[0].reader,
+            own.states[0].up_to,
+            own.states[0].marked_unread
+        ),
+        (BOB, MessageId(3), true)
+    );
+    let CatchUp::Changes(others) = s.changes_since(ALICE, alice_cursor, 10).unwrap() else {
+        panic!("fresh cursor")
+    };
+    assert!(others.states.is_empty(), "{others:?}");
+    // Alice's snapshot shows Bob's mark, never his flag.
+    let snap = s.snapshot(ALICE).unwrap();
+    let bob = snap.states.iter().find(|x| x.reader == BOB).unwrap();
+    assert!(!bob.marked_unread);
+    assert!(s
+        .snapshot(BOB)
+        .unwrap()
+        .states
+        .iter()
+        .any(|x| x.reader == BOB && x.marked_unread));
+    // Cleared from another device: an event, and the next catch-up says so.
+    s.clear_unread_flag(C, BOB, Timestamp(12)).unwrap();
+    assert!(matches!(
+        sub.drain().unwrap()[..],
+        [Event::UnreadFlag {
+            marked_unread: false,
+            ..
+        }]
+    ));
+    s.flush().unwrap();
+    let CatchUp::Changes(own) = s.changes_since(BOB, own.next, 10).unwrap() else {
+        panic!("fresh cursor")
+    };
+    assert_eq!(own.states.len(), 1);
+    assert!(!own.states[0].marked_unread);
+    // A member who left hears nothing of a flag queued before they left.
+    s.set_unread_flag(C, CAROL, Timestamp(13)).unwrap();
+    s.remove_member(C, CAROL).unwrap();
+    assert!(sub.drain().unwrap().is_empty());
+}
+
+/// A format-4 store opens as format 5 (the flag's change sequence is a new
+/// optional field: nothing to rewrite) with its marks and flags intact.
+#[test]
+fn a_format_4_store_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        trio(&s, 3);
+        s.mark_read(C, BOB, MessageId(2), Timestamp(10)).unwrap();
+        s.set_unread_flag(C, BOB, Timestamp(11)).unwrap();
+        s.close().unwrap();
+    }
+    {
+        let opts = rocksdb::Options::default();
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), cfs).unwrap();
+        let meta = db.cf_handle("meta").unwrap();
+        db.put_cf(meta, b"format_version", 4u32.to_be_bytes())
+            .unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.mark(C, BOB).unwrap().unwrap().up_to, MessageId(2));
+    assert!(s.unread_count(C, BOB).unwrap().marked_unread);
+    s.close().unwrap();
+    let r = readmark::inspect(dir.path()).unwrap();
+    assert_eq!(r.format_version, Some(readmark::FORMAT_VERSION));
+    assert_eq!(readmark::FORMAT_VERSION, 5);
+}

@@ -43,7 +43,7 @@ impl Client {
             let frame = self.read(Duration::from_secs(10)).expect("an answer");
             if matches!(
                 frame["type"].as_str(),
-                Some("receipt" | "resync" | "hidden")
+                Some("receipt" | "resync" | "hidden" | "unread_flag")
             ) {
                 self.pushes.push_back(frame);
                 continue;
@@ -175,4 +175,68 @@ fn a_read_reaches_the_other_member_within_the_coalescing_window() {
         .expect("bob's other device");
     assert_eq!(own["up_to"].as_u64(), Some(6));
     assert_eq!(alice.next(WINDOW * 2), None, "a private read reached alice");
+}
+
+/// "Mark as unread" on one device reaches the user's other devices at once
+/// and in their catch-up; the other members hear nothing of it.
+#[test]
+fn the_unread_flag_reaches_the_readers_other_devices_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new()
+        .event_window(WINDOW)
+        .flush_interval(Duration::from_millis(100));
+    let store = Arc::new(Store::open(dir.path(), config).unwrap());
+    let srv = server::start(store.clone(), "127.0.0.1:0").unwrap();
+    let mut alice = Client::connect(srv.addr, 1);
+    let mut bob = Client::connect(srv.addr, 2);
+    let mut bob_phone = Client::connect(srv.addr, 2);
+    alice.call(json!({"op": "join", "conversation": 7}));
+    bob.call(json!({"op": "join", "conversation": 7}));
+    for m in 1..=3 {
+        alice.call(json!({"op": "send", "conversation": 7, "message": m}));
+    }
+    bob.call(json!({"op": "read", "conversation": 7, "up_to": 3}));
+    // Settle the read's receipts before the flag, so what follows is only
+    // the flag's doing.
+    assert_eq!(alice.next(Duration::from_secs(10)).unwrap()["up_to"], 3);
+    assert_eq!(bob_phone.next(Duration::from_secs(10)).unwrap()["up_to"], 3);
+    store.flush().unwrap();
+    let phone_cursor = bob_phone.call(json!({"op": "catch_up", "cursor": null}))["cursor"].clone();
+    let alice_cursor = alice.call(json!({"op": "catch_up", "cursor": null}))["cursor"].clone();
+
+    bob.call(json!({"op": "unread", "conversation": 7, "unread": true}));
+    let flag = bob_phone
+        .next(Duration::from_secs(10))
+        .expect("bob's other device");
+    assert_eq!(
+        (
+            flag["type"].as_str(),
+            flag["conversation"].as_u64(),
+            flag["marked_unread"].as_bool()
+        ),
+        (Some("unread_flag"), Some(7), Some(true))
+    );
+    // Catch-up: bob's phone lists his own state, flagged; alice's lists
+    // nothing (his mark did not move).
+    store.flush().unwrap();
+    let own = bob_phone.call(json!({"op": "catch_up", "cursor": phone_cursor}));
+    let states = own["states"].as_array().unwrap();
+    assert_eq!(states.len(), 1, "{own}");
+    assert_eq!(
+        (
+            states[0]["reader"].as_u64(),
+            states[0]["marked_unread"].as_bool()
+        ),
+        (Some(2), Some(true))
+    );
+    let others = alice.call(json!({"op": "catch_up", "cursor": alice_cursor}));
+    assert_eq!(others["states"].as_array().unwrap().len(), 0, "{others}");
+    // Alice's next push is the receipt of bob's next read, not the flag.
+    alice.call(json!({"op": "send", "conversation": 7, "message": 4}));
+    bob.call(json!({"op": "read", "conversation": 7, "up_to": 4}));
+    let next = alice.next(Duration::from_secs(10)).expect("the receipt");
+    assert_eq!(
+        (next["type"].as_str(), next["up_to"].as_u64()),
+        (Some("receipt"), Some(4))
+    );
 }

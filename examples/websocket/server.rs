@@ -12,6 +12,7 @@
 //! | `{"op":"send","conversation":1,"message":7}` | `ok` |
 //! | `{"op":"read","conversation":1,"up_to":7}` | `ok` |
 //! | `{"op":"private","private":true}` | `ok` (receipts private everywhere) |
+//! | `{"op":"unread","conversation":1,"unread":true}` | `ok` (marks it unread, or clears that) |
 //! | `{"op":"catch_up","cursor":null}` | `{"type":"state",...}` (a snapshot) |
 //! | `{"op":"catch_up","cursor":"<hex>"}` | `{"type":"state",...}` or `{"type":"snapshot_required"}` |
 //!
@@ -19,7 +20,9 @@
 //! "up_to":7,"read_at":1700000000000}` to the reader's own connections and to
 //! the event's recipients; `{"type":"hidden","conversation":1,"reader":2}`
 //! to the other members when a reader makes their receipts private (drop
-//! what you show of theirs); and `{"type":"resync"}` to everyone if the
+//! what you show of theirs); `{"type":"unread_flag","conversation":1,
+//! "marked_unread":true}` to the user's own connections when one of them
+//! changes the flag; and `{"type":"resync"}` to everyone if the
 //! event buffer overflowed (clients then `catch_up`). A `state` answer has
 //! `states`, `hidden` (pairs to forget) and the next `cursor`. Errors are
 //! `{"type":"error","error":"..."}`.
@@ -145,6 +148,23 @@ fn dispatch(store: &Store, registry: &Registry, stop: &AtomicBool) {
                     }
                 }
             }
+            Ok(Some(Event::UnreadFlag {
+                conversation,
+                reader,
+                marked_unread,
+            })) => {
+                // The reader's own devices only.
+                let text = json!({
+                    "type": "unread_flag",
+                    "conversation": conversation.0,
+                    "marked_unread": marked_unread,
+                })
+                .to_string();
+                let reg = registry.lock().expect("registry");
+                for (_, outbox) in reg.get(&reader.0).into_iter().flatten() {
+                    let _ = outbox.send(text.clone());
+                }
+            }
             Ok(Some(Event::Lagged { .. })) => {
                 let text = json!({"type": "resync"}).to_string();
                 for (_, outbox) in registry.lock().expect("registry").values().flatten() {
@@ -249,6 +269,14 @@ fn handle(text: &str, user: &mut Option<UserId>, store: &Store) -> Res<Value> {
             let m = MessageId(field(&v, "up_to")?);
             store.mark_read(c, me, m, now()).map_err(err)?;
         }
+        "unread" => {
+            let c = ConversationId(field(&v, "conversation")?);
+            if v.get("unread").and_then(Value::as_bool).unwrap_or(true) {
+                store.set_unread_flag(c, me, now()).map_err(err)?;
+            } else {
+                store.clear_unread_flag(c, me, now()).map_err(err)?;
+            }
+        }
         "private" => {
             let private = v.get("private").and_then(Value::as_bool).unwrap_or(true);
             store
@@ -305,5 +333,6 @@ fn state_json(s: &ReadState) -> Value {
         "reader": s.reader.0,
         "up_to": s.up_to.0,
         "read_at": s.read_at.0,
+        "marked_unread": s.marked_unread,
     })
 }

@@ -169,6 +169,7 @@ pub(crate) fn encode_copy_with(out: &mut [u8; COPY_LEN], epoch: &crc32fast::Hash
     let mut state = [0u8; MAX_ENCODED_LEN];
     let len = MarkState {
         changed: 0,
+        flag_changed: 0,
         ..copy.state
     }
     .encode_to(&mut state);

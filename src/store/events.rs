@@ -89,6 +89,20 @@ pub enum Event {
         /// Advances not queued since the last `Lagged`.
         dropped: u64,
     },
+    /// `reader` marked `conversation` unread, or cleared that, from one of
+    /// their devices: send it to the reader's own devices only (the flag
+    /// is nobody else's business, and no one else is told it moved).
+    /// Delivered at once, not coalesced; `marked_unread` is the flag in
+    /// force at delivery. (An advance of the mark clears the flag too: the
+    /// reader's [`Event::Receipt`] says that.)
+    UnreadFlag {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Whose flag.
+        reader: UserId,
+        /// Whether the conversation is marked unread now.
+        marked_unread: bool,
+    },
     /// `reader` made their receipts private in `conversation`: the
     /// `recipients` (the other current members, in conversations whose
     /// policy sends receipts to every member) should drop what they were
@@ -111,10 +125,18 @@ pub(crate) struct Queue {
 
 struct QueueState {
     receipts: Coalescer,
-    /// (conversation, reader, change sequence before the hiding) to hide,
-    /// delivered before receipts. Bounded like the receipts; past it,
-    /// counted as dropped.
-    hidden: std::collections::VecDeque<(u64, u64, u64)>,
+    /// Notices delivered at once, before receipts, in order. Bounded like
+    /// the receipts; past it, counted as dropped.
+    notices: std::collections::VecDeque<Notice>,
+}
+
+/// A notice not coalesced.
+#[derive(Clone, Copy, Debug)]
+enum Notice {
+    /// (conversation, reader, change sequence before the hiding) to hide.
+    Hidden(u64, u64, u64),
+    /// (conversation, reader) whose unread flag changed.
+    Flag(u64, u64),
 }
 
 /// The subscriptions of a store.
@@ -144,12 +166,21 @@ impl Hub {
     /// Queues a "forget this reader's receipts" notice in every
     /// subscription.
     pub(crate) fn publish_hidden(&self, conversation: u64, reader: u64, seq: u64) {
+        self.publish_notice(Notice::Hidden(conversation, reader, seq));
+    }
+
+    /// Queues "the reader's unread flag changed" in every subscription.
+    pub(crate) fn publish_flag(&self, conversation: u64, reader: u64) {
+        self.publish_notice(Notice::Flag(conversation, reader));
+    }
+
+    fn publish_notice(&self, notice: Notice) {
         for q in self.queues.read().iter() {
             let mut s = q.inner.lock();
-            if s.hidden.len() >= self.capacity {
+            if s.notices.len() >= self.capacity {
                 s.receipts.add_dropped(1);
             } else {
-                s.hidden.push_back((conversation, reader, seq));
+                s.notices.push_back(notice);
             }
             drop(s);
             q.ready.notify_all();
@@ -242,8 +273,8 @@ impl Subscription<'_> {
                     if dropped > 0 {
                         return Ok(Some(Event::Lagged { dropped }));
                     }
-                    if let Some(h) = q.hidden.pop_front() {
-                        break Item::Hidden(h);
+                    if let Some(n) = q.notices.pop_front() {
+                        break Item::Notice(n);
                     }
                     if let Some(due) = q.receipts.pop_due(hub.now_ns()) {
                         break Item::Receipt(due);
@@ -294,7 +325,7 @@ impl Subscription<'_> {
     pub fn drain(&self) -> Result<Vec<Event>> {
         let (dropped, held) = {
             let mut q = self.queue.inner.lock();
-            let mut held: Vec<Item> = q.hidden.drain(..).map(Item::Hidden).collect();
+            let mut held: Vec<Item> = q.notices.drain(..).map(Item::Notice).collect();
             while let Some(e) = q.receipts.pop_front() {
                 held.push(Item::Receipt(e));
             }
@@ -330,7 +361,7 @@ impl Subscription<'_> {
     #[must_use]
     pub fn pending(&self) -> usize {
         let q = self.queue.inner.lock();
-        q.receipts.len() + q.hidden.len()
+        q.receipts.len() + q.notices.len()
     }
 
     fn resolve_item(&self, item: Item) -> Result<Option<Event>> {
@@ -338,7 +369,8 @@ impl Subscription<'_> {
             Item::Receipt((key, pending)) => {
                 Ok(self.store.resolve(key, pending)?.map(Event::Receipt))
             }
-            Item::Hidden((c, r, seq)) => self.store.resolve_hidden(c, r, seq),
+            Item::Notice(Notice::Hidden(c, r, seq)) => self.store.resolve_hidden(c, r, seq),
+            Item::Notice(Notice::Flag(c, r)) => self.store.resolve_flag(c, r),
         }
     }
 }
@@ -346,7 +378,7 @@ impl Subscription<'_> {
 /// What a queue hands to delivery.
 enum Item {
     Receipt(((u64, u64), Pending)),
-    Hidden((u64, u64, u64)),
+    Notice(Notice),
 }
 
 impl Drop for Subscription<'_> {
@@ -370,6 +402,10 @@ pub struct ReadState {
     pub up_to: MessageId,
     /// When.
     pub read_at: Timestamp,
+    /// Whether the reader marked the conversation unread (and read nothing
+    /// newer since). Only in the user's own states: another member's flag
+    /// is never shown, and is `false` here.
+    pub marked_unread: bool,
 }
 
 /// A page of [`Store::changes_since`].
@@ -583,7 +619,7 @@ impl Store {
         let queue = Arc::new(Queue {
             inner: Mutex::new(QueueState {
                 receipts: Coalescer::new(self.events.window_ns, self.events.capacity),
-                hidden: std::collections::VecDeque::new(),
+                notices: std::collections::VecDeque::new(),
             }),
             ready: Condvar::new(),
         });
@@ -634,6 +670,20 @@ impl Store {
             conversation,
             reader,
             recipients,
+        }))
+    }
+
+    /// The reader's flag as it is now, if they are still a member.
+    fn resolve_flag(&self, c: u64, r: u64) -> Result<Option<Event>> {
+        let (conversation, reader) = (ConversationId(c), UserId(r));
+        let view = self.view();
+        if view.member_record(conversation, reader)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Event::UnreadFlag {
+            conversation,
+            reader,
+            marked_unread: view.mark_state(conversation, reader)?.marked_unread(),
         }))
     }
 
@@ -812,8 +862,11 @@ impl Store {
             // The user's own marks (their other devices): each carries the
             // sequence of the flush that last moved it.
             for &conversation in conversations.iter().filter(|c2| c2.0 >= c.resume_a) {
+                // A flag change has its own sequence, read only here.
                 let stored = view.stored_mark(conversation, user)?;
-                if stored.mark.is_none() || !in_walk(stored.changed) {
+                if stored.mark.is_none()
+                    || !(in_walk(stored.changed) || in_walk(stored.flag_changed))
+                {
                     continue;
                 }
                 if full(&states, &hidden) {
@@ -825,7 +878,7 @@ impl Store {
                         more: true,
                     }));
                 }
-                if let Some(s) = read_state(&view, conversation, user)? {
+                if let Some(s) = read_state(&view, conversation, user, user)? {
                     states.push(s);
                 }
             }
@@ -894,7 +947,7 @@ impl Store {
                     .is_some_and(|m| !m.is_private());
                 // Left, private, or (after leaving and joining again) no
                 // mark yet: whatever the user was shown is stale.
-                match shown.then(|| read_state(&view, conversation, reader)) {
+                match shown.then(|| read_state(&view, conversation, reader, user)) {
                     Some(Ok(Some(s))) => states.push(s),
                     Some(Err(e)) => return Err(e),
                     _ if row <= joined => {}
@@ -950,7 +1003,7 @@ impl Store {
         for conversation in super::conversations::conversations_in(&view, user)? {
             let conv = view.conversation_record(conversation)?;
             if !self.shows_others(&conv) {
-                if let Some(s) = read_state(&view, conversation, user)? {
+                if let Some(s) = read_state(&view, conversation, user, user)? {
                     states.push(s);
                 }
                 continue;
@@ -963,6 +1016,7 @@ impl Store {
                             reader,
                             up_to: mark.up_to,
                             read_at: mark.at,
+                            marked_unread: reader == user && state.marked_unread(),
                         });
                     }
                 }
@@ -1006,20 +1060,21 @@ fn walk_log(
     })
 }
 
+/// `reader`'s state as `viewer` may see it (the flag only their own).
 fn read_state(
     view: &View<'_>,
     conversation: ConversationId,
     reader: UserId,
+    viewer: UserId,
 ) -> Result<Option<ReadState>> {
-    Ok(view
-        .mark_state(conversation, reader)?
-        .mark
-        .map(|m| ReadState {
-            conversation,
-            reader,
-            up_to: m.up_to,
-            read_at: m.at,
-        }))
+    let state = view.mark_state(conversation, reader)?;
+    Ok(state.mark.map(|m| ReadState {
+        conversation,
+        reader,
+        up_to: m.up_to,
+        read_at: m.at,
+        marked_unread: reader == viewer && state.marked_unread(),
+    }))
 }
 
 /// Adds to `out` the current members other than `reader` who wrote a

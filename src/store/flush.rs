@@ -146,11 +146,20 @@ pub(crate) fn plan_round(
             continue;
         }
         let advanced = new.mark != prev.mark;
-        if advanced {
+        let flagged = new.flag != prev.flag;
+        if advanced || flagged {
             // The change-log entry of an advance is its sequence, in the
             // mark: catch-up finds the marks that moved since a cursor by
             // scanning them (docs/design.md §15.5), and no row is written.
-            new.changed = changes.next(db)?;
+            // A flag change gets its own sequence, which only the owner's
+            // catch-up reads: nobody else sees the flag, nor that it moved.
+            let seq = changes.next(db)?;
+            if advanced {
+                new.changed = seq;
+            }
+            if flagged {
+                new.flag_changed = seq;
+            }
             plan.sequenced += 1;
         }
         // A private member's reads get no run: going public later must not

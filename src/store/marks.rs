@@ -433,8 +433,19 @@ impl Store {
             set,
             pos,
         });
-        self.update_mark(conversation, user, operand, self.config.durability, false)
-            .map(|_| ())
+        let listening = self.events.has_subscribers();
+        let prev = self.update_mark(
+            conversation,
+            user,
+            operand,
+            self.config.durability,
+            listening,
+        )?;
+        // The owner's other devices hear of it at once; nobody else.
+        if listening && prev.is_none_or(|p| !p.covers(&operand)) {
+            self.events.publish_flag(conversation.0, user.0);
+        }
+        Ok(())
     }
 
     /// Testing hook: writes `operand` verbatim as a merge operand of the

@@ -51,14 +51,16 @@ pub(crate) use view::View;
 
 /// The on-disk format this build reads and writes, stored in `meta` under
 /// [`FORMAT_VERSION_KEY`] and checked on every open.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Earlier formats, opened and upgraded in place. Version 3 added column
 /// families (`changes`, `user_changes`, `users`) and member flags that
 /// version 2 never set; version 4 changed the journal (slots instead of
 /// segments, whose frames are still replayed at the upgrade) and stopped
 /// writing a bit per message for in-order reads (runs time them), which
-/// reads of older records answer the same way.
-pub(crate) const UPGRADABLE_FORMAT_VERSIONS: [u32; 2] = [2, 3];
+/// reads of older records answer the same way; version 5 added the flag's
+/// change sequence to the mark value (`mark::BIT_FLAG_CHANGED`), which no
+/// older value has and a version-4 build would refuse to decode.
+pub(crate) const UPGRADABLE_FORMAT_VERSIONS: [u32; 3] = [2, 3, 4];
 /// Key of the format version in the `meta` column family.
 pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
