@@ -231,9 +231,10 @@ impl Hub {
 /// Advances by [`Store::mark_read`] publish events, and so does a send
 /// that covered messages its sender had not read (sending counts as
 /// reading), and a mark that becomes visible when its owner makes their
-/// receipts public again. A send that covers only itself,
-/// [`Store::mark_viewed`] and the unread flag do not (the sender's clients
-/// know what they sent; views and the flag change no read mark).
+/// receipts public again. A change of the unread flag is an
+/// [`Event::UnreadFlag`] for the owner's devices alone. A send that covers
+/// only itself and [`Store::mark_viewed`] publish nothing (the sender's
+/// clients know what they sent; views change no read mark).
 ///
 /// # Examples
 ///
