@@ -435,7 +435,8 @@ mod api {
         /// (conv, user) -> joined_after
         members: BTreeMap<(u64, u64), Option<u64>>,
         /// conv -> [(id, sender, deleted)]
-        msgs: BTreeMap<u64, Vec<(u64, u64, bool)>>,
+        /// conversation -> (id, sender, deleted, system kind)
+        msgs: BTreeMap<u64, Vec<(u64, u64, bool, bool)>>,
         /// Conversations not in per-message mode (more than 2 members at
         /// their last membership change).
         large: BTreeSet<u64>,
@@ -565,7 +566,20 @@ mod api {
                 3 => {
                     let last = m.msgs.get(&conv).and_then(|v| v.last()).map_or(0, |x| x.0);
                     let id = if c == 0 { last } else { last + u64::from(c) };
-                    let r = s.record_message(cid, MessageId(id), uid, Timestamp(clock));
+                    // A system message (never unread) now and then.
+                    let system = a & 0x80 != 0;
+                    let kind = if system {
+                        crate::MessageKind::System
+                    } else {
+                        crate::MessageKind::Regular
+                    };
+                    let r = s.record_message_with(
+                        cid,
+                        MessageId(id),
+                        uid,
+                        Timestamp(clock),
+                        &crate::MessageOptions::new().kind(kind),
+                    );
                     if !m.convs.contains(&conv) {
                         assert!(matches!(r, Err(Error::UnknownConversation(_))));
                     } else if !m.members.contains_key(&key) {
@@ -574,7 +588,10 @@ mod api {
                         assert!(matches!(r, Err(Error::MessageOutOfOrder { .. })));
                     } else {
                         r.expect("record");
-                        m.msgs.get_mut(&conv).expect("conv").push((id, user, false));
+                        m.msgs
+                            .get_mut(&conv)
+                            .expect("conv")
+                            .push((id, user, false, system));
                         if !m.large.contains(&conv) {
                             m.tracked.insert((conv, id));
                         }
@@ -609,7 +626,7 @@ mod api {
                     } else {
                         r.expect("mark_read");
                         // Clamped to the newest message; none yet, nothing.
-                        let Some(&(last, _, _)) = m.msgs[&conv].last() else {
+                        let Some(&(last, _, _, _)) = m.msgs[&conv].last() else {
                             continue;
                         };
                         let up = up.min(last);
@@ -639,7 +656,7 @@ mod api {
                     let Some(v) = m.msgs.get(&conv).filter(|v| !v.is_empty()) else {
                         continue;
                     };
-                    let (id, sender, _) = v[usize::from(c) % v.len()];
+                    let (id, sender, _, _) = v[usize::from(c) % v.len()];
                     let r = s.mark_viewed(cid, uid, MessageId(id), Timestamp(clock));
                     let Some(&joined_after) = m.members.get(&key) else {
                         assert!(matches!(r, Err(Error::NotMember { .. })));
@@ -759,7 +776,7 @@ mod api {
                         };
                         let count = m.msgs[&conv]
                             .iter()
-                            .filter(|x| !x.2 && seen.is_none_or(|p| x.0 > p))
+                            .filter(|x| !x.2 && !x.3 && seen.is_none_or(|p| x.0 > p))
                             .count() as u64;
                         assert_eq!(
                             unread.expect("unread").count,
@@ -776,7 +793,7 @@ mod api {
             let Some(viewer) = m.members.keys().find(|k| k.0 == conv).map(|k| k.1) else {
                 continue;
             };
-            for &(id, sender, _) in msgs {
+            for &(id, sender, _, _) in msgs {
                 let want: Vec<u64> = m
                     .members
                     .iter()

@@ -68,9 +68,10 @@ pub use mark::ReadMark;
 pub use merge::{merge_marks, MergeOutcome};
 #[cfg(feature = "store")]
 pub use store::{
-    dump, inspect, verify, CatchUp, Changes, Event, Page, PrivacyScope, Problem, ReadBy, ReadCount,
-    ReadState, ReadTime, Reader, ReceiptEvent, ReceiptSource, Report, RocksDbIo, SegmentInfo,
-    Snapshot, Stats, Store, Subscription, Unread, AUTHOR_SCAN_LIMIT, FORMAT_VERSION,
+    dump, inspect, verify, CatchUp, Changes, Event, MessageKind, MessageOptions, Page,
+    PrivacyScope, Problem, ReadBy, ReadCount, ReadState, ReadTime, Reader, ReceiptEvent,
+    ReceiptSource, Report, RocksDbIo, SegmentInfo, Snapshot, Stats, Store, Subscription, Unread,
+    AUTHOR_SCAN_LIMIT, FORMAT_VERSION,
 };
 
 // The README's usage example is compiled and run as a doc test.

@@ -32,7 +32,8 @@ pub(crate) struct ConversationRecord {
     pub(crate) message_count: u64,
     /// Newest recorded message, meaningful iff `message_count > 0`.
     pub(crate) last_message: u64,
-    /// Messages deleted so far (each also has a `deletions` key).
+    /// Messages excluded from unread counts: deleted, or of an uncounted
+    /// kind (each has a `deletions` key).
     pub(crate) deleted_count: u64,
     /// Per-message receipts are kept for messages recorded now (the
     /// conversation was small at its last membership or threshold change).
@@ -209,6 +210,7 @@ impl MemberRecord {
 /// | ver | flags  | ordinal        | sender         | sent_at        |
 ///         bit0: deleted
 ///         bit1: tracked (recorded with per-message receipts)
+///         bit2: uncounted (a kind never counted as unread; format 5)
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct MessageRecord {
@@ -219,10 +221,14 @@ pub(crate) struct MessageRecord {
     pub(crate) deleted: bool,
     /// Recorded while the conversation kept per-message receipts.
     pub(crate) tracked: bool,
+    /// Of a kind that never counts as unread (`MessageKind::System`): in
+    /// the `deletions` index from the start, like a deleted message.
+    pub(crate) uncounted: bool,
 }
 
 pub(crate) const MESSAGE_FLAG_DELETED: u8 = 0x01;
 pub(crate) const MESSAGE_FLAG_TRACKED: u8 = 0x02;
+pub(crate) const MESSAGE_FLAG_UNCOUNTED: u8 = 0x04;
 pub(crate) const MESSAGE_ORDINAL: usize = 2;
 pub(crate) const MESSAGE_SENDER: usize = 10;
 pub(crate) const MESSAGE_SENT_AT: usize = 18;
@@ -238,6 +244,9 @@ impl MessageRecord {
         if self.tracked {
             b[1] |= MESSAGE_FLAG_TRACKED;
         }
+        if self.uncounted {
+            b[1] |= MESSAGE_FLAG_UNCOUNTED;
+        }
         put(&mut b, MESSAGE_ORDINAL, self.ordinal);
         put(&mut b, MESSAGE_SENDER, self.sender.0);
         put(&mut b, MESSAGE_SENT_AT, self.sent_at.0);
@@ -245,7 +254,7 @@ impl MessageRecord {
     }
 
     pub(crate) fn decode(b: &[u8]) -> Option<Self> {
-        let known = MESSAGE_FLAG_DELETED | MESSAGE_FLAG_TRACKED;
+        let known = MESSAGE_FLAG_DELETED | MESSAGE_FLAG_TRACKED | MESSAGE_FLAG_UNCOUNTED;
         if b.len() != MESSAGE_LEN || b[0] != RECORD_VERSION || b[1] & !known != 0 {
             return None;
         }
@@ -256,7 +265,13 @@ impl MessageRecord {
             sent_at: Timestamp(get(b, MESSAGE_SENT_AT)),
             deleted: b[1] & MESSAGE_FLAG_DELETED != 0,
             tracked: b[1] & MESSAGE_FLAG_TRACKED != 0,
+            uncounted: b[1] & MESSAGE_FLAG_UNCOUNTED != 0,
         })
+    }
+
+    /// In the `deletions` index: not counted as unread.
+    pub(crate) fn excluded(&self) -> bool {
+        self.deleted || self.uncounted
     }
 }
 
@@ -341,6 +356,7 @@ mod tests {
             sent_at: Timestamp(3),
             deleted: true,
             tracked: true,
+            uncounted: false,
         };
         let b = r.encode();
         assert_eq!(b[1], MESSAGE_FLAG_DELETED | MESSAGE_FLAG_TRACKED);
@@ -351,5 +367,14 @@ mod tests {
         let mut bad = b;
         bad[1] = 0x80;
         assert_eq!(MessageRecord::decode(&bad), None);
+        let system = MessageRecord {
+            deleted: false,
+            uncounted: true,
+            ..r
+        };
+        let b = system.encode();
+        assert_eq!(b[1], MESSAGE_FLAG_TRACKED | MESSAGE_FLAG_UNCOUNTED);
+        assert_eq!(MessageRecord::decode(&b), Some(system));
+        assert!(system.excluded() && r.excluded());
     }
 }

@@ -7,7 +7,10 @@ mod common;
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use readmark::{ConversationId, Error, MessageId, Page, Store, Timestamp, Unread, UserId};
+use readmark::{
+    ConversationId, Error, MessageId, MessageKind, MessageOptions, Page, Store, Timestamp, Unread,
+    UserId,
+};
 
 const USERS: u64 = 5;
 const CONVS: u64 = 2;
@@ -26,6 +29,8 @@ enum Op {
         conv: u64,
         user: u64,
         gap: u64,
+        /// `MessageKind::System`: never counted as unread.
+        system: bool,
     },
     Delete {
         conv: u64,
@@ -52,7 +57,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (c.clone(), u.clone()).prop_map(|(conv, user)| Op::Join { conv, user }),
         1 => (c.clone(), u.clone()).prop_map(|(conv, user)| Op::Leave { conv, user }),
-        6 => (c.clone(), u.clone(), 1u64..4).prop_map(|(conv, user, gap)| Op::Send { conv, user, gap }),
+        6 => (c.clone(), u.clone(), 1u64..4, proptest::bool::weighted(0.25))
+            .prop_map(|(conv, user, gap, system)| Op::Send { conv, user, gap, system }),
         2 => (c.clone(), any::<usize>()).prop_map(|(conv, pick)| Op::Delete { conv, pick }),
         6 => (c.clone(), u.clone(), any::<usize>(), proptest::bool::weighted(0.1))
             .prop_map(|(conv, user, pick, past_end)| Op::Read { conv, user, pick, past_end }),
@@ -66,6 +72,7 @@ struct Msg {
     id: u64,
     sender: u64,
     deleted: bool,
+    system: bool,
 }
 
 #[derive(Default, Debug)]
@@ -102,7 +109,7 @@ impl Conv {
         let count = self
             .msgs
             .iter()
-            .filter(|m| !m.deleted && seen.is_none_or(|p| m.id > p))
+            .filter(|m| !m.deleted && !m.system && seen.is_none_or(|p| m.id > p))
             .count() as u64;
         let marked_unread = match self.flags.get(&user) {
             Some(&(_, true, pos)) => match mark {
@@ -207,13 +214,20 @@ proptest! {
                         prop_assert!(not_member);
                     }
                 }
-                Op::Send { conv, user, gap } => {
+                Op::Send { conv, user, gap, system } => {
                     let m = model.get_mut(&conv).unwrap();
                     let id = m.last().unwrap_or(0) + gap;
-                    let r = s.record_message(ConversationId(conv), MessageId(id), UserId(user), Timestamp(clock));
+                    let kind = if system { MessageKind::System } else { MessageKind::Regular };
+                    let r = s.record_message_with(
+                        ConversationId(conv),
+                        MessageId(id),
+                        UserId(user),
+                        Timestamp(clock),
+                        &MessageOptions::new().kind(kind),
+                    );
                     if m.members.contains_key(&user) {
                         r.unwrap();
-                        m.msgs.push(Msg { id, sender: user, deleted: false });
+                        m.msgs.push(Msg { id, sender: user, deleted: false, system });
                         m.advance(user, id, clock);
                     } else {
                         let not_member = matches!(r, Err(Error::NotMember { .. }));
@@ -268,7 +282,54 @@ proptest! {
             }
             check(store.as_ref().unwrap(), &model)?;
         }
+        // The deletions index and its count agree with the records
+        // (deleted or uncounted), as `verify` checks them.
+        store.take().unwrap().close().unwrap();
+        let report = readmark::verify(dir.path()).unwrap();
+        prop_assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
+}
+
+/// System messages (joins, edits, notices) are ordered and readable but
+/// never unread, also once deleted, and a read past them counts the
+/// regular ones only.
+#[test]
+fn system_messages_are_never_unread() {
+    let (dir, s) = common::temp_store();
+    let c = ConversationId(1);
+    s.create_conversation(c).unwrap();
+    for u in 1..=2 {
+        s.add_member(c, UserId(u), Timestamp(0)).unwrap();
+    }
+    let system = MessageOptions::new().kind(MessageKind::System);
+    s.record_message(c, MessageId(1), UserId(1), Timestamp(1))
+        .unwrap();
+    s.record_message_with(c, MessageId(2), UserId(1), Timestamp(2), &system)
+        .unwrap();
+    s.record_message(c, MessageId(3), UserId(1), Timestamp(3))
+        .unwrap();
+    s.record_message_with(c, MessageId(4), UserId(1), Timestamp(4), &system)
+        .unwrap();
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().count, 2);
+    s.mark_read(c, UserId(2), MessageId(2), Timestamp(5))
+        .unwrap();
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().count, 1);
+    // Deleting one changes nothing; deleting a regular one does.
+    s.delete_message(c, MessageId(4)).unwrap();
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().count, 1);
+    s.delete_message(c, MessageId(3)).unwrap();
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().count, 0);
+    // A system message is still read like any other.
+    s.mark_read(c, UserId(2), MessageId(4), Timestamp(6))
+        .unwrap();
+    assert_eq!(s.mark(c, UserId(2)).unwrap().unwrap().up_to, MessageId(4));
+    let rb = s
+        .read_by(c, UserId(1), MessageId(2), Page::first(10))
+        .unwrap();
+    assert_eq!(rb.count, 1);
+    s.close().unwrap();
+    let report = readmark::verify(dir.path()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
 #[test]

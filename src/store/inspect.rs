@@ -454,7 +454,7 @@ pub fn verify(path: &Path) -> Result<Report> {
                 "message ordinals are not 1, 2, 3, ... in id order",
             );
         }
-        let deleted = msgs.iter().filter(|(_, m)| m.deleted).count() as u64;
+        let deleted = msgs.iter().filter(|(_, m)| m.excluded()).count() as u64;
         if deleted != r.deleted_count {
             bad(
                 Cf::Conversations,
@@ -476,7 +476,7 @@ pub fn verify(path: &Path) -> Result<Report> {
         }
     }
     for (&(c, m), r) in &messages {
-        if r.deleted != deletions.contains(&(c, m)) {
+        if r.excluded() != deletions.contains(&(c, m)) {
             bad(
                 Cf::Messages,
                 &keys::pair_key(c, m),

@@ -26,6 +26,55 @@ use crate::keys;
 use crate::mark::MarkState;
 use crate::records::{ConversationRecord, MemberRecord, MessageRecord};
 
+/// Whether a message counts as unread (see [`MessageOptions`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MessageKind {
+    /// Unread to every other member until their mark passes it.
+    #[default]
+    Regular,
+    /// A join, a leave, an edit, a notice: recorded, ordered and readable
+    /// like any message (marks, "read by", events), but never counted as
+    /// unread, as Mattermost's system messages are not.
+    System,
+}
+
+/// What [`Store::record_message_with`] records besides the message itself.
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, MessageKind, MessageOptions, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// # let c = ConversationId(1);
+/// # store.create_conversation(c)?;
+/// # for u in 1..=2 { store.add_member(c, UserId(u), Timestamp(0))?; }
+/// store.record_message(c, MessageId(1), UserId(1), Timestamp(1))?;
+/// let notice = MessageOptions::new().kind(MessageKind::System); // "carol joined"
+/// store.record_message_with(c, MessageId(2), UserId(1), Timestamp(2), &notice)?;
+/// assert_eq!(store.unread_count(c, UserId(2))?.count, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[must_use]
+pub struct MessageOptions {
+    kind: MessageKind,
+}
+
+impl MessageOptions {
+    /// A regular message.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the kind ([`MessageKind::Regular`] by default).
+    pub fn kind(mut self, kind: MessageKind) -> Self {
+        self.kind = kind;
+        self
+    }
+}
+
 /// Unread state of one member in one conversation.
 ///
 /// # Examples
@@ -82,6 +131,33 @@ impl Store {
         sender: UserId,
         sent_at: Timestamp,
     ) -> Result<()> {
+        self.record_message_with(
+            conversation,
+            message,
+            sender,
+            sent_at,
+            &MessageOptions::new(),
+        )
+    }
+
+    /// [`record_message`](Store::record_message) with options: the
+    /// message's [`MessageKind`].
+    ///
+    /// # Errors
+    ///
+    /// As [`record_message`](Store::record_message).
+    ///
+    /// # Examples
+    ///
+    /// See [`MessageOptions`].
+    pub fn record_message_with(
+        &self,
+        conversation: ConversationId,
+        message: MessageId,
+        sender: UserId,
+        sent_at: Timestamp,
+        options: &MessageOptions,
+    ) -> Result<()> {
         let mut stripe = self.lock(conversation);
         let listening = self.events.has_subscribers();
         // What the last writer under this lock wrote, or one read each.
@@ -123,12 +199,14 @@ impl Store {
         }
         conv.message_count += 1;
         conv.last_message = message.0;
+        let uncounted = options.kind == MessageKind::System;
         let record = MessageRecord {
             ordinal: conv.message_count,
             sender,
             sent_at,
             deleted: false,
             tracked: conv.per_message,
+            uncounted,
         };
         let advance = MarkState::from_mark(message, sent_at);
         let mut batch = WriteBatch::default();
@@ -137,6 +215,16 @@ impl Store {
             keys::message_key(conversation, message),
             record.encode(),
         );
+        if uncounted {
+            // Counted out from the start, exactly as a deletion is: the
+            // unread formula subtracts the `deletions` index (§4).
+            conv.deleted_count += 1;
+            batch.put_cf(
+                self.cf(Cf::Deletions),
+                keys::message_key(conversation, message),
+                [],
+            );
+        }
         batch.put_cf(
             self.cf(Cf::Conversations),
             keys::id_key(conversation.0),
@@ -236,12 +324,15 @@ impl Store {
         if record.deleted {
             return Ok(());
         }
-        record.deleted = true;
-        conv.deleted_count += 1;
         let key = keys::message_key(conversation, message);
         let mut batch = WriteBatch::default();
+        // A message of an uncounted kind is in the index already.
+        if !record.uncounted {
+            conv.deleted_count += 1;
+            batch.put_cf(self.cf(Cf::Deletions), key, []);
+        }
+        record.deleted = true;
         batch.put_cf(self.cf(Cf::Messages), key, record.encode());
-        batch.put_cf(self.cf(Cf::Deletions), key, []);
         batch.put_cf(
             self.cf(Cf::Conversations),
             keys::id_key(conversation.0),

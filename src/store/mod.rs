@@ -43,7 +43,7 @@ pub use events::{
 };
 pub use inspect::{dump, inspect, verify, Problem, Report, SegmentInfo};
 pub use marks::{Page, ReadBy, ReadTime, Reader, ReceiptSource};
-pub use messages::Unread;
+pub use messages::{MessageKind, MessageOptions, Unread};
 pub use privacy::PrivacyScope;
 pub use receipts::ReadCount;
 use receipts::{Clock, ReceiptPolicy};
