@@ -71,7 +71,7 @@ pub use store::{
     dump, inspect, verify, CatchUp, Changes, Event, MessageKind, MessageOptions, Page,
     PrivacyScope, Problem, ReadBy, ReadCount, ReadState, ReadTime, Reader, ReceiptEvent,
     ReceiptSource, Report, RocksDbIo, SegmentInfo, Snapshot, Stats, Store, Subscription, Unread,
-    AUTHOR_SCAN_LIMIT, FORMAT_VERSION,
+    AUTHOR_SCAN_LIMIT, FORMAT_VERSION, MAX_MENTIONS,
 };
 
 // The README's usage example is compiled and run as a doc test.

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use readmark::{
-    ConversationId, Error, MessageId, MessageKind, MessageOptions, Page, Store, Timestamp, Unread,
-    UserId,
+    ConversationId, Error, MessageId, MessageKind, MessageOptions, Page, Store, Timestamp, UserId,
 };
 
 const USERS: u64 = 5;
@@ -31,6 +30,9 @@ enum Op {
         gap: u64,
         /// `MessageKind::System`: never counted as unread.
         system: bool,
+        /// Users mentioned by name (a bit each, members or not).
+        mentions: u8,
+        everyone: bool,
     },
     Delete {
         conv: u64,
@@ -57,8 +59,19 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (c.clone(), u.clone()).prop_map(|(conv, user)| Op::Join { conv, user }),
         1 => (c.clone(), u.clone()).prop_map(|(conv, user)| Op::Leave { conv, user }),
-        6 => (c.clone(), u.clone(), 1u64..4, proptest::bool::weighted(0.25))
-            .prop_map(|(conv, user, gap, system)| Op::Send { conv, user, gap, system }),
+        6 => (
+            (c.clone(), u.clone(), 1u64..4),
+            (proptest::bool::weighted(0.25), any::<u8>(), proptest::bool::weighted(0.15)),
+        )
+            .prop_map(|((conv, user, gap), (system, mentions, everyone))| Op::Send {
+                conv,
+                user,
+                gap,
+                system,
+                // Mentions in about one message in three.
+                mentions: if mentions % 3 == 0 { mentions } else { 0 },
+                everyone,
+            }),
         2 => (c.clone(), any::<usize>()).prop_map(|(conv, pick)| Op::Delete { conv, pick }),
         6 => (c.clone(), u.clone(), any::<usize>(), proptest::bool::weighted(0.1))
             .prop_map(|(conv, user, pick, past_end)| Op::Read { conv, user, pick, past_end }),
@@ -73,6 +86,8 @@ struct Msg {
     sender: u64,
     deleted: bool,
     system: bool,
+    mentions: Vec<u64>,
+    everyone: bool,
 }
 
 #[derive(Default, Debug)]
@@ -98,18 +113,24 @@ impl Conv {
         }
     }
 
-    /// Counted one message at a time, as a user would.
-    fn unread(&self, user: u64) -> Option<Unread> {
+    /// Counted one message at a time, as a user would: (count, marked
+    /// unread, mentions).
+    fn unread(&self, user: u64) -> Option<(u64, bool, u64)> {
         let joined_after = *self.members.get(&user)?;
         let mark = self.marks.get(&user).map(|m| m.0);
         let seen = match (mark, joined_after) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        let count = self
+        let unread: Vec<&Msg> = self
             .msgs
             .iter()
             .filter(|m| !m.deleted && !m.system && seen.is_none_or(|p| m.id > p))
+            .collect();
+        let count = unread.len() as u64;
+        let mentions = unread
+            .iter()
+            .filter(|m| m.mentions.contains(&user) || m.everyone && m.sender != user)
             .count() as u64;
         let marked_unread = match self.flags.get(&user) {
             Some(&(_, true, pos)) => match mark {
@@ -118,10 +139,7 @@ impl Conv {
             },
             _ => false,
         };
-        Some(Unread {
-            count,
-            marked_unread,
-        })
+        Some((count, marked_unread, mentions))
     }
 
     /// Members when the message was recorded (joined before it) whose mark
@@ -145,7 +163,14 @@ fn check(store: &Store, model: &BTreeMap<u64, Conv>) -> Result<(), TestCaseError
             let got = store.unread_count(ConversationId(c), UserId(user));
             match conv.unread(user) {
                 Some(want) => {
-                    prop_assert_eq!(got.unwrap(), want, "user {} conv {}", user, c);
+                    let got = got.unwrap();
+                    prop_assert_eq!(
+                        (got.count, got.marked_unread, got.mentions),
+                        want,
+                        "user {} conv {}",
+                        user,
+                        c
+                    );
                     expected_all.push((ConversationId(c), want));
                 }
                 None => {
@@ -154,7 +179,13 @@ fn check(store: &Store, model: &BTreeMap<u64, Conv>) -> Result<(), TestCaseError
                 }
             }
         }
-        prop_assert_eq!(store.unread_counts(UserId(user)).unwrap(), expected_all);
+        let all: Vec<(ConversationId, (u64, bool, u64))> = store
+            .unread_counts(UserId(user))
+            .unwrap()
+            .into_iter()
+            .map(|(c, u)| (c, (u.count, u.marked_unread, u.mentions)))
+            .collect();
+        prop_assert_eq!(all, expected_all);
     }
     for (&c, conv) in model {
         prop_assert_eq!(
@@ -214,7 +245,7 @@ proptest! {
                         prop_assert!(not_member);
                     }
                 }
-                Op::Send { conv, user, gap, system } => {
+                Op::Send { conv, user, gap, system, mentions, everyone } => {
                     let m = model.get_mut(&conv).unwrap();
                     let id = m.last().unwrap_or(0) + gap;
                     let kind = if system { MessageKind::System } else { MessageKind::Regular };
@@ -223,11 +254,25 @@ proptest! {
                         MessageId(id),
                         UserId(user),
                         Timestamp(clock),
-                        &MessageOptions::new().kind(kind),
+                        &{
+                            let named = (0..8).filter(|b| mentions & (1 << b) != 0);
+                            let o = MessageOptions::new()
+                                .kind(kind)
+                                .mention(named.clone().map(UserId));
+                            if everyone { o.mention_everyone() } else { o }
+                        },
                     );
                     if m.members.contains_key(&user) {
                         r.unwrap();
-                        m.msgs.push(Msg { id, sender: user, deleted: false, system });
+                        let named = (0..8u64).filter(|b| mentions & (1 << b) != 0 && *b != user);
+                        m.msgs.push(Msg {
+                            id,
+                            sender: user,
+                            deleted: false,
+                            system,
+                            mentions: named.collect(),
+                            everyone,
+                        });
                         m.advance(user, id, clock);
                     } else {
                         let not_member = matches!(r, Err(Error::NotMember { .. }));
@@ -372,4 +417,76 @@ fn deleting_unread_and_read_messages() {
     s.mark_read(c, UserId(2), MessageId(30), Timestamp(60))
         .unwrap();
     assert_eq!(s.unread_count(c, UserId(2)).unwrap().count, 1);
+}
+
+/// Post-mortem (shrunk by `unread_counts_match_model`): a message naming a
+/// member and also everyone was counted as two mentions; a message is one
+/// mention however it names you.
+#[test]
+fn regression_a_message_naming_you_and_everyone_is_one_mention() {
+    let (_d, s) = common::temp_store();
+    let c = ConversationId(0);
+    s.create_conversation(c).unwrap();
+    for u in [2, 0] {
+        s.add_member(c, UserId(u), Timestamp(0)).unwrap();
+    }
+    let both = MessageOptions::new()
+        .mention([UserId(0), UserId(1), UserId(2)])
+        .mention_everyone();
+    s.record_message_with(c, MessageId(1), UserId(2), Timestamp(1), &both)
+        .unwrap();
+    let u = s.unread_count(c, UserId(0)).unwrap();
+    assert_eq!((u.count, u.mentions), (1, 1));
+    // The sender's own "@everyone" is no mention of theirs.
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().mentions, 0);
+}
+
+/// Mentions stay exact across what moves the read position: a late join
+/// does not inherit earlier mentions, a read clears them, "mark unread"
+/// brings none back, deleting the message drops its mention.
+#[test]
+fn mentions_follow_the_read_position() {
+    let (dir, s) = common::temp_store();
+    let c = ConversationId(1);
+    s.create_conversation(c).unwrap();
+    for u in 1..=2 {
+        s.add_member(c, UserId(u), Timestamp(0)).unwrap();
+    }
+    let to = |u: u64| MessageOptions::new().mention([UserId(u)]);
+    s.record_message_with(c, MessageId(1), UserId(1), Timestamp(1), &to(3))
+        .unwrap();
+    s.record_message_with(c, MessageId(2), UserId(1), Timestamp(2), &to(2))
+        .unwrap();
+    s.add_member(c, UserId(3), Timestamp(3)).unwrap(); // after message 1
+    assert_eq!(s.unread_count(c, UserId(3)).unwrap().mentions, 0);
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().mentions, 1);
+    s.record_message_with(
+        c,
+        MessageId(3),
+        UserId(1),
+        Timestamp(4),
+        &MessageOptions::new().mention_everyone(),
+    )
+    .unwrap();
+    let all = s.unread_counts(UserId(3)).unwrap();
+    assert_eq!((all[0].1.count, all[0].1.mentions), (1, 1));
+    s.mark_read(c, UserId(2), MessageId(2), Timestamp(5))
+        .unwrap();
+    s.set_unread_flag(c, UserId(2), Timestamp(6)).unwrap();
+    let u = s.unread_count(c, UserId(2)).unwrap();
+    assert_eq!((u.count, u.mentions, u.marked_unread), (1, 1, true));
+    s.delete_message(c, MessageId(3)).unwrap();
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().mentions, 0);
+    assert_eq!(s.unread_count(c, UserId(3)).unwrap().mentions, 0);
+    // Too many names: a typed error, and nothing recorded.
+    let crowd = MessageOptions::new().mention((0..=readmark::MAX_MENTIONS as u64).map(UserId));
+    assert!(matches!(
+        s.record_message_with(c, MessageId(4), UserId(1), Timestamp(7), &crowd),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(s.unread_count(c, UserId(2)).unwrap().count, 0);
+    s.close().unwrap();
+    let report = readmark::verify(dir.path()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.records.get("mentions"), Some(&3));
 }

@@ -493,6 +493,20 @@ pub fn verify(path: &Path) -> Result<Report> {
             );
         }
     }
+    let mut mentions = 0u64;
+    each(
+        Cf::Mentions,
+        &mut |k, _| match super::mentions::decode_message(k) {
+            None => bad(Cf::Mentions, k, "mention key has neither layout"),
+            Some((c, m)) if !messages.contains_key(&(c.0, m.0)) => {
+                bad(Cf::Mentions, k, "mention of a message that does not exist");
+            }
+            Some(_) => mentions += 1,
+        },
+    )?;
+    if mentions > 0 {
+        report.records.insert("mentions", mentions);
+    }
     let mut journal_problems = Vec::new();
     report.journal = journal_info(path, &mut journal_problems)?;
     problems.extend(journal_problems);

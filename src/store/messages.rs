@@ -60,6 +60,8 @@ pub enum MessageKind {
 #[must_use]
 pub struct MessageOptions {
     kind: MessageKind,
+    mentions: Vec<UserId>,
+    everyone: bool,
 }
 
 impl MessageOptions {
@@ -71,6 +73,22 @@ impl MessageOptions {
     /// Sets the kind ([`MessageKind::Regular`] by default).
     pub fn kind(mut self, kind: MessageKind) -> Self {
         self.kind = kind;
+        self
+    }
+
+    /// Members the message mentions by name (at most [`MAX_MENTIONS`](crate::MAX_MENTIONS);
+    /// duplicates and the sender are ignored; a user who is not a member,
+    /// or joins later, never counts it). Counted by
+    /// [`Unread::mentions`] while unread.
+    pub fn mention(mut self, users: impl IntoIterator<Item = UserId>) -> Self {
+        self.mentions.extend(users);
+        self
+    }
+
+    /// The message mentions everyone ("@everyone", "@channel"): an unread
+    /// mention for every member but its sender who has not read it.
+    pub fn mention_everyone(mut self) -> Self {
+        self.everyone = true;
         self
     }
 }
@@ -90,12 +108,18 @@ impl MessageOptions {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Unread {
     /// Live (not deleted) messages after the member's read position.
     pub count: u64,
     /// The member marked the conversation unread and has not advanced their
     /// mark since (shown as a badge even when `count` is 0).
     pub marked_unread: bool,
+    /// Unread messages that mention the member, by name or as everyone
+    /// (Mattermost's `MentionCount`, Matrix's `highlight_count`): counted
+    /// like `count` (after the read position, not deleted, not of an
+    /// uncounted kind), and never one's own "@everyone".
+    pub mentions: u64,
 }
 
 impl Store {
@@ -200,6 +224,7 @@ impl Store {
         conv.message_count += 1;
         conv.last_message = message.0;
         let uncounted = options.kind == MessageKind::System;
+        let named = super::mentions::normalise(&options.mentions)?;
         let record = MessageRecord {
             ordinal: conv.message_count,
             sender,
@@ -214,6 +239,15 @@ impl Store {
             self.cf(Cf::Messages),
             keys::message_key(conversation, message),
             record.encode(),
+        );
+        super::mentions::write_mentions(
+            self,
+            &mut batch,
+            conversation,
+            message,
+            sender,
+            &named,
+            options.everyone,
         );
         if uncounted {
             // Counted out from the start, exactly as a deletion is: the
@@ -357,7 +391,7 @@ impl Store {
         let member = view.require_member(conversation, user)?;
         let conv = view.conversation_record(conversation)?;
         let state = view.mark_state(conversation, user)?;
-        unread_from(&view, conversation, &conv, &member, &state)
+        unread_from(&view, conversation, user, &conv, &member, &state)
     }
 
     /// The unread state of every conversation `user` is a member of, in
@@ -397,7 +431,7 @@ impl Store {
             let state = view.mark_state(conversation, user)?;
             out.push((
                 conversation,
-                unread_from(&view, conversation, &conv, &member, &state)?,
+                unread_from(&view, conversation, user, &conv, &member, &state)?,
             ));
         }
         Ok(out)
@@ -407,6 +441,7 @@ impl Store {
 fn unread_from(
     view: &View<'_>,
     conversation: ConversationId,
+    user: UserId,
     conv: &ConversationRecord,
     member: &MemberRecord,
     state: &MarkState,
@@ -437,9 +472,16 @@ fn unread_from(
                 })?
         }
     };
+    // Mentions are of counted unread messages: none without one.
+    let mentions = if count == 0 {
+        0
+    } else {
+        super::mentions::unread_mentions(view, conversation, user, seen)?
+    };
     Ok(Unread {
         count,
         marked_unread: state.marked_unread(),
+        mentions,
     })
 }
 

@@ -10,6 +10,7 @@ mod events;
 mod flush;
 mod inspect;
 mod marks;
+mod mentions;
 mod messages;
 mod newest;
 mod privacy;
@@ -43,6 +44,7 @@ pub use events::{
 };
 pub use inspect::{dump, inspect, verify, Problem, Report, SegmentInfo};
 pub use marks::{Page, ReadBy, ReadTime, Reader, ReceiptSource};
+pub use mentions::MAX_MENTIONS;
 pub use messages::{MessageKind, MessageOptions, Unread};
 pub use privacy::PrivacyScope;
 pub use receipts::ReadCount;
@@ -137,10 +139,13 @@ pub(crate) enum Cf {
     UserChanges,
     /// user → settings (private receipts everywhere).
     Users,
+    /// (user, conversation, message) and (conversation, message) → sender:
+    /// mentions by name and of everyone (format 5, `mentions.rs`).
+    Mentions,
 }
 
 impl Cf {
-    pub(crate) const ALL: [Cf; 12] = [
+    pub(crate) const ALL: [Cf; 13] = [
         Cf::Meta,
         Cf::Conversations,
         Cf::Members,
@@ -153,6 +158,7 @@ impl Cf {
         Cf::Changes,
         Cf::UserChanges,
         Cf::Users,
+        Cf::Mentions,
     ];
 
     fn from_name(name: &str) -> Option<Cf> {
@@ -173,6 +179,7 @@ impl Cf {
             Cf::Changes => "changes",
             Cf::UserChanges => "user_changes",
             Cf::Users => "users",
+            Cf::Mentions => "mentions",
         }
     }
 }
