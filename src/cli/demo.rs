@@ -61,6 +61,11 @@ struct Tally {
     flags: u64,
     leaves: u64,
     late_joins: u64,
+    /// Messages naming a member, and "@everyone" ones.
+    mentions: u64,
+    everyone: u64,
+    /// "x joined" notices (never unread).
+    system: u64,
 }
 
 pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
@@ -185,7 +190,27 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
                     seq += 1;
                     // Snowflake-like: time in the high bits, a sequence below.
                     let id = ((now + k) << 16) | (seq & 0xFFFF);
-                    store.record_message(c, MessageId(id), UserId(sender), Timestamp(now + k))?;
+                    // One message in twenty names another member; one in
+                    // two hundred outside DMs calls everyone.
+                    let members = &w.convs[conv].members;
+                    let mut options = readmark::MessageOptions::new();
+                    if w.convs[conv].kind != Kind::Dm && w.rng.random_bool(0.005) {
+                        options = options.mention_everyone();
+                        tally.everyone += 1;
+                    } else if w.rng.random_bool(0.05) {
+                        let named = members[w.rng.random_range(0..members.len())];
+                        if named != sender {
+                            options = options.mention([UserId(named)]);
+                            tally.mentions += 1;
+                        }
+                    }
+                    store.record_message_with(
+                        c,
+                        MessageId(id),
+                        UserId(sender),
+                        Timestamp(now + k),
+                        &options,
+                    )?;
                     messages[conv].push(id);
                     tally.messages += 1;
                 }
@@ -240,6 +265,20 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
                 seen.remove(&(conv, leaver));
                 tally.leaves += 1;
                 store.add_member(c, UserId(next_user), Timestamp(now))?;
+                // The join notice: ordered and readable, never unread.
+                seq += 1;
+                let id = (now << 16) | (seq & 0xFFFF);
+                if messages[conv].last().is_none_or(|&last| id > last) {
+                    store.record_message_with(
+                        c,
+                        MessageId(id),
+                        UserId(next_user),
+                        Timestamp(now),
+                        &readmark::MessageOptions::new().kind(readmark::MessageKind::System),
+                    )?;
+                    messages[conv].push(id);
+                    tally.system += 1;
+                }
                 seen.insert((conv, next_user), messages[conv].len());
                 w.convs[conv].members[i] = next_user;
                 next_user += 1;
@@ -262,9 +301,12 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
     #[allow(clippy::cast_precision_loss)]
     let per_sec = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     println!(
-        "workload: {} steps in {elapsed:.2} s: {} messages recorded, {} reading sessions, {} mark_read calls (one per message scrolled past; {:.0} calls/s inside mark_read), {} deletes, {} marked unread, {} leaves and {} late joins",
+        "workload: {} steps in {elapsed:.2} s: {} messages recorded ({} naming a member, {} to everyone, {} join notices never counted as unread), {} reading sessions, {} mark_read calls (one per message scrolled past; {:.0} calls/s inside mark_read), {} deletes, {} marked unread, {} leaves and {} late joins",
         thousands(args.steps),
         thousands(tally.messages),
+        tally.mentions,
+        tally.everyone,
+        tally.system,
         thousands(tally.sessions),
         thousands(tally.mark_calls),
         per_sec(tally.mark_calls, mark_time.as_secs_f64()),
@@ -323,10 +365,21 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
             .iter()
             .filter(|(_, u)| u.count > 0 || u.marked_unread)
             .take(8)
-            .map(|(c, u)| format!("{c}={}{}", u.count, if u.marked_unread { "*" } else { "" }))
+            .map(|(c, u)| {
+                let at = if u.mentions > 0 {
+                    format!("@{}", u.mentions)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{c}={}{at}{}",
+                    u.count,
+                    if u.marked_unread { "*" } else { "" }
+                )
+            })
             .collect();
         println!(
-            "  unread counts at login for u{user}: {} conversations computed in {:.2} ms; with unread: {} (* = marked unread)",
+            "  unread counts at login for u{user}: {} conversations computed in {:.2} ms; with unread: {} (@n = unread mentions, * = marked unread)",
             counts.len(),
             took.as_secs_f64() * 1e3,
             if unread.is_empty() { "none".to_string() } else { unread.join(" ") }
