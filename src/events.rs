@@ -4,7 +4,7 @@
 //! (publishing, recipients, the change log's reads and writes) is in
 //! `store::events`.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 
 use byteorder::{BigEndian, ByteOrder};
 
@@ -22,6 +22,8 @@ pub(crate) struct Pending {
     pub(crate) from: Option<u64>,
     /// When the window closes, on the queue's clock.
     pub(crate) due: u64,
+    /// Tie-break of entries due at the same time: arrival order.
+    pub(crate) arrival: u64,
     /// Advances joined into this entry.
     pub(crate) advances: u32,
 }
@@ -38,7 +40,8 @@ pub(crate) enum Pushed {
 }
 
 /// Pending receipts of one subscription, keyed by (conversation, reader),
-/// delivered in the order their windows close.
+/// delivered in the order their windows close (each entry has its
+/// conversation's window, so that is not arrival order).
 ///
 /// Bounded by `capacity` entries. An update for a key already queued joins
 /// its entry (memory does not grow, and the entry keeps the newest mark);
@@ -51,9 +54,9 @@ pub(crate) struct Coalescer {
     window: u64,
     capacity: usize,
     pending: rustc_hash::FxHashMap<(u64, u64), Pending>,
-    /// Keys in the order of their `due`: every entry gets the same window,
-    /// so insertion order is due order.
-    order: VecDeque<(u64, u64)>,
+    /// Keys by (due, arrival): the next to deliver first.
+    order: BTreeMap<(u64, u64), (u64, u64)>,
+    arrivals: u64,
     dropped: u64,
 }
 
@@ -63,7 +66,8 @@ impl Coalescer {
             window,
             capacity: capacity.max(1),
             pending: rustc_hash::FxHashMap::default(),
-            order: VecDeque::new(),
+            order: BTreeMap::new(),
+            arrivals: 0,
             dropped: 0,
         }
     }
@@ -81,10 +85,11 @@ impl Coalescer {
         from: Option<u64>,
         now: u64,
     ) -> Pushed {
-        self.push_with(key, up_to, at, from, || now)
+        self.push_with(key, up_to, at, from, None, || now)
     }
 
-    /// [`push`](Coalescer::push) reading the clock only when a new entry
+    /// [`push`](Coalescer::push) with the conversation's own window
+    /// (`None`: the queue's), reading the clock only when a new entry
     /// needs a deadline (a joined advance changes none).
     #[inline]
     pub(crate) fn push_with(
@@ -93,6 +98,7 @@ impl Coalescer {
         up_to: u64,
         at: u64,
         from: Option<u64>,
+        window: Option<u64>,
         now: impl FnOnce() -> u64,
     ) -> Pushed {
         if let Some(p) = self.pending.get_mut(&key) {
@@ -112,27 +118,30 @@ impl Coalescer {
             self.dropped = self.dropped.saturating_add(1);
             return Pushed::Dropped;
         }
+        let due = now().saturating_add(window.unwrap_or(self.window));
+        let arrival = self.arrivals;
+        self.arrivals += 1;
         self.pending.insert(
             key,
             Pending {
                 up_to,
                 at,
                 from,
-                due: now().saturating_add(self.window),
+                due,
+                arrival,
                 advances: 1,
             },
         );
-        self.order.push_back(key);
+        self.order.insert((due, arrival), key);
         Pushed::Queued
     }
 
-    /// When the oldest entry's window closes.
+    /// When the next entry's window closes.
     pub(crate) fn next_due(&self) -> Option<u64> {
-        let key = self.order.front()?;
-        self.pending.get(key).map(|p| p.due)
+        self.order.first_key_value().map(|(&(due, _), _)| due)
     }
 
-    /// The oldest entry if its window has closed at `now`.
+    /// The next entry if its window has closed at `now`.
     pub(crate) fn pop_due(&mut self, now: u64) -> Option<((u64, u64), Pending)> {
         if self.next_due()? > now {
             return None;
@@ -140,9 +149,9 @@ impl Coalescer {
         self.pop_front()
     }
 
-    /// The oldest entry, window closed or not (a subscriber draining).
+    /// The next entry, window closed or not (a subscriber draining).
     pub(crate) fn pop_front(&mut self) -> Option<((u64, u64), Pending)> {
-        let key = self.order.pop_front()?;
+        let (_, key) = self.order.pop_first()?;
         self.pending.remove(&key).map(|p| (key, p))
     }
 
@@ -469,6 +478,8 @@ mod tests {
             up_to: u64,
             at: u64,
             from: Option<u64>,
+            /// The conversation's own window, if it has one.
+            window: Option<u64>,
         },
         Tick(u64),
         Pop,
@@ -476,8 +487,14 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => ((0..3u64, 0..4u64), 0..50u64, 0..5u64, proptest::option::of(0..50u64))
-                .prop_map(|(key, up_to, at, from)| Op::Push { key, up_to, at, from }),
+            4 => (
+                (0..3u64, 0..4u64),
+                0..50u64,
+                0..5u64,
+                proptest::option::of(0..50u64),
+                proptest::option::weighted(0.3, 0..25u64),
+            )
+                .prop_map(|(key, up_to, at, from, window)| Op::Push { key, up_to, at, from, window }),
             2 => (0..30u64).prop_map(Op::Tick),
             2 => Just(Op::Pop),
         ]
@@ -485,8 +502,10 @@ mod tests {
 
     proptest! {
         /// Against a model that keeps, per key, the newest (up_to, at) and
-        /// the lowest start: nothing is delivered before its window closes,
-        /// every delivery carries the model's newest state for its key, the
+        /// the lowest start: nothing is delivered before its window (the
+        /// queue's, or the conversation's own) closes, nor before an entry
+        /// due earlier, every delivery carries the model's newest state for
+        /// its key, the
         /// queue never exceeds its capacity, and every update is delivered,
         /// joined into a delivery, or counted as dropped.
         #[test]
@@ -500,16 +519,17 @@ mod tests {
             let (mut pushed, mut delivered, mut dropped) = (0u64, 0u64, 0u64);
             for op in ops {
                 match op {
-                    Op::Push { key, up_to, at, from } => {
+                    Op::Push { key, up_to, at, from, window: own } => {
                         pushed += 1;
-                        match q.push(key, up_to, at, from, now) {
+                        match q.push_with(key, up_to, at, from, own, || now) {
                             Pushed::Dropped => {
                                 prop_assert!(!model.contains_key(&key));
                                 prop_assert_eq!(model.len(), cap);
                                 dropped += 1;
                             }
                             Pushed::Queued => {
-                                prop_assert!(model.insert(key, (up_to, at, from, now + window)).is_none());
+                                let due = now + own.unwrap_or(window);
+                                prop_assert!(model.insert(key, (up_to, at, from, due)).is_none());
                             }
                             Pushed::Coalesced => {
                                 let m = model.get_mut(&key).expect("queued");
@@ -524,8 +544,10 @@ mod tests {
                     Op::Tick(d) => now += d,
                     Op::Pop => {
                         if let Some((key, p)) = q.pop_due(now) {
+                            let first = model.values().map(|m| m.3).min();
                             let m = model.remove(&key).expect("delivered a queued key");
                             prop_assert!(p.due <= now);
+                            prop_assert_eq!(Some(p.due), first, "an entry due earlier waits");
                             prop_assert_eq!((p.up_to, p.at, p.from, p.due), (m.0, m.1, m.2, m.3));
                             delivered += u64::from(p.advances);
                         } else {

@@ -68,7 +68,7 @@ pub use mark::ReadMark;
 pub use merge::{merge_marks, MergeOutcome};
 #[cfg(feature = "store")]
 pub use store::{
-    dump, inspect, verify, CatchUp, Changes, Event, MessageKind, MessageOptions, Page,
+    dump, inspect, verify, CatchUp, Changes, Event, EventPolicy, MessageKind, MessageOptions, Page,
     PrivacyScope, Problem, ReadBy, ReadCount, ReadState, ReadTime, Reader, ReceiptEvent,
     ReceiptSource, Report, RocksDbIo, SegmentInfo, Snapshot, Stats, Store, Subscription, Unread,
     AUTHOR_SCAN_LIMIT, FORMAT_VERSION, MAX_MENTIONS,

@@ -20,11 +20,16 @@ fn get(buf: &[u8], at: usize) -> u64 {
 /// `conversations` value.
 ///
 /// ```text
-/// 0     1        2                10                 18                26                34                38
-/// | ver | flags  | member_count   | message_count   | last_message    | deleted_count   | threshold u32 |
+/// 0     1        2                10                 18                26                34              38               42           43
+/// | ver | flags  | member_count   | message_count   | last_message    | deleted_count   | threshold u32 | event_window u32 | recipients |
 ///         bit0: per-message receipts on
 ///         bit1: threshold override present (else the field is 0)
+///         bit2: event window override present, in ms (else 0; format 5)
+///         bit3: recipient policy override present (else 0; format 5):
+///               0 members, 1 authors, 2 nobody
 /// ```
+///
+/// Records of formats 2 to 4 are 38 bytes (no event fields) and still decode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ConversationRecord {
     pub(crate) member_count: u64,
@@ -40,6 +45,11 @@ pub(crate) struct ConversationRecord {
     pub(crate) per_message: bool,
     /// This conversation's own receipt threshold, if set.
     pub(crate) threshold: Option<u32>,
+    /// This conversation's own event window (ms), if set.
+    pub(crate) event_window_ms: Option<u32>,
+    /// This conversation's own recipient policy, if set
+    /// (`CONV_RECIPIENTS_*`).
+    pub(crate) event_recipients: Option<u8>,
 }
 
 pub(crate) const CONV_MEMBER_COUNT: usize = 2;
@@ -47,9 +57,18 @@ pub(crate) const CONV_MESSAGE_COUNT: usize = 10;
 pub(crate) const CONV_LAST_MESSAGE: usize = 18;
 pub(crate) const CONV_DELETED_COUNT: usize = 26;
 pub(crate) const CONV_THRESHOLD: usize = 34;
-pub(crate) const CONV_LEN: usize = 38;
+pub(crate) const CONV_EVENT_WINDOW: usize = 38;
+pub(crate) const CONV_RECIPIENTS: usize = 42;
+/// Length of a format-2-to-4 record.
+pub(crate) const CONV_LEN_V4: usize = 38;
+pub(crate) const CONV_LEN: usize = 43;
 pub(crate) const CONV_FLAG_PER_MESSAGE: u8 = 0x01;
 pub(crate) const CONV_FLAG_THRESHOLD: u8 = 0x02;
+pub(crate) const CONV_FLAG_EVENT_WINDOW: u8 = 0x04;
+pub(crate) const CONV_FLAG_RECIPIENTS: u8 = 0x08;
+pub(crate) const CONV_RECIPIENTS_MEMBERS: u8 = 0;
+pub(crate) const CONV_RECIPIENTS_AUTHORS: u8 = 1;
+pub(crate) const CONV_RECIPIENTS_NOBODY: u8 = 2;
 
 impl ConversationRecord {
     pub(crate) fn last_message(&self) -> Option<MessageId> {
@@ -68,19 +87,52 @@ impl ConversationRecord {
         }
         if let Some(t) = self.threshold {
             b[1] |= CONV_FLAG_THRESHOLD;
-            BigEndian::write_u32(&mut b[CONV_THRESHOLD..CONV_LEN], t);
+            BigEndian::write_u32(&mut b[CONV_THRESHOLD..CONV_EVENT_WINDOW], t);
+        }
+        if let Some(w) = self.event_window_ms {
+            b[1] |= CONV_FLAG_EVENT_WINDOW;
+            BigEndian::write_u32(&mut b[CONV_EVENT_WINDOW..CONV_RECIPIENTS], w);
+        }
+        if let Some(r) = self.event_recipients {
+            b[1] |= CONV_FLAG_RECIPIENTS;
+            b[CONV_RECIPIENTS] = r;
         }
         b
     }
 
     pub(crate) fn decode(b: &[u8]) -> Option<Self> {
-        let known = CONV_FLAG_PER_MESSAGE | CONV_FLAG_THRESHOLD;
-        if b.len() != CONV_LEN || b[0] != RECORD_VERSION || b[1] & !known != 0 {
+        let known = CONV_FLAG_PER_MESSAGE
+            | CONV_FLAG_THRESHOLD
+            | CONV_FLAG_EVENT_WINDOW
+            | CONV_FLAG_RECIPIENTS;
+        if !(b.len() == CONV_LEN || b.len() == CONV_LEN_V4)
+            || b[0] != RECORD_VERSION
+            || b[1] & !known != 0
+        {
             return None;
         }
-        let threshold = BigEndian::read_u32(&b[CONV_THRESHOLD..CONV_LEN]);
+        let threshold = BigEndian::read_u32(&b[CONV_THRESHOLD..CONV_EVENT_WINDOW]);
         let has_threshold = b[1] & CONV_FLAG_THRESHOLD != 0;
         if !has_threshold && threshold != 0 {
+            return None;
+        }
+        // The event fields: absent from a format-4 record.
+        let (window, recipients) = if b.len() == CONV_LEN {
+            (
+                BigEndian::read_u32(&b[CONV_EVENT_WINDOW..CONV_RECIPIENTS]),
+                b[CONV_RECIPIENTS],
+            )
+        } else if b[1] & (CONV_FLAG_EVENT_WINDOW | CONV_FLAG_RECIPIENTS) != 0 {
+            return None;
+        } else {
+            (0, 0)
+        };
+        let has_window = b[1] & CONV_FLAG_EVENT_WINDOW != 0;
+        let has_recipients = b[1] & CONV_FLAG_RECIPIENTS != 0;
+        if (!has_window && window != 0)
+            || (!has_recipients && recipients != 0)
+            || recipients > CONV_RECIPIENTS_NOBODY
+        {
             return None;
         }
         let r = Self {
@@ -90,6 +142,8 @@ impl ConversationRecord {
             deleted_count: get(b, CONV_DELETED_COUNT),
             per_message: b[1] & CONV_FLAG_PER_MESSAGE != 0,
             threshold: has_threshold.then_some(threshold),
+            event_window_ms: has_window.then_some(window),
+            event_recipients: has_recipients.then_some(recipients),
         };
         // Counts far beyond anything reachable are damage, and would
         // overflow when incremented.
@@ -303,17 +357,43 @@ mod tests {
             deleted_count: 1,
             per_message: true,
             threshold: Some(0x0102_0304),
+            event_window_ms: None,
+            event_recipients: None,
         };
         let b = r.encode();
         assert_eq!(b[0], 1);
         assert_eq!(b[1], CONV_FLAG_PER_MESSAGE | CONV_FLAG_THRESHOLD);
-        assert_eq!(b[CONV_THRESHOLD..CONV_LEN], [1, 2, 3, 4]);
+        assert_eq!(b[CONV_THRESHOLD..CONV_EVENT_WINDOW], [1, 2, 3, 4]);
         assert_eq!(b[CONV_MEMBER_COUNT + 7], 2);
         assert_eq!(b[CONV_MESSAGE_COUNT + 7], 3);
         assert_eq!(b[CONV_LAST_MESSAGE + 7], 4);
         assert_eq!(b[CONV_DELETED_COUNT + 7], 1);
         assert_eq!(ConversationRecord::decode(&b), Some(r));
         assert_eq!(ConversationRecord::decode(&b[..CONV_LEN - 1]), None);
+        // A format-4 record (38 bytes) decodes without event overrides.
+        assert_eq!(ConversationRecord::decode(&b[..CONV_LEN_V4]), Some(r));
+        // Event overrides (format 5).
+        let e = ConversationRecord {
+            event_window_ms: Some(0x0A0B),
+            event_recipients: Some(CONV_RECIPIENTS_NOBODY),
+            ..r
+        };
+        let b = e.encode();
+        assert_eq!(
+            b[1],
+            CONV_FLAG_PER_MESSAGE
+                | CONV_FLAG_THRESHOLD
+                | CONV_FLAG_EVENT_WINDOW
+                | CONV_FLAG_RECIPIENTS
+        );
+        assert_eq!(b[CONV_EVENT_WINDOW..CONV_RECIPIENTS], [0, 0, 0x0A, 0x0B]);
+        assert_eq!(b[CONV_RECIPIENTS], 2);
+        assert_eq!(ConversationRecord::decode(&b), Some(e));
+        // ... which a 38-byte record cannot hold, and an unknown policy.
+        assert_eq!(ConversationRecord::decode(&b[..CONV_LEN_V4]), None);
+        let mut bad = b;
+        bad[CONV_RECIPIENTS] = 3;
+        assert_eq!(ConversationRecord::decode(&bad), None);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use readmark::{
-    CatchUp, Config, ConversationId, Cursor, Error, Event, MessageId, Page, PrivacyScope,
-    ReceiptEvent, Recipients, Store, Timestamp, UserId,
+    CatchUp, Config, ConversationId, Cursor, Error, Event, EventPolicy, MessageId, Page,
+    PrivacyScope, ReceiptEvent, Recipients, Store, Timestamp, UserId,
 };
 
 const C: ConversationId = ConversationId(1);
@@ -866,4 +866,110 @@ fn regression_an_undecodable_member_record_keeps_reads_out_of_the_conversation_l
         hidden.is_empty(),
         "the private read at replay reached the conversation log"
     );
+}
+
+/// A conversation's own window: a DM pushed at once while the store's
+/// long window holds a group's event back; cleared, the store's applies.
+#[test]
+fn a_conversation_window_overrides_the_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(
+        dir.path(),
+        Config::new().event_window(Duration::from_secs(3600)),
+    );
+    group(&s, 3, 3);
+    let dm = ConversationId(2);
+    s.create_conversation(dm).unwrap();
+    for u in [1, 2] {
+        s.add_member(dm, UserId(u), Timestamp(0)).unwrap();
+    }
+    s.record_message(dm, MessageId(1), UserId(1), Timestamp(1))
+        .unwrap();
+    s.set_event_policy(dm, EventPolicy::new().window(Duration::ZERO))
+        .unwrap();
+    let sub = s.subscribe();
+    s.mark_read(C, UserId(2), MessageId(3), Timestamp(9))
+        .unwrap();
+    s.mark_read(dm, UserId(2), MessageId(1), Timestamp(9))
+        .unwrap();
+    // Due at once although published second; the group's is not due.
+    let Some(Event::Receipt(e)) = sub.try_recv().unwrap() else {
+        panic!("the DM's event was not delivered at once")
+    };
+    assert_eq!((e.conversation, e.reader), (dm, UserId(2)));
+    assert_eq!(sub.try_recv().unwrap(), None);
+    assert_eq!(sub.pending(), 1);
+    // Persisted; cleared, the store's window applies to the DM again.
+    assert_eq!(s.event_policy(dm).unwrap().window, Some(Duration::ZERO));
+    s.set_event_policy(dm, EventPolicy::new()).unwrap();
+    s.record_message(dm, MessageId(2), UserId(1), Timestamp(10))
+        .unwrap();
+    s.mark_read(dm, UserId(2), MessageId(2), Timestamp(11))
+        .unwrap();
+    assert_eq!(sub.try_recv().unwrap(), None);
+    assert_eq!(sub.pending(), 2);
+    drop(sub);
+    s.set_event_policy(dm, EventPolicy::new().window(Duration::from_millis(7)))
+        .unwrap();
+    s.close().unwrap();
+    let s = open(dir.path(), Config::new());
+    assert_eq!(
+        s.event_policy(dm).unwrap(),
+        EventPolicy::new().window(Duration::from_millis(7))
+    );
+    // Bad input: typed errors.
+    assert!(matches!(
+        s.set_event_policy(dm, EventPolicy::new().window(Duration::from_secs(1 << 40))),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        s.set_event_policy(ConversationId(99), EventPolicy::new()),
+        Err(Error::UnknownConversation(_))
+    ));
+}
+
+/// A conversation's own recipient policy, whatever its size: a small
+/// group that tells nobody, a large one that shows everyone's marks (in
+/// events and, from the change on, in catch-up).
+#[test]
+fn a_conversation_recipient_policy_overrides_the_size_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(
+        dir.path(),
+        Config::new()
+            .event_window(Duration::ZERO)
+            .event_small_group(3),
+    );
+    group(&s, 5, 4); // large: authors only, catch-up shows no one else
+    s.mark_read(C, UserId(2), MessageId(4), Timestamp(9))
+        .unwrap();
+    s.flush().unwrap();
+    let cursor = s.snapshot(UserId(3)).unwrap().cursor;
+    assert!(!s
+        .snapshot(UserId(3))
+        .unwrap()
+        .states
+        .iter()
+        .any(|x| x.reader == UserId(2)));
+    s.set_event_policy(C, EventPolicy::new().recipients(Recipients::Members))
+        .unwrap();
+    let (states, _) = common::catch_up(&s, UserId(3), cursor, 10);
+    assert!(
+        states
+            .iter()
+            .any(|x| x.reader == UserId(2) && x.up_to == MessageId(4)),
+        "{states:?}"
+    );
+    let sub = s.subscribe();
+    s.mark_read(C, UserId(4), MessageId(4), Timestamp(10))
+        .unwrap();
+    let e = receipts(sub.drain().unwrap()).remove(0);
+    assert_eq!(ids(&e.recipients), vec![1, 2, 3, 5]);
+    // Nobody: only the reader's own devices.
+    s.set_event_policy(C, EventPolicy::new().recipients(Recipients::Nobody))
+        .unwrap();
+    s.mark_read(C, UserId(5), MessageId(4), Timestamp(11))
+        .unwrap();
+    let e = receipts(sub.drain().unwrap()).remove(0);
+    assert_eq!((e.reader, e.recipients.len()), (UserId(5), 0));
 }

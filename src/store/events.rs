@@ -117,6 +117,81 @@ pub enum Event {
     },
 }
 
+/// A conversation's own event settings, overriding the store's
+/// ([`Config::event_window`](crate::Config::event_window) and the
+/// recipient policy by size): a DM pushed at once while busy groups
+/// coalesce, a broadcast channel that tells nobody. `None` in a field:
+/// the store's setting.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use readmark::{Config, ConversationId, EventPolicy, Recipients, Store};
+/// # let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path(), Config::new())?;
+/// let dm = ConversationId(1);
+/// store.create_conversation(dm)?;
+/// store.set_event_policy(dm, EventPolicy::new().window(Duration::ZERO))?;
+/// assert_eq!(store.event_policy(dm)?.window, Some(Duration::ZERO));
+/// assert_eq!(store.event_policy(dm)?.recipients, None::<Recipients>);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventPolicy {
+    /// How long advances of one reader are joined before the event goes
+    /// out (whole milliseconds, at most `u32::MAX`).
+    pub window: Option<Duration>,
+    /// Who besides the reader's own devices gets the events, whatever the
+    /// conversation's size (catch-up shows other members' marks exactly
+    /// when this is [`Recipients::Members`]).
+    pub recipients: Option<Recipients>,
+}
+
+impl EventPolicy {
+    /// The store's settings (no override).
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// This conversation's own coalescing window.
+    #[must_use]
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// This conversation's own recipient policy.
+    #[must_use]
+    pub fn recipients(mut self, recipients: Recipients) -> Self {
+        self.recipients = Some(recipients);
+        self
+    }
+}
+
+fn recipients_code(r: Recipients) -> u8 {
+    use crate::records::{
+        CONV_RECIPIENTS_AUTHORS, CONV_RECIPIENTS_MEMBERS, CONV_RECIPIENTS_NOBODY,
+    };
+    match r {
+        Recipients::Members => CONV_RECIPIENTS_MEMBERS,
+        Recipients::Authors => CONV_RECIPIENTS_AUTHORS,
+        Recipients::Nobody => CONV_RECIPIENTS_NOBODY,
+    }
+}
+
+fn recipients_of_code(code: u8) -> Recipients {
+    use crate::records::{CONV_RECIPIENTS_AUTHORS, CONV_RECIPIENTS_MEMBERS};
+    match code {
+        CONV_RECIPIENTS_MEMBERS => Recipients::Members,
+        CONV_RECIPIENTS_AUTHORS => Recipients::Authors,
+        // The decoder admits no other value.
+        _ => Recipients::Nobody,
+    }
+}
+
 /// One subscriber's queue.
 pub(crate) struct Queue {
     inner: Mutex<QueueState>,
@@ -199,17 +274,20 @@ impl Hub {
         up_to: u64,
         at: u64,
         from: Option<u64>,
+        window_ms: Option<u64>,
     ) {
+        let window = window_ms.map(|ms| ms.saturating_mul(1_000_000));
         let queues = self.queues.read();
         let mut now = None;
         for q in queues.iter() {
-            let pushed =
-                q.inner
-                    .lock()
-                    .receipts
-                    .push_with((conversation, reader), up_to, at, from, || {
-                        *now.get_or_insert_with(|| self.now_ns())
-                    });
+            let pushed = q.inner.lock().receipts.push_with(
+                (conversation, reader),
+                up_to,
+                at,
+                from,
+                window,
+                || *now.get_or_insert_with(|| self.now_ns()),
+            );
             // A joined advance changes no deadline: nobody to wake.
             if pushed != Pushed::Coalesced {
                 q.ready.notify_all();
@@ -630,8 +708,85 @@ impl Store {
         Subscription { store: self, queue }
     }
 
-    /// Who receives receipts in a conversation of this size.
+    /// Sets (or with [`EventPolicy::new`] clears) `conversation`'s own
+    /// event window and recipient policy. The window applies to advances
+    /// published from now on; the recipient policy to every event
+    /// delivered from now on (recipients are resolved at delivery) and to
+    /// catch-up. A conversation that comes to show other members' marks
+    /// (`Recipients::Members`) lists them to its members' next catch-up;
+    /// one that stops showing them is not announced (clients take a
+    /// snapshot, as after any change of policy).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`], [`Error::InvalidArgument`] for a
+    /// window above `u32::MAX` milliseconds.
+    ///
+    /// # Examples
+    ///
+    /// See [`EventPolicy`].
+    pub fn set_event_policy(
+        &self,
+        conversation: ConversationId,
+        policy: EventPolicy,
+    ) -> Result<()> {
+        let window = match policy.window {
+            None => None,
+            Some(w) => Some(u32::try_from(w.as_millis()).map_err(|_| {
+                Error::InvalidArgument("an event window is at most u32::MAX milliseconds")
+            })?),
+        };
+        let mut guard = self.lock(conversation);
+        guard.forget(conversation);
+        let view = self.view();
+        let mut conv = view.conversation_record(conversation)?;
+        let showed = self.shows_others(&conv);
+        conv.event_window_ms = window;
+        conv.event_recipients = policy.recipients.map(recipients_code);
+        let shows = self.shows_others(&conv);
+        drop(view);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(Cf::Conversations),
+            keys::id_key(conversation.0),
+            conv.encode(),
+        );
+        self.write_structural_with(batch, |v, _, _| {
+            if shows && !showed {
+                self.visible_marks(v, conversation)
+            } else {
+                Ok(Vec::new())
+            }
+        })?;
+        self.newest.set(
+            conversation.0,
+            conv.last_message().map(|m| m.0),
+            conv.event_window_ms,
+        );
+        Ok(())
+    }
+
+    /// `conversation`'s own event settings (fields `None`: the store's).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownConversation`].
+    pub fn event_policy(&self, conversation: ConversationId) -> Result<EventPolicy> {
+        let conv = self.view().conversation_record(conversation)?;
+        Ok(EventPolicy {
+            window: conv
+                .event_window_ms
+                .map(|ms| Duration::from_millis(u64::from(ms))),
+            recipients: conv.event_recipients.map(recipients_of_code),
+        })
+    }
+
+    /// Who receives receipts in this conversation: its own policy, or the
+    /// store's for its size.
     fn recipients_policy(&self, conv: &ConversationRecord) -> Recipients {
+        if let Some(code) = conv.event_recipients {
+            return recipients_of_code(code);
+        }
         if conv.member_count <= u64::from(self.config.event_small_group) {
             self.config.small_group_recipients
         } else {

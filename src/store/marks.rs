@@ -197,12 +197,14 @@ impl Store {
         if listening {
             let before = prev.and_then(|p| p.mark);
             if before.is_none_or(|m| m.up_to < up_to) {
+                let window = self.event_window_ms(conversation)?;
                 self.events.publish(
                     conversation.0,
                     user.0,
                     up_to.0,
                     at.0,
                     before.map(|m| m.up_to.0),
+                    window,
                 );
             }
         }
@@ -217,13 +219,23 @@ impl Store {
     #[inline(never)]
     fn newest_message_slow(&self, conversation: ConversationId) -> Result<Option<u64>> {
         let _stripe = self.lock(conversation);
-        let n = self
+        let record = self.view().conversation_record(conversation)?;
+        let n = record.last_message().map(|m| m.0);
+        self.newest.set(conversation.0, n, record.event_window_ms);
+        Ok(n)
+    }
+
+    /// The conversation's own event window in ms, if it has one: from the
+    /// slot `mark_read` just read, or (on a miss) the record.
+    pub(crate) fn event_window_ms(&self, conversation: ConversationId) -> Result<Option<u64>> {
+        if let Some(w) = self.newest.window(conversation.0) {
+            return Ok(w);
+        }
+        Ok(self
             .view()
             .conversation_record(conversation)?
-            .last_message()
-            .map(|m| m.0);
-        self.newest.set(conversation.0, n);
-        Ok(n)
+            .event_window_ms
+            .map(u64::from))
     }
 
     /// One update of a user's mark state through the buffer. The first

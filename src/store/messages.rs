@@ -300,7 +300,8 @@ impl Store {
         };
         self.write_structural(batch)?;
         // Marks made from now on may cover it (`mark_read` clamps to it).
-        self.newest.set(conversation.0, Some(message.0));
+        self.newest
+            .set(conversation.0, Some(message.0), conv.event_window_ms);
         // A send that covered others' unread messages moved the sender
         // into their `read_by`: other members hear of it like any read.
         // One that covered only itself tells nobody anything new.
@@ -313,6 +314,7 @@ impl Store {
                     message.0,
                     sent_at.0,
                     before.map(|m| m.up_to.0),
+                    conv.event_window_ms.map(u64::from),
                 );
             }
         }

@@ -40,7 +40,8 @@ use crate::merge::{adapter, MergeCounters};
 use writer::Writer;
 
 pub use events::{
-    CatchUp, Changes, Event, ReadState, ReceiptEvent, Snapshot, Subscription, AUTHOR_SCAN_LIMIT,
+    CatchUp, Changes, Event, EventPolicy, ReadState, ReceiptEvent, Snapshot, Subscription,
+    AUTHOR_SCAN_LIMIT,
 };
 pub use inspect::{dump, inspect, verify, Problem, Report, SegmentInfo};
 pub use marks::{Page, ReadBy, ReadTime, Reader, ReceiptSource};

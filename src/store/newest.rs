@@ -29,6 +29,9 @@ pub(crate) const SLOTS: usize = 1 << 18;
 const NO_MESSAGE: u64 = 1;
 const HAS_MESSAGE: u64 = 2;
 
+/// `window` value: the conversation has no event window of its own.
+const NO_WINDOW: u64 = u64::MAX;
+
 #[derive(Default)]
 struct Slot {
     /// Odd while a writer is in the slot.
@@ -36,6 +39,9 @@ struct Slot {
     conversation: AtomicU64,
     state: AtomicU64,
     newest: AtomicU64,
+    /// The conversation's own event window in ms, or `NO_WINDOW`: read by
+    /// `mark_read` when someone subscribes, so it lives with the bound.
+    window: AtomicU64,
 }
 
 pub(crate) struct Newest {
@@ -63,37 +69,56 @@ impl Newest {
         &self.slots[i]
     }
 
-    /// The newest message of `conversation` (`Some(None)`: none yet), or
-    /// `None` if the slot holds something else (read the record and
-    /// [`set`](Newest::set) it, under the conversation's stripe lock).
+    /// A consistent read of the slot if it holds `conversation`:
+    /// (state, newest, window).
     #[inline]
-    pub(crate) fn get(&self, conversation: u64) -> Option<Option<u64>> {
+    fn read(&self, conversation: u64) -> Option<(u64, u64, u64)> {
         let s = self.slot(conversation);
         let before = s.seq.load(Ordering::Acquire);
         if before & 1 == 1 {
             return None;
         }
-        let (c, state, newest) = (
+        let (c, state, newest, window) = (
             s.conversation.load(Ordering::Relaxed),
             s.state.load(Ordering::Relaxed),
             s.newest.load(Ordering::Relaxed),
+            s.window.load(Ordering::Relaxed),
         );
         fence(Ordering::Acquire);
         if s.seq.load(Ordering::Relaxed) != before || c != conversation {
             return None;
         }
-        match state {
-            NO_MESSAGE => Some(None),
-            HAS_MESSAGE => Some(Some(newest)),
+        Some((state, newest, window))
+    }
+
+    /// The newest message of `conversation` (`Some(None)`: none yet), or
+    /// `None` if the slot holds something else (read the record and
+    /// [`set`](Newest::set) it, under the conversation's stripe lock).
+    #[inline]
+    pub(crate) fn get(&self, conversation: u64) -> Option<Option<u64>> {
+        match self.read(conversation)? {
+            (NO_MESSAGE, _, _) => Some(None),
+            (HAS_MESSAGE, newest, _) => Some(Some(newest)),
+            _ => None,
+        }
+    }
+
+    /// The conversation's own event window in ms (`Some(None)`: it has
+    /// none), or `None` on a miss (as [`get`](Newest::get)).
+    pub(crate) fn window(&self, conversation: u64) -> Option<Option<u64>> {
+        match self.read(conversation)? {
+            (NO_MESSAGE | HAS_MESSAGE, _, NO_WINDOW) => Some(None),
+            (NO_MESSAGE | HAS_MESSAGE, _, w) => Some(Some(w)),
             _ => None,
         }
     }
 
     /// Records what the conversation record says, or a message just
-    /// recorded. The caller holds the conversation's stripe lock (the only
-    /// writer of the slot); a value below what the slot already says for
-    /// the same conversation is ignored.
-    pub(crate) fn set(&self, conversation: u64, newest: Option<u64>) {
+    /// recorded, with the conversation's event window. The caller holds
+    /// the conversation's stripe lock (the only writer of the slot); a
+    /// newest message below what the slot already says for the same
+    /// conversation is ignored.
+    pub(crate) fn set(&self, conversation: u64, newest: Option<u64>, window: Option<u32>) {
         let s = self.slot(conversation);
         let newest = match (self.get(conversation), newest) {
             (Some(Some(had)), Some(n)) => Some(had.max(n)),
@@ -113,6 +138,8 @@ impl Newest {
             Ordering::Relaxed,
         );
         s.newest.store(newest.unwrap_or(0), Ordering::Relaxed);
+        s.window
+            .store(window.map_or(NO_WINDOW, u64::from), Ordering::Relaxed);
         s.seq.store(seq.wrapping_add(2), Ordering::Release);
     }
 }
@@ -125,21 +152,27 @@ mod tests {
     fn set_keeps_the_max_and_a_collision_is_a_miss() {
         let n = Newest::new();
         assert_eq!(n.get(1), None);
-        n.set(1, None);
+        n.set(1, None, None);
         assert_eq!(n.get(1), Some(None));
-        n.set(1, Some(5));
-        n.set(1, Some(3));
-        n.set(1, None); // a stale fill
+        n.set(1, Some(5), None);
+        n.set(1, Some(3), None);
+        n.set(1, None, None); // a stale fill
         assert_eq!(n.get(1), Some(Some(5)));
-        n.set(7, Some(u64::MAX));
+        n.set(7, Some(u64::MAX), None);
         assert_eq!(n.get(7), Some(Some(u64::MAX)));
         // Another conversation in the same slot takes it over.
         let other = (2..u64::MAX)
             .find(|&c| stripe_hash(c) % SLOTS as u64 == stripe_hash(1) % SLOTS as u64)
             .unwrap();
-        n.set(other, Some(9));
+        n.set(other, Some(9), None);
         assert_eq!(n.get(1), None);
         assert_eq!(n.get(other), Some(Some(9)));
+        // The window is the record's, replaced by each set.
+        assert_eq!(n.window(1), None);
+        n.set(1, Some(5), Some(0));
+        assert_eq!((n.get(1), n.window(1)), (Some(Some(5)), Some(Some(0))));
+        n.set(1, Some(6), None);
+        assert_eq!((n.get(1), n.window(1)), (Some(Some(6)), Some(None)));
     }
 
     #[test]
@@ -156,8 +189,8 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 for k in 0..rounds {
-                    n.set(a, Some(2 * k));
-                    n.set(b, Some(2 * k + 1));
+                    n.set(a, Some(2 * k), None);
+                    n.set(b, Some(2 * k + 1), None);
                 }
             });
             s.spawn(|| {
