@@ -4,7 +4,7 @@
 //! (publishing, recipients, the change log's reads and writes) is in
 //! `store::events`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use byteorder::{BigEndian, ByteOrder};
 
@@ -54,8 +54,12 @@ pub(crate) struct Coalescer {
     window: u64,
     capacity: usize,
     pending: rustc_hash::FxHashMap<(u64, u64), Pending>,
-    /// Keys by (due, arrival): the next to deliver first.
-    order: BTreeMap<(u64, u64), (u64, u64)>,
+    /// Keys of entries with the queue's window, in arrival order, which is
+    /// their due order: the common case costs a push.
+    fifo: VecDeque<(u64, u64)>,
+    /// Keys of entries with a window of their conversation's, by (due,
+    /// arrival). The next to deliver is the earlier of the two fronts.
+    own: BTreeMap<(u64, u64), (u64, u64)>,
     arrivals: u64,
     dropped: u64,
 }
@@ -66,7 +70,8 @@ impl Coalescer {
             window,
             capacity: capacity.max(1),
             pending: rustc_hash::FxHashMap::default(),
-            order: BTreeMap::new(),
+            fifo: VecDeque::new(),
+            own: BTreeMap::new(),
             arrivals: 0,
             dropped: 0,
         }
@@ -132,13 +137,33 @@ impl Coalescer {
                 advances: 1,
             },
         );
-        self.order.insert((due, arrival), key);
+        if window.is_some() {
+            self.own.insert((due, arrival), key);
+        } else {
+            self.fifo.push_back(key);
+        }
         Pushed::Queued
+    }
+
+    /// The next entry's (due, arrival), and whether it is in the FIFO.
+    fn next(&self) -> Option<((u64, u64), bool)> {
+        let fifo = self
+            .fifo
+            .front()
+            .and_then(|k| self.pending.get(k))
+            .map(|p| (p.due, p.arrival));
+        let own = self.own.first_key_value().map(|(&k, _)| k);
+        match (fifo, own) {
+            (Some(f), Some(o)) if o < f => Some((o, false)),
+            (Some(f), _) => Some((f, true)),
+            (None, Some(o)) => Some((o, false)),
+            (None, None) => None,
+        }
     }
 
     /// When the next entry's window closes.
     pub(crate) fn next_due(&self) -> Option<u64> {
-        self.order.first_key_value().map(|(&(due, _), _)| due)
+        self.next().map(|((due, _), _)| due)
     }
 
     /// The next entry if its window has closed at `now`.
@@ -151,7 +176,10 @@ impl Coalescer {
 
     /// The next entry, window closed or not (a subscriber draining).
     pub(crate) fn pop_front(&mut self) -> Option<((u64, u64), Pending)> {
-        let (_, key) = self.order.pop_first()?;
+        let key = match self.next()? {
+            (_, true) => self.fifo.pop_front()?,
+            (_, false) => self.own.pop_first()?.1,
+        };
         self.pending.remove(&key).map(|p| (key, p))
     }
 
