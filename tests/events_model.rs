@@ -51,6 +51,8 @@ enum Op {
     Read(u64, u64, usize),
     /// user, conversation (None: everywhere), private
     Private(u64, Option<u64>, bool),
+    /// conversation, user, set ("mark unread") or clear
+    Flag(u64, u64, bool),
     Drain,
     Flush,
     /// Save `user`'s snapshot and its cursor.
@@ -68,6 +70,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (0..CONVS, 0..USERS, 0usize..10).prop_map(|(c, u, i)| Op::Read(c, u, i)),
         3 => (0..USERS, proptest::option::of(0..CONVS), any::<bool>())
             .prop_map(|(u, c, p)| Op::Private(u, c, p)),
+        2 => (0..CONVS, 0..USERS, any::<bool>()).prop_map(|(c, u, s)| Op::Flag(c, u, s)),
         3 => Just(Op::Drain),
         2 => Just(Op::Flush),
         3 => (0..USERS).prop_map(Op::TakeCursor),
@@ -76,8 +79,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// (conversation, reader) -> up_to, as a user saw it.
-type Seen = BTreeMap<(u64, u64), u64>;
+/// (conversation, reader) -> (up_to, marked unread), as a user saw it (the
+/// flag only ever true for their own).
+type Seen = BTreeMap<(u64, u64), (u64, bool)>;
 
 #[derive(Default)]
 struct Model {
@@ -108,6 +112,13 @@ struct Model {
     hides: BTreeMap<(u64, u64), u64>,
     /// `hides` as each saved cursor was taken (same order as `cursors`).
     cursor_hides: Vec<BTreeMap<(u64, u64), u64>>,
+    /// (conversation, user) -> (set, the mark's up_to when written): the
+    /// unread flag, last writer wins (the ops write it in time order).
+    flags: BTreeMap<(u64, u64), (bool, Option<u64>)>,
+    /// Flag changes not yet delivered, in order.
+    pending_flags: Vec<(u64, u64)>,
+    /// Time of the next flag write.
+    flag_clock: u64,
 }
 
 impl Model {
@@ -155,7 +166,18 @@ impl Model {
 
     /// What `user` may see now: their own marks, and other members' public
     /// marks in small conversations.
-    fn visible(&self, user: u64) -> BTreeMap<(u64, u64), u64> {
+    /// Whether `u` has `c` marked unread now.
+    fn marked_unread(&self, c: u64, u: u64) -> bool {
+        match self.flags.get(&(c, u)) {
+            Some(&(true, pos)) => match self.marks.get(&(c, u)) {
+                None => true,
+                Some(&m) => pos.is_some_and(|p| p >= m),
+            },
+            _ => false,
+        }
+    }
+
+    fn visible(&self, user: u64) -> Seen {
         let mut out = BTreeMap::new();
         for c in 0..CONVS {
             if !self.is_member(c, user) {
@@ -164,7 +186,7 @@ impl Model {
             for r in self.members_of(c) {
                 let shown = r == user || self.small(c) && !self.private(c, r);
                 if let (true, Some(&m)) = (shown, self.marks.get(&(c, r))) {
-                    out.insert((c, r), m);
+                    out.insert((c, r), (m, r == user && self.marked_unread(c, r)));
                 }
             }
         }
@@ -182,19 +204,28 @@ fn memberships(model: &Model, user: u64) -> BTreeMap<u64, u64> {
         .collect()
 }
 
-fn states_map(states: &[ReadState]) -> BTreeMap<(u64, u64), u64> {
+fn states_map(states: &[ReadState]) -> Seen {
     states
         .iter()
-        .map(|s| ((s.conversation.0, s.reader.0), s.up_to.0))
+        .map(|s| ((s.conversation.0, s.reader.0), (s.up_to.0, s.marked_unread)))
         .collect()
 }
 
 fn check_drain(events: Vec<Event>, model: &mut Model) -> Result<(), TestCaseError> {
     let mut got: BTreeMap<(u64, u64), (u64, Vec<u64>)> = BTreeMap::new();
     let mut got_hidden = Vec::new();
+    let mut got_flags = Vec::new();
     for e in events {
         let e = match e {
             Event::Receipt(e) => e,
+            Event::UnreadFlag {
+                conversation,
+                reader,
+                marked_unread,
+            } => {
+                got_flags.push((conversation.0, reader.0, marked_unread));
+                continue;
+            }
             Event::Hidden {
                 conversation,
                 reader,
@@ -240,6 +271,16 @@ fn check_drain(events: Vec<Event>, model: &mut Model) -> Result<(), TestCaseErro
     got_hidden.sort();
     want_hidden.sort();
     prop_assert_eq!(got_hidden, want_hidden);
+    // Flag notices: one per change, to the owner, with the flag in force
+    // at delivery; none for a member who left since.
+    let mut want_flags: Vec<(u64, u64, bool)> = std::mem::take(&mut model.pending_flags)
+        .into_iter()
+        .filter(|&(c, u)| model.is_member(c, u))
+        .map(|(c, u)| (c, u, model.marked_unread(c, u)))
+        .collect();
+    got_flags.sort();
+    want_flags.sort();
+    prop_assert_eq!(got_flags, want_flags);
     Ok(())
 }
 
@@ -311,6 +352,7 @@ fn run_epoch<'o>(
                     r.unwrap();
                     model.members.remove(&(c, u));
                     model.marks.remove(&(c, u));
+                    model.flags.remove(&(c, u));
                     model.private_here.remove(&(c, u));
                     *model.hides.entry((c, u)).or_default() += 1;
                     model.join_index.remove(&(c, u));
@@ -414,6 +456,24 @@ fn run_epoch<'o>(
                     }
                 }
             }
+            Op::Flag(c, u, set) => {
+                model.flag_clock += 1;
+                let t = Timestamp(model.flag_clock);
+                let (cid, uid) = (ConversationId(c), UserId(u));
+                let r = if set {
+                    store.set_unread_flag(cid, uid, t)
+                } else {
+                    store.clear_unread_flag(cid, uid, t)
+                };
+                if model.is_member(c, u) {
+                    r.unwrap();
+                    let pos = model.marks.get(&(c, u)).copied();
+                    model.flags.insert((c, u), (set, pos));
+                    model.pending_flags.push((c, u));
+                } else {
+                    prop_assert!(matches!(r, Err(Error::NotMember { .. })), "{:?}", r);
+                }
+            }
             Op::Drain => {
                 check_drain(sub.drain().unwrap(), model)?;
                 check_queries(store, model)?;
@@ -461,12 +521,12 @@ fn run_epoch<'o>(
                     let key = (s.conversation.0, s.reader.0);
                     prop_assert_eq!(
                         now.get(&key),
-                        Some(&s.up_to.0),
+                        Some(&(s.up_to.0, s.marked_unread)),
                         "listed {:?} to {}",
                         key,
                         user
                     );
-                    seen.insert(key, s.up_to.0);
+                    seen.insert(key, (s.up_to.0, s.marked_unread));
                 }
                 for (key, m) in &now {
                     prop_assert_eq!(
