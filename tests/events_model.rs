@@ -153,6 +153,11 @@ impl Model {
         } else if self.small(c) {
             self.members_of(c).into_iter().filter(|&m| m != r).collect()
         } else {
+            // Nothing from before the reader joined.
+            let from = match (from, self.members[&(c, r)]) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
             let authors: BTreeSet<u64> = self.msgs[&c]
                 .iter()
                 .filter(|&&(id, s)| from.is_none_or(|f| id > f) && id <= up_to && s != r)
@@ -375,8 +380,14 @@ fn run_epoch<'o>(
                 let before = model.marks.get(&(c, u)).copied();
                 model.marks.insert((c, u), id);
                 // Sending read what the sender had not: an event, like a
-                // read. A send that covers only itself is none.
-                if last.is_some_and(|l| before.is_none_or(|b| b < l)) {
+                // read. A send that covers only itself is none (nor do
+                // messages from before the sender joined count).
+                let joined_after = model.members[&(c, u)];
+                let seen = match (before, joined_after) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                if last.is_some_and(|l| seen.is_none_or(|s| s < l)) {
                     let p = model.pending.entry((c, u)).or_insert(before);
                     *p = match (*p, before) {
                         (Some(a), Some(b)) => Some(a.min(b)),

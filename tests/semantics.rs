@@ -309,3 +309,49 @@ fn a_format_4_store_is_upgraded_in_place() {
     assert_eq!(r.format_version, Some(readmark::FORMAT_VERSION));
     assert_eq!(readmark::FORMAT_VERSION, 5);
 }
+
+/// Post-mortem (review of issue 14): a late joiner's first send published
+/// a receipt "from nothing", and their first read told the authors of
+/// messages from before they joined, though none of those was ever theirs
+/// to read (`read_by` leaves them out).
+#[test]
+fn regression_a_late_joiner_tells_nobody_about_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        dir.path(),
+        Config::new()
+            .event_window(Duration::ZERO)
+            .flush_interval(Duration::from_secs(3600)),
+    )
+    .unwrap();
+    s.create_conversation(C).unwrap();
+    for u in [ALICE, CAROL] {
+        s.add_member(C, u, Timestamp(0)).unwrap();
+    }
+    // Authors only, as in a large conversation.
+    s.set_event_policy(
+        C,
+        readmark::EventPolicy::new().recipients(readmark::Recipients::Authors),
+    )
+    .unwrap();
+    for m in 1..=3 {
+        s.record_message(C, MessageId(m), ALICE, Timestamp(m))
+            .unwrap();
+    }
+    s.add_member(C, BOB, Timestamp(4)).unwrap();
+    let sub = s.subscribe();
+    s.record_message(C, MessageId(4), BOB, Timestamp(5))
+        .unwrap();
+    assert!(receipts(sub.drain().unwrap()).is_empty());
+    s.record_message(C, MessageId(5), CAROL, Timestamp(6))
+        .unwrap();
+    // Carol's send covered Alice's 1..3 and Bob's 4: an event, to both.
+    let got = receipts(sub.drain().unwrap());
+    let to: Vec<u64> = got[0].recipients.iter().map(|u| u.0).collect();
+    assert_eq!((got.len(), to), (1, vec![1, 2]));
+    // Bob reads 5: only Carol wrote after he joined.
+    s.mark_read(C, BOB, MessageId(5), Timestamp(7)).unwrap();
+    let got = receipts(sub.drain().unwrap());
+    let to: Vec<u64> = got[0].recipients.iter().map(|u| u.0).collect();
+    assert_eq!(to, vec![3]);
+}

@@ -197,7 +197,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
                     if w.convs[conv].kind != Kind::Dm && w.rng.random_bool(0.005) {
                         options = options.mention_everyone();
                         tally.everyone += 1;
-                    } else if w.rng.random_bool(0.05) {
+                    } else if !members.is_empty() && w.rng.random_bool(0.05) {
                         let named = members[w.rng.random_range(0..members.len())];
                         if named != sender {
                             options = options.mention([UserId(named)]);

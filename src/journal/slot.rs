@@ -226,7 +226,8 @@ pub(crate) fn read_copy(buf: &[u8], epoch: u64) -> CopyRead {
     let Some(state) = MarkState::decode(&buf[COPY_STATE..COPY_STATE + len]) else {
         return CopyRead::Malformed;
     };
-    if state.changed != 0 {
+    // Sequences are assigned by flushes, never journaled.
+    if state.changed != 0 || state.flag_changed != 0 {
         return CopyRead::Malformed;
     }
     CopyRead::Valid(Copy {

@@ -878,11 +878,18 @@ impl Store {
                     ControlFlow::Continue(())
                 })?,
                 Recipients::Authors => {
+                    // Nothing before the reader joined was ever theirs to
+                    // read: its authors learn nothing from them (a late
+                    // joiner's first advance starts from no mark).
+                    let from = match (pending.from, member.joined_after.map(|j| j.0)) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    };
                     capped = authors_of(
                         &view,
                         conversation,
                         reader,
-                        pending.from,
+                        from,
                         mark.up_to,
                         cap,
                         &mut recipients,

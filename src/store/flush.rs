@@ -48,6 +48,12 @@ pub(crate) enum Outcome {
     /// The user is not a member under the membership the updates were made
     /// in: nothing written.
     Stale,
+    /// RocksDB holds this state once the batch lands, but the entry's mark
+    /// is ahead of the conversation's newest message in the snapshot: a
+    /// sender's own advance, journaled before its message lands. What
+    /// exists was written (the mark clamped to the newest message); the
+    /// entry stays dirty, and a later round writes the rest.
+    Partial(MarkState),
 }
 
 /// A planned round's batches, outcomes and counts.
@@ -110,7 +116,7 @@ pub(crate) fn plan_round(
     let now = policy.clock.now();
     let messages = handle(db, Cf::Messages)?;
     let mut messages_it: Option<rocksdb::DBRawIterator<'_>> = None;
-    let mut per_message: HashMap<u64, bool> = HashMap::new();
+    let mut records: HashMap<u64, Option<ConversationRecord>> = HashMap::new();
     for item in items {
         if in_batch >= keys_per_batch.max(1) {
             plan.batches.push(std::mem::take(&mut batch));
@@ -139,10 +145,44 @@ pub(crate) fn plan_round(
                 .and_then(|v| MarkState::decode(&v))
                 .unwrap_or_default(),
         };
+        let mut record = |c: u64| -> Result<Option<ConversationRecord>> {
+            if let Some(r) = records.get(&c) {
+                return Ok(*r);
+            }
+            let r = db
+                .get_pinned_cf_opt(conversations, keys::id_key(c), &ro())?
+                .and_then(|v| ConversationRecord::decode(&v));
+            records.insert(c, r);
+            Ok(r)
+        };
         let mut new = prev.join(item.state);
+        // No mark past the newest message in RocksDB (design §3.1): a
+        // sender's advance can be flushed between its journaling and its
+        // message's write; only what exists is written now.
+        let mut partial = false;
+        if let (Some(m), true) = (new.mark, new.mark != prev.mark) {
+            // An undecodable record bounds nothing (fail open for marks,
+            // as for member records above).
+            if let Some(r) = record(c)? {
+                let last = r.last_message();
+                if last.is_none_or(|l| m.up_to > l) {
+                    partial = true;
+                    new.mark = match last {
+                        Some(l) if prev.mark.is_none_or(|p| p.up_to < l) => {
+                            Some(crate::mark::ReadMark { up_to: l, at: m.at })
+                        }
+                        _ => prev.mark,
+                    };
+                }
+            }
+        }
         if new == prev {
             plan.no_ops += 1;
-            plan.outcomes.push(Outcome::Stored(prev));
+            plan.outcomes.push(if partial {
+                Outcome::Partial(prev)
+            } else {
+                Outcome::Stored(prev)
+            });
             continue;
         }
         let advanced = new.mark != prev.mark;
@@ -168,17 +208,7 @@ pub(crate) fn plan_round(
             .as_ref()
             .is_some_and(|m| m.slot.is_some() && !m.is_private());
         if let (true, true, Some(m), Some(mark)) = (advanced, runs_kept, &member, new.mark) {
-            let small = match per_message.get(&c) {
-                Some(&s) => s,
-                None => {
-                    let s = db
-                        .get_pinned_cf_opt(conversations, keys::id_key(c), &ro())?
-                        .and_then(|v| ConversationRecord::decode(&v))
-                        .is_some_and(|r| r.per_message);
-                    per_message.insert(c, s);
-                    s
-                }
-            };
+            let small = record(c)?.is_some_and(|r| r.per_message);
             if small {
                 let from = match (prev.mark.map(|p| p.up_to.0), m.joined_after.map(|j| j.0)) {
                     (Some(a), Some(b)) => Some(a.max(b)),
@@ -217,7 +247,11 @@ pub(crate) fn plan_round(
         batch.merge_cf(marks, key, new.encode());
         plan.marks += 1;
         in_batch += 1;
-        plan.outcomes.push(Outcome::Stored(new));
+        plan.outcomes.push(if partial {
+            Outcome::Partial(new)
+        } else {
+            Outcome::Stored(new)
+        });
     }
     if !batch.is_empty() {
         plan.batches.push(batch);
@@ -261,4 +295,78 @@ fn newest_receipt_message(
     }
     it.status()?;
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Durability};
+    use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
+    use crate::mark::MarkState;
+    use crate::store::writer::Applied;
+    use crate::store::Store;
+
+    /// Post-mortem (review of issue 14): a sender's advance is journaled
+    /// and buffered before its message is written, and a flush round in
+    /// between wrote the mark past the newest message to RocksDB, where a
+    /// crash before the message landed left it for good. Now the round
+    /// writes what exists and keeps the rest buffered.
+    #[test]
+    fn regression_a_flush_never_writes_a_mark_past_the_newest_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Config::new()).unwrap();
+        let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+        store.create_conversation(c).unwrap();
+        for u in [alice, bob] {
+            store.add_member(c, u, Timestamp(0)).unwrap();
+        }
+        store
+            .record_message(c, MessageId(10), bob, Timestamp(1))
+            .unwrap();
+        store.flush().unwrap();
+        // Alice's send of 20, caught between its journaling and its write.
+        let applied = store
+            .writer
+            .apply(
+                c.0,
+                alice.0,
+                MarkState::from_mark(MessageId(20), Timestamp(2)),
+                Durability::ProcessCrash,
+                None,
+                false,
+            )
+            .unwrap();
+        assert!(matches!(applied, Applied::Verify | Applied::Done { .. }));
+        if let Applied::Verify = applied {
+            // First update of the key: verified as record_message does.
+            let member = store.view().require_member(c, alice).unwrap();
+            store
+                .writer
+                .apply(
+                    c.0,
+                    alice.0,
+                    MarkState::from_mark(MessageId(20), Timestamp(2)),
+                    Durability::ProcessCrash,
+                    Some(crate::store::writer::Verified {
+                        joined_seq: member.joined_seq,
+                        base: None,
+                    }),
+                    false,
+                )
+                .unwrap();
+        }
+        store.flush().unwrap();
+        let stored = store.view().stored_mark(c, alice).unwrap();
+        assert_eq!(stored.mark.map(|m| m.up_to), Some(MessageId(10)));
+        assert_eq!(store.stats().pending_keys, 1, "the rest stays buffered");
+        // Reads still see the buffered state (what the send acknowledges).
+        assert_eq!(store.mark(c, alice).unwrap().unwrap().up_to, MessageId(20));
+        // Once the message exists, the next round writes the rest.
+        store
+            .record_message(c, MessageId(20), bob, Timestamp(3))
+            .unwrap();
+        store.flush().unwrap();
+        let stored = store.view().stored_mark(c, alice).unwrap();
+        assert_eq!(stored.mark.map(|m| m.up_to), Some(MessageId(20)));
+        assert_eq!(store.stats().pending_keys, 0);
+    }
 }

@@ -197,7 +197,7 @@ impl Store {
         if listening {
             let before = prev.and_then(|p| p.mark);
             if before.is_none_or(|m| m.up_to < up_to) {
-                let window = self.event_window_ms(conversation)?;
+                let window = self.event_window_ms(conversation);
                 self.events.publish(
                     conversation.0,
                     user.0,
@@ -226,16 +226,20 @@ impl Store {
     }
 
     /// The conversation's own event window in ms, if it has one: from the
-    /// slot `mark_read` just read, or (on a miss) the record.
-    pub(crate) fn event_window_ms(&self, conversation: ConversationId) -> Result<Option<u64>> {
+    /// slot `mark_read` just read, or (on a miss) the record. Called after
+    /// a change is acknowledged, so it never fails: a record that cannot
+    /// be read gives the store's window (and a log line).
+    pub(crate) fn event_window_ms(&self, conversation: ConversationId) -> Option<u64> {
         if let Some(w) = self.newest.window(conversation.0) {
-            return Ok(w);
+            return w;
         }
-        Ok(self
-            .view()
-            .conversation_record(conversation)?
-            .event_window_ms
-            .map(u64::from))
+        match self.view().conversation_record(conversation) {
+            Ok(r) => r.event_window_ms.map(u64::from),
+            Err(e) => {
+                tracing::warn!(conversation = conversation.0, error = %e, "event window unknown; the store's applies");
+                None
+            }
+        }
     }
 
     /// One update of a user's mark state through the buffer. The first

@@ -34,8 +34,8 @@ pub(crate) const TAG_EVERYONE: u8 = 0x02;
 pub(crate) const DIRECT_KEY_LEN: usize = 1 + 3 * keys::ID_LEN;
 /// Length of an "@everyone" key.
 pub(crate) const EVERYONE_KEY_LEN: usize = 1 + 2 * keys::ID_LEN;
-/// Members one message may mention by name (more is refused, typed): every
-/// mention is a write on the send path.
+/// Distinct members one message may mention by name (more is refused,
+/// typed): every mention is a write on the send path.
 pub const MAX_MENTIONS: usize = 1024;
 
 pub(crate) fn direct_key(
@@ -122,14 +122,14 @@ pub(crate) fn write_mentions(
 
 /// Checks and normalises the named mentions of a message.
 pub(crate) fn normalise(named: &[UserId]) -> Result<Vec<UserId>> {
-    if named.len() > MAX_MENTIONS {
+    let mut v = named.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    if v.len() > MAX_MENTIONS {
         return Err(Error::InvalidArgument(
             "a message mentions at most MAX_MENTIONS (1024) members by name",
         ));
     }
-    let mut v = named.to_vec();
-    v.sort_unstable();
-    v.dedup();
     Ok(v)
 }
 

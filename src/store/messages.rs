@@ -203,6 +203,14 @@ impl Store {
             Some(j) => j,
             None => view.require_member(conversation, sender)?.joined_seq,
         };
+        // With someone listening, whether the send covered unread messages
+        // also depends on where the sender's history starts.
+        let joined_after = if listening {
+            view.member_record(conversation, sender)?
+                .and_then(|m| m.joined_after)
+        } else {
+            None
+        };
         drop(view);
         let mut sent_at = sent_at;
         let before_last = conv.last_message();
@@ -307,7 +315,11 @@ impl Store {
         // One that covered only itself tells nobody anything new.
         if listening {
             let before = prev.and_then(|p| p.mark);
-            if before_last.is_some_and(|l| before.is_none_or(|m| m.up_to < l)) {
+            let seen = match (before.map(|m| m.up_to), joined_after) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            if before_last.is_some_and(|l| seen.is_none_or(|s| s < l)) {
                 self.events.publish(
                     conversation.0,
                     sender.0,

@@ -33,7 +33,7 @@ use rocksdb::{
 
 use crate::config::{Config, Durability, RecoveryMode};
 use crate::error::{Error, Result};
-use crate::ids::{ConversationId, Timestamp};
+use crate::ids::{ConversationId, MessageId, Timestamp};
 use crate::journal::{self, Journal};
 use crate::mark::MarkState;
 use crate::merge::{adapter, MergeCounters};
@@ -834,24 +834,33 @@ fn replay(
     let mut newest = std::collections::HashMap::new();
     for (&(c, _, _), (state, _)) in folded.iter_mut() {
         let Some(mark) = state.mark else { continue };
-        let bound = match newest.get(&c) {
+        // `None`: no bound known (a record that does not decode must not
+        // stop the store from opening: the conversation's own operations
+        // report it).
+        let bound: Option<Option<MessageId>> = match newest.get(&c) {
             Some(&b) => b,
             None => {
                 let key = crate::keys::id_key(c);
                 let b = match db.get_cf(conversations, key)? {
-                    None => None,
-                    Some(raw) => crate::records::ConversationRecord::decode(&raw)
-                        .ok_or_else(|| corrupt(Cf::Conversations, &key, "bad conversation record"))?
-                        .last_message(),
+                    None => Some(None),
+                    Some(raw) => match crate::records::ConversationRecord::decode(&raw) {
+                        Some(r) => Some(r.last_message()),
+                        None => {
+                            tracing::warn!(conversation = c, "replay: conversation record does not decode; its marks are not clamped");
+                            None
+                        }
+                    },
                 };
                 newest.insert(c, b);
                 b
             }
         };
-        state.mark = bound.map(|b| crate::mark::ReadMark {
-            up_to: mark.up_to.min(b),
-            at: mark.at,
-        });
+        if let Some(bound) = bound {
+            state.mark = bound.map(|b| crate::mark::ReadMark {
+                up_to: mark.up_to.min(b),
+                at: mark.at,
+            });
+        }
     }
     let items: Vec<flush::Item> = folded
         .iter()

@@ -22,7 +22,8 @@
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
-/// Slots: 8 MiB, room for about this many busy conversations.
+/// Slots (40 bytes each: 10 MiB), room for about this many busy
+/// conversations.
 pub(crate) const SLOTS: usize = 1 << 18;
 
 /// `state` values (0: the slot was never written).

@@ -161,9 +161,11 @@ impl Store {
         }
         // ... and are told of what they may see now, like of any read (the
         // counterpart of `Event::Hidden`).
-        for (c, up_to, at) in now_visible {
-            let window = self.event_window_ms(ConversationId(c))?;
-            self.events.publish(c, user.0, up_to, at, None, window);
+        if self.events.has_subscribers() {
+            for (c, up_to, at) in now_visible {
+                let window = self.event_window_ms(ConversationId(c));
+                self.events.publish(c, user.0, up_to, at, None, window);
+            }
         }
         Ok(())
     }

@@ -583,6 +583,13 @@ impl Writer {
                         release.extend(gone.slot);
                     }
                 }
+                Outcome::Partial(new) => {
+                    // The rest waits for its message: dirty, slot kept,
+                    // written by a later round.
+                    e.base = Some(new);
+                    e.state = e.state.join(new);
+                    e.sealed = false;
+                }
                 Outcome::Stored(new) => {
                     e.base = Some(new);
                     e.state = e.state.join(new);
