@@ -281,8 +281,9 @@ fn regression_the_unread_flag_reaches_the_owners_other_devices_only() {
     assert!(sub.drain().unwrap().is_empty());
 }
 
-/// A format-4 store opens as format 5 (the flag's change sequence is a new
-/// optional field: nothing to rewrite) with its marks and flags intact.
+/// A format-4 store opens as format 5 with its marks and flags intact,
+/// except a mark an older version let past the newest message, which the
+/// upgrade clamps (so the users issue 14 describes are repaired).
 #[test]
 fn a_format_4_store_is_upgraded_in_place() {
     let dir = tempfile::tempdir().unwrap();
@@ -291,8 +292,19 @@ fn a_format_4_store_is_upgraded_in_place() {
         trio(&s, 3);
         s.mark_read(C, BOB, MessageId(2), Timestamp(10)).unwrap();
         s.set_unread_flag(C, BOB, Timestamp(11)).unwrap();
+        // What format 4 let through: a plain mark operand (§2.2) at
+        // u64::MAX.
+        let mut operand = vec![1u8, 1];
+        operand.extend_from_slice(&u64::MAX.to_be_bytes());
+        operand.extend_from_slice(&12u64.to_be_bytes());
+        s.__merge_raw_mark_operand(C, CAROL, &operand).unwrap();
         s.close().unwrap();
     }
+    const KEY: &str = "marks past the newest message (older versions)";
+    assert_eq!(
+        readmark::verify(dir.path()).unwrap().records.get(KEY),
+        Some(&1)
+    );
     {
         let opts = rocksdb::Options::default();
         let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
@@ -304,8 +316,12 @@ fn a_format_4_store_is_upgraded_in_place() {
     let s = open(dir.path());
     assert_eq!(s.mark(C, BOB).unwrap().unwrap().up_to, MessageId(2));
     assert!(s.unread_count(C, BOB).unwrap().marked_unread);
+    let carol = s.mark(C, CAROL).unwrap().unwrap();
+    assert_eq!((carol.up_to, carol.at), (MessageId(3), Timestamp(12)));
     s.close().unwrap();
-    let r = readmark::inspect(dir.path()).unwrap();
+    let r = readmark::verify(dir.path()).unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(r.records.get(KEY), None);
     assert_eq!(r.format_version, Some(readmark::FORMAT_VERSION));
     assert_eq!(readmark::FORMAT_VERSION, 5);
 }

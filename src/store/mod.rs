@@ -387,6 +387,11 @@ impl Store {
                 )?;
             }
         }
+        if version.is_some_and(|v| v < FORMAT_VERSION) {
+            // Before the version write: a crash in between does it again
+            // (it is idempotent).
+            clamp_old_marks(&db)?;
+        }
         if version != Some(FORMAT_VERSION) {
             let meta = db
                 .cf_handle(Cf::Meta.name())
@@ -889,6 +894,69 @@ fn replay(
         tracing::info!(records = n, "journal replayed");
     }
     Ok(n)
+}
+
+/// The upgrade to format 5 repairs what older versions let through: a mark
+/// past its conversation's newest message (design §3.1) is rewritten (a
+/// `Put`, as the merge would keep the larger value) clamped to it, or
+/// without its mark in a conversation with no message, and so is an
+/// unread flag's position past it. One scan of `marks`, once.
+fn clamp_old_marks(db: &DB) -> Result<u64> {
+    let (Some(marks), Some(conversations)) = (
+        db.cf_handle(Cf::Marks.name()),
+        db.cf_handle(Cf::Conversations.name()),
+    ) else {
+        return Ok(0);
+    };
+    let mut newest: std::collections::HashMap<u64, Option<Option<u64>>> =
+        std::collections::HashMap::new();
+    let mut batch = WriteBatch::default();
+    let mut repaired = 0u64;
+    for item in db.iterator_cf(marks, rocksdb::IteratorMode::Start) {
+        let (k, v) = item?;
+        let (Some((c, _)), Some(mut state)) =
+            (crate::keys::decode_pair_key(&k), MarkState::decode(&v))
+        else {
+            continue; // `verify` reports it
+        };
+        let bound = match newest.get(&c) {
+            Some(&b) => b,
+            None => {
+                let b = db
+                    .get_cf(conversations, crate::keys::id_key(c))?
+                    .and_then(|raw| crate::records::ConversationRecord::decode(&raw))
+                    .map(|r| r.last_message().map(|m| m.0));
+                newest.insert(c, b);
+                b
+            }
+        };
+        // No record, or one that does not decode: no bound known.
+        let Some(bound) = bound else { continue };
+        let before = state;
+        if let Some(m) = state.mark {
+            state.mark = bound.map(|b| crate::mark::ReadMark {
+                up_to: MessageId(m.up_to.0.min(b)),
+                at: m.at,
+            });
+        }
+        if let Some(f) = state.flag.as_mut() {
+            f.pos = f.pos.map(|p| bound.map_or(p, |b| p.min(b)));
+        }
+        if state != before {
+            batch.put_cf(marks, &k, state.encode());
+            repaired += 1;
+        }
+    }
+    if repaired > 0 {
+        let mut o = WriteOptions::default();
+        o.set_sync(true);
+        db.write_opt(batch, &o)?;
+        tracing::warn!(
+            marks = repaired,
+            "upgrade: marks past their conversation's newest message clamped to it"
+        );
+    }
+    Ok(repaired)
 }
 
 /// Reads the format version and refuses an unknown one. `Ok(None)` means
