@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use readmark::{
-    Config, ConversationId, Cursor, Error, Event, MessageId, PrivacyScope, ReadState, Store,
-    Timestamp, UserId,
+    Config, ConversationId, Cursor, Error, Event, EventPolicy, MessageId, PrivacyScope, ReadState,
+    Recipients, Store, Timestamp, UserId,
 };
 
 const CONVS: u64 = 2;
@@ -53,6 +53,8 @@ enum Op {
     Private(u64, Option<u64>, bool),
     /// conversation, user, set ("mark unread") or clear
     Flag(u64, u64, bool),
+    /// The conversation's own recipient policy (`None`: the size rule).
+    Policy(u64, Option<Recipients>),
     Drain,
     Flush,
     /// Save `user`'s snapshot and its cursor.
@@ -71,6 +73,12 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..USERS, proptest::option::of(0..CONVS), any::<bool>())
             .prop_map(|(u, c, p)| Op::Private(u, c, p)),
         2 => (0..CONVS, 0..USERS, any::<bool>()).prop_map(|(c, u, s)| Op::Flag(c, u, s)),
+        2 => (0..CONVS, 0..4u8).prop_map(|(c, p)| Op::Policy(c, match p {
+            0 => None,
+            1 => Some(Recipients::Members),
+            2 => Some(Recipients::Authors),
+            _ => Some(Recipients::Nobody),
+        })),
         3 => Just(Op::Drain),
         2 => Just(Op::Flush),
         3 => (0..USERS).prop_map(Op::TakeCursor),
@@ -119,6 +127,8 @@ struct Model {
     pending_flags: Vec<(u64, u64)>,
     /// Time of the next flag write.
     flag_clock: u64,
+    /// Conversations' own recipient policies.
+    policy: BTreeMap<u64, Recipients>,
 }
 
 impl Model {
@@ -138,8 +148,18 @@ impl Model {
         self.private_all.contains(&u) || self.private_here.contains(&(c, u))
     }
 
-    fn small(&self, c: u64) -> bool {
-        self.members_of(c).len() <= SMALL as usize
+    /// Who receives `c`'s events: its own policy, or by size.
+    fn recipients(&self, c: u64) -> Recipients {
+        match self.policy.get(&c) {
+            Some(&p) => p,
+            None if self.members_of(c).len() <= SMALL as usize => Recipients::Members,
+            None => Recipients::Authors,
+        }
+    }
+
+    /// Whether members of `c` see each other's marks.
+    fn shows(&self, c: u64) -> bool {
+        self.recipients(c) == Recipients::Members
     }
 
     /// The event the store should deliver for a pending pair, if any.
@@ -148,9 +168,9 @@ impl Model {
             return None;
         }
         let up_to = *self.marks.get(&(c, r))?;
-        let recipients = if self.private(c, r) {
+        let recipients = if self.private(c, r) || self.recipients(c) == Recipients::Nobody {
             Vec::new()
-        } else if self.small(c) {
+        } else if self.shows(c) {
             self.members_of(c).into_iter().filter(|&m| m != r).collect()
         } else {
             // Nothing from before the reader joined.
@@ -189,7 +209,7 @@ impl Model {
                 continue;
             }
             for r in self.members_of(c) {
-                let shown = r == user || self.small(c) && !self.private(c, r);
+                let shown = r == user || self.shows(c) && !self.private(c, r);
                 if let (true, Some(&m)) = (shown, self.marks.get(&(c, r))) {
                     out.insert((c, r), (m, r == user && self.marked_unread(c, r)));
                 }
@@ -262,7 +282,7 @@ fn check_drain(events: Vec<Event>, model: &mut Model) -> Result<(), TestCaseErro
     // small conversation, if the reader is still a private member.
     let mut want_hidden = Vec::new();
     for (c, r, when) in std::mem::take(&mut model.pending_hidden) {
-        if model.is_member(c, r) && model.private(c, r) && model.small(c) {
+        if model.is_member(c, r) && model.private(c, r) && model.shows(c) {
             // Only those who were members then: a later joiner never saw
             // the reader's receipts.
             let others = model
@@ -467,6 +487,17 @@ fn run_epoch<'o>(
                     }
                 }
             }
+            Op::Policy(c, recipients) => {
+                let policy = match recipients {
+                    Some(r) => EventPolicy::new().recipients(r),
+                    None => EventPolicy::new(),
+                };
+                store.set_event_policy(ConversationId(c), policy).unwrap();
+                match recipients {
+                    Some(r) => model.policy.insert(c, r),
+                    None => model.policy.remove(&c),
+                };
+            }
             Op::Flag(c, u, set) => {
                 model.flag_clock += 1;
                 let t = Timestamp(model.flag_clock);
@@ -552,7 +583,7 @@ fn run_epoch<'o>(
                 // applied and the hidden pairs removed, less what it drops
                 // itself (conversations it left, other members' receipts
                 // where the size rule shows none) equals what it may see.
-                seen.retain(|&(c, r), _| model.is_member(c, user) && (r == user || model.small(c)));
+                seen.retain(|&(c, r), _| model.is_member(c, user) && (r == user || model.shows(c)));
                 prop_assert_eq!(&seen, &now, "client view of {} after catch-up", user);
                 model.cursors.push((user, next, seen));
                 model.cursor_hides.push(model.hides.clone());
