@@ -119,15 +119,11 @@ fn a_read_reaches_the_other_member_within_the_coalescing_window() {
         "the newest mark, coalesced"
     );
     println!("read -> receipt at the other member over loopback: {latency:?} (window {WINDOW:?})");
-    // Delivered when the window opened by the first read closes; the rest
-    // is loopback and scheduling, generous for a loaded CI machine.
+    // Not before the window opened by the first read closes (how much
+    // later is loopback and scheduling: printed, not asserted).
     assert!(
         latency >= WINDOW,
         "delivered before the window closed: {latency:?}"
-    );
-    assert!(
-        latency < WINDOW + Duration::from_secs(2),
-        "too late: {latency:?}"
     );
     // Exactly one receipt: the five reads were joined.
     assert_eq!(alice.next(WINDOW * 2), None);
