@@ -273,7 +273,7 @@ fn every_io_failure_point_in_turn() {
     let mut hit = Vec::new();
     let runs: Vec<(&str, f32, bool)> = POINTS
         .iter()
-        .flat_map(|&p| [(p, 0.02, false), (p, 0.02, true)])
+        .flat_map(|&p| [(p, 0.05, false), (p, 0.02, true)])
         .chain([("posix/*", 0.002, false), ("posix/*", 0.01, true)])
         .collect();
     let total = runs.len();
@@ -332,5 +332,5 @@ fn every_io_failure_point_in_turn() {
         hit.join("\n  ")
     );
     // A test that injects nothing proves nothing.
-    assert!(points_hit.len() >= 5, "too few failure points hit: {hit:?}");
+    assert!(points_hit.len() >= 6, "too few failure points hit: {hit:?}");
 }
