@@ -23,6 +23,9 @@ const ENV_DIR: &str = "READMARK_FIU_CHILD_DIR";
 const ENV_POINT: &str = "READMARK_FIU_POINT";
 const ENV_PROBABILITY: &str = "READMARK_FIU_PROBABILITY";
 const ENV_AT_OPEN: &str = "READMARK_FIU_AT_OPEN";
+/// Rounds of the whole list (default 1): the long variant,
+/// `READMARK_FIU_ROUNDS=40 cargo test --release --test libfiu -- --nocapture`.
+const ENV_ROUNDS: &str = "READMARK_FIU_ROUNDS";
 
 /// Each failure point of the file I/O a store does, in turn.
 const POINTS: &[&str] = &[
@@ -271,12 +274,18 @@ fn every_io_failure_point_in_turn() {
         return;
     }
     let mut hit = Vec::new();
-    let runs: Vec<(&str, f32, bool)> = POINTS
+    let rounds: usize = std::env::var(ENV_ROUNDS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let one_round: Vec<(&str, f32, bool)> = POINTS
         .iter()
         .flat_map(|&p| [(p, 0.05, false), (p, 0.02, true)])
         .chain([("posix/*", 0.002, false), ("posix/*", 0.01, true)])
         .collect();
+    let runs: Vec<(&str, f32, bool)> = std::iter::repeat_n(one_round, rounds).flatten().collect();
     let total = runs.len();
+    let (mut acked_checked, mut typed) = (0usize, BTreeMap::<String, usize>::new());
     let mut points_hit = std::collections::BTreeSet::new();
     for (point, probability, at_open) in runs {
         let dir = tempfile::tempdir().unwrap();
@@ -301,16 +310,21 @@ fn every_io_failure_point_in_turn() {
                 "{point}: after the failure: {after}"
             );
             hit.push(format!("{point} ({e}, then {after})"));
+            *typed.entry(format!("{e}, then {after}")).or_default() += 1;
             points_hit.insert(point_name);
         } else if run.aborted {
             hit.push(format!(
                 "{point} (RocksDB aborted: no memory for its cache)"
             ));
+            *typed
+                .entry("RocksDB abort (no memory to map)".into())
+                .or_default() += 1;
             points_hit.insert(point_name);
         }
         // Recovery without injection.
         let store = Store::open(dir.path(), config())
             .unwrap_or_else(|e| panic!("{point}: reopen after the failure: {e}"));
+        acked_checked += run.acked.len();
         for (&u, &m) in &run.acked {
             let got = store.mark(C, UserId(u)).unwrap().map_or(0, |x| x.up_to.0);
             assert!(
@@ -325,12 +339,21 @@ fn every_io_failure_point_in_turn() {
         let report = readmark::verify(dir.path()).unwrap();
         assert!(report.problems.is_empty(), "{point}: {:?}", report.problems);
     }
-    println!(
-        "libfiu: {} of {total} runs hit a failure, at {} distinct failure points:\n  {}",
-        hit.len(),
-        points_hit.len(),
-        hit.join("\n  ")
-    );
+    if rounds == 1 {
+        println!(
+            "libfiu: {} of {total} runs hit a failure, at {} distinct failure points:\n  {}",
+            hit.len(),
+            points_hit.len(),
+            hit.join("\n  ")
+        );
+    } else {
+        println!(
+            "libfiu: {rounds} rounds, {total} runs, {} hit a failure, at {} distinct failure points ({:?}); outcomes {typed:?}; {acked_checked} users' acknowledged marks checked after recovery, none lost",
+            hit.len(),
+            points_hit.len(),
+            points_hit,
+        );
+    }
     // A test that injects nothing proves nothing.
     assert!(points_hit.len() >= 6, "too few failure points hit: {hit:?}");
 }
