@@ -319,12 +319,8 @@ fn every_io_failure_point_in_turn() {
             *typed.entry(format!("{e}, then {after}")).or_default() += 1;
             points_hit.insert(point_name);
         } else if run.aborted {
-            hit.push(format!(
-                "{point} (RocksDB aborted: no memory for its cache)"
-            ));
-            *typed
-                .entry("RocksDB abort (no memory to map)".into())
-                .or_default() += 1;
+            hit.push(format!("{point} (aborted: no memory could be mapped)"));
+            *typed.entry("abort (no memory to map)".into()).or_default() += 1;
             points_hit.insert(point_name);
         }
         // Recovery without injection.
