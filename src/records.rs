@@ -181,6 +181,13 @@ pub(crate) struct MemberRecord {
 }
 
 impl MemberRecord {
+    /// The newest message this member has seen, given their mark: the mark,
+    /// or the newest message when they joined, whichever is later (`None`
+    /// orders first, so `Option::max` is exactly that).
+    pub(crate) fn read_position(&self, mark: Option<MessageId>) -> Option<MessageId> {
+        mark.max(self.joined_after)
+    }
+
     /// Whether anyone else may see this member's reads.
     pub(crate) fn is_private(&self) -> bool {
         self.private_here || self.private_all

@@ -881,10 +881,9 @@ impl Store {
                     // Nothing before the reader joined was ever theirs to
                     // read: its authors learn nothing from them (a late
                     // joiner's first advance starts from no mark).
-                    let from = match (pending.from, member.joined_after.map(|j| j.0)) {
-                        (Some(a), Some(b)) => Some(a.max(b)),
-                        (a, b) => a.or(b),
-                    };
+                    let from = member
+                        .read_position(pending.from.map(MessageId))
+                        .map(|m| m.0);
                     capped = authors_of(
                         &view,
                         conversation,

@@ -315,10 +315,8 @@ impl Store {
         // One that covered only itself tells nobody anything new.
         if listening {
             let before = prev.and_then(|p| p.mark);
-            let seen = match (before.map(|m| m.up_to), joined_after) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
+            // As `MemberRecord::read_position`, from the one field read.
+            let seen = before.map(|m| m.up_to).max(joined_after);
             if before_last.is_some_and(|l| seen.is_none_or(|s| s < l)) {
                 self.events.publish(
                     conversation.0,
@@ -460,10 +458,7 @@ fn unread_from(
     member: &MemberRecord,
     state: &MarkState,
 ) -> Result<Unread> {
-    let seen = match (state.mark.map(|m| m.up_to), member.joined_after) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
+    let seen = member.read_position(state.mark.map(|m| m.up_to));
     let count = match seen {
         None => conv.message_count - conv.deleted_count,
         Some(p) if conv.last_message().is_none_or(|last| p >= last) => 0,
