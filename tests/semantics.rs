@@ -38,6 +38,11 @@ fn trio(s: &Store, messages: u64) {
     }
 }
 
+/// An event's recipients' ids (in id order, as delivered).
+fn recipients(e: &ReceiptEvent) -> Vec<u64> {
+    e.recipients.iter().map(|u| u.0).collect()
+}
+
 fn receipts(events: Vec<Event>) -> Vec<ReceiptEvent> {
     events
         .into_iter()
@@ -122,9 +127,7 @@ fn regression_going_public_publishes_the_now_visible_mark() {
     let got = receipts(sub.drain().unwrap());
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!((got[0].reader, got[0].up_to), (BOB, MessageId(2)));
-    let mut to: Vec<u64> = got[0].recipients.iter().map(|u| u.0).collect();
-    to.sort_unstable();
-    assert_eq!(to, vec![1, 3]);
+    assert_eq!(recipients(&got[0]), vec![1, 3]);
     // Going public where nothing was read shows nothing.
     s.set_receipts_private(CAROL, PrivacyScope::Conversation(C), true)
         .unwrap();
@@ -150,9 +153,7 @@ fn regression_a_send_that_covers_unread_messages_publishes_a_receipt() {
         (got[0].reader, got[0].up_to, got[0].read_at),
         (BOB, MessageId(3), Timestamp(10))
     );
-    let mut to: Vec<u64> = got[0].recipients.iter().map(|u| u.0).collect();
-    to.sort_unstable();
-    assert_eq!(to, vec![1, 3]);
+    assert_eq!(recipients(&got[0]), vec![1, 3]);
     // Nothing unread before it: a send covers only itself, which its
     // sender's clients know; no event.
     s.record_message(C, MessageId(4), BOB, Timestamp(11))
@@ -363,11 +364,9 @@ fn regression_a_late_joiner_tells_nobody_about_history() {
         .unwrap();
     // Carol's send covered Alice's 1..3 and Bob's 4: an event, to both.
     let got = receipts(sub.drain().unwrap());
-    let to: Vec<u64> = got[0].recipients.iter().map(|u| u.0).collect();
-    assert_eq!((got.len(), to), (1, vec![1, 2]));
+    assert_eq!((got.len(), recipients(&got[0])), (1, vec![1, 2]));
     // Bob reads 5: only Carol wrote after he joined.
     s.mark_read(C, BOB, MessageId(5), Timestamp(7)).unwrap();
     let got = receipts(sub.drain().unwrap());
-    let to: Vec<u64> = got[0].recipients.iter().map(|u| u.0).collect();
-    assert_eq!(to, vec![3]);
+    assert_eq!(recipients(&got[0]), vec![3]);
 }
