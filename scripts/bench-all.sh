@@ -41,6 +41,6 @@ run scaling scaling
 run scaling-16 scaling --levels power-loss --threads 16 --updates 100000
 run scaling-64 scaling --levels power-loss --threads 64 --updates 100000
 run events events
-echo "== criterion: cargo bench --bench components -- --warm-up-time 1 --measurement-time 3"
-cargo bench --quiet --bench components -- --warm-up-time 1 --measurement-time 3 > "$out/criterion.txt" 2>&1
+echo "== criterion: cargo bench -p readmark --bench components -- --warm-up-time 1 --measurement-time 3"
+cargo bench --quiet -p readmark --bench components -- --warm-up-time 1 --measurement-time 3 > "$out/criterion.txt" 2>&1
 grep -E '^[a-z_]+/|time:' "$out/criterion.txt" || true

@@ -1,0 +1,977 @@
+//! Bodies of the `cargo fuzz` targets (`fuzz/fuzz_targets/`), kept in the
+//! crate so that `tests/fuzz_corpus.rs` runs every checked-in corpus input
+//! through them on every CI run, and decoders for external harnesses.
+//! Not public API.
+
+use crate::pure::bitset::{merge_bitsets, Bitset, ReadTimeRecord};
+use crate::pure::journal::frame::{frame_size, write_frame, write_header, SEGMENT_HEADER_LEN};
+use crate::pure::journal::scan::{scan_segment, ScanEnd};
+use crate::pure::journal::slot::{self, encode_copy, scan_slots, Copy};
+use crate::pure::mark::MarkState;
+use crate::pure::merge::merge_marks;
+use crate::pure::records::{ConversationRecord, MemberRecord, MessageRecord};
+
+/// Decodes a mark value/operand; re-encodes it if it decodes.
+pub fn mark_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    MarkState::decode(bytes).map(|s| s.encode())
+}
+/// Decodes then re-encodes a conversation record.
+pub fn conversation_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    // The 38-byte form of formats 2 to 4 decodes too and re-encodes
+    // longer: it must be the new form's prefix, with zero event fields.
+    ConversationRecord::decode(bytes).map(|r| {
+        let b = r.encode();
+        if bytes.len() == crate::pure::records::CONV_LEN_V4
+            && b[crate::pure::records::CONV_LEN_V4..]
+                .iter()
+                .all(|&x| x == 0)
+        {
+            b[..crate::pure::records::CONV_LEN_V4].to_vec()
+        } else {
+            b.to_vec()
+        }
+    })
+}
+/// Decodes then re-encodes a member record.
+pub fn member_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    // The 20-byte form of format 2 decodes too and re-encodes longer.
+    MemberRecord::decode(bytes)
+        .filter(|_| bytes.len() == crate::pure::records::MEMBER_LEN)
+        .map(|r| r.encode().to_vec())
+}
+/// Decodes then re-encodes a message record.
+pub fn message_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    MessageRecord::decode(bytes).map(|r| r.encode().to_vec())
+}
+/// Decodes then re-encodes a journal payload.
+pub fn journal_record_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    crate::pure::journal::record::MarkRecord::decode(bytes).map(|r| r.encode())
+}
+/// Decodes then re-encodes a per-message receipt bitset.
+pub fn bitset_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    Bitset::decode(bytes).map(|b| {
+        // The slot iterator and membership test agree with the bytes.
+        let mut again = Bitset::new(b.sent_at);
+        for s in b.slots() {
+            assert!(b.contains(s));
+            again.set(s);
+        }
+        assert_eq!(again, b, "slots() must list exactly the set bits");
+        b.encode()
+    })
+}
+/// Decodes then re-encodes a read-time record.
+pub fn read_time_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    ReadTimeRecord::decode(bytes).map(|r| r.encode().to_vec())
+}
+/// Decodes and re-encodes a change-log record.
+pub fn change_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    crate::pure::change_log::ChangeRecord::decode(bytes).map(|r| r.encode().to_vec())
+}
+/// Decodes and re-encodes a user-settings record.
+pub fn user_settings_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    crate::pure::records::decode_user_settings(bytes)
+        .map(|p| crate::pure::records::encode_user_settings(p).to_vec())
+}
+/// Decodes and re-encodes a catch-up cursor (client input).
+pub fn cursor_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
+    crate::pure::change_log::Cursor::from_bytes(bytes)
+        .ok()
+        .map(|c| c.to_bytes().to_vec())
+}
+/// Decodes a pair key.
+pub fn pair_key(bytes: &[u8]) -> Option<(u64, u64)> {
+    crate::pure::keys::decode_pair_key(bytes)
+}
+
+/// Scans a journal segment image (strict mode): the `(offset, size)` of
+/// every valid frame, and how the log ends (`"clean"`, `"torn"`,
+/// `"corrupt"`) with its offset.
+pub fn journal_scan(bytes: &[u8]) -> (Vec<(usize, usize)>, &'static str, usize) {
+    let scan = scan_segment(bytes, false);
+    let frames = scan
+        .frames
+        .iter()
+        .map(|f| (f.offset, frame_size(f.payload.len())))
+        .collect();
+    let (kind, off) = match scan.end {
+        ScanEnd::Clean { offset } => ("clean", offset),
+        ScanEnd::TornTail { offset } => ("torn", offset),
+        ScanEnd::Corrupt { offset } => ("corrupt", offset),
+    };
+    (frames, kind, off)
+}
+
+/// What a scan of a slot-journal image found: `(offset, conversation,
+/// user, up_to, seq)` of every valid copy, copies
+/// whose checksum fails, offsets of copies whose checksum holds but whose
+/// content is invalid, and the header's epoch (`None`: blank or damaged).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlotSummary {
+    /// `(offset, conversation, user, up_to, seq)` per valid copy.
+    pub found: Vec<(usize, u64, u64, Option<u64>, u64)>,
+    /// Copies whose checksum fails.
+    pub torn: u64,
+    /// Copies whose checksum holds but whose content does not decode.
+    pub malformed: Vec<usize>,
+    /// The header's epoch.
+    pub epoch: Option<u64>,
+    /// The header is neither blank nor valid.
+    pub bad_header: bool,
+}
+
+/// Scans a slot-journal image.
+pub fn slot_scan(bytes: &[u8]) -> SlotSummary {
+    let s = scan_slots(bytes);
+    SlotSummary {
+        found: s
+            .found
+            .iter()
+            .map(|f| {
+                (
+                    f.offset,
+                    f.copy.conversation,
+                    f.copy.user,
+                    f.copy.state.mark.map(|m| m.up_to.0),
+                    f.copy.seq,
+                )
+            })
+            .collect(),
+        torn: s.torn,
+        malformed: s.malformed,
+        epoch: s.epoch,
+        bad_header: s.bad_header,
+    }
+}
+
+/// The bytes of one slot copy with a valid checksum for `epoch` and
+/// `state` written verbatim (so a test can plant a copy whose content does
+/// not decode), and the file offset of copy `copy` of slot `slot`.
+pub fn slot_copy(epoch: u64, seq: u64, conversation: u64, user: u64, state: &[u8]) -> Vec<u8> {
+    let mut out = [0u8; slot::COPY_LEN];
+    encode_copy(
+        &mut out,
+        epoch,
+        &Copy {
+            seq,
+            conversation,
+            user,
+            joined_seq: 0,
+            state: MarkState::default(),
+        },
+    );
+    let n = state.len().min(slot::COPY_LEN - slot::COPY_STATE);
+    out[slot::COPY_STATE..slot::COPY_STATE + n].copy_from_slice(&state[..n]);
+    #[allow(clippy::cast_possible_truncation)]
+    {
+        out[slot::COPY_STATE_LEN] = n as u8;
+    }
+    let mut h = crc32fast::Hasher::new();
+    h.update(&epoch.to_be_bytes());
+    h.update(&out[slot::COPY_VERSION..]);
+    out[..4].copy_from_slice(&h.finalize().to_be_bytes());
+    out.to_vec()
+}
+
+/// File offset of copy `copy` of slot `slot`.
+#[must_use]
+pub fn slot_offset(slot: usize, copy: usize) -> usize {
+    slot::copy_offset(slot, copy)
+}
+
+/// Target `slots`: the slot journal's scan on arbitrary images never
+/// panics, stays in bounds and returns only copies a writer could have
+/// encoded; on a well-formed image damaged at an input-chosen byte, every
+/// copy the damage missed is found, and nothing that was not written.
+pub fn slots_target(data: &[u8]) {
+    let scan = scan_slots(data);
+    for f in &scan.found {
+        let mut b = [0u8; slot::COPY_LEN];
+        encode_copy(&mut b, scan.epoch.unwrap_or(0), &f.copy);
+        assert_eq!(&b[..], &data[f.offset..f.offset + slot::COPY_LEN]);
+    }
+    let Some((&ctl, rest)) = data.split_first() else {
+        return;
+    };
+    let slots = 48;
+    let mut file = vec![0u8; slot::file_len(slots)];
+    slot::write_header(&mut file, 5, slots as u64);
+    // Per slot: the states written to copy 0 and copy 1, and which is newer.
+    let mut written: Vec<[Option<Copy>; 2]> = vec![[None, None]; slots];
+    let mut seq = 0u64;
+    for chunk in rest.chunks(3).take(200) {
+        let (slot, copy, v) = (
+            usize::from(chunk[0]) % slots,
+            usize::from(chunk.get(1).copied().unwrap_or(0) & 1),
+            u64::from(chunk.get(2).copied().unwrap_or(0)),
+        );
+        seq += 1;
+        let c = Copy {
+            seq,
+            conversation: 1,
+            user: slot as u64,
+            joined_seq: 0,
+            state: MarkState::from_mark(crate::MessageId(v), crate::Timestamp(seq)),
+        };
+        let off = slot::copy_offset(slot, copy);
+        let mut b = [0u8; slot::COPY_LEN];
+        encode_copy(&mut b, 5, &c);
+        file[off..off + slot::COPY_LEN].copy_from_slice(&b);
+        written[slot][copy] = Some(c);
+    }
+    let hit = slot::HEADER_LEN + usize::from(ctl) * 97 % (file.len() - slot::HEADER_LEN);
+    file[hit] ^= 0x5A;
+    let scan = scan_slots(&file);
+    for f in &scan.found {
+        let slot = usize::try_from(f.copy.user).unwrap_or(usize::MAX);
+        assert!(
+            written[slot].iter().flatten().any(|c| *c == f.copy),
+            "a copy that was never written"
+        );
+    }
+    // Every copy the damage missed is found: the newest state of each slot
+    // survives unless the damage hit that very copy.
+    for (slot, copies) in written.iter().enumerate() {
+        for (i, c) in copies.iter().enumerate() {
+            let Some(c) = c else { continue };
+            let off = slot::copy_offset(slot, i);
+            if !(off..off + slot::COPY_LEN).contains(&hit) {
+                assert!(
+                    scan.found.iter().any(|f| f.offset == off && f.copy == *c),
+                    "an intact copy was lost"
+                );
+            }
+        }
+    }
+}
+
+/// A format-3 journal segment of `len` bytes holding one frame per
+/// `(conversation, user, up_to, at)`: what a store of that format left
+/// behind, for upgrade tests.
+#[must_use]
+pub fn legacy_segment(epoch: u64, len: usize, marks: &[(u64, u64, u64, u64)]) -> Vec<u8> {
+    let mut seg = vec![0u8; len];
+    write_header(&mut seg, epoch, 1);
+    let mut off = SEGMENT_HEADER_LEN;
+    for (i, &(c, u, up_to, at)) in marks.iter().enumerate() {
+        let payload = crate::pure::journal::record::MarkRecord {
+            conversation: c,
+            user: u,
+            state: MarkState::from_mark(crate::MessageId(up_to), crate::Timestamp(at)),
+        }
+        .encode();
+        let size = frame_size(payload.len());
+        let seq = i as u64 + 1;
+        write_frame(&mut seg[off..off + size], epoch, seq, seq, &payload);
+        off += size;
+    }
+    seg
+}
+
+/// Target `merge_marks`: the merge function on arbitrary inputs never
+/// panics, always yields a value that decodes, and gives the same value
+/// however the operands are grouped or ordered.
+pub fn merge_marks_target(data: &[u8]) {
+    // Operands are separated by 0xFF; the first part, if not empty, is the
+    // base value.
+    let parts: Vec<&[u8]> = data.split(|&b| b == 0xFF).collect();
+    let (base, ops) = match parts.split_first() {
+        Some((b, rest)) if !b.is_empty() => (Some(*b), rest),
+        _ => (None, &parts[..]),
+    };
+    let all = merge_marks(base, ops.iter().copied());
+    assert!(
+        MarkState::decode(&all.value).is_some(),
+        "merge output must decode"
+    );
+    let mid = ops.len() / 2;
+    let left = merge_marks(base, ops[..mid].iter().copied());
+    let right = merge_marks(None, ops[mid..].iter().copied());
+    let grouped = merge_marks(Some(&left.value), [right.value.as_slice()]);
+    assert_eq!(
+        all.value, grouped.value,
+        "partial merges must not change the result"
+    );
+    let reversed = merge_marks(base, ops.iter().rev().copied());
+    assert_eq!(
+        all.value, reversed.value,
+        "order must not change the result"
+    );
+    assert_eq!(all.skipped, left.skipped + right.skipped);
+}
+
+/// Target `merge_receipts`: the bitset OR merge on arbitrary inputs never
+/// panics, always yields a value that decodes, gives the same value however
+/// the operands are grouped or ordered, and holds exactly the union of the
+/// slots of the inputs that decode.
+pub fn merge_receipts_target(data: &[u8]) {
+    let parts: Vec<&[u8]> = data.split(|&b| b == 0xFE).collect();
+    let (base, ops) = match parts.split_first() {
+        Some((b, rest)) if !b.is_empty() => (Some(*b), rest),
+        _ => (None, &parts[..]),
+    };
+    let all = merge_bitsets(base, ops.iter().copied());
+    let merged = Bitset::decode(&all.value).expect("merge output must decode");
+    let mid = ops.len() / 2;
+    let left = merge_bitsets(base, ops[..mid].iter().copied());
+    let right = merge_bitsets(None, ops[mid..].iter().copied());
+    let grouped = merge_bitsets(Some(&left.value), [right.value.as_slice()]);
+    assert_eq!(
+        all.value, grouped.value,
+        "partial merges must not change the result"
+    );
+    let reversed = merge_bitsets(base, ops.iter().rev().copied());
+    assert_eq!(
+        all.value, reversed.value,
+        "order must not change the result"
+    );
+    assert_eq!(all.skipped, left.skipped + right.skipped);
+    let mut union = std::collections::BTreeSet::new();
+    for input in base.into_iter().chain(ops.iter().copied()) {
+        if let Some(b) = Bitset::decode(input) {
+            union.extend(b.slots());
+        }
+    }
+    assert!(
+        merged.slots().eq(union.into_iter()),
+        "merge must be the union"
+    );
+}
+
+/// Target `decoders`: every on-disk decoder on arbitrary bytes never panics,
+/// and whatever decodes re-encodes to the same bytes (one canonical form).
+pub fn decoders_target(data: &[u8]) {
+    for roundtrip in [
+        mark_roundtrip,
+        conversation_roundtrip,
+        member_roundtrip,
+        message_roundtrip,
+        journal_record_roundtrip,
+        bitset_roundtrip,
+        read_time_roundtrip,
+        change_roundtrip,
+        user_settings_roundtrip,
+        cursor_roundtrip,
+    ] {
+        if let Some(again) = roundtrip(data) {
+            assert_eq!(again, data, "decode/encode must round-trip");
+        }
+    }
+    if let Some((a, b)) = pair_key(data) {
+        let mut k = a.to_be_bytes().to_vec();
+        k.extend_from_slice(&b.to_be_bytes());
+        assert_eq!(k, data);
+    }
+    // A cursor as text: any string, never a panic; what parses prints back
+    // to a string that parses to the same cursor.
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(c) = text.parse::<crate::pure::change_log::Cursor>() {
+            assert_eq!(
+                c.to_string()
+                    .parse::<crate::pure::change_log::Cursor>()
+                    .ok(),
+                Some(c)
+            );
+        }
+    }
+}
+
+/// Target `journal`: the recovery scan on arbitrary segment images never
+/// panics and stays in bounds; on a well-formed segment damaged at an
+/// input-chosen place, strict recovery returns a prefix of what was written
+/// and tolerant recovery a superset of strict's, never a frame that was
+/// not written.
+pub fn journal_target(data: &[u8]) {
+    for tolerant in [false, true] {
+        let scan = scan_segment(data, tolerant);
+        for f in &scan.frames {
+            assert!(f.offset + f.payload.len() <= data.len());
+        }
+    }
+    // A valid segment built from the input, then damaged.
+    let Some((&ctl, rest)) = data.split_first() else {
+        return;
+    };
+    let mut seg = vec![0u8; 4096];
+    write_header(&mut seg, 7, 1);
+    let mut off = SEGMENT_HEADER_LEN;
+    let mut written = Vec::new();
+    for (i, chunk) in rest.chunks(9).take(40).enumerate() {
+        let size = frame_size(chunk.len());
+        if off + size + 24 > seg.len() {
+            break;
+        }
+        let seq = i as u64 + 1;
+        // `synced` lags by a control-chosen distance.
+        let synced = seq.saturating_sub(1 + u64::from(ctl % 4));
+        write_frame(&mut seg[off..off + size], 7, seq, synced, chunk);
+        written.push((off, chunk.to_vec()));
+        off += size;
+    }
+    let damage_at = SEGMENT_HEADER_LEN + usize::from(ctl) * 7 % (off - SEGMENT_HEADER_LEN + 1);
+    if damage_at < seg.len() {
+        seg[damage_at] ^= 0x5A;
+    }
+    let strict = scan_segment(&seg, false);
+    for (i, f) in strict.frames.iter().enumerate() {
+        assert_eq!(
+            (f.offset, f.payload),
+            (written[i].0, written[i].1.as_slice()),
+            "strict recovery returns a prefix"
+        );
+    }
+    // Tolerant recovery keeps everything strict recovery keeps. Past the
+    // damage it resynchronises on whatever validates, and that is all it can
+    // promise: the fuzzer found (fuzz/corpus/journal/regression-strict-prefix)
+    // that written payload bytes plus the zeros after them can form a
+    // frame with this segment's epoch and a matching CRC, which tolerant
+    // recovery then returns. See docs/design.md §7.6 (limits).
+    let tolerant = scan_segment(&seg, true);
+    assert!(tolerant.frames.len() >= strict.frames.len());
+    assert_eq!(&tolerant.frames[..strict.frames.len()], &strict.frames[..]);
+}
+
+#[cfg(feature = "store")]
+pub use api::api_target;
+
+#[cfg(feature = "store")]
+mod api {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Duration;
+
+    use crate::{
+        Config, ConversationId, Durability, Error, MessageId, Page, ReceiptSource, Store,
+        Timestamp, UserId,
+    };
+
+    const CONVS: u64 = 3;
+    const USERS: u64 = 4;
+
+    #[derive(Default)]
+    struct Model {
+        convs: BTreeSet<u64>,
+        /// (conv, user) -> joined_after
+        members: BTreeMap<(u64, u64), Option<u64>>,
+        /// conv -> [(id, sender, deleted)]
+        /// conversation -> (id, sender, deleted, system kind)
+        msgs: BTreeMap<u64, Vec<(u64, u64, bool, bool)>>,
+        /// Conversations not in per-message mode (more than 2 members at
+        /// their last membership change).
+        large: BTreeSet<u64>,
+        /// (conv, message): recorded in per-message mode.
+        tracked: BTreeSet<(u64, u64)>,
+        /// (conv, user, message): single views the store recorded.
+        views: BTreeSet<(u64, u64, u64)>,
+        /// (conv, user) -> (up_to, at): what reads must show
+        marks: BTreeMap<(u64, u64), (u64, u64)>,
+        /// (conv, user) -> highest up_to acknowledged at ProcessCrash or
+        /// above (or written by a flush): a crash may not go below it.
+        floor: BTreeMap<(u64, u64), u64>,
+        /// Every up_to written per key since its membership began.
+        written: BTreeMap<(u64, u64), BTreeSet<u64>>,
+        /// Users with receipts private everywhere.
+        private_all: BTreeSet<u64>,
+        /// (conv, user) private in that conversation (ends with the
+        /// membership).
+        private_here: BTreeSet<(u64, u64)>,
+    }
+
+    impl Model {
+        fn private(&self, conv: u64, user: u64) -> bool {
+            self.private_all.contains(&user) || self.private_here.contains(&(conv, user))
+        }
+    }
+
+    fn join(m: &mut BTreeMap<(u64, u64), (u64, u64)>, k: (u64, u64), up: u64, at: u64) {
+        let e = m.entry(k).or_insert((up, at));
+        if up > e.0 || (up == e.0 && at < e.1) {
+            *e = (up, at);
+        }
+    }
+
+    fn config() -> Config {
+        Config::new()
+            .write_buffer_bytes(64 << 10)
+            .block_cache_bytes(1 << 20)
+            .flush_interval(Duration::from_secs(3600))
+            .flush_after_updates(3)
+            .combiner_max_bytes(4096)
+            .journal_bytes(128 << 10)
+            .receipt_threshold(2)
+    }
+
+    /// Retention is measured against a fixed clock, so every receipt of a
+    /// run stays live whatever the real date.
+    fn open(path: &std::path::Path) -> Store {
+        let s = Store::open(path, config()).expect("open");
+        s.__set_clock(Some(Timestamp(1)));
+        s
+    }
+
+    fn members_of(m: &Model, conv: u64) -> usize {
+        m.members.keys().filter(|k| k.0 == conv).count()
+    }
+
+    /// Target `api_ops`: the public API driven by an arbitrary operation
+    /// sequence (membership, messages, deletes, marks at every durability,
+    /// single views, private receipts, flushes, close/reopen, simulated
+    /// crashes), checked after every step against a model: marks, unread
+    /// counts, typed errors, and every message's readers (the rule of
+    /// docs/design.md §5, private readers left out) and source across
+    /// threshold crossings (threshold 2).
+    pub fn api_target(data: &[u8]) {
+        let Ok(dir) = tempfile::tempdir() else { return };
+        let mut store = Some(open(dir.path()));
+        let mut m = Model::default();
+        let mut clock = 0u64;
+        let mut crashes = 0;
+        for op in data.chunks(4).take(64) {
+            let [kind, a, b, c] = [
+                op[0],
+                *op.get(1).unwrap_or(&0),
+                *op.get(2).unwrap_or(&0),
+                *op.get(3).unwrap_or(&0),
+            ];
+            let s = store.as_ref().expect("store");
+            let conv = u64::from(a) % CONVS;
+            let user = u64::from(b) % USERS;
+            let key = (conv, user);
+            clock += 1;
+            let (cid, uid) = (ConversationId(conv), UserId(user));
+            match kind % 12 {
+                0 => {
+                    let r = s.create_conversation(cid);
+                    if m.convs.insert(conv) {
+                        r.expect("create");
+                        m.msgs.insert(conv, Vec::new());
+                    } else {
+                        assert!(matches!(r, Err(Error::ConversationExists(_))));
+                    }
+                }
+                1 => {
+                    let r = s.add_member(cid, uid, Timestamp(clock));
+                    if !m.convs.contains(&conv) {
+                        assert!(matches!(r, Err(Error::UnknownConversation(_))));
+                    } else if m.members.contains_key(&key) {
+                        assert!(matches!(r, Err(Error::AlreadyMember { .. })));
+                    } else {
+                        r.expect("add");
+                        let last = m.msgs[&conv].last().map(|x| x.0);
+                        m.members.insert(key, last);
+                        if members_of(&m, conv) > 2 {
+                            m.large.insert(conv);
+                        }
+                    }
+                }
+                2 => {
+                    let r = s.remove_member(cid, uid);
+                    if !m.convs.contains(&conv) {
+                        assert!(matches!(r, Err(Error::UnknownConversation(_))));
+                    } else if m.members.remove(&key).is_some() {
+                        r.expect("remove");
+                        m.marks.remove(&key);
+                        m.floor.remove(&key);
+                        m.written.remove(&key);
+                        m.views.retain(|v| (v.0, v.1) != key);
+                        m.private_here.remove(&key);
+                        if members_of(&m, conv) <= 2 {
+                            m.large.remove(&conv);
+                        }
+                    } else {
+                        assert!(matches!(r, Err(Error::NotMember { .. })));
+                    }
+                }
+                3 => {
+                    let last = m.msgs.get(&conv).and_then(|v| v.last()).map_or(0, |x| x.0);
+                    let id = if c == 0 { last } else { last + u64::from(c) };
+                    // A system message (never unread) now and then.
+                    let system = a & 0x80 != 0;
+                    let kind = if system {
+                        crate::MessageKind::System
+                    } else {
+                        crate::MessageKind::Regular
+                    };
+                    let r = s.record_message_with(
+                        cid,
+                        MessageId(id),
+                        uid,
+                        Timestamp(clock),
+                        &crate::MessageOptions::new().kind(kind),
+                    );
+                    if !m.convs.contains(&conv) {
+                        assert!(matches!(r, Err(Error::UnknownConversation(_))));
+                    } else if !m.members.contains_key(&key) {
+                        assert!(matches!(r, Err(Error::NotMember { .. })));
+                    } else if !m.msgs[&conv].is_empty() && id <= last {
+                        assert!(matches!(r, Err(Error::MessageOutOfOrder { .. })));
+                    } else {
+                        r.expect("record");
+                        m.msgs
+                            .get_mut(&conv)
+                            .expect("conv")
+                            .push((id, user, false, system));
+                        if !m.large.contains(&conv) {
+                            m.tracked.insert((conv, id));
+                        }
+                        // Structural batch with the WAL: durable like the message.
+                        join(&mut m.marks, key, id, clock);
+                        let f = m.floor.entry(key).or_insert(0);
+                        *f = (*f).max(id);
+                        m.written.entry(key).or_default().insert(id);
+                    }
+                }
+                4 => {
+                    if let Some(v) = m.msgs.get_mut(&conv) {
+                        if !v.is_empty() {
+                            let i = usize::from(c) % v.len();
+                            s.delete_message(cid, MessageId(v[i].0)).expect("delete");
+                            v[i].2 = true;
+                        }
+                    }
+                }
+                5 | 6 => {
+                    let up = u64::from(c);
+                    let level = match a / 3 % 3 {
+                        0 => Durability::Memory,
+                        1 => Durability::ProcessCrash,
+                        _ => Durability::PowerLoss,
+                    };
+                    let r = s.mark_read_with(cid, uid, MessageId(up), Timestamp(clock), level);
+                    if !m.convs.contains(&conv) {
+                        assert!(matches!(r, Err(Error::UnknownConversation(_))));
+                    } else if !m.members.contains_key(&key) {
+                        assert!(matches!(r, Err(Error::NotMember { .. })));
+                    } else {
+                        r.expect("mark_read");
+                        // Clamped to the newest message; none yet, nothing.
+                        let Some(&(last, _, _, _)) = m.msgs[&conv].last() else {
+                            continue;
+                        };
+                        let up = up.min(last);
+                        join(&mut m.marks, key, up, clock);
+                        m.written.entry(key).or_default().insert(up);
+                        if level != Durability::Memory {
+                            let f = m.floor.entry(key).or_insert(0);
+                            *f = (*f).max(up);
+                        }
+                    }
+                }
+                7 => {
+                    if b % 2 == 0 {
+                        s.flush().expect("flush");
+                    } else {
+                        s.flush_key(cid, uid).expect("flush_key");
+                    }
+                    // Whatever is in RocksDB now survives a crash.
+                    for (k, v) in &m.marks {
+                        let f = m.floor.entry(*k).or_insert(0);
+                        if b % 2 == 0 || *k == key {
+                            *f = (*f).max(v.0);
+                        }
+                    }
+                }
+                10 => {
+                    let Some(v) = m.msgs.get(&conv).filter(|v| !v.is_empty()) else {
+                        continue;
+                    };
+                    let (id, sender, _, _) = v[usize::from(c) % v.len()];
+                    let r = s.mark_viewed(cid, uid, MessageId(id), Timestamp(clock));
+                    let Some(&joined_after) = m.members.get(&key) else {
+                        assert!(matches!(r, Err(Error::NotMember { .. })));
+                        continue;
+                    };
+                    let recordable = !m.large.contains(&conv)
+                        && m.tracked.contains(&(conv, id))
+                        && sender != user
+                        && joined_after.is_none_or(|j| id > j)
+                        && !m.private(conv, user);
+                    assert_eq!(
+                        r.expect("mark_viewed"),
+                        recordable,
+                        "view ({conv},{user},{id})"
+                    );
+                    if recordable {
+                        m.views.insert((conv, user, id));
+                    }
+                }
+                11 => {
+                    let private = c & 2 == 0;
+                    if c & 1 == 0 {
+                        s.set_receipts_private(uid, crate::PrivacyScope::Everywhere, private)
+                            .expect("private everywhere");
+                        if private {
+                            m.private_all.insert(user);
+                        } else {
+                            m.private_all.remove(&user);
+                        }
+                    } else {
+                        let r = s.set_receipts_private(
+                            uid,
+                            crate::PrivacyScope::Conversation(cid),
+                            private,
+                        );
+                        if !m.members.contains_key(&key) {
+                            assert!(matches!(
+                                r,
+                                Err(Error::NotMember { .. } | Error::UnknownConversation(_))
+                            ));
+                        } else {
+                            r.expect("private here");
+                            if private {
+                                m.private_here.insert(key);
+                            } else {
+                                m.private_here.remove(&key);
+                            }
+                        }
+                    }
+                }
+                8 => {
+                    store.take().expect("store").close().expect("close");
+                    store = Some(open(dir.path()));
+                    for (k, v) in &m.marks {
+                        let f = m.floor.entry(*k).or_insert(0);
+                        *f = (*f).max(v.0);
+                    }
+                }
+                _ => {
+                    if crashes >= 2 {
+                        continue;
+                    }
+                    crashes += 1;
+                    store.take().expect("store").__simulate_crash();
+                    let s = open(dir.path());
+                    // Memory-level updates may be lost: adopt what survived,
+                    // after checking it is between the floor and the model.
+                    for (&k, &(up, _)) in &m.marks.clone() {
+                        let got = s.mark(ConversationId(k.0), UserId(k.1)).expect("mark");
+                        let floor = m.floor.get(&k).copied();
+                        match got {
+                            None => assert!(floor.is_none(), "acknowledged mark {k:?} lost"),
+                            Some(g) => {
+                                assert!(g.up_to.0 <= up, "mark {k:?} above anything written");
+                                assert!(
+                                    floor.is_none_or(|f| g.up_to.0 >= f),
+                                    "mark {k:?} below its durable floor"
+                                );
+                                assert!(
+                                    m.written[&k].contains(&g.up_to.0),
+                                    "mark {k:?} never written"
+                                );
+                                m.marks.insert(k, (g.up_to.0, g.at.0));
+                            }
+                        }
+                        if got.is_none() {
+                            m.marks.remove(&k);
+                        }
+                    }
+                    store = Some(s);
+                }
+            }
+            check(store.as_ref().expect("store"), &m);
+        }
+        if let Some(s) = store {
+            s.close().expect("close");
+        }
+    }
+
+    fn check(s: &Store, m: &Model) {
+        for conv in 0..CONVS {
+            for user in 0..USERS {
+                let (cid, uid) = (ConversationId(conv), UserId(user));
+                let mark = s.mark(cid, uid);
+                let unread = s.unread_count(cid, uid);
+                match m.members.get(&(conv, user)) {
+                    None => {
+                        assert!(mark.is_err() && unread.is_err());
+                    }
+                    Some(joined_after) => {
+                        let want = m.marks.get(&(conv, user)).copied();
+                        let got = mark.expect("mark").map(|x| (x.up_to.0, x.at.0));
+                        assert_eq!(got.map(|g| g.0), want.map(|w| w.0), "mark ({conv},{user})");
+                        let seen = match (want.map(|w| w.0), *joined_after) {
+                            (Some(x), Some(y)) => Some(x.max(y)),
+                            (x, y) => x.or(y),
+                        };
+                        let count = m.msgs[&conv]
+                            .iter()
+                            .filter(|x| !x.2 && !x.3 && seen.is_none_or(|p| x.0 > p))
+                            .count() as u64;
+                        assert_eq!(
+                            unread.expect("unread").count,
+                            count,
+                            "unread ({conv},{user})"
+                        );
+                    }
+                }
+            }
+            let Some(msgs) = m.msgs.get(&conv) else {
+                continue;
+            };
+            // Any current member may ask; a non-member is refused.
+            let Some(viewer) = m.members.keys().find(|k| k.0 == conv).map(|k| k.1) else {
+                continue;
+            };
+            for &(id, sender, _, _) in msgs {
+                let want: Vec<u64> = m
+                    .members
+                    .iter()
+                    .filter(|(k, ja)| {
+                        k.0 == conv
+                            && k.1 != sender
+                            && (k.1 == viewer || !m.private(conv, k.1))
+                            && ja.is_none_or(|j| id > j)
+                            && (m.marks.get(k).is_some_and(|x| x.0 >= id)
+                                || m.views.contains(&(conv, k.1, id)))
+                    })
+                    .map(|(k, _)| k.1)
+                    .collect();
+                let r = s
+                    .read_by(
+                        ConversationId(conv),
+                        UserId(viewer),
+                        MessageId(id),
+                        Page::first(10),
+                    )
+                    .expect("read_by");
+                let got: Vec<u64> = r.readers.iter().map(|x| x.user.0).collect();
+                assert_eq!(got, want, "readers of ({conv},{id})");
+                let source = if m.tracked.contains(&(conv, id)) {
+                    ReceiptSource::PerMessage
+                } else {
+                    ReceiptSource::Marks
+                };
+                assert_eq!(r.source, source, "source of ({conv},{id})");
+            }
+        }
+    }
+}
+
+/// Component handles for `benches/components.rs`: the internal pieces
+/// (buffer, journal, bitsets) behind a small surface, so criterion can time
+/// them alone. Not public API.
+pub mod bench {
+    use std::path::Path;
+
+    use crate::ids::{MessageId, Timestamp};
+    use crate::pure::bitset::{self as receipts, Bitset};
+    use crate::pure::combiner::{Combiner as Inner, Entry};
+    use crate::pure::journal::{record::MarkRecord, Journal as InnerJournal, Recovery};
+    use crate::pure::mark::MarkState;
+
+    /// The write-combining buffer.
+    #[derive(Default)]
+    pub struct Combiner(Option<Inner>);
+
+    impl Combiner {
+        /// An empty buffer.
+        #[must_use]
+        pub fn new() -> Self {
+            Self(Some(Inner::new()))
+        }
+
+        /// Joins one update; `true` if the key was already buffered.
+        pub fn add(&self, conversation: u64, user: u64, up_to: u64, at: u64) -> bool {
+            let Some(c) = &self.0 else { return false };
+            let state = MarkState::from_mark(MessageId(up_to), Timestamp(at));
+            let mut shard = c.lock(conversation);
+            if let Some(e) = shard.get_mut(&(conversation, user)) {
+                e.state = e.state.join(state);
+                e.version += 1;
+                return true;
+            }
+            c.insert(
+                &mut shard,
+                (conversation, user),
+                Entry {
+                    state,
+                    dirty: true,
+                    ..Entry::default()
+                },
+            );
+            false
+        }
+
+        /// Removes every entry, as writing them all and evicting would;
+        /// returns how many.
+        pub fn drain(&self) -> usize {
+            let Some(c) = &self.0 else { return 0 };
+            let keys = c.dirty_keys();
+            for &(conv, user) in &keys {
+                let mut shard = c.lock(conv);
+                c.remove(&mut shard, (conv, user));
+            }
+            keys.len()
+        }
+    }
+
+    /// The memory-mapped slot journal.
+    pub struct Journal(InnerJournal);
+
+    impl Journal {
+        /// A fresh slot file of `bytes` in `dir`.
+        ///
+        /// # Errors
+        ///
+        /// I/O errors.
+        pub fn create(dir: &Path, bytes: usize) -> crate::Result<Self> {
+            Ok(Self(InnerJournal::create(
+                dir,
+                bytes,
+                &Recovery::default(),
+            )?))
+        }
+
+        /// Slots in the file.
+        #[must_use]
+        pub fn capacity(&self) -> usize {
+            self.0.capacity()
+        }
+
+        /// Writes one update's state into copy `copy` of `slot`, as the
+        /// write path does (numbered `up_to`).
+        ///
+        /// # Errors
+        ///
+        /// I/O errors.
+        pub fn write(&self, slot: u32, copy: u8, up_to: u64, at: u64) -> crate::Result<()> {
+            let state = MarkState::from_mark(MessageId(up_to), Timestamp(at));
+            Ok(self.0.write(slot, copy, up_to, 1, 2, 0, &state)?)
+        }
+    }
+
+    /// A format-3 journal payload of one mark update (64 bytes framed).
+    #[must_use]
+    pub fn mark_payload(conversation: u64, user: u64, up_to: u64, at: u64) -> Vec<u8> {
+        MarkRecord {
+            conversation,
+            user,
+            state: MarkState::from_mark(MessageId(up_to), Timestamp(at)),
+        }
+        .encode()
+    }
+
+    /// An encoded bitset with `slots` set.
+    #[must_use]
+    pub fn bitset(sent_at: u64, slots: impl IntoIterator<Item = u16>) -> Vec<u8> {
+        let mut b = Bitset::new(sent_at);
+        for s in slots {
+            b.set(s);
+        }
+        b.encode()
+    }
+
+    /// The bitset merge operator's function.
+    #[must_use]
+    pub fn merge_bitsets<'a>(
+        existing: Option<&'a [u8]>,
+        operands: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Vec<u8> {
+        receipts::merge_bitsets(existing, operands).value
+    }
+
+    /// Whether `slot` is set in an encoded bitset.
+    #[must_use]
+    pub fn bitset_contains(bytes: &[u8], slot: u16) -> bool {
+        Bitset::decode(bytes).is_some_and(|b| b.contains(slot))
+    }
+}
