@@ -764,3 +764,103 @@ impl Writer {
         self.round_done.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Durability};
+    use crate::error::Error;
+    use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
+    use crate::store::Store;
+
+    const C: ConversationId = ConversationId(1);
+    const ALICE: UserId = UserId(1);
+    const BOB: UserId = UserId(2);
+
+    /// A store whose flusher never runs on its own: rounds happen only when
+    /// a test asks for them.
+    fn store(dir: &std::path::Path, durability: Durability) -> Store {
+        let config = Config::new()
+            .durability(durability)
+            .flush_interval(std::time::Duration::from_secs(3600));
+        let store = Store::open(dir, config).unwrap();
+        store.create_conversation(C).unwrap();
+        for u in [ALICE, BOB] {
+            store.add_member(C, u, Timestamp(0)).unwrap();
+        }
+        for m in 1..=50 {
+            store
+                .record_message(C, MessageId(m), ALICE, Timestamp(m))
+                .unwrap();
+        }
+        store.flush().unwrap();
+        store
+    }
+
+    /// Invariant of §8: an acknowledged `ProcessCrash` update is in its
+    /// journal slot until a flush has written it to RocksDB, and the slot
+    /// is given back then, not before.
+    #[test]
+    fn a_slot_is_held_from_the_first_update_until_the_flush_writes_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), Durability::ProcessCrash);
+        let w = &store.writer;
+        let slots = w.journal.in_use();
+        for m in 1..=50 {
+            store
+                .mark_read(C, BOB, MessageId(m), Timestamp(100 + m))
+                .unwrap();
+        }
+        assert_eq!(
+            w.journal.in_use(),
+            slots + 1,
+            "one slot per key, not per update"
+        );
+        assert_eq!(w.combiner.dirty(), 1);
+        let stored = store.view().stored_mark(C, BOB).unwrap();
+        assert!(stored.mark.is_none_or(|m| m.up_to < MessageId(50)));
+        w.flush_key(C.0, BOB.0).unwrap();
+        assert_eq!(w.journal.in_use(), slots, "released once written");
+        assert_eq!(w.combiner.dirty(), 0);
+        let stored = store.view().stored_mark(C, BOB).unwrap();
+        assert_eq!(stored.mark.map(|m| m.up_to), Some(MessageId(50)));
+    }
+
+    /// `Memory` updates never touch the journal: the buffer alone holds
+    /// them until a flush.
+    #[test]
+    fn memory_updates_take_no_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), Durability::Memory);
+        let slots = store.writer.journal.in_use();
+        store
+            .mark_read(C, BOB, MessageId(7), Timestamp(100))
+            .unwrap();
+        assert_eq!(store.writer.journal.in_use(), slots);
+        assert_eq!(store.writer.combiner.dirty(), 1);
+        store.flush().unwrap();
+        assert_eq!(store.writer.combiner.dirty(), 0);
+    }
+
+    /// A failed journal write poisons the writer: the failing update and
+    /// every later one are refused, reads still answer, and the state
+    /// before the failure is intact.
+    #[test]
+    fn a_failed_journal_write_poisons_every_later_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), Durability::ProcessCrash);
+        store
+            .mark_read(C, BOB, MessageId(10), Timestamp(100))
+            .unwrap();
+        store.writer.journal.fail_after(0, libc::EIO);
+        assert!(matches!(
+            store.mark_read(C, BOB, MessageId(20), Timestamp(101)),
+            Err(Error::Poisoned(_) | Error::Io(_))
+        ));
+        assert!(matches!(
+            store.mark_read(C, ALICE, MessageId(30), Timestamp(102)),
+            Err(Error::Poisoned(_))
+        ));
+        assert!(matches!(store.flush(), Err(Error::Poisoned(_))));
+        assert_eq!(store.mark(C, BOB).unwrap().unwrap().up_to, MessageId(10));
+    }
+}

@@ -1,7 +1,7 @@
 //! The write-combining buffer on a real store: one durable write per key per
 //! flush, every flush trigger, read-your-writes, poisoning.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

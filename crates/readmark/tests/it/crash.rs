@@ -5,7 +5,7 @@
 //! lost and that no mark went backwards. (Model: sled's
 //! `test_crash_recovery`, RocksDB's `db_crashtest.py`.)
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -57,13 +57,19 @@ fn set_up_again(store: &Store, c: ConversationId) {
     }
 }
 
-/// Re-executes this test binary as the child test `child` (on `dir`, told
-/// by the variable `env`), SIGKILLs it after a random 5 to 85 ms, and
-/// returns every line it printed.
+/// Re-executes this test binary as the ignored child test `child` (its full
+/// name, on `dir`, told by the variable `env`), SIGKILLs it after a random 5
+/// to 85 ms, and returns every line it printed.
 fn run_and_kill(child: &str, env: &str, dir: &std::path::Path, rng: &mut u64) -> Vec<String> {
     let exe = std::env::current_exe().unwrap();
     let mut proc = Command::new(exe)
-        .args(["--exact", child, "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            child,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(env, dir)
         .env(ENV_SEED, (xorshift(rng) | 1).to_string())
         .stdout(Stdio::piped())
@@ -83,12 +89,11 @@ fn run_and_kill(child: &str, env: &str, dir: &std::path::Path, rng: &mut u64) ->
     reader.join().unwrap()
 }
 
-/// The child: runs only when re-executed by `kill_9_at_random_points`.
+/// The child of `kill_9_at_random_points`, which runs it by name.
 #[test]
+#[ignore = "a child process: kill_9_at_random_points runs it"]
 fn crash_child() {
-    let Ok(dir) = std::env::var(ENV_DIR) else {
-        return;
-    };
+    let dir = std::env::var(ENV_DIR).expect("run by kill_9_at_random_points");
     let mut rng: u64 = std::env::var(ENV_SEED).unwrap().parse().unwrap();
     let store = Store::open(&dir, config()).unwrap();
     for c in 0..CONVS {
@@ -138,9 +143,6 @@ fn crash_child() {
 
 #[test]
 fn kill_9_at_random_points() {
-    if std::env::var(ENV_DIR).is_ok() || std::env::var(ENV_SEND_DIR).is_ok() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     // Durable floor per key: what the last verification saw.
     let mut floor: BTreeMap<(u64, u64), u64> = BTreeMap::new();
@@ -154,7 +156,7 @@ fn kill_9_at_random_points() {
     let mut caught_up = 0u64;
     while runs < RUNS && started.elapsed() < BUDGET {
         runs += 1;
-        let lines = run_and_kill("crash_child", ENV_DIR, dir.path(), &mut rng);
+        let lines = run_and_kill("crash::crash_child", ENV_DIR, dir.path(), &mut rng);
         let ready = lines.iter().any(|l| l == "READY");
         let acks: Vec<(String, u64, u64, u64)> = lines
             .iter()
@@ -257,10 +259,9 @@ const SEND_BUDGET: Duration = Duration::from_secs(60);
 /// receipts on), members send messages and read, and every acknowledged
 /// send is reported.
 #[test]
+#[ignore = "a child process: kill_9_while_sending runs it"]
 fn send_child() {
-    let Ok(dir) = std::env::var(ENV_SEND_DIR) else {
-        return;
-    };
+    let dir = std::env::var(ENV_SEND_DIR).expect("run by kill_9_while_sending");
     let mut rng: u64 = std::env::var(ENV_SEED).unwrap().parse().unwrap();
     let store = Store::open(&dir, config()).unwrap();
     let c = ConversationId(7);
@@ -305,9 +306,6 @@ fn send_child() {
 /// follows the rule for every message.
 #[test]
 fn kill_9_while_sending() {
-    if std::env::var(ENV_DIR).is_ok() || std::env::var(ENV_SEND_DIR).is_ok() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let c = ConversationId(7);
     let mut rng = 0xC0FFEE_u64;
@@ -315,14 +313,15 @@ fn kill_9_while_sending() {
     let (mut runs, mut sends) = (0u64, 0u64);
     while runs < SEND_RUNS && started.elapsed() < SEND_BUDGET {
         runs += 1;
-        let sent: Vec<(u64, u64)> = run_and_kill("send_child", ENV_SEND_DIR, dir.path(), &mut rng)
-            .iter()
-            .filter_map(|l| l.strip_prefix("SENT "))
-            .map(|rest| {
-                let f: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
-                (f[0], f[1])
-            })
-            .collect();
+        let sent: Vec<(u64, u64)> =
+            run_and_kill("crash::send_child", ENV_SEND_DIR, dir.path(), &mut rng)
+                .iter()
+                .filter_map(|l| l.strip_prefix("SENT "))
+                .map(|rest| {
+                    let f: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
+                    (f[0], f[1])
+                })
+                .collect();
         if dir.path().join("CURRENT").exists() {
             let report = readmark::verify(dir.path()).unwrap();
             assert!(

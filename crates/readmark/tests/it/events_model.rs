@@ -18,7 +18,7 @@
 //!   the user's current visible state, and lists nothing the user may not
 //!   see.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! (`Error::Poisoned`), and reopening recovers everything acknowledged
 //! before the failure. (Model: redb's `fuzz_redb` countdown backend.)
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -8,7 +8,7 @@
 //! mark may take a value that was never written. Damage no crash explains
 //! is refused by a strict open and skipped by a tolerant one.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@
 //! before a membership or threshold change, on `flush`, and on close. That
 //! makes the time of each run (one per flushed advance) predictable.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! crossing, retention expiry, write combining of bits, a crash replay, and
 //! a malformed operand. `tests/receipts_model.rs` covers random sequences.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Every typed error, provoked through the public API on a real store.
 
-mod common;
+use crate::common;
 
 use common::{raw_open, small_config, temp_store};
 use readmark::{Config, ConversationId, Error, MessageId, Page, Store, Timestamp, UserId};

@@ -3,7 +3,7 @@
 //! members (and the reader's other device) within the coalescing window,
 //! and nobody outside the conversation.
 
-#[path = "../examples/websocket/server.rs"]
+#[path = "../../examples/websocket/server.rs"]
 #[allow(dead_code)]
 mod server;
 

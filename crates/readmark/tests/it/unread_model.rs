@@ -2,7 +2,7 @@
 //! messages one by one, across deletes, late joins, leaves, mark-unread and
 //! reopen.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -4,7 +4,7 @@
 //! either return the right mark or a typed error. Never a panic, never a
 //! wrong mark.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Read marks against a `BTreeMap` model: random interleavings, duplicates
 //! and reorderings, from several threads, across close and reopen.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

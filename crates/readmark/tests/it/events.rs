@@ -1,7 +1,7 @@
 //! Real-time receipt events, private receipts, the membership boundary and
 //! catch-up, on real stores in temporary directories.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! clean, and each deliberate corruption is reported in its place, while
 //! nothing on disk changes.
 
-mod common;
+use crate::common;
 
 use common::raw_open;
 use readmark::{Config, ConversationId, Durability, MessageId, Store, Timestamp, UserId};
