@@ -14,7 +14,7 @@ const C: ConversationId = ConversationId(1);
 /// A store whose timer never fires during a test, so every flush is one the
 /// test caused.
 fn quiet_config() -> Config {
-    common::small_config().flush_interval(Duration::from_secs(3600))
+    common::manual_config()
 }
 
 /// Messages `setup` records (`mark_read` clamps to the newest).

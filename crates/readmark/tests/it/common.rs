@@ -43,6 +43,13 @@ pub fn small_config() -> Config {
         .block_cache_bytes(8 << 20)
 }
 
+/// [`small_config`] with the flusher's timer out of the way: keys reach
+/// RocksDB only when a test flushes them (or a count trigger fires), so
+/// what is buffered and what is written is the test's choice.
+pub fn manual_config() -> Config {
+    small_config().flush_interval(std::time::Duration::from_secs(3600))
+}
+
 /// Opens the store's RocksDB directly, with every column family and no
 /// readmark options, to tamper with it the way a bug or a foreign tool would.
 pub fn raw_open(path: &Path) -> rocksdb::DB {

@@ -8,7 +8,6 @@ use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use readmark::{Config, ConversationId, Durability, Error, MessageId, Store, Timestamp, UserId};
 
@@ -16,7 +15,7 @@ const C: ConversationId = ConversationId(1);
 const USERS: u64 = 20;
 
 fn config() -> Config {
-    common::small_config().flush_interval(Duration::from_secs(3600))
+    common::manual_config()
 }
 
 fn files(dir: &Path) -> Vec<PathBuf> {

@@ -576,7 +576,7 @@ fn regression_power_loss_cannot_make_a_cursor_skip_later_changes() {
     // `ProcessCrash`: flushes of its updates are unsynced RocksDB batches
     // (a `PowerLoss` update's flush is synced before its journal slot is
     // given back), which a power loss may drop, with their sequences.
-    let config = || common::small_config().flush_interval(Duration::from_secs(3600));
+    let config = || common::manual_config();
     let live = tempfile::tempdir().unwrap();
     let s = Store::open(live.path(), config()).unwrap();
     let (u, v, w) = (UserId(1), UserId(2), UserId(3));
@@ -631,13 +631,7 @@ fn regression_power_loss_cannot_make_a_cursor_skip_later_changes() {
 fn regression_join_racing_a_first_mark_is_not_missed_by_catch_up() {
     use std::sync::Barrier;
     let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(
-        Store::open(
-            dir.path(),
-            common::small_config().flush_interval(Duration::from_secs(3600)),
-        )
-        .unwrap(),
-    );
+    let s = Arc::new(Store::open(dir.path(), common::manual_config()).unwrap());
     let (v, w) = (UserId(2), UserId(3));
     let mut checked = 0;
     for i in 0..300u64 {

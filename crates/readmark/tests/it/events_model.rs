@@ -35,8 +35,7 @@ const USERS: u64 = 5;
 const SMALL: u32 = 2;
 
 fn config() -> Config {
-    common::small_config()
-        .flush_interval(Duration::from_secs(3600))
+    common::manual_config()
         .event_window(Duration::ZERO)
         .event_small_group(SMALL)
         .event_fanout_cap(100)

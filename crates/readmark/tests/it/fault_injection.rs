@@ -8,15 +8,13 @@ use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use readmark::{Config, ConversationId, Durability, Error, MessageId, Store, Timestamp, UserId};
 
 const C: ConversationId = ConversationId(1);
 
 fn config() -> Config {
-    common::small_config()
-        .flush_interval(Duration::from_secs(3600))
+    common::manual_config()
         .flush_after_updates(5)
         .journal_bytes(128 << 10)
 }

@@ -12,7 +12,6 @@ use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use readmark::{
     Config, ConversationId, Durability, Error, MessageId, RecoveryMode, Store, Timestamp, UserId,
@@ -23,9 +22,7 @@ const USERS: u64 = 30;
 const SECTOR: usize = 512;
 
 fn config() -> Config {
-    common::small_config()
-        .flush_interval(Duration::from_secs(3600))
-        .flush_after_updates(u32::MAX)
+    common::manual_config().flush_after_updates(u32::MAX)
 }
 
 struct Images {
