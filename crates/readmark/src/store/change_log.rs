@@ -1,7 +1,7 @@
 //! The change log (`changes`: conversation | seq → reader): written in the
 //! same RocksDB batch as the marks it records, so it is exactly as durable
 //! and survives restart with them. Its sequence counter is reserved in
-//! blocks in `meta` (see `docs/design.md` §15.5).
+//! blocks in `meta` (see `docs/design.md` §12.5).
 
 use std::sync::Arc;
 

@@ -192,7 +192,7 @@ pub(crate) fn plan_round(
         if advanced || flagged {
             // The change-log entry of an advance is its sequence, in the
             // mark: catch-up finds the marks that moved since a cursor by
-            // scanning them (docs/design.md §15.5), and no row is written.
+            // scanning them (docs/design.md §12.5), and no row is written.
             // A flag change gets its own sequence, which only the owner's
             // catch-up reads: nobody else sees the flag, nor that it moved.
             let seq = changes.next(db)?;

@@ -20,7 +20,7 @@
 //!
 //! No copy straddles a 512-byte sector, so on a disk that writes sectors
 //! atomically a power loss leaves each copy either as it was at the last
-//! fsync or as a later complete write, never torn (docs/design.md §13).
+//! fsync or as a later complete write, never torn (docs/design.md §15).
 //!
 //! A copy holds the whole buffered state of one (conversation, user) key:
 //! the join of every update since the key's last flush (and what the store
