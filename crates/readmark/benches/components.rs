@@ -5,10 +5,10 @@
 //! temporary directories. Run with `cargo bench --bench components`; the
 //! figures in docs/benchmarks.md come from it.
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use readmark::fuzzing::bench;
 use readmark::{
-    merge_marks, Config, ConversationId, Durability, MessageId, Page, Store, Timestamp, UserId,
+    Config, ConversationId, Durability, MessageId, Page, Store, Timestamp, UserId, merge_marks,
 };
 
 fn operand(up_to: u64, at: u64) -> Vec<u8> {

@@ -56,7 +56,9 @@ pub enum Error {
 
     /// A message id was not greater than the last one recorded in its
     /// conversation (ids must increase).
-    #[error("message {message} in conversation {conversation} is not after the last recorded message {last}")]
+    #[error(
+        "message {message} in conversation {conversation} is not after the last recorded message {last}"
+    )]
     MessageOutOfOrder {
         /// The conversation.
         conversation: ConversationId,

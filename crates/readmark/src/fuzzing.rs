@@ -3,10 +3,10 @@
 //! through them on every CI run, and decoders for external harnesses.
 //! Not public API.
 
-use crate::pure::bitset::{merge_bitsets, Bitset, ReadTimeRecord};
-use crate::pure::journal::frame::{frame_size, write_frame, write_header, SEGMENT_HEADER_LEN};
-use crate::pure::journal::scan::{scan_segment, ScanEnd};
-use crate::pure::journal::slot::{self, encode_copy, scan_slots, Copy};
+use crate::pure::bitset::{Bitset, ReadTimeRecord, merge_bitsets};
+use crate::pure::journal::frame::{SEGMENT_HEADER_LEN, frame_size, write_frame, write_header};
+use crate::pure::journal::scan::{ScanEnd, scan_segment};
+use crate::pure::journal::slot::{self, Copy, encode_copy, scan_slots};
 use crate::pure::mark::MarkState;
 use crate::pure::merge::merge_marks;
 use crate::pure::records::{ConversationRecord, MemberRecord, MessageRecord};
@@ -364,15 +364,15 @@ pub fn decoders_target(data: &[u8]) {
     }
     // A cursor as text: any string, never a panic; what parses prints back
     // to a string that parses to the same cursor.
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(c) = text.parse::<crate::pure::change_log::Cursor>() {
-            assert_eq!(
-                c.to_string()
-                    .parse::<crate::pure::change_log::Cursor>()
-                    .ok(),
-                Some(c)
-            );
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(c) = text.parse::<crate::pure::change_log::Cursor>()
+    {
+        assert_eq!(
+            c.to_string()
+                .parse::<crate::pure::change_log::Cursor>()
+                .ok(),
+            Some(c)
+        );
     }
 }
 
@@ -621,12 +621,12 @@ mod api {
                     }
                 }
                 4 => {
-                    if let Some(v) = m.msgs.get_mut(&conv) {
-                        if !v.is_empty() {
-                            let i = usize::from(c) % v.len();
-                            s.delete_message(cid, MessageId(v[i].0)).expect("delete");
-                            v[i].2 = true;
-                        }
+                    if let Some(v) = m.msgs.get_mut(&conv)
+                        && !v.is_empty()
+                    {
+                        let i = usize::from(c) % v.len();
+                        s.delete_message(cid, MessageId(v[i].0)).expect("delete");
+                        v[i].2 = true;
                     }
                 }
                 5 | 6 => {
@@ -855,7 +855,7 @@ pub mod bench {
     use crate::ids::{MessageId, Timestamp};
     use crate::pure::bitset::{self as receipts, Bitset};
     use crate::pure::combiner::{Combiner as Inner, Entry};
-    use crate::pure::journal::{record::MarkRecord, Journal as InnerJournal, Recovery};
+    use crate::pure::journal::{Journal as InnerJournal, Recovery, record::MarkRecord};
     use crate::pure::mark::MarkState;
 
     /// The write-combining buffer.

@@ -56,15 +56,15 @@ mod store;
 pub use config::{Config, Durability, Recipients, RecoveryMode};
 pub use error::{Error, Result, StorageError, StorageErrorKind};
 pub use ids::{ConversationId, MessageId, Timestamp, UserId};
-pub use pure::change_log::{Cursor, CURSOR_LEN};
+pub use pure::change_log::{CURSOR_LEN, Cursor};
 pub use pure::mark::ReadMark;
-pub use pure::merge::{merge_marks, MergeOutcome};
+pub use pure::merge::{MergeOutcome, merge_marks};
 #[cfg(feature = "store")]
 pub use store::{
-    dump, inspect, verify, CatchUp, Changes, DiskUsage, Event, EventPolicy, MessageKind,
-    MessageOptions, Page, PrivacyScope, Problem, ReadBy, ReadCount, ReadState, ReadTime, Reader,
-    ReceiptEvent, ReceiptSource, ReceiptUsage, Report, RocksDbIo, SegmentInfo, Snapshot, Stats,
-    Store, Subscription, TableUsage, Unread, AUTHOR_SCAN_LIMIT, FORMAT_VERSION, MAX_MENTIONS,
+    AUTHOR_SCAN_LIMIT, CatchUp, Changes, DiskUsage, Event, EventPolicy, FORMAT_VERSION,
+    MAX_MENTIONS, MessageKind, MessageOptions, Page, PrivacyScope, Problem, ReadBy, ReadCount,
+    ReadState, ReadTime, Reader, ReceiptEvent, ReceiptSource, ReceiptUsage, Report, RocksDbIo,
+    SegmentInfo, Snapshot, Stats, Store, Subscription, TableUsage, Unread, dump, inspect, verify,
 };
 
 // The README's usage example is compiled and run as a doc test.

@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -40,7 +40,7 @@ use readmark::{
     CatchUp, ConversationId, Cursor, Error, Event, MessageId, PrivacyScope, ReadState, Store,
     Timestamp, UserId,
 };
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tungstenite::Message;
 
 /// Errors of this example end up as text for the client or the log.
@@ -196,17 +196,17 @@ fn serve(stream: TcpStream, id: u64, store: &Store, registry: &Registry) -> Res<
             Err(tungstenite::Error::Io(e))
                 if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
             {
-                continue
+                continue;
             }
             // A client that went away, politely or not, is not an error.
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                return Ok(())
+                return Ok(());
             }
             Err(tungstenite::Error::Protocol(
                 tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
             )) => return Ok(()),
             Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::ConnectionReset => {
-                return Ok(())
+                return Ok(());
             }
             Err(e) => return Err(e.to_string()),
         };
@@ -295,7 +295,7 @@ fn handle(text: &str, user: &mut Option<UserId>, store: &Store) -> Res<Value> {
                     loop {
                         match store.changes_since(me, cursor, 500).map_err(err)? {
                             CatchUp::SnapshotRequired => {
-                                return Ok(json!({"type": "snapshot_required"}))
+                                return Ok(json!({"type": "snapshot_required"}));
                             }
                             CatchUp::Changes(page) => {
                                 states.extend(page.states);

@@ -156,7 +156,7 @@ impl Combiner {
         let mut out: Vec<(u64, MarkState)> = self
             .lock(conversation)
             .iter()
-            .filter(|(&(c, _), _)| c == conversation)
+            .filter(|&(&(c, _), _)| c == conversation)
             .map(|(&(_, u), e)| (u, e.state))
             .collect();
         out.sort_unstable_by_key(|&(u, _)| u);
@@ -182,7 +182,7 @@ impl Combiner {
     pub(crate) fn dirty_in(&self, conversation: u64) -> Vec<(u64, u64)> {
         self.lock(conversation)
             .iter()
-            .filter(|(&(c, _), e)| c == conversation && e.dirty)
+            .filter(|&(&(c, _), e)| c == conversation && e.dirty)
             .map(|(&k, _)| k)
             .collect()
     }

@@ -184,17 +184,17 @@ impl MarkState {
     #[inline]
     pub(crate) fn absorb(&mut self, other: &Self) -> bool {
         let mut changed = false;
-        if let Some(m) = other.mark {
-            if self.mark.is_none_or(|s| m.rank() > s.rank()) {
-                self.mark = Some(m);
-                changed = true;
-            }
+        if let Some(m) = other.mark
+            && self.mark.is_none_or(|s| m.rank() > s.rank())
+        {
+            self.mark = Some(m);
+            changed = true;
         }
-        if let Some(f) = other.flag {
-            if self.flag.is_none_or(|s| f.rank() > s.rank()) {
-                self.flag = Some(f);
-                changed = true;
-            }
+        if let Some(f) = other.flag
+            && self.flag.is_none_or(|s| f.rank() > s.rank())
+        {
+            self.flag = Some(f);
+            changed = true;
         }
         if other.changed > self.changed {
             self.changed = other.changed;
@@ -446,7 +446,9 @@ mod tests {
         assert_eq!(bytes.len(), PLAIN_MARK_LEN);
         assert_eq!(
             bytes,
-            [1, BIT_MARK, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0x0A, 0x0B]
+            [
+                1, BIT_MARK, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0x0A, 0x0B
+            ]
         );
         assert_eq!(MarkState::decode(&bytes), Some(s));
     }

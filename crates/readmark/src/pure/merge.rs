@@ -86,7 +86,7 @@ pub(crate) mod adapter {
 
     use rocksdb::MergeOperands;
 
-    use super::{merge_marks, MergeCounters};
+    use super::{MergeCounters, merge_marks};
 
     /// Installs the mark merge operator on a column family's options. The
     /// join is associative, so full and partial merge are the same function.

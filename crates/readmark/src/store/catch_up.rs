@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
-use super::{corrupt, Cf, Store, View};
+use super::{Cf, Store, View, corrupt};
 use crate::config::Recipients;
 use crate::error::{Error, Result};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
@@ -336,16 +336,16 @@ impl Store {
                 continue;
             }
             view.for_each_member(conversation, |reader, member, state| {
-                if let Some(mark) = state.mark {
-                    if reader == user || !member.is_private() {
-                        states.push(ReadState {
-                            conversation,
-                            reader,
-                            up_to: mark.up_to,
-                            read_at: mark.at,
-                            marked_unread: reader == user && state.marked_unread(),
-                        });
-                    }
+                if let Some(mark) = state.mark
+                    && (reader == user || !member.is_private())
+                {
+                    states.push(ReadState {
+                        conversation,
+                        reader,
+                        up_to: mark.up_to,
+                        read_at: mark.at,
+                        marked_unread: reader == user && state.marked_unread(),
+                    });
                 }
                 ControlFlow::Continue(())
             })?;

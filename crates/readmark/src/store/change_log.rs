@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use byteorder::{BigEndian, ByteOrder};
 use parking_lot::Mutex;
-use rocksdb::{WriteBatch, DB};
+use rocksdb::{DB, WriteBatch};
 
 use super::receipts::Clock;
-use super::{corrupt, Cf};
-use crate::error::{storage, Error, Result};
+use super::{Cf, corrupt};
+use crate::error::{Error, Result, storage};
 use crate::pure::change_log::ChangeRecord;
 use crate::pure::keys;
 
@@ -70,7 +70,7 @@ impl ChangeLog {
                     Cf::Meta,
                     CHANGE_SEQ_KEY,
                     "change sequence is not 8 bytes",
-                ))
+                ));
             }
             None => 0,
         };

@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use rocksdb::WriteBatch;
 
 use super::receipts::MemberChange;
-use super::{corrupt, Cf, Store, View};
+use super::{Cf, Store, View, corrupt};
 use crate::error::{Error, Result};
 use crate::ids::{ConversationId, Timestamp, UserId};
 use crate::pure::keys;

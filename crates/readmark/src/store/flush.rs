@@ -13,13 +13,13 @@
 
 use std::collections::HashMap;
 
-use rocksdb::{ReadOptions, WriteBatch, DB};
+use rocksdb::{DB, ReadOptions, WriteBatch};
 
+use super::Cf;
 use super::change_log::ChangeLog;
 use super::receipts::ReceiptPolicy;
-use super::Cf;
-use crate::error::{storage, Error, Result};
-use crate::pure::bitset::{time_key, ReadTimeRecord, TimeKind};
+use crate::error::{Error, Result, storage};
+use crate::pure::bitset::{ReadTimeRecord, TimeKind, time_key};
 use crate::pure::keys;
 use crate::pure::mark::MarkState;
 use crate::pure::records::{ConversationRecord, MemberRecord, MessageRecord};
@@ -131,11 +131,11 @@ pub(crate) fn plan_round(
             }
             Some(v) => MemberRecord::decode(&v),
         };
-        if let (Some(m), Some(j)) = (&member, item.joined_seq) {
-            if m.joined_seq != j {
-                plan.outcomes.push(Outcome::Stale);
-                continue;
-            }
+        if let (Some(m), Some(j)) = (&member, item.joined_seq)
+            && m.joined_seq != j
+        {
+            plan.outcomes.push(Outcome::Stale);
+            continue;
         }
         let prev = match item.base {
             Some(b) => b,
@@ -302,8 +302,8 @@ mod tests {
     use crate::config::{Config, Durability};
     use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
     use crate::pure::mark::MarkState;
-    use crate::store::writer::Applied;
     use crate::store::Store;
+    use crate::store::writer::Applied;
 
     /// Post-mortem (review of issue 14): a sender's advance is journaled
     /// and buffered before its message is written, and a flush round in

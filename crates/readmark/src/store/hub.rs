@@ -11,8 +11,8 @@
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -20,9 +20,9 @@ use rocksdb::WriteBatch;
 
 use super::catch_up::existing_conversation;
 use super::subscription::Subscription;
-use super::{corrupt, Cf, Store, View};
+use super::{Cf, Store, View, corrupt};
 use crate::config::Recipients;
-use crate::error::{storage, Error, Result};
+use crate::error::{Error, Result, storage};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
 use crate::pure::coalescer::{Coalescer, Pending, Pushed};
 use crate::pure::keys;

@@ -7,20 +7,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use rocksdb::{Cache, ColumnFamilyDescriptor, IteratorMode, Options, DB};
+use rocksdb::{Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options};
 
 use super::receipts::Clock;
-use super::{cf_options, Cf, FORMAT_VERSION, FORMAT_VERSION_KEY};
+use super::{Cf, FORMAT_VERSION, FORMAT_VERSION_KEY, cf_options};
 use crate::config::Config;
-use crate::error::{storage, Error, Result};
+use crate::error::{Error, Result, storage};
 use crate::pure::bitset::{Bitset, ReadTimeRecord, TIME_KEY_LEN};
 use crate::pure::journal::record::MarkRecord;
-use crate::pure::journal::scan::{scan_segment, ScanEnd};
+use crate::pure::journal::scan::{ScanEnd, scan_segment};
 use crate::pure::journal::slot::scan_slots;
-use crate::pure::journal::{segment_path, slot_path, JOURNAL_DIR, LEGACY_SEGMENTS};
+use crate::pure::journal::{JOURNAL_DIR, LEGACY_SEGMENTS, segment_path, slot_path};
 use crate::pure::keys;
 use crate::pure::mark::MarkState;
 use crate::pure::merge::MergeCounters;
@@ -401,10 +401,10 @@ pub fn verify(path: &Path) -> Result<Report> {
         if !index.contains(&(c, u)) {
             bad(Cf::Members, &key, "membership without its user index entry");
         }
-        if let Some(j) = m.joined_after {
-            if !messages.contains_key(&(c, j.0)) {
-                bad(Cf::Members, &key, "joined_after names no recorded message");
-            }
+        if let Some(j) = m.joined_after
+            && !messages.contains_key(&(c, j.0))
+        {
+            bad(Cf::Members, &key, "joined_after names no recorded message");
         }
     }
     for &(c, u) in &index {
@@ -436,14 +436,14 @@ pub fn verify(path: &Path) -> Result<Report> {
                 "message_count differs from the message records",
             );
         }
-        if let Some((last, _)) = msgs.last() {
-            if last.1 != r.last_message {
-                bad(
-                    Cf::Conversations,
-                    &key,
-                    "last_message is not the newest message",
-                );
-            }
+        if let Some((last, _)) = msgs.last()
+            && last.1 != r.last_message
+        {
+            bad(
+                Cf::Conversations,
+                &key,
+                "last_message is not the newest message",
+            );
         }
         let ordinals_ok = msgs
             .iter()
@@ -466,14 +466,14 @@ pub fn verify(path: &Path) -> Result<Report> {
         }
         let mut slots = BTreeSet::new();
         for (&(_, u), m) in members.iter().filter(|(k, _)| k.0 == c) {
-            if let Some(s) = m.slot {
-                if !slots.insert(s) {
-                    bad(
-                        Cf::Members,
-                        &keys::pair_key(c, u),
-                        "receipt slot held by two members",
-                    );
-                }
+            if let Some(s) = m.slot
+                && !slots.insert(s)
+            {
+                bad(
+                    Cf::Members,
+                    &keys::pair_key(c, u),
+                    "receipt slot held by two members",
+                );
             }
         }
     }
@@ -570,7 +570,8 @@ pub fn dump(path: &Path, conversation: crate::ConversationId, messages: usize) -
                 r.deleted_count,
                 r.last_message,
                 if r.per_message { "on" } else { "off" },
-                r.threshold.map_or("store default".to_string(), |t| t.to_string()),
+                r.threshold
+                    .map_or("store default".to_string(), |t| t.to_string()),
             );
         }
         None => {

@@ -3,8 +3,8 @@
 
 use std::ops::ControlFlow;
 
-use super::writer::{Applied, Verified};
 use super::Store;
+use super::writer::{Applied, Verified};
 use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};

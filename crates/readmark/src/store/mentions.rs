@@ -22,7 +22,7 @@ use byteorder::{BigEndian, ByteOrder};
 use rocksdb::WriteBatch;
 
 use super::{Cf, Store, View};
-use crate::error::{storage, Error, Result};
+use crate::error::{Error, Result, storage};
 use crate::ids::{ConversationId, MessageId, UserId};
 use crate::pure::keys;
 

@@ -19,8 +19,8 @@ use rocksdb::WriteBatch;
 
 use super::conversations::conversations_in;
 use super::writer::{Applied, Verified};
-use super::{corrupt, Cf, ConvMeta, Store, View};
-use crate::error::{storage, Error, Result};
+use super::{Cf, ConvMeta, Store, View, corrupt};
+use crate::error::{Error, Result, storage};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
 use crate::pure::keys;
 use crate::pure::mark::MarkState;
@@ -302,7 +302,7 @@ impl Store {
                 Applied::Verify => {
                     return Err(Error::InvalidArgument(
                         "a verified update was refused (a bug)",
-                    ))
+                    ));
                 }
             }
         };

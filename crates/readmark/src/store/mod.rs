@@ -25,28 +25,28 @@ mod view;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use byteorder::{BigEndian, ByteOrder};
 use parking_lot::{Mutex, MutexGuard};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteBatch,
+    WriteOptions,
 };
 
 use crate::config::{Config, Durability, RecoveryMode};
-use crate::error::{storage, Error, Result};
+use crate::error::{Error, Result, storage};
 use crate::ids::{ConversationId, MessageId, Timestamp};
 use crate::pure::journal::{self, Journal};
 use crate::pure::mark::MarkState;
-use crate::pure::merge::{adapter, MergeCounters};
+use crate::pure::merge::{MergeCounters, adapter};
 use writer::Writer;
 
 pub use catch_up::{CatchUp, Changes, ReadState, Snapshot};
-pub use hub::{Event, EventPolicy, ReceiptEvent, AUTHOR_SCAN_LIMIT};
-pub use inspect::{dump, inspect, verify, Problem, Report, SegmentInfo};
+pub use hub::{AUTHOR_SCAN_LIMIT, Event, EventPolicy, ReceiptEvent};
+pub use inspect::{Problem, Report, SegmentInfo, dump, inspect, verify};
 pub use marks::{Page, ReadBy, ReadTime, Reader, ReceiptSource};
 pub use mentions::MAX_MENTIONS;
 pub use messages::{MessageKind, MessageOptions, Unread};
@@ -797,7 +797,10 @@ fn replay(
                     Some(raw) => match crate::pure::records::ConversationRecord::decode(&raw) {
                         Some(r) => Some(r.last_message()),
                         None => {
-                            tracing::warn!(conversation = c, "replay: conversation record does not decode; its marks are not clamped");
+                            tracing::warn!(
+                                conversation = c,
+                                "replay: conversation record does not decode; its marks are not clamped"
+                            );
                             None
                         }
                     },

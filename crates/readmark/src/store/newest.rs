@@ -20,7 +20,7 @@
 //! before it was read. Another conversation may take the slot over (a
 //! later miss refills it); nothing is ever wrong, only slower.
 
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 /// Slots (40 bytes each: 10 MiB), room for about this many busy
 /// conversations.
@@ -147,7 +147,7 @@ impl Newest {
 
 #[cfg(test)]
 mod tests {
-    use super::{stripe_hash, Newest, SLOTS};
+    use super::{Newest, SLOTS, stripe_hash};
 
     #[test]
     fn set_keeps_the_max_and_a_collision_is_a_miss() {

@@ -12,17 +12,17 @@
 //! advances still buffered and for the periods a crossing left without bits.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{DBRawIterator, WriteBatch};
 
-use super::{corrupt, Cf, Store, View};
-use crate::error::{storage, Error, Result};
+use super::{Cf, Store, View, corrupt};
+use crate::error::{Error, Result, storage};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
 use crate::pure::bitset::{
-    expired, time_key, time_key_range, Bitset, ReadTimeRecord, TimeKind, MAX_SLOTS, TIME_KEY_LEN,
-    TIME_KEY_MESSAGE,
+    Bitset, MAX_SLOTS, ReadTimeRecord, TIME_KEY_LEN, TIME_KEY_MESSAGE, TimeKind, expired, time_key,
+    time_key_range,
 };
 use crate::pure::keys;
 use crate::pure::records::{ConversationRecord, MemberRecord};
@@ -286,13 +286,13 @@ impl Store {
                 return ControlFlow::Continue(());
             }
             count += 1;
-            if let Some(p) = page {
-                if p.after.is_none_or(|a| user > a) {
-                    if chosen.len() < p.limit {
-                        chosen.push((user, bit, mark_at));
-                    } else {
-                        more = true;
-                    }
+            if let Some(p) = page
+                && p.after.is_none_or(|a| user > a)
+            {
+                if chosen.len() < p.limit {
+                    chosen.push((user, bit, mark_at));
+                } else {
+                    more = true;
                 }
             }
             ControlFlow::Continue(())
@@ -623,12 +623,12 @@ pub(crate) mod filters {
     use std::ffi::CStr;
     use std::sync::Arc;
 
+    use rocksdb::MergeOperands;
     use rocksdb::compaction_filter::{CompactionFilter, Decision};
     use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
-    use rocksdb::MergeOperands;
 
     use super::Clock;
-    use crate::pure::bitset::{expired, merge_bitsets, Bitset, ReadTimeRecord, RECEIPT_MERGE_NAME};
+    use crate::pure::bitset::{Bitset, RECEIPT_MERGE_NAME, ReadTimeRecord, expired, merge_bitsets};
     use crate::pure::change_log::ChangeRecord;
     use crate::pure::merge::MergeCounters;
 

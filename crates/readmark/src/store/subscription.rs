@@ -2,12 +2,12 @@
 //! its queue, and each coalesced item is resolved against the store when it
 //! is delivered (see `hub`).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::hub::{Event, Notice, Queue};
 use super::Store;
+use super::hub::{Event, Notice, Queue};
 use crate::error::Result;
 use crate::pure::coalescer::Pending;
 

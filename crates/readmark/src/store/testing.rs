@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Cf, Store};
-use crate::error::{storage, Result};
+use crate::error::{Result, storage};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
 use crate::pure::keys;
 

@@ -4,7 +4,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use super::{Cf, Store};
-use crate::error::{storage, Result};
+use crate::error::{Result, storage};
 use crate::ids::ConversationId;
 
 /// Disk use of one of the store's tables (a RocksDB column family), from

@@ -5,8 +5,8 @@ use std::ops::ControlFlow;
 
 use rocksdb::{DBPinnableSlice, DBRawIterator, ReadOptions, Snapshot};
 
-use super::{corrupt, Cf, Store};
-use crate::error::{storage, Error, Result};
+use super::{Cf, Store, corrupt};
+use crate::error::{Error, Result, storage};
 use crate::ids::{ConversationId, MessageId, UserId};
 use crate::pure::keys;
 use crate::pure::mark::MarkState;

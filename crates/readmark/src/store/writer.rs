@@ -26,18 +26,18 @@
 //! the page cache may already have dropped the data (Rebello et al., ATC
 //! '20), so retrying would acknowledge something that is not on disk.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use rocksdb::{WriteBatch, WriteOptions, DB};
+use rocksdb::{DB, WriteBatch, WriteOptions};
 
 use super::change_log::ChangeLog;
-use super::flush::{plan_round, Item, Outcome};
+use super::flush::{Item, Outcome, plan_round};
 use super::receipts::ReceiptPolicy;
 use crate::config::Durability;
-use crate::error::{storage, Error, Result};
+use crate::error::{Error, Result, storage};
 use crate::pure::combiner::{Combiner, Entry};
 use crate::pure::journal::Journal;
 use crate::pure::mark::MarkState;
@@ -381,10 +381,10 @@ impl Writer {
             }
             drop(shard);
             self.counters.updates.fetch_add(1, Ordering::Relaxed);
-            if let Some(ticket) = sync_ticket {
-                if let Err(err) = self.journal.sync_to(ticket) {
-                    return Err(self.poison("journal fsync", err.into()));
-                }
+            if let Some(ticket) = sync_ticket
+                && let Err(err) = self.journal.sync_to(ticket)
+            {
+                return Err(self.poison("journal fsync", err.into()));
             }
             if seal {
                 self.enqueue(key);
@@ -512,18 +512,18 @@ impl Writer {
         let mut items = Vec::with_capacity(keys.len());
         for (c, u) in keys {
             let shard = self.combiner.lock(c);
-            if let Some(e) = shard.get(&(c, u)) {
-                if e.dirty {
-                    items.push(Item {
-                        conversation: c,
-                        user: u,
-                        state: e.state,
-                        base: e.base,
-                        joined_seq: Some(e.joined_seq),
-                        version: e.version,
-                        needs_sync: e.needs_sync,
-                    });
-                }
+            if let Some(e) = shard.get(&(c, u))
+                && e.dirty
+            {
+                items.push(Item {
+                    conversation: c,
+                    user: u,
+                    state: e.state,
+                    base: e.base,
+                    joined_seq: Some(e.joined_seq),
+                    version: e.version,
+                    needs_sync: e.needs_sync,
+                });
             }
         }
         let sync = durable || items.iter().any(|i| i.needs_sync);
@@ -637,13 +637,12 @@ impl Writer {
         let _flush = self.flush_lock.lock();
         self.check_poison()?;
         let rows = rows(self.changes.assigned(), &mut batch)?;
-        if !rows.is_empty() {
-            if let Err(e) = self
+        if !rows.is_empty()
+            && let Err(e) = self
                 .changes
                 .append_rows(&self.db, rows.into_iter(), &mut batch)
-            {
-                return Err(self.poison("change log", e));
-            }
+        {
+            return Err(self.poison("change log", e));
         }
         let mut o = WriteOptions::default();
         o.set_sync(sync);

@@ -363,9 +363,11 @@ fn failed_append_poisons_and_loses_nothing_acknowledged() {
             .mark_read(C, UserId(1), MessageId(10), Timestamp(1))
             .unwrap();
         store.__fail_journal_after(0, libc::ENOSPC);
-        assert!(store
-            .mark_read(C, UserId(2), MessageId(20), Timestamp(2))
-            .is_err());
+        assert!(
+            store
+                .mark_read(C, UserId(2), MessageId(20), Timestamp(2))
+                .is_err()
+        );
         assert!(matches!(
             store.mark_read(C, UserId(2), MessageId(21), Timestamp(2)),
             Err(Error::Poisoned(_))

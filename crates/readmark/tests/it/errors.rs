@@ -298,9 +298,10 @@ fn regression_compaction_filter_outlives_column_family_creation() {
     }
     // A message opened out of order: its bitset is the receipts record
     // the retention filter must drop.
-    assert!(s
-        .mark_viewed(C, ALICE, MessageId(1), Timestamp(t0 + 1))
-        .unwrap());
+    assert!(
+        s.mark_viewed(C, ALICE, MessageId(1), Timestamp(t0 + 1))
+            .unwrap()
+    );
     s.mark_read(C, ALICE, MessageId(20), Timestamp(t0 + 1))
         .unwrap();
     s.flush().unwrap();

@@ -3,8 +3,8 @@
 
 use crate::common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use readmark::{
@@ -213,9 +213,10 @@ fn private_receipts_reach_nobody_else_and_hide_the_past() {
     let sub = s.subscribe();
     s.set_receipts_private(UserId(2), PrivacyScope::Conversation(C), true)
         .unwrap();
-    assert!(s
-        .receipts_private(UserId(2), PrivacyScope::Conversation(C))
-        .unwrap());
+    assert!(
+        s.receipts_private(UserId(2), PrivacyScope::Conversation(C))
+            .unwrap()
+    );
     // The past per-message receipt is hidden at once, from every answer.
     assert_eq!(s.read_count(C, UserId(1), MessageId(7)).unwrap().count, 0);
     assert_eq!(
@@ -224,17 +225,19 @@ fn private_receipts_reach_nobody_else_and_hide_the_past() {
             .count,
         0
     );
-    assert!(s
-        .marks(C, UserId(1))
-        .unwrap()
-        .iter()
-        .all(|(u, _)| *u != UserId(2)));
+    assert!(
+        s.marks(C, UserId(1))
+            .unwrap()
+            .iter()
+            .all(|(u, _)| *u != UserId(2))
+    );
     // ... but they still see their own.
     assert_eq!(s.marks(C, UserId(2)).unwrap().len(), 2);
     // A private member's view is not recorded.
-    assert!(!s
-        .mark_viewed(C, UserId(2), MessageId(8), Timestamp(now + 2))
-        .unwrap());
+    assert!(
+        !s.mark_viewed(C, UserId(2), MessageId(8), Timestamp(now + 2))
+            .unwrap()
+    );
     s.mark_read(C, UserId(2), MessageId(8), Timestamp(now + 3))
         .unwrap();
     assert_eq!(s.unread_count(C, UserId(2)).unwrap().count, 0);
@@ -255,12 +258,13 @@ fn private_receipts_reach_nobody_else_and_hide_the_past() {
         (UserId(2), MessageId(8), 0)
     );
     s.flush().unwrap();
-    assert!(s
-        .snapshot(UserId(1))
-        .unwrap()
-        .states
-        .iter()
-        .all(|r| r.reader != UserId(2)));
+    assert!(
+        s.snapshot(UserId(1))
+            .unwrap()
+            .states
+            .iter()
+            .all(|r| r.reader != UserId(2))
+    );
 
     // Going public shows the mark, not per-message reads of the private time.
     s.set_receipts_private(UserId(2), PrivacyScope::Conversation(C), false)
@@ -298,9 +302,10 @@ fn private_everywhere_covers_later_joins_and_survives_reopen() {
         s.close().unwrap();
     }
     let s = open(dir.path(), Config::new().event_window(Duration::ZERO));
-    assert!(s
-        .receipts_private(UserId(2), PrivacyScope::Everywhere)
-        .unwrap());
+    assert!(
+        s.receipts_private(UserId(2), PrivacyScope::Everywhere)
+            .unwrap()
+    );
     s.record_message(ConversationId(2), MessageId(1), UserId(1), Timestamp(1))
         .unwrap();
     s.mark_read(ConversationId(2), UserId(2), MessageId(1), Timestamp(2))
@@ -412,10 +417,11 @@ fn a_cursor_older_than_retention_requires_a_snapshot() {
     );
     // The snapshot has the state and a fresh cursor that works.
     let snap = s.snapshot(UserId(1)).unwrap();
-    assert!(snap
-        .states
-        .iter()
-        .any(|r| (r.reader, r.up_to) == (UserId(2), MessageId(3))));
+    assert!(
+        snap.states
+            .iter()
+            .any(|r| (r.reader, r.up_to) == (UserId(2), MessageId(3)))
+    );
     assert!(matches!(
         s.changes_since(UserId(1), snap.cursor, 10).unwrap(),
         CatchUp::Changes(_)
@@ -489,9 +495,11 @@ fn a_version_2_store_is_upgraded_in_place() {
         .unwrap();
     s.flush().unwrap();
     let (states, _) = common::catch_up(&s, UserId(1), cursor, 10);
-    assert!(states
-        .iter()
-        .any(|r| (r.reader, r.up_to) == (UserId(2), MessageId(3))));
+    assert!(
+        states
+            .iter()
+            .any(|r| (r.reader, r.up_to) == (UserId(2), MessageId(3)))
+    );
     s.close().unwrap();
     let report = readmark::verify(dir.path()).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -552,9 +560,11 @@ fn catch_up_and_events_tell_clients_to_forget_readers_who_left_or_went_private()
         .unwrap();
     s.flush().unwrap();
     let (states, _, _) = common::catch_up_with_hidden(&s, UserId(3), own, 10);
-    assert!(states
-        .iter()
-        .any(|r| (r.reader, r.up_to) == (UserId(3), MessageId(5))));
+    assert!(
+        states
+            .iter()
+            .any(|r| (r.reader, r.up_to) == (UserId(3), MessageId(5)))
+    );
 }
 
 fn newest_wal(dir: &std::path::Path) -> std::path::PathBuf {
@@ -939,12 +949,13 @@ fn a_conversation_recipient_policy_overrides_the_size_rule() {
         .unwrap();
     s.flush().unwrap();
     let cursor = s.snapshot(UserId(3)).unwrap().cursor;
-    assert!(!s
-        .snapshot(UserId(3))
-        .unwrap()
-        .states
-        .iter()
-        .any(|x| x.reader == UserId(2)));
+    assert!(
+        !s.snapshot(UserId(3))
+            .unwrap()
+            .states
+            .iter()
+            .any(|x| x.reader == UserId(2))
+    );
     s.set_event_policy(C, EventPolicy::new().recipients(Recipients::Members))
         .unwrap();
     let (states, _) = common::catch_up(&s, UserId(3), cursor, 10);

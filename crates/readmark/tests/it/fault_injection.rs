@@ -203,11 +203,11 @@ fn real_full_disk_poisons_and_recovers_after_space_is_freed() {
             // Every flush writes the four marks and their change-log rows
             // to RocksDB's log: that is what fills the disk (the journal is
             // a fixed-size file allocated at open).
-            if i % 10 == 9 {
-                if let Err(e) = store.flush() {
-                    err = Some(e);
-                    break;
-                }
+            if i % 10 == 9
+                && let Err(e) = store.flush()
+            {
+                err = Some(e);
+                break;
             }
         }
         let err = err.expect("the disk never filled");

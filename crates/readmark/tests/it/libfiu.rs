@@ -10,7 +10,7 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::ffi::{c_char, c_int, c_uint, c_void, CString};
+use std::ffi::{CString, c_char, c_int, c_uint, c_void};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 

@@ -112,16 +112,18 @@ fn regression_join_that_crosses_down_gets_its_own_slot() {
     send(&s, 10, 1);
     send(&s, 11, 1);
     // Opened out of order: a bit in user 3's slot, no mark.
-    assert!(s
-        .mark_viewed(C, UserId(3), MessageId(10), Timestamp(T0 + 50))
-        .unwrap());
+    assert!(
+        s.mark_viewed(C, UserId(3), MessageId(10), Timestamp(T0 + 50))
+            .unwrap()
+    );
     assert_eq!(users(&s, 10), [3]);
     let slots = s.__receipt_slots(C, MessageId(10)).unwrap();
     assert_eq!(slots.len(), 4, "every member has a slot: {slots:?}");
     assert_eq!(slots.iter().filter(|s| s.1).count(), 1);
-    assert!(s
-        .mark_viewed(C, UserId(4), MessageId(11), Timestamp(T0 + 60))
-        .unwrap());
+    assert!(
+        s.mark_viewed(C, UserId(4), MessageId(11), Timestamp(T0 + 60))
+            .unwrap()
+    );
     assert_eq!(users(&s, 10), [3]);
     assert_eq!(users(&s, 11), [4]);
 }
@@ -144,9 +146,10 @@ fn crossing_up_by_join() {
         .unwrap();
     s.flush().unwrap();
     let before = s.stats().receipt_operands;
-    assert!(!s
-        .mark_viewed(C, UserId(2), MessageId(20), Timestamp(T0 + 220))
-        .unwrap());
+    assert!(
+        !s.mark_viewed(C, UserId(2), MessageId(20), Timestamp(T0 + 220))
+            .unwrap()
+    );
     assert_eq!(
         readers(&s, 10),
         (
@@ -261,9 +264,10 @@ fn retention_expiry() {
     assert_eq!(receipt_tables(&s), [0, 0]);
     assert_eq!(readers(&s, 10), expected);
     // No new receipts for an expired message.
-    assert!(!s
-        .mark_viewed(C, UserId(3), MessageId(10), Timestamp(T0 + 7 * DAY))
-        .unwrap());
+    assert!(
+        !s.mark_viewed(C, UserId(3), MessageId(10), Timestamp(T0 + 7 * DAY))
+            .unwrap()
+    );
 }
 
 /// Many readers advancing over the same messages write, per reader, one

@@ -138,34 +138,35 @@ impl Model {
 
     /// The receipts a flushed advance of `u` to `p` writes.
     fn plan(&mut self, u: u64, p: Mark) {
-        if self.per_message && !self.private.contains(&u) {
-            if let Some(&joined_after) = self.members.get(&u) {
-                let prev = self.durable.get(&u).map(|m| m.0);
-                if prev.is_none_or(|x| x < p.0) {
-                    let from = match (prev, joined_after) {
-                        (Some(a), Some(b)) => Some(a.max(b)),
-                        (a, b) => a.or(b),
-                    };
-                    let covered: Vec<Msg> = self
-                        .msgs
-                        .iter()
-                        .filter(|m| {
-                            self.live(m)
-                                && m.sender != u
-                                && m.id <= p.0
-                                && from.is_none_or(|f| m.id > f)
-                        })
-                        .copied()
-                        .collect();
-                    if let Some(newest) = covered.iter().map(|m| m.sent_at).max() {
-                        for m in &covered {
-                            self.bits.entry(m.id).or_default().insert(u);
-                        }
-                        self.runs
-                            .entry(u)
-                            .or_default()
-                            .push((from, p.0, p.1.max(newest)));
+        if self.per_message
+            && !self.private.contains(&u)
+            && let Some(&joined_after) = self.members.get(&u)
+        {
+            let prev = self.durable.get(&u).map(|m| m.0);
+            if prev.is_none_or(|x| x < p.0) {
+                let from = match (prev, joined_after) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                let covered: Vec<Msg> = self
+                    .msgs
+                    .iter()
+                    .filter(|m| {
+                        self.live(m)
+                            && m.sender != u
+                            && m.id <= p.0
+                            && from.is_none_or(|f| m.id > f)
+                    })
+                    .copied()
+                    .collect();
+                if let Some(newest) = covered.iter().map(|m| m.sent_at).max() {
+                    for m in &covered {
+                        self.bits.entry(m.id).or_default().insert(u);
                     }
+                    self.runs
+                        .entry(u)
+                        .or_default()
+                        .push((from, p.0, p.1.max(newest)));
                 }
             }
         }

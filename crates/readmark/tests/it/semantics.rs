@@ -255,12 +255,13 @@ fn regression_the_unread_flag_reaches_the_owners_other_devices_only() {
     let snap = s.snapshot(ALICE).unwrap();
     let bob = snap.states.iter().find(|x| x.reader == BOB).unwrap();
     assert!(!bob.marked_unread);
-    assert!(s
-        .snapshot(BOB)
-        .unwrap()
-        .states
-        .iter()
-        .any(|x| x.reader == BOB && x.marked_unread));
+    assert!(
+        s.snapshot(BOB)
+            .unwrap()
+            .states
+            .iter()
+            .any(|x| x.reader == BOB && x.marked_unread)
+    );
     // Cleared from another device: an event, and the next catch-up says so.
     s.clear_unread_flag(C, BOB, Timestamp(12)).unwrap();
     assert!(matches!(

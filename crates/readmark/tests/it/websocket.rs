@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use readmark::{Config, Store};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
 
 const WINDOW: Duration = Duration::from_millis(200);

@@ -35,9 +35,9 @@ use parking_lot_core::{DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN};
 use crate::error::{Error, Result};
 use crate::pure::mark::MarkState;
 use record::MarkRecord;
-use scan::{scan_segment, ScanEnd};
+use scan::{ScanEnd, scan_segment};
 use slot::{
-    copy_offset, encode_copy_with, epoch_hasher, file_len, scan_slots, Copy, COPY_LEN, HEADER_LEN,
+    COPY_LEN, Copy, HEADER_LEN, copy_offset, encode_copy_with, epoch_hasher, file_len, scan_slots,
 };
 
 /// Directory of the journal inside the store directory.
@@ -164,7 +164,7 @@ fn recover_legacy(dir: &Path, tolerant: bool, rec: &mut Recovery) -> Result<()> 
                 return Err(Error::JournalCorrupt {
                     path,
                     offset: offset as u64,
-                })
+                });
             }
             ScanEnd::TornTail { offset } => {
                 tracing::warn!(file = %path.display(), offset, "journal: torn tail ignored (a write cut short by a crash; nothing after it had been synced)");

@@ -15,7 +15,7 @@
 //!   every valid frame.
 
 use super::frame::{
-    read_frame, read_header, FrameAt, FRAME_ALIGN, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+    FRAME_ALIGN, FRAME_HEADER_LEN, FrameAt, SEGMENT_HEADER_LEN, read_frame, read_header,
 };
 
 /// How a segment's log ended.
@@ -108,10 +108,10 @@ pub(crate) fn scan_segment(buf: &[u8], tolerant: bool) -> Scan<'_> {
 fn find_next_valid(buf: &[u8], from: usize, epoch: u64, min_seq: u64) -> Option<(usize, u64)> {
     let mut probe = from + FRAME_ALIGN;
     while probe + FRAME_HEADER_LEN <= buf.len() {
-        if let FrameAt::Valid { seq, .. } = read_frame(&buf[probe..], epoch) {
-            if seq >= min_seq {
-                return Some((probe, seq));
-            }
+        if let FrameAt::Valid { seq, .. } = read_frame(&buf[probe..], epoch)
+            && seq >= min_seq
+        {
+            return Some((probe, seq));
         }
         probe += FRAME_ALIGN;
     }
@@ -128,10 +128,11 @@ fn find_synced_successor(
 ) -> Option<(usize, u64)> {
     let mut probe = from + FRAME_ALIGN;
     while probe + FRAME_HEADER_LEN <= buf.len() {
-        if let FrameAt::Valid { seq, synced, .. } = read_frame(&buf[probe..], epoch) {
-            if seq > hole_seq && synced >= hole_seq {
-                return Some((probe, seq));
-            }
+        if let FrameAt::Valid { seq, synced, .. } = read_frame(&buf[probe..], epoch)
+            && seq > hole_seq
+            && synced >= hole_seq
+        {
+            return Some((probe, seq));
         }
         probe += FRAME_ALIGN;
     }

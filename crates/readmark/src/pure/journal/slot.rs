@@ -37,7 +37,7 @@
 
 use byteorder::{BigEndian, ByteOrder};
 
-use crate::pure::mark::{MarkState, MAX_ENCODED_LEN, MAX_UNSEQUENCED_LEN};
+use crate::pure::mark::{MAX_ENCODED_LEN, MAX_UNSEQUENCED_LEN, MarkState};
 
 /// Magic bytes opening the slot file ("readmark slots, layout 1").
 pub(crate) const SLOT_MAGIC: &[u8; 8] = b"RDMKSLT1";
