@@ -160,6 +160,15 @@ impl Default for Config {
 
 impl Config {
     /// The defaults listed above.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Durability};
+    /// let config = Config::new();
+    /// assert_eq!(config.get_durability(), Durability::ProcessCrash);
+    /// assert_eq!(config.get_receipt_threshold(), 50);
+    /// ```
     pub fn new() -> Self {
         Self {
             create_if_missing: true,
@@ -188,6 +197,16 @@ impl Config {
 
     /// Create the store if the directory holds none. Default `true`; with
     /// `false`, opening a missing store is an error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Error, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let missing = Store::open(dir.path().join("none"), Config::new().create_if_missing(false));
+    /// assert!(matches!(missing, Err(Error::Storage(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn create_if_missing(mut self, yes: bool) -> Self {
         self.create_if_missing = yes;
         self
@@ -195,24 +214,52 @@ impl Config {
 
     /// Durability of every write unless a call overrides it. Default
     /// [`Durability::ProcessCrash`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Durability};
+    /// let config = Config::new().durability(Durability::PowerLoss);
+    /// assert_eq!(config.get_durability(), Durability::PowerLoss);
+    /// ```
     pub fn durability(mut self, d: Durability) -> Self {
         self.durability = d;
         self
     }
 
     /// The configured durability.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = readmark::Config::new().durability(readmark::Durability::Memory);
+    /// assert_eq!(config.get_durability(), readmark::Durability::Memory);
+    /// ```
     #[must_use]
     pub fn get_durability(&self) -> Durability {
         self.durability
     }
 
     /// Size of the block cache shared by all column families. Default 64 MiB.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = readmark::Config::new().block_cache_bytes(256 << 20);
+    /// assert_eq!(config.get_block_cache_bytes(), 256 << 20);
+    /// ```
     pub fn block_cache_bytes(mut self, bytes: usize) -> Self {
         self.block_cache_bytes = bytes;
         self
     }
 
     /// The configured block cache size.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(readmark::Config::new().get_block_cache_bytes(), 64 << 20);
+    /// ```
     #[must_use]
     pub fn get_block_cache_bytes(&self) -> usize {
         self.block_cache_bytes
@@ -221,12 +268,32 @@ impl Config {
     /// How many merge operands a hot mark may pile up in a memtable before
     /// the write path folds them into one value, which bounds the work of a
     /// read of that mark. Default 16; must be at least 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Error, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let refused = Store::open(dir.path(), Config::new().max_successive_merges(0));
+    /// assert!(matches!(refused, Err(Error::InvalidConfig(_))));
+    /// Store::open(dir.path(), Config::new().max_successive_merges(64))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_successive_merges(mut self, n: usize) -> Self {
         self.max_successive_merges = n;
         self
     }
 
     /// RocksDB memtable size per column family. Default 32 MiB; at least 64 KiB.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().write_buffer_bytes(4 << 20))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_buffer_bytes(mut self, bytes: usize) -> Self {
         self.write_buffer_bytes = bytes;
         self
@@ -240,6 +307,14 @@ impl Config {
     /// stays can be. The journal holds one slot per buffered key, not one
     /// record per update, so a long interval costs no journal space.
     /// Default 5 s; at least 1 ms.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = readmark::Config::new().flush_interval(Duration::from_secs(30));
+    /// assert_eq!(config.get_flush_interval(), Duration::from_secs(30));
+    /// ```
     pub fn flush_interval(mut self, every: Duration) -> Self {
         self.flush_interval = every;
         self
@@ -249,6 +324,16 @@ impl Config {
     /// ([`Store::seal`](crate::Store::seal), or the count trigger) before it
     /// writes it, so keys sealed meanwhile, by any user, share one RocksDB
     /// batch. Default 2 ms; zero writes at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use readmark::{Config, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().flush_delay(Duration::ZERO))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn flush_delay(mut self, delay: Duration) -> Self {
         self.flush_delay = delay;
         self
@@ -257,6 +342,15 @@ impl Config {
     /// A key is sealed (written within [`flush_delay`](Config::flush_delay))
     /// after this many updates since its last write (a very long scroll).
     /// Default 1,000; at least 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().flush_after_updates(100))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn flush_after_updates(mut self, n: u32) -> Self {
         self.flush_after_updates = n;
         self
@@ -266,6 +360,15 @@ impl Config {
     /// keys together (about 224 bytes each): past half of it the flusher
     /// writes every key and evicts written ones; at the cap a new key waits
     /// for that. Default 32 MiB (about 150,000 keys); at least 4 KiB.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().combiner_max_bytes(1 << 20))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn combiner_max_bytes(mut self, bytes: usize) -> Self {
         self.combiner_max_bytes = bytes;
         self
@@ -277,6 +380,16 @@ impl Config {
     /// keys and give their slots back. Default 16 MiB (98,280 slots); at
     /// least 64 KiB. Changing it on an existing store is allowed (the
     /// journal is replayed, then made anew).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().journal_bytes(1 << 20))?;
+    /// assert!(store.disk_usage()?.journal_bytes > 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn journal_bytes(mut self, bytes: usize) -> Self {
         self.journal_bytes = bytes;
         self
@@ -285,6 +398,13 @@ impl Config {
     /// Format 3's setting (two segments of this size): kept so existing
     /// code builds; sets [`journal_bytes`](Config::journal_bytes) to twice
     /// `bytes`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// #[allow(deprecated)]
+    /// let config = readmark::Config::new().journal_segment_bytes(1 << 20);
+    /// ```
     #[deprecated(note = "the journal is one slot file now: use `journal_bytes`")]
     pub fn journal_segment_bytes(self, bytes: usize) -> Self {
         self.journal_bytes(bytes.saturating_mul(2))
@@ -292,6 +412,15 @@ impl Config {
 
     /// What to do with damage in synced journal data at open. Default
     /// [`RecoveryMode::Strict`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, RecoveryMode, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().recovery_mode(RecoveryMode::TolerateCorruption))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recovery_mode(mut self, mode: RecoveryMode) -> Self {
         self.recovery_mode = mode;
         self
@@ -301,6 +430,16 @@ impl Config {
     /// flush and compaction bytes), read with
     /// [`Store::rocksdb_io`](crate::Store::rocksdb_io). Costs a few percent
     /// of write throughput. Default `false`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().statistics(true))?;
+    /// assert!(store.rocksdb_io().wal_bytes > 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn statistics(mut self, yes: bool) -> Self {
         self.statistics = yes;
         self
@@ -326,6 +465,12 @@ impl Config {
     }
 
     /// The configured receipt threshold.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(readmark::Config::new().get_receipt_threshold(), 50);
+    /// ```
     #[must_use]
     pub fn get_receipt_threshold(&self) -> u32 {
         self.receipt_threshold
@@ -336,6 +481,16 @@ impl Config {
     /// compaction filter and answers for those messages come from the read
     /// marks. Measured against [`Timestamp`](crate::Timestamp)s read as
     /// milliseconds since the Unix epoch. Default 7 days; at least 1 ms.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use readmark::{Config, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().receipt_retention(Duration::from_secs(24 * 3600)))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn receipt_retention(mut self, keep: Duration) -> Self {
         self.receipt_retention = keep;
         self
@@ -363,6 +518,15 @@ impl Config {
     /// told ([`Event::Lagged`](crate::Event::Lagged)) so it can catch up
     /// with [`Store::changes_since`](crate::Store::changes_since). About
     /// 100 bytes per entry. Default 65,536; at least 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().event_buffer(4_096))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn event_buffer(mut self, entries: usize) -> Self {
         self.event_buffer = entries;
         self
@@ -373,12 +537,30 @@ impl Config {
     /// [`small_group_recipients`](Config::small_group_recipients)); larger
     /// ones use [`large_group_recipients`](Config::large_group_recipients).
     /// Default 50.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().event_small_group(10))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn event_small_group(mut self, members: u32) -> Self {
         self.event_small_group = members;
         self
     }
 
     /// Who receives receipts in small groups. Default [`Recipients::Members`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Recipients, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().small_group_recipients(Recipients::Authors))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn small_group_recipients(mut self, r: Recipients) -> Self {
         self.small_group_recipients = r;
         self
@@ -386,6 +568,16 @@ impl Config {
 
     /// Who receives receipts in larger conversations. Default
     /// [`Recipients::Authors`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Recipients, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// // Large channels publish nothing; clients ask read_count on demand.
+    /// let store = Store::open(dir.path(), Config::new().large_group_recipients(Recipients::Nobody))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn large_group_recipients(mut self, r: Recipients) -> Self {
         self.large_group_recipients = r;
         self
@@ -394,6 +586,15 @@ impl Config {
     /// At most this many recipients per event (the rest are counted in
     /// [`ReceiptEvent::capped`](crate::ReceiptEvent::capped)). Default 100;
     /// at least 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().event_fanout_cap(20))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn event_fanout_cap(mut self, recipients: usize) -> Self {
         self.event_fanout_cap = recipients;
         self
@@ -404,18 +605,40 @@ impl Config {
     /// cursor older than this gets
     /// [`CatchUp::SnapshotRequired`](crate::CatchUp::SnapshotRequired).
     /// Default 7 days; at least 1 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use readmark::{Config, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new().change_retention(Duration::from_secs(3 * 24 * 3600)))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn change_retention(mut self, keep: Duration) -> Self {
         self.change_retention = keep;
         self
     }
 
     /// The configured flush interval.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(readmark::Config::new().get_flush_interval(), std::time::Duration::from_secs(5));
+    /// ```
     #[must_use]
     pub fn get_flush_interval(&self) -> Duration {
         self.flush_interval
     }
 
     /// The configured coalescing window.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(readmark::Config::new().get_event_window(), std::time::Duration::from_secs(1));
+    /// ```
     #[must_use]
     pub fn get_event_window(&self) -> Duration {
         self.event_window

@@ -5,6 +5,14 @@ use std::path::PathBuf;
 use crate::ids::{ConversationId, MessageId, UserId};
 
 /// Result alias used across readmark.
+///
+/// # Examples
+///
+/// ```
+/// fn newest(store: &readmark::Store, c: readmark::ConversationId) -> readmark::Result<u64> {
+///     Ok(store.member_count(c)?)
+/// }
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong, as data a caller can match on.
@@ -165,12 +173,35 @@ pub struct StorageError {
 
 impl StorageError {
     /// What kind of failure it is.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Error, StorageErrorKind, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let err = Store::open(dir.path().join("none"), Config::new().create_if_missing(false)).unwrap_err();
+    /// let Error::Storage(e) = err else { panic!("{err}") };
+    /// assert_eq!(e.kind(), StorageErrorKind::InvalidArgument);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn kind(&self) -> StorageErrorKind {
         self.kind
     }
 
     /// RocksDB's description of it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use readmark::{Config, Error, StorageErrorKind, Store};
+    /// let dir = tempfile::tempdir()?;
+    /// let err = Store::open(dir.path().join("none"), Config::new().create_if_missing(false)).unwrap_err();
+    /// let Error::Storage(e) = err else { panic!("{err}") };
+    /// assert_eq!(e.kind(), StorageErrorKind::InvalidArgument);
+    /// assert!(!e.message().is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn message(&self) -> &str {
         &self.message
@@ -178,6 +209,17 @@ impl StorageError {
 }
 
 /// Kinds of [`StorageError`], by what a caller can do about them.
+///
+/// # Examples
+///
+/// ```
+/// use readmark::{Config, Error, StorageErrorKind, Store};
+/// let dir = tempfile::tempdir()?;
+/// let err = Store::open(dir.path().join("none"), Config::new().create_if_missing(false)).unwrap_err();
+/// let Error::Storage(e) = err else { panic!("{err}") };
+/// assert_eq!(e.kind(), StorageErrorKind::InvalidArgument);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StorageErrorKind {

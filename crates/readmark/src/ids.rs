@@ -15,6 +15,12 @@ macro_rules! id_type {
 
         impl $name {
             /// The raw `u64`.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            #[doc = concat!("assert_eq!(readmark::", stringify!($name), "(7).get(), 7);")]
+            /// ```
             #[must_use]
             pub const fn get(self) -> u64 {
                 self.0

@@ -94,6 +94,17 @@ pub(crate) const CURSOR_HIGH_AT: usize = 26;
 pub(crate) const CURSOR_RESUME_A: usize = 34;
 pub(crate) const CURSOR_RESUME_B: usize = 42;
 /// Encoded length of a [`Cursor`].
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// let cursor = store.snapshot(UserId(1))?.cursor;
+/// assert_eq!(cursor.to_bytes().len(), readmark::CURSOR_LEN);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const CURSOR_LEN: usize = 50;
 
 impl Default for Cursor {
@@ -131,7 +142,15 @@ impl Cursor {
     ///
     /// # Examples
     ///
-    /// See [`Cursor`].
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// let cursor = store.snapshot(UserId(1))?.cursor;
+    /// let bytes = cursor.to_bytes(); // store it with the client
+    /// assert_eq!(readmark::Cursor::from_bytes(&bytes)?, cursor);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn to_bytes(&self) -> [u8; CURSOR_LEN] {
         let mut b = [0u8; CURSOR_LEN];
         b[0] = self.version;

@@ -19,6 +19,13 @@ pub(crate) const MARK_MERGE_NAME: &str = "readmark.mark.join.v1";
 
 /// Result of one merge: the encoded value and the number of inputs skipped
 /// because they were malformed.
+///
+/// # Examples
+///
+/// ```
+/// let out = readmark::merge_marks(None, [&b"not a mark"[..]]);
+/// assert_eq!(out.skipped, 1); // malformed operands are skipped and counted
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MergeOutcome {
     /// The merged value, always a valid encoding.

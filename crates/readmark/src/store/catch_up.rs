@@ -14,6 +14,25 @@ use crate::pure::keys;
 use crate::pure::records::ConversationRecord;
 
 /// One (conversation, reader) read state, from catch-up or a snapshot.
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// store.record_message(c, MessageId(1), alice, Timestamp(1))?;
+/// store.mark_read(c, bob, MessageId(1), Timestamp(2))?;
+/// store.flush()?;
+/// let snapshot = store.snapshot(alice)?;
+/// let bobs = snapshot.states.iter().find(|s| s.reader == bob).expect("bob's mark");
+/// assert_eq!((bobs.conversation, bobs.up_to, bobs.marked_unread), (c, MessageId(1), false));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct ReadState {
@@ -32,6 +51,29 @@ pub struct ReadState {
 }
 
 /// A page of [`Store::changes_since`].
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// let cursor = store.snapshot(alice)?.cursor;
+/// store.record_message(c, MessageId(1), alice, Timestamp(1))?;
+/// store.mark_read(c, bob, MessageId(1), Timestamp(2))?;
+/// store.flush()?;
+/// let readmark::CatchUp::Changes(page) = store.changes_since(alice, cursor, 100)? else {
+///     panic!("a fresh cursor");
+/// };
+/// assert!(page.states.iter().any(|s| s.reader == bob));
+/// assert!(page.hidden.is_empty() && !page.more);
+/// let _keep = page.next; // for the next call
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Changes {
@@ -50,6 +92,21 @@ pub struct Changes {
 
 /// The answer of [`Store::changes_since`]: exactly these two, so a caller's
 /// `match` cannot forget the snapshot case.
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// let user = UserId(1);
+/// let cursor = store.snapshot(user)?.cursor;
+/// match store.changes_since(user, cursor, 100)? {
+///     readmark::CatchUp::Changes(page) => assert!(page.states.is_empty()),
+///     readmark::CatchUp::SnapshotRequired => { let _fresh = store.snapshot(user)?; }
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CatchUp {
     /// The changes since the cursor (one page).
@@ -62,6 +119,24 @@ pub enum CatchUp {
 }
 
 /// The whole read state a user may see, from [`Store::snapshot`].
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// store.record_message(c, MessageId(1), alice, Timestamp(1))?;
+/// store.mark_read(c, bob, MessageId(1), Timestamp(2))?;
+/// store.flush()?;
+/// let snapshot = store.snapshot(alice)?;
+/// assert_eq!(snapshot.states.len(), 2); // her own mark (she sent 1) and bob's
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Snapshot {

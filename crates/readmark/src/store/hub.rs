@@ -31,6 +31,12 @@ use crate::pure::records::{ConversationRecord, MessageRecord};
 /// At most this many newly covered messages are read to find their authors
 /// ([`Recipients::Authors`]): a reader catching up on a long history costs
 /// a bounded walk, newest messages first.
+///
+/// # Examples
+///
+/// ```
+/// assert!(readmark::AUTHOR_SCAN_LIMIT >= 1_000);
+/// ```
 pub const AUTHOR_SCAN_LIMIT: usize = 10_000;
 
 /// A receipt to push to clients: `reader` has read `conversation` up to
@@ -39,7 +45,24 @@ pub const AUTHOR_SCAN_LIMIT: usize = 10_000;
 ///
 /// # Examples
 ///
-/// See [`Store::subscribe`].
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # use std::time::Duration;
+/// # use readmark::Event;
+/// let store = Store::open(dir.path(), Config::new().event_window(Duration::ZERO))?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// # store.record_message(c, MessageId(1), alice, Timestamp(1))?;
+/// let events = store.subscribe();
+/// store.mark_read(c, bob, MessageId(1), Timestamp(2))?;
+/// let Some(Event::Receipt(e)) = events.recv_timeout(Duration::from_secs(5))? else { panic!() };
+/// assert_eq!((e.conversation, e.reader, e.up_to, e.read_at), (c, bob, MessageId(1), Timestamp(2)));
+/// assert_eq!((e.recipients, e.capped, e.advances), (vec![alice], false, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReceiptEvent {
@@ -64,6 +87,29 @@ pub struct ReceiptEvent {
 }
 
 /// What a [`Subscription`] delivers.
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # use std::time::Duration;
+/// # use readmark::Event;
+/// let store = Store::open(dir.path(), Config::new().event_window(Duration::ZERO))?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// # store.record_message(c, MessageId(1), alice, Timestamp(1))?;
+/// let events = store.subscribe();
+/// store.mark_read(c, bob, MessageId(1), Timestamp(2))?;
+/// match events.recv_timeout(Duration::from_secs(5))? {
+///     Some(Event::Receipt(e)) => assert_eq!(e.reader, bob),
+///     Some(Event::Lagged { .. }) => { /* catch up with changes_since */ }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -139,12 +185,42 @@ pub struct EventPolicy {
 
 impl EventPolicy {
     /// The store's settings (no override).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # use std::time::Duration;
+    /// # use readmark::{EventPolicy, Recipients};
+    /// let dm = ConversationId(1);
+    /// store.create_conversation(dm)?;
+    /// store.set_event_policy(dm, EventPolicy::new())?; // the store's defaults
+    /// assert_eq!(store.event_policy(dm)?, EventPolicy::new());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// This conversation's own coalescing window.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # use std::time::Duration;
+    /// # use readmark::{EventPolicy, Recipients};
+    /// let dm = ConversationId(1);
+    /// store.create_conversation(dm)?;
+    /// store.set_event_policy(dm, EventPolicy::new().window(Duration::ZERO))?; // push DMs at once
+    /// assert_eq!(store.event_policy(dm)?.window, Some(Duration::ZERO));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn window(mut self, window: Duration) -> Self {
         self.window = Some(window);
@@ -152,6 +228,21 @@ impl EventPolicy {
     }
 
     /// This conversation's own recipient policy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # use std::time::Duration;
+    /// # use readmark::{EventPolicy, Recipients};
+    /// let dm = ConversationId(1);
+    /// store.create_conversation(dm)?;
+    /// store.set_event_policy(dm, EventPolicy::new().recipients(Recipients::Members))?;
+    /// assert_eq!(store.event_policy(dm)?.recipients, Some(Recipients::Members));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn recipients(mut self, recipients: Recipients) -> Self {
         self.recipients = Some(recipients);
@@ -344,7 +435,19 @@ impl Store {
     ///
     /// # Examples
     ///
-    /// See [`EventPolicy`].
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # use std::time::Duration;
+    /// # use readmark::{EventPolicy, Recipients};
+    /// let dm = ConversationId(1);
+    /// store.create_conversation(dm)?;
+    /// let policy = EventPolicy::new().window(Duration::ZERO).recipients(Recipients::Members);
+    /// store.set_event_policy(dm, policy)?;
+    /// assert_eq!(store.event_policy(dm)?, policy);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_event_policy(
         &self,
         conversation: ConversationId,
@@ -391,6 +494,20 @@ impl Store {
     /// # Errors
     ///
     /// [`Error::UnknownConversation`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # use std::time::Duration;
+    /// # use readmark::{EventPolicy, Recipients};
+    /// let dm = ConversationId(1);
+    /// store.create_conversation(dm)?;
+    /// assert_eq!(store.event_policy(dm)?, EventPolicy::new()); // nothing overridden
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn event_policy(&self, conversation: ConversationId) -> Result<EventPolicy> {
         let conv = self.view().conversation_record(conversation)?;
         Ok(EventPolicy {

@@ -27,6 +27,26 @@ use crate::pure::merge::MergeCounters;
 use crate::pure::records::{ConversationRecord, MemberRecord, MessageRecord};
 
 /// One inconsistency found by [`verify`].
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// store.mark_read(c, bob, MessageId(1), Timestamp(2))?;
+/// store.close()?;
+/// let report = readmark::verify(dir.path())?;
+/// for p in &report.problems {
+///     eprintln!("{}: {} at {}", p.place, p.what, p.at);
+/// }
+/// assert!(report.problems.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
     /// Column family, or `"journal"`.
@@ -39,6 +59,25 @@ pub struct Problem {
 
 /// State of one journal file: the slot file, or a segment of a format-3
 /// journal not yet replayed.
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// store.mark_read(c, bob, MessageId(1), Timestamp(2))?;
+/// store.close()?;
+/// let report = readmark::verify(dir.path())?;
+/// for s in &report.journal {
+///     println!("{}: {} bytes, {} frames, {} at {}", s.path.display(), s.bytes, s.frames, s.end, s.end_offset);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentInfo {
     /// The file.
@@ -60,6 +99,25 @@ pub struct SegmentInfo {
 }
 
 /// What [`inspect`] and [`verify`] report.
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// store.mark_read(c, bob, MessageId(1), Timestamp(2))?;
+/// store.close()?;
+/// let report = readmark::verify(dir.path())?;
+/// assert_eq!(report.format_version, Some(readmark::FORMAT_VERSION));
+/// assert_eq!(report.records.get("members"), Some(&2));
+/// assert_eq!(report.malformed_operands, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Report {

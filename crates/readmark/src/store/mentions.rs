@@ -36,6 +36,23 @@ pub(crate) const DIRECT_KEY_LEN: usize = 1 + 3 * keys::ID_LEN;
 pub(crate) const EVERYONE_KEY_LEN: usize = 1 + 2 * keys::ID_LEN;
 /// Distinct members one message may mention by name (more is refused,
 /// typed): every mention is a write on the send path.
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// # use readmark::{Error, MessageOptions, MAX_MENTIONS};
+/// let everyone = (0..=MAX_MENTIONS as u64).map(UserId);
+/// let refused = store.record_message_with(c, MessageId(1), alice, Timestamp(1), &MessageOptions::new().mention(everyone));
+/// assert!(matches!(refused, Err(Error::InvalidArgument(_))));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const MAX_MENTIONS: usize = 1024;
 
 pub(crate) fn direct_key(

@@ -27,6 +27,24 @@ use crate::pure::mark::MarkState;
 use crate::pure::records::{ConversationRecord, MemberRecord, MessageRecord};
 
 /// Whether a message counts as unread (see [`MessageOptions`]).
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// # use readmark::{MessageKind, MessageOptions};
+/// store.record_message(c, MessageId(1), alice, Timestamp(1))?;
+/// let joined = MessageOptions::new().kind(MessageKind::System);
+/// store.record_message_with(c, MessageId(2), alice, Timestamp(2), &joined)?;
+/// assert_eq!(store.unread_count(c, bob)?.count, 1); // the notice does not count
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum MessageKind {
@@ -66,11 +84,44 @@ pub struct MessageOptions {
 
 impl MessageOptions {
     /// A regular message.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, alice, Timestamp(0))?;
+    /// # store.add_member(c, bob, Timestamp(0))?;
+    /// # use readmark::{MessageKind, MessageOptions};
+    /// store.record_message_with(c, MessageId(1), alice, Timestamp(1), &MessageOptions::new())?;
+    /// assert_eq!(store.unread_count(c, bob)?.count, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Sets the kind ([`MessageKind::Regular`] by default).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, alice, Timestamp(0))?;
+    /// # store.add_member(c, bob, Timestamp(0))?;
+    /// # use readmark::{MessageKind, MessageOptions};
+    /// let edit = MessageOptions::new().kind(MessageKind::System);
+    /// store.record_message_with(c, MessageId(1), alice, Timestamp(1), &edit)?;
+    /// assert_eq!(store.unread_count(c, bob)?.count, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn kind(mut self, kind: MessageKind) -> Self {
         self.kind = kind;
         self
@@ -80,6 +131,23 @@ impl MessageOptions {
     /// duplicates and the sender are ignored; a user who is not a member,
     /// or joins later, never counts it). Counted by
     /// [`Unread::mentions`] while unread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, alice, Timestamp(0))?;
+    /// # store.add_member(c, bob, Timestamp(0))?;
+    /// # use readmark::{MessageKind, MessageOptions};
+    /// let hey_bob = MessageOptions::new().mention([bob]);
+    /// store.record_message_with(c, MessageId(1), alice, Timestamp(1), &hey_bob)?;
+    /// assert_eq!(store.unread_count(c, bob)?.mentions, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn mention(mut self, users: impl IntoIterator<Item = UserId>) -> Self {
         self.mentions.extend(users);
         self
@@ -87,6 +155,24 @@ impl MessageOptions {
 
     /// The message mentions everyone ("@everyone", "@channel"): an unread
     /// mention for every member but its sender who has not read it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, alice, Timestamp(0))?;
+    /// # store.add_member(c, bob, Timestamp(0))?;
+    /// # use readmark::{MessageKind, MessageOptions};
+    /// let here = MessageOptions::new().mention_everyone();
+    /// store.record_message_with(c, MessageId(1), alice, Timestamp(1), &here)?;
+    /// assert_eq!(store.unread_count(c, bob)?.mentions, 1);
+    /// assert_eq!(store.unread_count(c, alice)?.mentions, 0); // her own message
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn mention_everyone(mut self) -> Self {
         self.everyone = true;
         self
@@ -173,7 +259,20 @@ impl Store {
     ///
     /// # Examples
     ///
-    /// See [`MessageOptions`].
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, alice, Timestamp(0))?;
+    /// # store.add_member(c, bob, Timestamp(0))?;
+    /// # use readmark::{MessageKind, MessageOptions};
+    /// store.record_message_with(c, MessageId(1), alice, Timestamp(1), &MessageOptions::new().mention([bob]))?;
+    /// let unread = store.unread_count(c, bob)?;
+    /// assert_eq!((unread.count, unread.mentions), (1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn record_message_with(
         &self,
         conversation: ConversationId,
@@ -397,7 +496,22 @@ impl Store {
     ///
     /// # Examples
     ///
-    /// See [`Store`].
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, alice, Timestamp(0))?;
+    /// # store.add_member(c, bob, Timestamp(0))?;
+    /// for m in 1..=3 {
+    ///     store.record_message(c, MessageId(m), alice, Timestamp(m))?;
+    /// }
+    /// store.mark_read(c, bob, MessageId(1), Timestamp(10))?;
+    /// let unread = store.unread_count(c, bob)?;
+    /// assert_eq!((unread.count, unread.marked_unread, unread.mentions), (2, false, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn unread_count(&self, conversation: ConversationId, user: UserId) -> Result<Unread> {
         let view = self.snapshot_view();
         let member = view.require_member(conversation, user)?;

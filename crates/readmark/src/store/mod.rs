@@ -59,6 +59,12 @@ pub(crate) use view::View;
 
 /// The on-disk format this build reads and writes, stored in `meta` under
 /// key `format_version` (`docs/design.md` §2.7) and checked on every open.
+///
+/// # Examples
+///
+/// ```
+/// assert!(readmark::FORMAT_VERSION >= 5);
+/// ```
 pub const FORMAT_VERSION: u32 = 5;
 /// Earlier formats, opened and upgraded in place. Version 3 added column
 /// families (`changes`, `user_changes`, `users`) and member flags that
@@ -251,6 +257,17 @@ pub struct Stats {
 }
 
 /// RocksDB's I/O counters (see [`Store::rocksdb_io`]).
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path(), Config::new().statistics(true))?;
+/// let io = store.rocksdb_io();
+/// assert!(io.bytes_written >= io.wal_bytes);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RocksDbIo {
@@ -589,12 +606,43 @@ impl Store {
     }
 
     /// The directory the store lives in.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// assert_eq!(store.path(), dir.path());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// Counters since this store was opened.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, alice, Timestamp(0))?;
+    /// # store.add_member(c, bob, Timestamp(0))?;
+    /// # store.record_message(c, MessageId(1), alice, Timestamp(1))?;
+    /// let before = store.stats();
+    /// for _ in 0..3 {
+    ///     store.mark_read(c, bob, MessageId(1), Timestamp(2))?; // a duplicate twice
+    /// }
+    /// let after = store.stats();
+    /// assert_eq!(after.mark_updates - before.mark_updates, 3);
+    /// assert_eq!(after.no_ops - before.no_ops, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn stats(&self) -> Stats {
         let c = &self.writer.counters;

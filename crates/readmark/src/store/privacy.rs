@@ -27,7 +27,20 @@ use crate::pure::records::{decode_user_settings, encode_user_settings};
 ///
 /// # Examples
 ///
-/// See [`Store::set_receipts_private`].
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// # use readmark::PrivacyScope;
+/// store.set_receipts_private(bob, PrivacyScope::Conversation(c), true)?;
+/// assert!(store.receipts_private(bob, PrivacyScope::Conversation(c))?);
+/// assert!(!store.receipts_private(bob, PrivacyScope::Everywhere)?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PrivacyScope {
     /// Every conversation of the user, present and future.

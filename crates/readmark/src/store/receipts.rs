@@ -69,6 +69,23 @@ fn in_audience(member: &MemberRecord, message: MessageId) -> bool {
 }
 
 /// The answer to "how many read message M" (see [`Store::read_count`]).
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// store.record_message(c, MessageId(1), alice, Timestamp::now())?;
+/// store.mark_read(c, bob, MessageId(1), Timestamp::now())?;
+/// let n = store.read_count(c, alice, MessageId(1))?;
+/// assert_eq!(n.count, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadCount {
     /// Members (other than the sender) who read it.

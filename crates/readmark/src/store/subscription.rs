@@ -31,7 +31,24 @@ use crate::pure::coalescer::Pending;
 ///
 /// # Examples
 ///
-/// See [`Store::subscribe`].
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # use std::time::Duration;
+/// # use readmark::Event;
+/// let store = Store::open(dir.path(), Config::new().event_window(Duration::ZERO))?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// # store.record_message(c, MessageId(1), alice, Timestamp(1))?;
+/// let events = store.subscribe();
+/// store.mark_read(c, bob, MessageId(1), Timestamp(2))?;
+/// let Some(Event::Receipt(e)) = events.recv_timeout(Duration::from_secs(5))? else { panic!() };
+/// assert_eq!(e.reader, bob);
+/// drop(events); // unsubscribes
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Subscription<'s> {
     pub(super) store: &'s Store,
     pub(super) queue: Arc<Queue>,
@@ -55,7 +72,24 @@ impl Subscription<'_> {
     ///
     /// # Examples
     ///
-    /// See [`Store::subscribe`].
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # use std::time::Duration;
+    /// # use readmark::Event;
+    /// let store = Store::open(dir.path(), Config::new().event_window(Duration::ZERO))?;
+    /// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, alice, Timestamp(0))?;
+    /// # store.add_member(c, bob, Timestamp(0))?;
+    /// # store.record_message(c, MessageId(1), alice, Timestamp(1))?;
+    /// let events = store.subscribe();
+    /// store.mark_read(c, bob, MessageId(1), Timestamp(2))?;
+    /// let first = events.recv_timeout(Duration::from_secs(5))?;
+    /// assert!(matches!(first, Some(Event::Receipt(_))));
+    /// assert_eq!(events.recv_timeout(Duration::from_millis(1))?, None); // nothing else
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Event>> {
         let hub = &self.store.events;
         let deadline = Instant::now() + timeout;
@@ -102,6 +136,29 @@ impl Subscription<'_> {
     /// # Errors
     ///
     /// As [`recv_timeout`](Subscription::recv_timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # use std::time::Duration;
+    /// # use readmark::Event;
+    /// let store = Store::open(dir.path(), Config::new().event_window(Duration::ZERO))?;
+    /// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, alice, Timestamp(0))?;
+    /// # store.add_member(c, bob, Timestamp(0))?;
+    /// # store.record_message(c, MessageId(1), alice, Timestamp(1))?;
+    /// let events = store.subscribe();
+    /// store.mark_read(c, bob, MessageId(1), Timestamp(2))?;
+    /// while events.pending() > 0 {
+    ///     if let Some(event) = events.try_recv()? {
+    ///         assert!(matches!(event, Event::Receipt(_)));
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_recv(&self) -> Result<Option<Event>> {
         self.recv_timeout(Duration::ZERO)
     }
@@ -115,7 +172,24 @@ impl Subscription<'_> {
     ///
     /// # Examples
     ///
-    /// See [`Store::subscribe`].
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # use std::time::Duration;
+    /// # use readmark::Event;
+    /// let store = Store::open(dir.path(), Config::new().event_window(Duration::ZERO))?;
+    /// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, alice, Timestamp(0))?;
+    /// # store.add_member(c, bob, Timestamp(0))?;
+    /// # store.record_message(c, MessageId(1), alice, Timestamp(1))?;
+    /// let events = store.subscribe();
+    /// store.mark_read(c, bob, MessageId(1), Timestamp(2))?;
+    /// let held = events.drain()?;
+    /// assert_eq!(held.len(), 1);
+    /// assert_eq!(events.pending(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn drain(&self) -> Result<Vec<Event>> {
         let (dropped, held) = {
             let mut q = self.queue.inner.lock();
@@ -152,6 +226,27 @@ impl Subscription<'_> {
     }
 
     /// (conversation, reader) pairs held, not yet delivered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # use std::time::Duration;
+    /// # use readmark::Event;
+    /// let store = Store::open(dir.path(), Config::new().event_window(Duration::ZERO))?;
+    /// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, alice, Timestamp(0))?;
+    /// # store.add_member(c, bob, Timestamp(0))?;
+    /// # store.record_message(c, MessageId(1), alice, Timestamp(1))?;
+    /// let events = store.subscribe();
+    /// store.mark_read(c, bob, MessageId(1), Timestamp(2))?;
+    /// assert_eq!(events.pending(), 1);
+    /// events.drain()?;
+    /// assert_eq!(events.pending(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn pending(&self) -> usize {
         let q = self.queue.inner.lock();

@@ -9,6 +9,21 @@ use crate::ids::ConversationId;
 
 /// Disk use of one of the store's tables (a RocksDB column family), from
 /// RocksDB's own estimates.
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// store.create_conversation(ConversationId(1))?;
+/// store.compact()?;
+/// let usage = store.disk_usage()?;
+/// for t in &usage.tables {
+///     println!("{}: {} SST bytes, {} in memtables, ~{} keys", t.name, t.sst_bytes, t.memtable_bytes, t.estimated_keys);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TableUsage {
@@ -27,6 +42,19 @@ pub struct TableUsage {
 }
 
 /// Disk use of a store, per table; see [`Store::disk_usage`].
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// store.create_conversation(ConversationId(1))?;
+/// store.compact()?;
+/// let usage = store.disk_usage()?;
+/// assert!(usage.sst_bytes() > 0 && usage.journal_bytes > 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DiskUsage {
@@ -39,12 +67,39 @@ pub struct DiskUsage {
 
 impl DiskUsage {
     /// The table called `name`, if there is one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// store.create_conversation(ConversationId(1))?;
+    /// store.compact()?;
+    /// let usage = store.disk_usage()?;
+    /// assert_eq!(usage.table("conversations").map(|t| t.estimated_keys), Some(1));
+    /// assert!(usage.table("no such table").is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn table(&self, name: &str) -> Option<&TableUsage> {
         self.tables.iter().find(|t| t.name == name)
     }
 
     /// Live SST bytes of every table.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// store.create_conversation(ConversationId(1))?;
+    /// store.compact()?;
+    /// let usage = store.disk_usage()?;
+    /// assert_eq!(usage.sst_bytes(), usage.tables.iter().map(|t| t.sst_bytes).sum::<u64>());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn sst_bytes(&self) -> u64 {
         self.tables.iter().map(|t| t.sst_bytes).sum()
@@ -53,6 +108,25 @@ impl DiskUsage {
 
 /// The per-message receipt bitsets of one conversation; see
 /// [`Store::receipt_usage`].
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// # let store = Store::open(dir.path(), Config::new())?;
+/// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+/// # store.create_conversation(c)?;
+/// # store.add_member(c, alice, Timestamp(0))?;
+/// # store.add_member(c, bob, Timestamp(0))?;
+/// store.record_message(c, MessageId(1), alice, Timestamp::now())?;
+/// store.mark_viewed(c, bob, MessageId(1), Timestamp::now())?;
+/// store.flush()?;
+/// let r = store.receipt_usage(c)?;
+/// assert_eq!(r.bitsets, 1);
+/// assert!(r.bytes > 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReceiptUsage {
