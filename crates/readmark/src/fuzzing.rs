@@ -66,7 +66,7 @@ pub fn read_time_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
 }
 /// Decodes and re-encodes a change-log record.
 pub fn change_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
-    crate::pure::change_log::ChangeRecord::decode(bytes).map(|r| r.encode().to_vec())
+    crate::pure::records::ChangeRecord::decode(bytes).map(|r| r.encode().to_vec())
 }
 /// Decodes and re-encodes a user-settings record.
 pub fn user_settings_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
@@ -75,7 +75,7 @@ pub fn user_settings_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
 }
 /// Decodes and re-encodes a catch-up cursor (client input).
 pub fn cursor_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
-    crate::pure::change_log::Cursor::from_bytes(bytes)
+    crate::pure::cursor::Cursor::from_bytes(bytes)
         .ok()
         .map(|c| c.to_bytes().to_vec())
 }
@@ -365,12 +365,10 @@ pub fn decoders_target(data: &[u8]) {
     // A cursor as text: any string, never a panic; what parses prints back
     // to a string that parses to the same cursor.
     if let Ok(text) = std::str::from_utf8(data)
-        && let Ok(c) = text.parse::<crate::pure::change_log::Cursor>()
+        && let Ok(c) = text.parse::<crate::pure::cursor::Cursor>()
     {
         assert_eq!(
-            c.to_string()
-                .parse::<crate::pure::change_log::Cursor>()
-                .ok(),
+            c.to_string().parse::<crate::pure::cursor::Cursor>().ok(),
             Some(c)
         );
     }

@@ -56,7 +56,7 @@ mod store;
 pub use config::{Config, Durability, Recipients, RecoveryMode};
 pub use error::{Error, Result, StorageError, StorageErrorKind};
 pub use ids::{ConversationId, MessageId, Timestamp, UserId};
-pub use pure::change_log::{CURSOR_LEN, Cursor};
+pub use pure::cursor::{CURSOR_LEN, Cursor};
 pub use pure::mark::ReadMark;
 pub use pure::merge::{MergeOutcome, merge_marks};
 #[cfg(feature = "store")]

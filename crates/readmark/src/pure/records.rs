@@ -351,6 +351,42 @@ pub(crate) fn decode_user_settings(v: &[u8]) -> Option<bool> {
         .then(|| v[1] & USER_FLAG_PRIVATE != 0)
 }
 
+/// Value of the two change logs, `changes` (key `conversation | seq`, `id`
+/// is the reader) and `user_changes` (key `reader | seq`, `id` is the
+/// conversation).
+///
+/// ```text
+/// 0    8            16
+/// | id | written_at |
+/// ```
+///
+/// `written_at` (store clock, ms) is what the retention filter reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChangeRecord {
+    pub(crate) id: u64,
+    pub(crate) written_at: u64,
+}
+
+pub(crate) const CHANGE_ID: usize = 0;
+pub(crate) const CHANGE_WRITTEN_AT: usize = 8;
+pub(crate) const CHANGE_LEN: usize = 16;
+
+impl ChangeRecord {
+    pub(crate) fn encode(&self) -> [u8; CHANGE_LEN] {
+        let mut b = [0u8; CHANGE_LEN];
+        BigEndian::write_u64(&mut b[CHANGE_ID..], self.id);
+        BigEndian::write_u64(&mut b[CHANGE_WRITTEN_AT..], self.written_at);
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Option<Self> {
+        (b.len() == CHANGE_LEN).then(|| Self {
+            id: BigEndian::read_u64(&b[CHANGE_ID..]),
+            written_at: BigEndian::read_u64(&b[CHANGE_WRITTEN_AT..]),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,5 +499,18 @@ mod tests {
         assert_eq!(b[1], MESSAGE_FLAG_TRACKED | MESSAGE_FLAG_UNCOUNTED);
         assert_eq!(MessageRecord::decode(&b), Some(system));
         assert!(system.excluded() && r.excluded());
+    }
+
+    #[test]
+    fn change_record_layout() {
+        let r = ChangeRecord {
+            id: 7,
+            written_at: 9,
+        };
+        let b = r.encode();
+        assert_eq!(b[CHANGE_ID + 7], 7);
+        assert_eq!(b[CHANGE_WRITTEN_AT + 7], 9);
+        assert_eq!(ChangeRecord::decode(&b), Some(r));
+        assert_eq!(ChangeRecord::decode(&b[1..]), None);
     }
 }

@@ -9,8 +9,9 @@ use super::{Cf, Store, View, corrupt};
 use crate::config::Recipients;
 use crate::error::{Error, Result};
 use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
-use crate::pure::change_log::{ChangeRecord, Cursor};
+use crate::pure::cursor::Cursor;
 use crate::pure::keys;
+use crate::pure::records::ChangeRecord;
 use crate::pure::records::ConversationRecord;
 
 /// One (conversation, reader) read state, from catch-up or a snapshot.

@@ -12,8 +12,8 @@ use rocksdb::{DB, WriteBatch};
 use super::receipts::Clock;
 use super::{Cf, corrupt};
 use crate::error::{Error, Result, storage};
-use crate::pure::change_log::ChangeRecord;
 use crate::pure::keys;
+use crate::pure::records::ChangeRecord;
 
 /// Key of the change-log sequence reservation in `meta`: every sequence
 /// number ever handed out is below the stored value.

@@ -646,8 +646,8 @@ pub(crate) mod filters {
 
     use super::Clock;
     use crate::pure::bitset::{Bitset, RECEIPT_MERGE_NAME, ReadTimeRecord, expired, merge_bitsets};
-    use crate::pure::change_log::ChangeRecord;
     use crate::pure::merge::MergeCounters;
+    use crate::pure::records::ChangeRecord;
 
     #[derive(Clone, Copy)]
     enum Records {

@@ -1,46 +1,11 @@
-//! The change log's encodings: the record the log stores and the catch-up
-//! cursor that walks it. The store side (writing and reading the log,
-//! catch-up) is in `store::change_log` and `store::catch_up`.
+//! The catch-up cursor: where a walk of the change log stands, opaque to
+//! clients. The log's record is in `records`; the store side (writing and
+//! reading the log, catch-up) is in `store::change_log` and
+//! `store::catch_up`.
 
 use byteorder::{BigEndian, ByteOrder};
 
 use crate::error::{Error, Result};
-
-/// Value of the two change logs, `changes` (key `conversation | seq`, `id`
-/// is the reader) and `user_changes` (key `reader | seq`, `id` is the
-/// conversation).
-///
-/// ```text
-/// 0    8            16
-/// | id | written_at |
-/// ```
-///
-/// `written_at` (store clock, ms) is what the retention filter reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ChangeRecord {
-    pub(crate) id: u64,
-    pub(crate) written_at: u64,
-}
-
-pub(crate) const CHANGE_ID: usize = 0;
-pub(crate) const CHANGE_WRITTEN_AT: usize = 8;
-pub(crate) const CHANGE_LEN: usize = 16;
-
-impl ChangeRecord {
-    pub(crate) fn encode(&self) -> [u8; CHANGE_LEN] {
-        let mut b = [0u8; CHANGE_LEN];
-        BigEndian::write_u64(&mut b[CHANGE_ID..], self.id);
-        BigEndian::write_u64(&mut b[CHANGE_WRITTEN_AT..], self.written_at);
-        b
-    }
-
-    pub(crate) fn decode(b: &[u8]) -> Option<Self> {
-        (b.len() == CHANGE_LEN).then(|| Self {
-            id: BigEndian::read_u64(&b[CHANGE_ID..]),
-            written_at: BigEndian::read_u64(&b[CHANGE_WRITTEN_AT..]),
-        })
-    }
-}
 
 /// Where a [`changes_since`](crate::Store::changes_since) walk stands.
 /// Opaque to callers: store it with the client and hand it back, as bytes
@@ -279,18 +244,5 @@ mod tests {
         let mut future = b;
         future[0] = CURSOR_VERSION + 1;
         assert!(Cursor::from_bytes(&future).is_err());
-    }
-
-    #[test]
-    fn change_record_layout() {
-        let r = ChangeRecord {
-            id: 7,
-            written_at: 9,
-        };
-        let b = r.encode();
-        assert_eq!(b[CHANGE_ID + 7], 7);
-        assert_eq!(b[CHANGE_WRITTEN_AT + 7], 9);
-        assert_eq!(ChangeRecord::decode(&b), Some(r));
-        assert_eq!(ChangeRecord::decode(&b[1..]), None);
     }
 }
