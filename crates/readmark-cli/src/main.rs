@@ -11,6 +11,7 @@ mod measure;
 mod plot;
 mod receipts_cost;
 mod scaling;
+mod soak;
 mod workload;
 
 use std::path::PathBuf;
@@ -70,6 +71,14 @@ enum Command {
     /// advance, recipients per event by conversation size, and latency from
     /// advance to event, for each coalescing window.
     Events(EventsArgs),
+    /// A long mixed load (writers, poster, readers, a subscriber, catch-ups,
+    /// membership churn) with the worker killed (SIGKILL) at intervals:
+    /// RSS, journal and store size and latency over time, and after every
+    /// kill a check that nothing acknowledged was lost.
+    Soak(soak::SoakArgs),
+    /// The worker process of `soak` (started by it).
+    #[command(hide = true, name = "soak-worker")]
+    SoakWorker(soak::WorkerArgs),
 }
 
 /// Options of `readmark events`.
@@ -337,6 +346,8 @@ fn main() -> ExitCode {
         Command::Scaling(args) => scaling::run(&args),
         Command::Receipts(args) => receipts_cost::run(&args),
         Command::Events(args) => events_cost::run(&args),
+        Command::Soak(args) => soak::run(&args),
+        Command::SoakWorker(args) => soak::worker(&args),
         Command::Stats { path } => inspect::stats(&path),
         Command::Verify { path } => match inspect::verify(&path) {
             Ok(true) => Ok(()),

@@ -498,6 +498,54 @@ mod api {
             .receipt_threshold(2)
     }
 
+    /// Inputs that share one store before it is replaced: a fresh store
+    /// per input cost a RocksDB open and 14 column families each time (3
+    /// executions a second); a shared one costs what the operations cost,
+    /// and a bounded number of inputs keeps its reopens cheap.
+    const INPUTS_PER_STORE: u64 = 64;
+
+    /// Ids of one input: conversations and users `base..base + 16`, so
+    /// inputs that share a store never see each other's state.
+    const NAMESPACE: u64 = 16;
+
+    struct Shared {
+        dir: tempfile::TempDir,
+        store: Option<Store>,
+        inputs: u64,
+    }
+
+    static SHARED: std::sync::Mutex<Option<Shared>> = std::sync::Mutex::new(None);
+
+    /// A directory in memory where there is one (`/dev/shm`): the store's
+    /// files and the journal's mapping cost no disk I/O. The shared store
+    /// is a static, never dropped, so the directories of processes that
+    /// have exited (their pid is in the name) are removed here.
+    fn fuzz_dir() -> Option<tempfile::TempDir> {
+        let shm = std::path::Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return tempfile::tempdir().ok();
+        }
+        if let Ok(entries) = std::fs::read_dir(shm) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .strip_prefix("readmark-fuzz-")
+                    .and_then(|rest| rest.split('-').next())
+                    .and_then(|p| p.parse::<u32>().ok());
+                if let Some(pid) = pid
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        tempfile::Builder::new()
+            .prefix(&format!("readmark-fuzz-{}-", std::process::id()))
+            .tempdir_in(shm)
+            .ok()
+            .or_else(|| tempfile::tempdir().ok())
+    }
+
     /// Retention is measured against a fixed clock, so every receipt of a
     /// run stays live whatever the real date.
     fn open(path: &std::path::Path) -> Store {
@@ -518,11 +566,31 @@ mod api {
     /// docs/design.md §5, private readers left out) and source across
     /// threshold crossings (threshold 2).
     pub fn api_target(data: &[u8]) {
-        let Ok(dir) = tempfile::tempdir() else { return };
-        let mut store = Some(open(dir.path()));
+        let mut shared = SHARED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if shared.as_ref().is_none_or(|s| s.inputs >= INPUTS_PER_STORE) {
+            if let Some(old) = shared.take()
+                && let Some(s) = old.store
+            {
+                s.close().expect("close");
+            }
+            let Some(dir) = fuzz_dir() else { return };
+            let store = Some(open(dir.path()));
+            *shared = Some(Shared {
+                dir,
+                store,
+                inputs: 0,
+            });
+        }
+        let Some(sh) = shared.as_mut() else { return };
+        sh.inputs += 1;
+        let base = sh.inputs * NAMESPACE;
+        let dir = sh.dir.path().to_path_buf();
+        let mut store = sh.store.take();
         let mut m = Model::default();
         let mut clock = 0u64;
-        let mut crashes = 0;
+        let (mut crashes, mut reopens) = (0, 0);
         for op in data.chunks(4).take(64) {
             let [kind, a, b, c] = [
                 op[0],
@@ -535,7 +603,7 @@ mod api {
             let user = u64::from(b) % USERS;
             let key = (conv, user);
             clock += 1;
-            let (cid, uid) = (ConversationId(conv), UserId(user));
+            let (cid, uid) = (ConversationId(base + conv), UserId(base + user));
             match kind % 12 {
                 0 => {
                     let r = s.create_conversation(cid);
@@ -724,8 +792,14 @@ mod api {
                     }
                 }
                 8 => {
+                    // Reopens cost a RocksDB open each: two per input, like
+                    // crashes, keep an execution in milliseconds.
+                    if reopens >= 2 {
+                        continue;
+                    }
+                    reopens += 1;
                     store.take().expect("store").close().expect("close");
-                    store = Some(open(dir.path()));
+                    store = Some(open(&dir));
                     for (k, v) in &m.marks {
                         let f = m.floor.entry(*k).or_insert(0);
                         *f = (*f).max(v.0);
@@ -737,11 +811,13 @@ mod api {
                     }
                     crashes += 1;
                     store.take().expect("store").__simulate_crash();
-                    let s = open(dir.path());
+                    let s = open(&dir);
                     // Memory-level updates may be lost: adopt what survived,
                     // after checking it is between the floor and the model.
                     for (&k, &(up, _)) in &m.marks.clone() {
-                        let got = s.mark(ConversationId(k.0), UserId(k.1)).expect("mark");
+                        let got = s
+                            .mark(ConversationId(base + k.0), UserId(base + k.1))
+                            .expect("mark");
                         let floor = m.floor.get(&k).copied();
                         match got {
                             None => assert!(floor.is_none(), "acknowledged mark {k:?} lost"),
@@ -765,17 +841,15 @@ mod api {
                     store = Some(s);
                 }
             }
-            check(store.as_ref().expect("store"), &m);
+            check(store.as_ref().expect("store"), &m, base);
         }
-        if let Some(s) = store {
-            s.close().expect("close");
-        }
+        sh.store = store;
     }
 
-    fn check(s: &Store, m: &Model) {
+    fn check(s: &Store, m: &Model, base: u64) {
         for conv in 0..CONVS {
             for user in 0..USERS {
-                let (cid, uid) = (ConversationId(conv), UserId(user));
+                let (cid, uid) = (ConversationId(base + conv), UserId(base + user));
                 let mark = s.mark(cid, uid);
                 let unread = s.unread_count(cid, uid);
                 match m.members.get(&(conv, user)) {
@@ -825,13 +899,13 @@ mod api {
                     .collect();
                 let r = s
                     .read_by(
-                        ConversationId(conv),
-                        UserId(viewer),
+                        ConversationId(base + conv),
+                        UserId(base + viewer),
                         MessageId(id),
                         Page::first(10),
                     )
                     .expect("read_by");
-                let got: Vec<u64> = r.readers.iter().map(|x| x.user.0).collect();
+                let got: Vec<u64> = r.readers.iter().map(|x| x.user.0 - base).collect();
                 assert_eq!(got, want, "readers of ({conv},{id})");
                 let source = if m.tracked.contains(&(conv, id)) {
                     ReceiptSource::PerMessage

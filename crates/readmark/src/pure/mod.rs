@@ -11,8 +11,14 @@ pub(crate) mod bitset;
 pub(crate) mod coalescer;
 pub(crate) mod combiner;
 pub(crate) mod cursor;
+pub(crate) mod grace;
 pub(crate) mod journal;
 pub(crate) mod keys;
 pub(crate) mod mark;
 pub(crate) mod merge;
+pub(crate) mod newest;
 pub(crate) mod records;
+pub(crate) mod sync;
+
+#[cfg(all(test, loom))]
+mod loom_tests;

@@ -14,7 +14,6 @@ mod inspect;
 mod marks;
 mod mentions;
 mod messages;
-mod newest;
 mod privacy;
 mod receipts;
 mod subscription;
@@ -83,7 +82,7 @@ pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 const LOCK_STRIPES: usize = 64;
 
 // Every conversation of a `newest` slot is in the slot's stripe.
-const _: () = assert!(newest::SLOTS.is_multiple_of(LOCK_STRIPES));
+const _: () = assert!(crate::pure::newest::SLOTS.is_multiple_of(LOCK_STRIPES));
 /// Conversations whose record a stripe keeps in memory (per stripe).
 const STRIPE_CACHE: usize = 4096;
 
@@ -317,7 +316,7 @@ pub struct Store {
     writer: Arc<Writer>,
     events: hub::Hub,
     /// Each conversation's newest message: the bound of a read mark.
-    newest: newest::Newest,
+    newest: crate::pure::newest::Newest,
     /// Serialises privacy changes with joins, which copy the user's
     /// setting. Taken before any conversation lock.
     privacy_lock: Mutex<()>,
@@ -464,7 +463,7 @@ impl Store {
             clock,
             writer,
             events,
-            newest: newest::Newest::new(),
+            newest: crate::pure::newest::Newest::new(),
             privacy_lock: Mutex::new(()),
             privacy_epoch: std::sync::atomic::AtomicU64::new(0),
             timer: Mutex::new(Some(timer)),
@@ -706,7 +705,7 @@ impl Store {
     }
 
     fn stripe(&self, conversation: ConversationId) -> usize {
-        let h = newest::stripe_hash(conversation.0);
+        let h = crate::pure::newest::stripe_hash(conversation.0);
         #[allow(clippy::cast_possible_truncation)]
         let i = (h as usize) % self.locks.len();
         i

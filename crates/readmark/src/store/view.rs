@@ -18,8 +18,8 @@ pub(crate) struct View<'a> {
     pub(super) snapshot: Option<Snapshot<'a>>,
     /// Registered for the view's life: a buffered mark this view could
     /// miss in RocksDB (its snapshot predates the write) cannot leave the
-    /// buffer meanwhile (`writer::Grace`).
-    pub(super) _gate: super::writer::GraceGuard<'a>,
+    /// buffer meanwhile (`pure::grace::Grace`).
+    pub(super) _gate: crate::pure::grace::GraceGuard<'a>,
 }
 
 impl<'a> View<'a> {

@@ -27,7 +27,7 @@
 //! '20), so retrying would acknowledge something that is not on disk.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -39,6 +39,7 @@ use super::receipts::ReceiptPolicy;
 use crate::config::Durability;
 use crate::error::{Error, Result, storage};
 use crate::pure::combiner::{Combiner, Entry};
+use crate::pure::grace::Grace;
 use crate::pure::journal::Journal;
 use crate::pure::mark::MarkState;
 
@@ -56,71 +57,6 @@ pub(crate) struct WriterCounters {
     pub(crate) receipt_operands: AtomicU64,
     pub(crate) read_time_records: AtomicU64,
     pub(crate) change_sequences: AtomicU64,
-}
-
-/// Reader registration that lets the flusher evict clean entries without a
-/// lock readers wait for (an RCU-style grace period with two counters).
-///
-/// A view registers in the current epoch for its whole life. An entry that
-/// became clean while the epoch was `e` may leave the buffer once the epoch
-/// is `e + 2`: the flusher advances the epoch only when every view of the
-/// epoch before the current one has ended, so by then every view alive
-/// started after the entry's write had landed in RocksDB, and reads it
-/// there. Readers never wait; the flusher never waits either (it tries
-/// again at its next round).
-#[derive(Default)]
-pub(crate) struct Grace {
-    epoch: AtomicU64,
-    readers: [AtomicUsize; 2],
-}
-
-/// A registered reader; unregisters on drop.
-pub(crate) struct GraceGuard<'a> {
-    grace: &'a Grace,
-    parity: usize,
-}
-
-impl Grace {
-    pub(crate) fn enter(&self) -> GraceGuard<'_> {
-        loop {
-            let e = self.epoch.load(Ordering::SeqCst);
-            #[allow(clippy::cast_possible_truncation)]
-            let parity = (e & 1) as usize;
-            self.readers[parity].fetch_add(1, Ordering::SeqCst);
-            if self.epoch.load(Ordering::SeqCst) == e {
-                return GraceGuard {
-                    grace: self,
-                    parity,
-                };
-            }
-            // The epoch moved between the load and the registration: the
-            // flusher may already have checked this counter. Try again.
-            self.readers[parity].fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    /// Moves to the next epoch if every reader of the previous one has
-    /// left. One caller at a time (the flush lock).
-    fn try_advance(&self) -> bool {
-        let e = self.epoch.load(Ordering::SeqCst);
-        #[allow(clippy::cast_possible_truncation)]
-        let previous = ((e + 1) & 1) as usize;
-        if self.readers[previous].load(Ordering::SeqCst) != 0 {
-            return false;
-        }
-        self.epoch.store(e + 1, Ordering::SeqCst);
-        true
-    }
-}
-
-impl Drop for GraceGuard<'_> {
-    fn drop(&mut self) {
-        self.grace.readers[self.parity].fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// What a caller verified about the key before its first update: the

@@ -23,5 +23,6 @@ mod marks_model;
 mod receipts;
 mod receipts_model;
 mod semantics;
+mod stress;
 mod unread_model;
 mod websocket;
