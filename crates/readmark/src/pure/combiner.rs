@@ -189,7 +189,7 @@ impl Combiner {
 
     /// Removes clean entries that became clean at grace epoch `before - 2`
     /// or earlier (no reader that could need them is left, see
-    /// `store::writer::Grace`), until at most `keep` entries remain.
+    /// `pure::grace::Grace`), until at most `keep` entries remain.
     /// Returns how many were removed.
     pub(crate) fn evict_clean(&self, epoch: u64, keep: usize) -> usize {
         let mut removed = 0;
