@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test
 # readmark: clang and libclang-dev, which RocksDB's Rust bindings (bindgen)
-# need, and fiu-utils (libfiu's `fiu-run`), which tests/libfiu.rs runs a
+# need, and fiu-utils (libfiu's `fiu-run`), which tests/it/libfiu.rs runs a
 # child under to fail RocksDB's and the journal's file I/O.
 # Safe to run again: it installs nothing that is already there.
 set -euo pipefail

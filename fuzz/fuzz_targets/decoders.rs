@@ -1,6 +1,6 @@
 //! `cargo fuzz` target `decoders`: see `readmark::fuzzing::decoders_target` for
 //! what it checks. The same body runs over `fuzz/corpus/decoders/` in
-//! `tests/fuzz_corpus.rs` on every CI run.
+//! `tests/it/fuzz_corpus.rs` on every CI run.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

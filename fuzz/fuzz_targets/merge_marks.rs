@@ -1,6 +1,6 @@
 //! `cargo fuzz` target `merge_marks`: see `readmark::fuzzing::merge_marks_target` for
 //! what it checks. The same body runs over `fuzz/corpus/merge_marks/` in
-//! `tests/fuzz_corpus.rs` on every CI run.
+//! `tests/it/fuzz_corpus.rs` on every CI run.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,6 +1,6 @@
 //! `cargo fuzz` target `slots`: see `readmark::fuzzing::slots_target` for
 //! what it checks. The same body runs over `fuzz/corpus/slots/` in
-//! `tests/fuzz_corpus.rs` on every CI run.
+//! `tests/it/fuzz_corpus.rs` on every CI run.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

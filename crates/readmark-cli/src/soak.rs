@@ -132,6 +132,9 @@ struct Report {
     lost: usize,
     backwards: usize,
     worker_errors: u64,
+    /// Workers that ended other than as planned (killed, or a clean exit
+    /// at the end).
+    worker_failures: usize,
     verify_problems: usize,
     rss_mib_max: f64,
     journal_mib_max: f64,
@@ -197,17 +200,15 @@ pub(crate) fn run(args: &SoakArgs) -> readmark::Result<()> {
         );
         println!("{}", header());
     }
+    let (mut kills, mut worker_failures) = (0usize, 0usize);
     loop {
-        let elapsed = start.elapsed();
-        if elapsed >= total && segment > 0 {
-            break;
-        }
-        let left = total.saturating_sub(elapsed);
+        let left = total.saturating_sub(start.elapsed());
         let last = left <= segment_len;
-        // The last segment ends by itself (clean close); the others are
-        // killed while they run.
+        // The last segment ends by itself (a clean close), and there always
+        // is one, at least a report interval long; the others are killed
+        // while they run.
         let worker_secs = if last {
-            left.as_secs_f64()
+            left.as_secs_f64().max(args.report_every.max(1.0))
         } else {
             segment_len.as_secs_f64() * 2.0
         };
@@ -229,9 +230,14 @@ pub(crate) fn run(args: &SoakArgs) -> readmark::Result<()> {
         let reader = std::thread::spawn(move || {
             let mut acks: Vec<(u64, u64, u64)> = Vec::new();
             let mut rows = Vec::new();
+            let mut errors = 0u64;
             let mut prev_t = 0.0;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("A ") {
+                if line.starts_with("E ") {
+                    // Every error of the worker, as it happens (a killed
+                    // segment's last interval is never reported).
+                    errors += 1;
+                } else if let Some(rest) = line.strip_prefix("A ") {
                     let v: Vec<u64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
                     if let [c, u, m] = v[..] {
                         acks.push((c, u, m));
@@ -265,26 +271,39 @@ pub(crate) fn run(args: &SoakArgs) -> readmark::Result<()> {
                     }
                 }
             }
-            (acks, rows)
+            (acks, rows, errors)
         });
         if last {
-            child.wait()?;
+            let status = child.wait()?;
+            if !status.success() {
+                worker_failures += 1;
+                eprintln!("soak: the last worker ended with {status}");
+            }
         } else {
             let deadline = Instant::now() + segment_len;
+            let mut early = None;
             while Instant::now() < deadline {
-                if child.try_wait()?.is_some() {
+                if let Some(status) = child.try_wait()? {
+                    early = Some(status);
                     break;
                 }
                 std::thread::park_timeout(Duration::from_millis(100));
             }
-            child.kill()?; // SIGKILL
-            child.wait()?;
+            if let Some(status) = early {
+                // It was to run until killed: it failed.
+                worker_failures += 1;
+                eprintln!("soak: worker of segment {segment} ended early with {status}");
+            } else {
+                child.kill()?; // SIGKILL
+                child.wait()?;
+                kills += 1;
+            }
         }
-        let (acks, seg_rows) = reader
+        let (acks, seg_rows, errors) = reader
             .join()
             .map_err(|_| Error::Io(std::io::Error::other("the reader thread panicked")))?;
-        for (row, i) in seg_rows {
-            worker_errors += i.errors;
+        worker_errors += errors;
+        for (row, _) in seg_rows {
             rows.push(row);
         }
         let before: HashMap<(u64, u64), u64> = acked.clone();
@@ -338,7 +357,7 @@ pub(crate) fn run(args: &SoakArgs) -> readmark::Result<()> {
     let max = |f: fn(&Row) -> f64| rows.iter().map(f).fold(0.0, f64::max);
     let out = Report {
         minutes: start.elapsed().as_secs_f64() / 60.0,
-        kills: recoveries.len().saturating_sub(1),
+        kills,
         acknowledged_keys: acked.len(),
         lost,
         backwards,
@@ -348,7 +367,14 @@ pub(crate) fn run(args: &SoakArgs) -> readmark::Result<()> {
         journal_mib_max: max(|r| r.journal_mib),
         store_mib_first: rows.first().map_or(0.0, |r| r.store_mib),
         store_mib_last: rows.last().map_or(0.0, |r| r.store_mib),
-        passed: lost == 0 && backwards == 0 && report.problems.is_empty() && worker_errors == 0,
+        passed: lost == 0
+            && backwards == 0
+            && report.problems.is_empty()
+            && worker_errors == 0
+            && worker_failures == 0
+            && !acked.is_empty()
+            && !rows.is_empty(),
+        worker_failures,
         rows,
         recoveries,
     };
@@ -428,13 +454,14 @@ fn print_summary(r: &Report) {
     );
     let slowest = r.recoveries.iter().map(|x| x.open_ms).fold(0.0, f64::max);
     println!(
-        "checks: {} acknowledged keys checked after each of {} recoveries (slowest open {:.0} ms): {} lost, {} backwards; worker errors {}; verify problems {}",
+        "checks: {} acknowledged keys checked after each of {} recoveries (slowest open {:.0} ms): {} lost, {} backwards; worker errors {}, workers ended unplanned {}; verify problems {}",
         r.acknowledged_keys,
         r.recoveries.len(),
         slowest,
         r.lost,
         r.backwards,
         r.worker_errors,
+        r.worker_failures,
         r.verify_problems
     );
     println!("result: {}", if r.passed { "PASS" } else { "FAIL" });
@@ -483,10 +510,21 @@ fn now_micros() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// Counts an unexpected error (printed once per kind of place).
+/// Counts an unexpected error and tells the parent at once (an `E` line).
 fn fail(s: &Shared, what: &str, e: &Error) {
     s.errors.fetch_add(1, Ordering::Relaxed);
     eprintln!("soak-worker: {what}: {e}");
+    say(s, &format!("E {what}: {e}\n"));
+}
+
+/// Writes whole lines to the parent, flushed (a kill may come any time).
+fn say(s: &Shared, lines: &str) {
+    let mut out = s
+        .out
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _ = out.write_all(lines.as_bytes());
+    let _ = out.flush();
 }
 
 /// The worker process.
@@ -539,7 +577,12 @@ pub(crate) fn worker(args: &WorkerArgs) -> readmark::Result<()> {
     let started = Instant::now();
     std::thread::scope(|scope| {
         for w in 0..a.writers.max(1) {
-            let per_writer = a.rate / a.writers.max(1) as u64;
+            // 0 is "unpaced": a rate below the writer count is not.
+            let per_writer = if a.rate == 0 {
+                0
+            } else {
+                (a.rate / a.writers.max(1) as u64).max(1)
+            };
             scope.spawn(move || writer(s, w as u64, per_writer, convs, members));
         }
         scope.spawn(move || poster(s, a.messages_per_sec, convs, members));
@@ -590,12 +633,7 @@ pub(crate) fn worker(args: &WorkerArgs) -> readmark::Result<()> {
             };
             last = counts;
             if let Ok(text) = serde_json::to_string(&line) {
-                let mut out = s
-                    .out
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let _ = writeln!(out, "S {text}");
-                let _ = out.flush();
+                say(s, &format!("S {text}\n"));
             }
         }
         s.stop.store(true, Ordering::Release);
@@ -754,12 +792,7 @@ fn flush_acks(s: &Shared) {
     for ((c, u), m) in acks {
         text.push_str(&format!("A {c} {u} {m}\n"));
     }
-    let mut out = s
-        .out
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
+    say(s, &text);
 }
 
 fn poster(s: &Shared, per_sec: u64, convs: u64, members: u64) {

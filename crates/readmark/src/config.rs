@@ -98,6 +98,11 @@ pub struct Config {
     pub(crate) large_group_recipients: Recipients,
     pub(crate) event_fanout_cap: usize,
     pub(crate) change_retention: Duration,
+    /// Slots of the newest-message table (`pure/newest.rs`): always
+    /// [`SLOTS`](crate::pure::newest::SLOTS) but for the `testing`
+    /// feature's `__newest_slots`, which the fuzz target uses to open
+    /// stores cheaply.
+    pub(crate) newest_slots: usize,
 }
 
 /// Who, besides the reader's own devices, receives a receipt event (see
@@ -192,6 +197,7 @@ impl Config {
             large_group_recipients: Recipients::Authors,
             event_fanout_cap: 100,
             change_retention: Duration::from_secs(7 * 24 * 3600),
+            newest_slots: crate::pure::newest::SLOTS,
         }
     }
 
@@ -285,6 +291,9 @@ impl Config {
     }
 
     /// RocksDB memtable size per column family. Default 32 MiB; at least 64 KiB.
+    /// The write-ahead log is kept under four times this: past it RocksDB
+    /// flushes the column families that hold its oldest file, so a rarely
+    /// written one cannot make the log grow without bound.
     ///
     /// # Examples
     ///

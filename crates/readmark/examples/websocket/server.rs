@@ -1,7 +1,7 @@
 //! A small WebSocket server on an embedded readmark store: clients say who
 //! they are, join conversations, send and read messages, and receive
 //! coalesced receipt events over the same socket. Shared with
-//! `tests/websocket.rs`, which drives it with real clients over loopback.
+//! `tests/it/websocket.rs`, which drives it with real clients over loopback.
 //!
 //! Protocol: JSON text frames.
 //!

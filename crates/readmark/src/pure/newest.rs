@@ -68,12 +68,14 @@ pub(crate) fn stripe_hash(conversation: u64) -> u64 {
 }
 
 impl Newest {
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
         Self::with_slots(SLOTS)
     }
 
-    /// A table of `slots` slots (the loom tests use a handful; `new` is
-    /// [`SLOTS`], which the stripe lock argument above needs).
+    /// A table of `slots` slots: [`SLOTS`] in a store, a multiple of the
+    /// stripe count as the argument above needs (the `testing` feature's
+    /// `Config::__newest_slots` makes it smaller, the loom tests use two).
     pub(crate) fn with_slots(slots: usize) -> Self {
         Self {
             slots: (0..slots.max(1)).map(|_| Slot::default()).collect(),

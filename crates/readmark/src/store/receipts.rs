@@ -634,7 +634,7 @@ fn take_free_slot(used: &mut [bool]) -> Result<u16> {
 /// RocksDB's C API stores a plain filter as a raw pointer owned by the Rust
 /// `Options`, and `DB::create_cf` (used when an existing store gains a
 /// column family) drops those options on return, leaving compactions with
-/// a dangling filter (found as a SIGSEGV by `tests/crash.rs`). A factory is
+/// a dangling filter (found as a SIGSEGV by `tests/it/crash.rs`). A factory is
 /// held by a `shared_ptr` inside RocksDB.
 pub(crate) mod filters {
     use std::ffi::CStr;

@@ -157,7 +157,12 @@ impl Store {
             let mut n = 0;
             for e in std::fs::read_dir(p)? {
                 let e = e?;
-                let md = e.metadata()?;
+                // RocksDB deletes obsolete files while we walk.
+                let md = match e.metadata() {
+                    Ok(md) => md,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(err) => return Err(err),
+                };
                 n += if md.is_dir() {
                     walk(&e.path())?
                 } else {
@@ -266,7 +271,10 @@ impl Store {
     /// RocksDB compacts in the background anyway; this is for operators
     /// reclaiming space now, and for exact [`disk_usage`](Store::disk_usage)
     /// figures. It blocks until done and rewrites every table: on a large
-    /// store, minutes of I/O.
+    /// store, minutes of I/O. Marks still in the write-combining buffer are
+    /// not in any table: call [`flush`](Store::flush) first to include
+    /// them. RocksDB reports no error from a manual compaction; a failed
+    /// one surfaces as a background error on later writes.
     ///
     /// # Errors
     ///

@@ -24,7 +24,7 @@ const ENV_POINT: &str = "READMARK_FIU_POINT";
 const ENV_PROBABILITY: &str = "READMARK_FIU_PROBABILITY";
 const ENV_AT_OPEN: &str = "READMARK_FIU_AT_OPEN";
 /// Rounds of the whole list (default 1): the long variant,
-/// `READMARK_FIU_ROUNDS=40 cargo test --release --test libfiu -- --nocapture`.
+/// `READMARK_FIU_ROUNDS=40 cargo test --release -p readmark --test it libfiu -- --nocapture`.
 const ENV_ROUNDS: &str = "READMARK_FIU_ROUNDS";
 
 /// Each failure point of the file I/O a store does, in turn.

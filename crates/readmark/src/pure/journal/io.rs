@@ -139,16 +139,23 @@ impl<I> Faulty<I> {
             .store(i64::try_from(ops).unwrap_or(i64::MAX), SeqCst);
     }
 
+    /// Exactly one operation fails, even when several race for it.
     fn check(&self) -> std::io::Result<()> {
         use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-        if self.left.load(Relaxed) < 0 {
-            return Ok(());
+        let mut left = self.left.load(Relaxed);
+        loop {
+            if left < 0 {
+                return Ok(());
+            }
+            let next = if left == 0 { -1 } else { left - 1 };
+            match self.left.compare_exchange(left, next, SeqCst, Relaxed) {
+                Ok(_) if left == 0 => {
+                    return Err(std::io::Error::from_raw_os_error(self.errno.load(SeqCst)));
+                }
+                Ok(_) => return Ok(()),
+                Err(now) => left = now,
+            }
         }
-        if self.left.fetch_sub(1, SeqCst) <= 0 {
-            self.left.store(-1, SeqCst);
-            return Err(std::io::Error::from_raw_os_error(self.errno.load(SeqCst)));
-        }
-        Ok(())
     }
 }
 
@@ -166,5 +173,52 @@ impl<I: JournalIo> JournalIo for Faulty<I> {
     fn sync_data(&self) -> std::io::Result<()> {
         self.check()?;
         self.inner.sync_data()
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::{Faulty, JournalIo};
+
+    struct Sink;
+
+    impl JournalIo for Sink {
+        fn write_copy(&self, _: usize, _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn clear(&self, _: usize, _: usize) {}
+        fn sync_data(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Post-mortem (review of issue 15): between the countdown's decrement
+    /// and its reset, a second thread could fail too, and return `Io`
+    /// where the store's poisoning promises `Poisoned`.
+    #[test]
+    fn regression_exactly_one_operation_fails_however_many_race() {
+        for ops in [0u64, 3, 50] {
+            let io = Faulty::new(Sink);
+            io.fail_after(ops, libc::ENOSPC);
+            let failures: usize = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            (0..100)
+                                .filter(|i| {
+                                    if i % 2 == 0 {
+                                        io.write_copy(0, &[]).is_err()
+                                    } else {
+                                        io.sync_data().is_err()
+                                    }
+                                })
+                                .count()
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().unwrap()).sum()
+            });
+            assert_eq!(failures, 1, "fail_after({ops})");
+        }
     }
 }
