@@ -61,6 +61,11 @@ pub(crate) struct SoakArgs {
     /// end). An existing store is used as it is.
     #[arg(long)]
     pub(crate) dir: Option<PathBuf>,
+    /// RocksDB memtable size per column family in MiB
+    /// (`Config::write_buffer_bytes`; default: the store's, 32). The
+    /// write-ahead log is capped at four of them.
+    #[arg(long)]
+    pub(crate) write_buffer_mib: Option<usize>,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub(crate) json: bool,
@@ -143,8 +148,12 @@ struct Report {
     passed: bool,
 }
 
-fn config() -> Config {
-    Config::new().durability(Durability::ProcessCrash)
+fn config(args: &SoakArgs) -> Config {
+    let config = Config::new().durability(Durability::ProcessCrash);
+    match args.write_buffer_mib {
+        Some(mib) => config.write_buffer_bytes(mib << 20),
+        None => config,
+    }
 }
 
 fn dir_bytes(p: &Path) -> u64 {
@@ -314,7 +323,7 @@ pub(crate) fn run(args: &SoakArgs) -> readmark::Result<()> {
         // Reopen (recovery) and check every acknowledged mark, and that no
         // mark is below what the previous check saw.
         let t0 = Instant::now();
-        let store = Store::open(&dir, config())?;
+        let store = Store::open(&dir, config(args))?;
         let open_ms = t0.elapsed().as_secs_f64() * 1e3;
         let (mut lost, mut backwards) = (0, 0);
         for (&(c, u), &m) in &acked {
@@ -407,6 +416,14 @@ fn worker_args(args: &SoakArgs, dir: &Path) -> Vec<String> {
         "--members".into(),
         args.members.to_string(),
     ]
+    .into_iter()
+    .chain(
+        args.write_buffer_mib
+            .map(|m| ["--write-buffer-mib".to_string(), m.to_string()])
+            .into_iter()
+            .flatten(),
+    )
+    .collect()
 }
 
 fn header() -> String {
@@ -534,7 +551,7 @@ pub(crate) fn worker(args: &WorkerArgs) -> readmark::Result<()> {
         .dir
         .clone()
         .ok_or(Error::InvalidArgument("soak-worker needs --dir"))?;
-    let store = Store::open(&dir, config())?;
+    let store = Store::open(&dir, config(a))?;
     let convs = a.conversations.max(1);
     let members = a.members.max(1);
     for c in 0..convs {
