@@ -67,9 +67,12 @@ fn concurrent_marks_are_linearizable_as_a_max_register() {
         common::post(&store, c, 1..=MESSAGES);
     }
     let clock = AtomicU64::new(0);
+    // Readers keep reading while any writer runs (bounded), so reads and
+    // writes overlap however the threads are scheduled.
+    let writing = AtomicU64::new(WRITERS);
     let tick = || clock.fetch_add(1, Ordering::SeqCst);
     let (writes, reads): (Vec<Call>, Vec<Call>) = std::thread::scope(|s| {
-        let store = &store;
+        let (store, writing) = (&store, &writing);
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
                 s.spawn(move || {
@@ -99,6 +102,7 @@ fn concurrent_marks_are_linearizable_as_a_max_register() {
                             returned,
                         });
                     }
+                    writing.fetch_sub(1, Ordering::SeqCst);
                     out
                 })
             })
@@ -108,7 +112,9 @@ fn concurrent_marks_are_linearizable_as_a_max_register() {
                 s.spawn(move || {
                     let mut rng = 0xC0FF_EE00_1234_5678 ^ (r + 1);
                     let mut out = Vec::new();
-                    for _ in 0..OPS {
+                    let mut n = 0;
+                    while n < OPS || (writing.load(Ordering::SeqCst) > 0 && n < 20 * OPS) {
+                        n += 1;
                         let key = (xorshift(&mut rng) % CONVS, xorshift(&mut rng) % USERS);
                         let invoked = tick();
                         let value = store
