@@ -119,3 +119,11 @@ pub fn catch_up_with_hidden(
         }
     }
 }
+
+/// A xorshift64 step: the tests' seeded, reproducible choices.
+pub fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}

@@ -35,13 +35,6 @@ fn config() -> Config {
 /// (conversation, user) -> up_to.
 type Marks = BTreeMap<(u64, u64), u64>;
 
-fn xorshift(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x
-}
-
 /// A child's setup, which a killed earlier child may have done in part:
 /// the conversation with members `0..USERS`.
 fn set_up_again(store: &Store, c: ConversationId) {
@@ -71,7 +64,7 @@ fn run_and_kill(child: &str, env: &str, dir: &std::path::Path, rng: &mut u64) ->
             "--test-threads=1",
         ])
         .env(env, dir)
-        .env(ENV_SEED, (xorshift(rng) | 1).to_string())
+        .env(ENV_SEED, (common::xorshift(rng) | 1).to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -83,7 +76,7 @@ fn run_and_kill(child: &str, env: &str, dir: &std::path::Path, rng: &mut u64) ->
             .map_while(Result::ok)
             .collect::<Vec<_>>()
     });
-    std::thread::sleep(Duration::from_millis(5 + xorshift(rng) % 80));
+    std::thread::sleep(Duration::from_millis(5 + common::xorshift(rng) % 80));
     proc.kill().unwrap(); // SIGKILL
     proc.wait().unwrap();
     reader.join().unwrap()
@@ -115,7 +108,7 @@ fn crash_child() {
     writeln!(out, "READY").unwrap();
     out.flush().unwrap();
     for i in 0u64.. {
-        let r = xorshift(&mut rng);
+        let r = common::xorshift(&mut rng);
         let (c, u) = (r % CONVS, (r >> 8) % USERS);
         // Mostly advancing, sometimes stale.
         let up_to = i / 2 + (r >> 16) % 64;
@@ -271,7 +264,7 @@ fn send_child() {
     writeln!(out, "READY").unwrap();
     out.flush().unwrap();
     loop {
-        let r = xorshift(&mut rng);
+        let r = common::xorshift(&mut rng);
         let u = r % USERS;
         // Ids grow across runs: the wall clock in microseconds.
         let now = Timestamp::now().get();

@@ -36,13 +36,6 @@ struct Call {
     returned: u64,
 }
 
-fn xorshift(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x
-}
-
 fn config() -> Config {
     common::small_config()
         .durability(Durability::ProcessCrash)
@@ -80,12 +73,15 @@ fn concurrent_marks_are_linearizable_as_a_max_register() {
                     let mut rng = 0x9E37_79B9_7F4A_7C15 ^ (w + 1);
                     let mut out = Vec::new();
                     for i in 0..OPS {
-                        let key = (xorshift(&mut rng) % CONVS, xorshift(&mut rng) % USERS);
+                        let key = (
+                            common::xorshift(&mut rng) % CONVS,
+                            common::xorshift(&mut rng) % USERS,
+                        );
                         // Rising over the run, with jitter, so marks keep
                         // moving (and buffer, journal and flusher keep
                         // working) while readers look; some updates stale.
-                        let value =
-                            (1 + i * MESSAGES / OPS + xorshift(&mut rng) % 40).min(MESSAGES);
+                        let value = (1 + i * MESSAGES / OPS + common::xorshift(&mut rng) % 40)
+                            .min(MESSAGES);
                         let invoked = tick();
                         store
                             .mark_read(
@@ -116,7 +112,10 @@ fn concurrent_marks_are_linearizable_as_a_max_register() {
                     let mut n = 0;
                     while n < OPS || (writing.load(Ordering::SeqCst) > 0 && n < 20 * OPS) {
                         n += 1;
-                        let key = (xorshift(&mut rng) % CONVS, xorshift(&mut rng) % USERS);
+                        let key = (
+                            common::xorshift(&mut rng) % CONVS,
+                            common::xorshift(&mut rng) % USERS,
+                        );
                         let invoked = tick();
                         let value = store
                             .mark(ConversationId(key.0), UserId(key.1))
@@ -139,10 +138,10 @@ fn concurrent_marks_are_linearizable_as_a_max_register() {
             let mut rng = 0x1234_5678_9ABC_DEF1u64;
             for _ in 0..OPS / 8 {
                 let (c, u) = (
-                    ConversationId(xorshift(&mut rng) % CONVS),
-                    UserId(xorshift(&mut rng) % USERS),
+                    ConversationId(common::xorshift(&mut rng) % CONVS),
+                    UserId(common::xorshift(&mut rng) % USERS),
                 );
-                match xorshift(&mut rng) % 3 {
+                match common::xorshift(&mut rng) % 3 {
                     0 => store.seal(c, u),
                     1 => store.flush_key(c, u).unwrap(),
                     _ => store.flush().unwrap(),
