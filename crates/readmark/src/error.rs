@@ -85,6 +85,17 @@ pub enum Error {
         message: MessageId,
     },
 
+    /// The thread has no message yet (a thread begins with its first
+    /// reply), or its root is not a main-timeline message of the
+    /// conversation.
+    #[error("conversation {conversation} has no thread rooted at {root}")]
+    UnknownThread {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The root named.
+        root: MessageId,
+    },
+
     /// The store on disk has a format version this build does not read.
     #[error(
         "unsupported store format version {found} at {path} (this build reads version {supported})"
@@ -149,6 +160,44 @@ pub enum Error {
     /// An I/O error outside RocksDB.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The same error as a caller of a call about `timeline` sees it: a
+    /// thread's internal id (design §13) replaced by its conversation's.
+    pub(crate) fn in_timeline(self, timeline: crate::ids::Timeline) -> Self {
+        let public = |c: ConversationId| {
+            if crate::ids::is_public_id(c) {
+                c
+            } else {
+                timeline.conversation()
+            }
+        };
+        match self {
+            Error::UnknownConversation(c) => Error::UnknownConversation(public(c)),
+            Error::NotMember { conversation, user } => Error::NotMember {
+                conversation: public(conversation),
+                user,
+            },
+            Error::MessageOutOfOrder {
+                conversation,
+                message,
+                last,
+            } => Error::MessageOutOfOrder {
+                conversation: public(conversation),
+                message,
+                last,
+            },
+            Error::UnknownMessage {
+                conversation,
+                message,
+            } => Error::UnknownMessage {
+                conversation: public(conversation),
+                message,
+            },
+            other => other,
+        }
+    }
 }
 
 /// An error reported by the storage layer (RocksDB), as readmark's own

@@ -17,20 +17,12 @@ pub fn mark_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
 }
 /// Decodes then re-encodes a conversation record.
 pub fn conversation_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {
-    // The 38-byte form of formats 2 to 4 decodes too and re-encodes
-    // longer: it must be the new form's prefix, with zero event fields.
-    ConversationRecord::decode(bytes).map(|r| {
-        let b = r.encode();
-        if bytes.len() == crate::pure::records::CONV_LEN_V4
-            && b[crate::pure::records::CONV_LEN_V4..]
-                .iter()
-                .all(|&x| x == 0)
-        {
-            b[..crate::pure::records::CONV_LEN_V4].to_vec()
-        } else {
-            b.to_vec()
-        }
-    })
+    // The shorter forms of formats 2 to 5 decode too and re-encode longer
+    // (with the newest message of any timeline filled in): only the
+    // current form must come back byte for byte.
+    ConversationRecord::decode(bytes)
+        .filter(|_| bytes.len() == crate::pure::records::CONV_LEN)
+        .map(|r| r.encode().to_vec())
 }
 /// Decodes then re-encodes a member record.
 pub fn member_roundtrip(bytes: &[u8]) -> Option<Vec<u8>> {

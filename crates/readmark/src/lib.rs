@@ -55,7 +55,7 @@ mod store;
 
 pub use config::{Config, Durability, Recipients, RecoveryMode};
 pub use error::{Error, Result, StorageError, StorageErrorKind};
-pub use ids::{ConversationId, MessageId, Timestamp, UserId};
+pub use ids::{ConversationId, MessageId, Timeline, Timestamp, UserId};
 pub use pure::cursor::{CURSOR_LEN, Cursor};
 pub use pure::mark::ReadMark;
 pub use pure::merge::{MergeOutcome, merge_marks};
@@ -64,7 +64,8 @@ pub use store::{
     AUTHOR_SCAN_LIMIT, CatchUp, Changes, DiskUsage, Event, EventPolicy, FORMAT_VERSION,
     MAX_MENTIONS, MessageKind, MessageOptions, Page, PrivacyScope, Problem, ReadBy, ReadCount,
     ReadState, ReadTime, Reader, ReceiptEvent, ReceiptSource, ReceiptUsage, Report, RocksDbIo,
-    SegmentInfo, Snapshot, Stats, Store, Subscription, TableUsage, Unread, dump, inspect, verify,
+    SegmentInfo, Snapshot, Stats, Store, Subscription, TableUsage, ThreadUnread, Unread, dump,
+    inspect, verify,
 };
 
 // The README's usage example is compiled and run as a doc test.

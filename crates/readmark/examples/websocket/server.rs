@@ -118,6 +118,7 @@ fn dispatch(store: &Store, registry: &Registry, stop: &AtomicBool) {
                 let text = json!({
                     "type": "receipt",
                     "conversation": e.conversation.0,
+                    "thread": e.thread.map(|m| m.0),
                     "reader": e.reader.0,
                     "up_to": e.up_to.0,
                     "read_at": e.read_at.0,
@@ -150,6 +151,7 @@ fn dispatch(store: &Store, registry: &Registry, stop: &AtomicBool) {
             }
             Ok(Some(Event::UnreadFlag {
                 conversation,
+                thread,
                 reader,
                 marked_unread,
             })) => {
@@ -157,6 +159,7 @@ fn dispatch(store: &Store, registry: &Registry, stop: &AtomicBool) {
                 let text = json!({
                     "type": "unread_flag",
                     "conversation": conversation.0,
+                    "thread": thread.map(|m| m.0),
                     "marked_unread": marked_unread,
                 })
                 .to_string();

@@ -22,14 +22,25 @@ fn get(buf: &[u8], at: usize) -> u64 {
 /// ```text
 /// 0     1        2                10                 18                26                34              38               42           43
 /// | ver | flags  | member_count   | message_count   | last_message    | deleted_count   | threshold u32 | event_window u32 | recipients |
+///
+/// 43           51                59            67
+/// | newest_any | thread_parent   | thread_root |        (format 6)
+///
 ///         bit0: per-message receipts on
 ///         bit1: threshold override present (else the field is 0)
 ///         bit2: event window override present, in ms (else 0; format 5)
 ///         bit3: recipient policy override present (else 0; format 5):
 ///               0 members, 1 authors, 2 nobody
+///         bit4: a thread timeline's record: parent and root present
+///               (else both 0; format 6)
+///         bit5: newest_any present (else 0; format 6)
 /// ```
 ///
-/// Records of formats 2 to 4 are 38 bytes (no event fields) and still decode.
+/// `last_message` is the newest message of this timeline; `newest_any` the
+/// newest of the conversation's main timeline and threads together (message
+/// ids increase across both, §13). Records of formats 2 to 4 are 38 bytes
+/// (no event fields), of format 5 43 bytes (no thread fields); both still
+/// decode, with `newest_any` the last message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ConversationRecord {
     pub(crate) member_count: u64,
@@ -50,6 +61,11 @@ pub(crate) struct ConversationRecord {
     /// This conversation's own recipient policy, if set
     /// (`CONV_RECIPIENTS_*`).
     pub(crate) event_recipients: Option<u8>,
+    /// The newest message of any timeline of the conversation (main or a
+    /// thread), if any: new messages must be newer.
+    pub(crate) newest_any: Option<u64>,
+    /// For a thread timeline: its conversation and root.
+    pub(crate) thread: Option<(u64, u64)>,
 }
 
 pub(crate) const CONV_MEMBER_COUNT: usize = 2;
@@ -59,13 +75,20 @@ pub(crate) const CONV_DELETED_COUNT: usize = 26;
 pub(crate) const CONV_THRESHOLD: usize = 34;
 pub(crate) const CONV_EVENT_WINDOW: usize = 38;
 pub(crate) const CONV_RECIPIENTS: usize = 42;
+pub(crate) const CONV_NEWEST_ANY: usize = 43;
+pub(crate) const CONV_THREAD_PARENT: usize = 51;
+pub(crate) const CONV_THREAD_ROOT: usize = 59;
 /// Length of a format-2-to-4 record.
 pub(crate) const CONV_LEN_V4: usize = 38;
-pub(crate) const CONV_LEN: usize = 43;
+/// Length of a format-5 record.
+pub(crate) const CONV_LEN_V5: usize = 43;
+pub(crate) const CONV_LEN: usize = 67;
 pub(crate) const CONV_FLAG_PER_MESSAGE: u8 = 0x01;
 pub(crate) const CONV_FLAG_THRESHOLD: u8 = 0x02;
 pub(crate) const CONV_FLAG_EVENT_WINDOW: u8 = 0x04;
 pub(crate) const CONV_FLAG_RECIPIENTS: u8 = 0x08;
+pub(crate) const CONV_FLAG_THREAD: u8 = 0x10;
+pub(crate) const CONV_FLAG_NEWEST_ANY: u8 = 0x20;
 pub(crate) const CONV_RECIPIENTS_MEMBERS: u8 = 0;
 pub(crate) const CONV_RECIPIENTS_AUTHORS: u8 = 1;
 pub(crate) const CONV_RECIPIENTS_NOBODY: u8 = 2;
@@ -75,27 +98,54 @@ impl ConversationRecord {
         (self.message_count > 0).then_some(MessageId(self.last_message))
     }
 
+    /// What a thread's record stores: what it shares with its
+    /// conversation (members, receipt mode, policies) is read from there,
+    /// so its own copy is left empty rather than left stale.
+    fn stored(&self) -> Self {
+        match self.thread {
+            None => *self,
+            Some(_) => Self {
+                member_count: 0,
+                per_message: false,
+                threshold: None,
+                event_window_ms: None,
+                event_recipients: None,
+                ..*self
+            },
+        }
+    }
+
     pub(crate) fn encode(&self) -> [u8; CONV_LEN] {
+        let r = self.stored();
         let mut b = [0u8; CONV_LEN];
         b[0] = RECORD_VERSION;
-        put(&mut b, CONV_MEMBER_COUNT, self.member_count);
-        put(&mut b, CONV_MESSAGE_COUNT, self.message_count);
-        put(&mut b, CONV_LAST_MESSAGE, self.last_message);
-        put(&mut b, CONV_DELETED_COUNT, self.deleted_count);
-        if self.per_message {
+        put(&mut b, CONV_MEMBER_COUNT, r.member_count);
+        put(&mut b, CONV_MESSAGE_COUNT, r.message_count);
+        put(&mut b, CONV_LAST_MESSAGE, r.last_message);
+        put(&mut b, CONV_DELETED_COUNT, r.deleted_count);
+        if r.per_message {
             b[1] |= CONV_FLAG_PER_MESSAGE;
         }
-        if let Some(t) = self.threshold {
+        if let Some(t) = r.threshold {
             b[1] |= CONV_FLAG_THRESHOLD;
             BigEndian::write_u32(&mut b[CONV_THRESHOLD..CONV_EVENT_WINDOW], t);
         }
-        if let Some(w) = self.event_window_ms {
+        if let Some(w) = r.event_window_ms {
             b[1] |= CONV_FLAG_EVENT_WINDOW;
             BigEndian::write_u32(&mut b[CONV_EVENT_WINDOW..CONV_RECIPIENTS], w);
         }
-        if let Some(r) = self.event_recipients {
+        if let Some(r) = r.event_recipients {
             b[1] |= CONV_FLAG_RECIPIENTS;
             b[CONV_RECIPIENTS] = r;
+        }
+        if let Some(n) = r.newest_any {
+            b[1] |= CONV_FLAG_NEWEST_ANY;
+            put(&mut b, CONV_NEWEST_ANY, n);
+        }
+        if let Some((parent, root)) = r.thread {
+            b[1] |= CONV_FLAG_THREAD;
+            put(&mut b, CONV_THREAD_PARENT, parent);
+            put(&mut b, CONV_THREAD_ROOT, root);
         }
         b
     }
@@ -104,8 +154,10 @@ impl ConversationRecord {
         let known = CONV_FLAG_PER_MESSAGE
             | CONV_FLAG_THRESHOLD
             | CONV_FLAG_EVENT_WINDOW
-            | CONV_FLAG_RECIPIENTS;
-        if !(b.len() == CONV_LEN || b.len() == CONV_LEN_V4)
+            | CONV_FLAG_RECIPIENTS
+            | CONV_FLAG_THREAD
+            | CONV_FLAG_NEWEST_ANY;
+        if !(b.len() == CONV_LEN || b.len() == CONV_LEN_V5 || b.len() == CONV_LEN_V4)
             || b[0] != RECORD_VERSION
             || b[1] & !known != 0
         {
@@ -117,7 +169,7 @@ impl ConversationRecord {
             return None;
         }
         // The event fields: absent from a format-4 record.
-        let (window, recipients) = if b.len() == CONV_LEN {
+        let (window, recipients) = if b.len() >= CONV_LEN_V5 {
             (
                 BigEndian::read_u32(&b[CONV_EVENT_WINDOW..CONV_RECIPIENTS]),
                 b[CONV_RECIPIENTS],
@@ -135,19 +187,49 @@ impl ConversationRecord {
         {
             return None;
         }
+        let message_count = get(b, CONV_MESSAGE_COUNT);
+        let last_message = get(b, CONV_LAST_MESSAGE);
+        // The thread fields: absent before format 6, where the newest
+        // message of any timeline is the last one (there were no threads).
+        let (newest_any, thread) = if b.len() == CONV_LEN {
+            let (n, parent, root) = (
+                get(b, CONV_NEWEST_ANY),
+                get(b, CONV_THREAD_PARENT),
+                get(b, CONV_THREAD_ROOT),
+            );
+            let has_newest = b[1] & CONV_FLAG_NEWEST_ANY != 0;
+            let has_thread = b[1] & CONV_FLAG_THREAD != 0;
+            if (!has_newest && n != 0) || (!has_thread && (parent | root) != 0) {
+                return None;
+            }
+            (
+                has_newest.then_some(n),
+                has_thread.then_some((parent, root)),
+            )
+        } else if b[1] & (CONV_FLAG_THREAD | CONV_FLAG_NEWEST_ANY) != 0 {
+            return None;
+        } else {
+            ((message_count > 0).then_some(last_message), None)
+        };
         let r = Self {
             member_count: get(b, CONV_MEMBER_COUNT),
-            message_count: get(b, CONV_MESSAGE_COUNT),
-            last_message: get(b, CONV_LAST_MESSAGE),
+            message_count,
+            last_message,
             deleted_count: get(b, CONV_DELETED_COUNT),
             per_message: b[1] & CONV_FLAG_PER_MESSAGE != 0,
             threshold: has_threshold.then_some(threshold),
             event_window_ms: has_window.then_some(window),
             event_recipients: has_recipients.then_some(recipients),
+            newest_any,
+            thread,
         };
         // Counts far beyond anything reachable are damage, and would
-        // overflow when incremented.
-        let sane = r.member_count < 1 << 62 && r.message_count < 1 << 62;
+        // overflow when incremented; a timeline's last message is never
+        // newer than the conversation's newest.
+        let sane = r.member_count < 1 << 62
+            && r.message_count < 1 << 62
+            && r.last_message()
+                .is_none_or(|l| r.newest_any.is_some_and(|n| l.0 <= n));
         (sane && r.deleted_count <= r.message_count).then_some(r)
     }
 }
@@ -402,10 +484,15 @@ mod tests {
             threshold: Some(0x0102_0304),
             event_window_ms: None,
             event_recipients: None,
+            newest_any: Some(4),
+            thread: None,
         };
         let b = r.encode();
         assert_eq!(b[0], 1);
-        assert_eq!(b[1], CONV_FLAG_PER_MESSAGE | CONV_FLAG_THRESHOLD);
+        assert_eq!(
+            b[1],
+            CONV_FLAG_PER_MESSAGE | CONV_FLAG_THRESHOLD | CONV_FLAG_NEWEST_ANY
+        );
         assert_eq!(b[CONV_THRESHOLD..CONV_EVENT_WINDOW], [1, 2, 3, 4]);
         assert_eq!(b[CONV_MEMBER_COUNT + 7], 2);
         assert_eq!(b[CONV_MESSAGE_COUNT + 7], 3);
@@ -413,8 +500,14 @@ mod tests {
         assert_eq!(b[CONV_DELETED_COUNT + 7], 1);
         assert_eq!(ConversationRecord::decode(&b), Some(r));
         assert_eq!(ConversationRecord::decode(&b[..CONV_LEN - 1]), None);
-        // A format-4 record (38 bytes) decodes without event overrides.
-        assert_eq!(ConversationRecord::decode(&b[..CONV_LEN_V4]), Some(r));
+        // Format-4 (38 bytes) and format-5 (43 bytes) records decode
+        // without the fields they lack; the newest message of any timeline
+        // is their last one.
+        let mut old = b;
+        old[1] &= !CONV_FLAG_NEWEST_ANY;
+        assert_eq!(ConversationRecord::decode(&old[..CONV_LEN_V4]), Some(r));
+        assert_eq!(ConversationRecord::decode(&old[..CONV_LEN_V5]), Some(r));
+        assert_eq!(ConversationRecord::decode(&b[..CONV_LEN_V5]), None);
         // Event overrides (format 5).
         let e = ConversationRecord {
             event_window_ms: Some(0x0A0B),
@@ -428,6 +521,7 @@ mod tests {
                 | CONV_FLAG_THRESHOLD
                 | CONV_FLAG_EVENT_WINDOW
                 | CONV_FLAG_RECIPIENTS
+                | CONV_FLAG_NEWEST_ANY
         );
         assert_eq!(b[CONV_EVENT_WINDOW..CONV_RECIPIENTS], [0, 0, 0x0A, 0x0B]);
         assert_eq!(b[CONV_RECIPIENTS], 2);
@@ -436,6 +530,37 @@ mod tests {
         assert_eq!(ConversationRecord::decode(&b[..CONV_LEN_V4]), None);
         let mut bad = b;
         bad[CONV_RECIPIENTS] = 3;
+        assert_eq!(ConversationRecord::decode(&bad), None);
+        // A thread timeline's record (format 6).
+        let t = ConversationRecord {
+            newest_any: Some(9),
+            last_message: 9,
+            thread: Some((0x0102, 0x0304)),
+            member_count: 0,
+            per_message: false,
+            threshold: None,
+            ..r
+        };
+        // What a thread shares with its conversation is not stored.
+        let overlaid = ConversationRecord {
+            member_count: 5,
+            per_message: true,
+            ..t
+        };
+        assert_eq!(overlaid.encode(), t.encode());
+        let b = t.encode();
+        assert_eq!(b[1] & CONV_FLAG_THREAD, CONV_FLAG_THREAD);
+        assert_eq!(b[CONV_NEWEST_ANY + 7], 9);
+        assert_eq!(b[CONV_THREAD_PARENT + 6..CONV_THREAD_ROOT], [1, 2]);
+        assert_eq!(b[CONV_THREAD_ROOT + 6..CONV_LEN], [3, 4]);
+        assert_eq!(ConversationRecord::decode(&b), Some(t));
+        // Thread fields without their flag, a last message newer than the
+        // newest of any timeline: damage.
+        let mut bad = b;
+        bad[1] &= !CONV_FLAG_THREAD;
+        assert_eq!(ConversationRecord::decode(&bad), None);
+        let mut bad = b;
+        bad[CONV_NEWEST_ANY + 7] = 8;
         assert_eq!(ConversationRecord::decode(&bad), None);
     }
 

@@ -39,6 +39,8 @@ use crate::pure::records::ConversationRecord;
 pub struct ReadState {
     /// The conversation.
     pub conversation: ConversationId,
+    /// The thread (its root) the mark is in, `None` for the main timeline.
+    pub thread: Option<MessageId>,
     /// Whose mark.
     pub reader: UserId,
     /// Read up to and including this message.
@@ -155,6 +157,21 @@ impl Store {
         self.recipients_policy(conv) == Recipients::Members
     }
 
+    /// [`visible_marks`](Store::visible_marks) of the conversation and of
+    /// each of its `threads`.
+    pub(crate) fn visible_marks_all(
+        &self,
+        view: &View<'_>,
+        conversation: ConversationId,
+        threads: &[u64],
+    ) -> Result<Vec<(u64, u64)>> {
+        let mut out = self.visible_marks(view, conversation)?;
+        for &t in threads {
+            out.extend(self.visible_marks(view, ConversationId(t))?);
+        }
+        Ok(out)
+    }
+
     /// The public marks of `conversation`'s members, as changes to list
     /// again: they became visible to someone without moving (a join, a
     /// conversation shrinking into "everyone sees everyone", a member going
@@ -260,7 +277,7 @@ impl Store {
         let full = |states: &Vec<ReadState>, hidden: &Vec<(ConversationId, UserId)>| {
             states.len() + hidden.len() >= limit
         };
-        let conversations = super::conversations::conversations_in(&view, user)?;
+        let conversations = super::conversations::timelines_in(&view, user)?;
         if c.phase == 0 {
             // The user's own marks (their other devices): each carries the
             // sequence of the flush that last moved it.
@@ -354,7 +371,14 @@ impl Store {
                     Some(Ok(Some(s))) => states.push(s),
                     Some(Err(e)) => return Err(e),
                     _ if row <= joined => {}
-                    _ => hidden.push((conversation, reader)),
+                    _ => {
+                        // A reader hidden in a thread is hidden in its
+                        // conversation (a leave, or going private).
+                        let entry = (view.public_timeline(conversation)?.0, reader);
+                        if !hidden.contains(&entry) {
+                            hidden.push(entry);
+                        }
+                    }
                 }
             }
         }
@@ -403,7 +427,7 @@ impl Store {
         let cursor = Cursor::after(seq, at);
         let view = self.snapshot_view();
         let mut states = Vec::new();
-        for conversation in super::conversations::conversations_in(&view, user)? {
+        for conversation in super::conversations::timelines_in(&view, user)? {
             let conv = view.conversation_record(conversation)?;
             if !self.shows_others(&conv) {
                 if let Some(s) = read_state(&view, conversation, user, user)? {
@@ -411,12 +435,14 @@ impl Store {
                 }
                 continue;
             }
+            let (public, thread) = view.public_timeline(conversation)?;
             view.for_each_member(conversation, |reader, member, state| {
                 if let Some(mark) = state.mark
                     && (reader == user || !member.is_private())
                 {
                     states.push(ReadState {
-                        conversation,
+                        conversation: public,
+                        thread,
                         reader,
                         up_to: mark.up_to,
                         read_at: mark.at,
@@ -471,8 +497,10 @@ fn read_state(
     viewer: UserId,
 ) -> Result<Option<ReadState>> {
     let state = view.mark_state(conversation, reader)?;
+    let (public, thread) = view.public_timeline(conversation)?;
     Ok(state.mark.map(|m| ReadState {
-        conversation,
+        conversation: public,
+        thread,
         reader,
         up_to: m.up_to,
         read_at: m.at,

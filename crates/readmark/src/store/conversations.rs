@@ -8,7 +8,7 @@ use rocksdb::WriteBatch;
 use super::receipts::MemberChange;
 use super::{Cf, Store, View, corrupt};
 use crate::error::{Error, Result};
-use crate::ids::{ConversationId, Timestamp, UserId};
+use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
 use crate::pure::keys;
 use crate::pure::records::{ConversationRecord, MemberRecord};
 
@@ -30,6 +30,7 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn create_conversation(&self, conversation: ConversationId) -> Result<()> {
+        super::threads::check_public(conversation)?;
         let mut guard = self.lock(conversation);
         guard.forget(conversation);
         match self.view().conversation_record(conversation) {
@@ -82,8 +83,8 @@ impl Store {
         // buffered or journaled for the joiner from an earlier membership
         // is written or replayed after this one begins: both carry the
         // membership's `joined_seq` (docs/design.md §8).
-        self.writer
-            .flush_keys(self.writer.combiner.dirty_in(conversation.0))?;
+        super::threads::check_public(conversation)?;
+        self.flush_timelines(conversation)?;
         // Held until the batch lands: a concurrent "private everywhere"
         // either sees this membership or is seen by it.
         let _settings = self.privacy_lock.lock();
@@ -95,6 +96,8 @@ impl Store {
         if view.member_record(conversation, user)?.is_some() {
             return Err(Error::AlreadyMember { conversation, user });
         }
+        // Under the lock, which a thread's first message takes too.
+        let threads = super::threads::thread_ids(&view, conversation)?;
         conv.member_count += 1;
         let mut batch = WriteBatch::default();
         // Slots are only handed out in per-message mode, where the member
@@ -110,7 +113,9 @@ impl Store {
             MemberChange::Joining,
         )?;
         let mut member = MemberRecord {
-            joined_after: conv.last_message(),
+            // The newest message of any timeline: thread replies sent
+            // before the join are history too.
+            joined_after: conv.newest_any.map(MessageId),
             joined_at: at,
             slot,
             private_here: false,
@@ -125,8 +130,11 @@ impl Store {
         // A mark write that raced an earlier leave may have landed after the
         // leave deleted the mark, with its read-time run; a new membership
         // starts from nothing.
-        batch.delete_cf(self.cf(Cf::Marks), keys::member_key(conversation, user));
-        self.delete_read_times(&mut batch, conversation, user);
+        for timeline in std::iter::once(conversation.0).chain(threads.iter().copied()) {
+            let timeline = ConversationId(timeline);
+            batch.delete_cf(self.cf(Cf::Marks), keys::member_key(timeline, user));
+            self.delete_read_times(&mut batch, timeline, user);
+        }
         batch.put_cf(
             self.cf(Cf::Conversations),
             keys::id_key(conversation.0),
@@ -139,6 +147,9 @@ impl Store {
         // first update checks membership under this lock, so none can be
         // buffered after the batch for an earlier membership.)
         self.writer.discard(conversation.0, user.0);
+        for &t in &threads {
+            self.writer.discard(t, user.0);
+        }
         let members_cf = self.cf(Cf::Members);
         self.write_structural_with(batch, |v, seq, batch| {
             // Changes up to `seq` predate the membership: catch-up does not
@@ -151,11 +162,23 @@ impl Store {
             );
             // The joiner's catch-up must list the marks already there.
             if shows_others {
-                self.visible_marks(v, conversation)
+                self.visible_marks_all(v, conversation, &threads)
             } else {
                 Ok(Vec::new())
             }
         })
+    }
+
+    /// Writes what the conversation's timelines have buffered, before a
+    /// membership change: under the receipt mode it was made in (the change
+    /// may cross the threshold).
+    pub(crate) fn flush_timelines(&self, conversation: ConversationId) -> Result<()> {
+        let mut dirty = self.writer.combiner.dirty_in(conversation.0);
+        let threads = super::threads::thread_ids(&self.view(), conversation)?;
+        for t in threads {
+            dirty.extend(self.writer.combiner.dirty_in(t));
+        }
+        self.writer.flush_keys(dirty)
     }
 
     /// Removes `user` from `conversation`, with their read mark: a member
@@ -181,8 +204,8 @@ impl Store {
     pub fn remove_member(&self, conversation: ConversationId, user: UserId) -> Result<()> {
         // As for a join: the others' buffered advances are written under
         // the mode they were made in.
-        self.writer
-            .flush_keys(self.writer.combiner.dirty_in(conversation.0))?;
+        super::threads::check_public(conversation)?;
+        self.flush_timelines(conversation)?;
         let mut guard = self.lock(conversation);
         guard.forget(conversation);
         let view = self.view();
@@ -190,6 +213,7 @@ impl Store {
         if view.member_record(conversation, user)?.is_none() {
             return Err(Error::NotMember { conversation, user });
         }
+        let threads = super::threads::thread_ids(&view, conversation)?;
         let showed_others = self.shows_others(&conv);
         conv.member_count = conv.member_count.saturating_sub(1);
         let mut batch = WriteBatch::default();
@@ -200,13 +224,17 @@ impl Store {
             &mut batch,
             MemberChange::Leaving(user),
         )?;
-        self.delete_read_times(&mut batch, conversation, user);
         batch.delete_cf(self.cf(Cf::Members), keys::member_key(conversation, user));
         batch.delete_cf(
             self.cf(Cf::UserConversations),
             keys::user_index_key(user, conversation),
         );
-        batch.delete_cf(self.cf(Cf::Marks), keys::member_key(conversation, user));
+        // The leaver's marks in every timeline go with the membership.
+        for timeline in std::iter::once(conversation.0).chain(threads.iter().copied()) {
+            let timeline = ConversationId(timeline);
+            self.delete_read_times(&mut batch, timeline, user);
+            batch.delete_cf(self.cf(Cf::Marks), keys::member_key(timeline, user));
+        }
         batch.put_cf(
             self.cf(Cf::Conversations),
             keys::id_key(conversation.0),
@@ -219,18 +247,22 @@ impl Store {
         // there are news too (the view still has the leaver: left out).
         self.write_structural_with(batch, |v, _, _| {
             let mut rows = if shrunk_into_members {
-                self.visible_marks(v, conversation)?
+                self.visible_marks_all(v, conversation, &threads)?
             } else {
                 Vec::new()
             };
             rows.retain(|&(_, u)| u != user.0);
             rows.push((conversation.0, user.0));
+            rows.extend(threads.iter().map(|&t| (t, user.0)));
             Ok(rows)
         })?;
         // Whatever the leaver has buffered predates the leave: drop it (and
         // zero its journal slot). Under this conversation's lock, so no
         // update of theirs makes a new entry until a new membership.
         self.writer.discard(conversation.0, user.0);
+        for &t in &threads {
+            self.writer.discard(t, user.0);
+        }
         Ok(())
     }
 
@@ -251,6 +283,7 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_member(&self, conversation: ConversationId, user: UserId) -> Result<bool> {
+        super::threads::check_public(conversation)?;
         match self.view().require_member(conversation, user) {
             Ok(_) => Ok(true),
             Err(Error::NotMember { .. }) => Ok(false),
@@ -275,6 +308,7 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn member_count(&self, conversation: ConversationId) -> Result<u64> {
+        super::threads::check_public(conversation)?;
         Ok(self.view().conversation_record(conversation)?.member_count)
     }
 
@@ -301,6 +335,7 @@ impl Store {
         after: Option<UserId>,
         limit: usize,
     ) -> Result<Vec<UserId>> {
+        super::threads::check_public(conversation)?;
         let view = self.snapshot_view();
         view.conversation_record(conversation)?;
         let from = match after {
@@ -360,5 +395,22 @@ pub(super) fn conversations_in(view: &View<'_>, user: UserId) -> Result<Vec<Conv
         out.push(ConversationId(conv));
         Ok(ControlFlow::Continue(()))
     })?;
+    Ok(out)
+}
+
+/// The timelines of `user`'s conversations (each conversation and its
+/// threads), in id order: conversations first, as thread ids sort after
+/// every conversation id. What catch-up walks.
+pub(super) fn timelines_in(view: &View<'_>, user: UserId) -> Result<Vec<ConversationId>> {
+    let conversations = conversations_in(view, user)?;
+    let mut out = conversations.clone();
+    for c in conversations {
+        out.extend(
+            super::threads::thread_ids(view, c)?
+                .into_iter()
+                .map(ConversationId),
+        );
+    }
+    out.sort_unstable();
     Ok(out)
 }

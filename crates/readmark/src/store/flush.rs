@@ -124,7 +124,35 @@ pub(crate) fn plan_round(
         }
         let (c, u) = (item.conversation, item.user);
         let key = keys::pair_key(c, u);
-        let member = match db.get_pinned_cf_opt(members, key, &ro()).map_err(storage)? {
+        let mut record = |c: u64| -> Result<Option<ConversationRecord>> {
+            if let Some(r) = records.get(&c) {
+                return Ok(*r);
+            }
+            let r = db
+                .get_pinned_cf_opt(conversations, keys::id_key(c), &ro())
+                .map_err(storage)?
+                .and_then(|v| ConversationRecord::decode(&v));
+            records.insert(c, r);
+            Ok(r)
+        };
+        // A thread's members, and its receipt mode, are its conversation's
+        // (docs/design.md §13).
+        let owner = if c & crate::ids::THREAD_BIT != 0 {
+            match record(c)?.and_then(|r| r.thread) {
+                Some((parent, _)) => parent,
+                None => {
+                    plan.outcomes.push(Outcome::Stale);
+                    continue;
+                }
+            }
+        } else {
+            c
+        };
+        let member_key = keys::pair_key(owner, u);
+        let member = match db
+            .get_pinned_cf_opt(members, member_key, &ro())
+            .map_err(storage)?
+        {
             None => {
                 plan.outcomes.push(Outcome::Stale);
                 continue;
@@ -145,17 +173,6 @@ pub(crate) fn plan_round(
                 .map_err(storage)?
                 .and_then(|v| MarkState::decode(&v))
                 .unwrap_or_default(),
-        };
-        let mut record = |c: u64| -> Result<Option<ConversationRecord>> {
-            if let Some(r) = records.get(&c) {
-                return Ok(*r);
-            }
-            let r = db
-                .get_pinned_cf_opt(conversations, keys::id_key(c), &ro())
-                .map_err(storage)?
-                .and_then(|v| ConversationRecord::decode(&v));
-            records.insert(c, r);
-            Ok(r)
         };
         let mut new = prev.join(item.state);
         // No mark past the newest message in RocksDB (design §3.1): a
@@ -210,7 +227,7 @@ pub(crate) fn plan_round(
             .as_ref()
             .is_some_and(|m| m.slot.is_some() && !m.is_private());
         if let (true, true, Some(m), Some(mark)) = (advanced, runs_kept, &member, new.mark) {
-            let small = record(c)?.is_some_and(|r| r.per_message);
+            let small = record(owner)?.is_some_and(|r| r.per_message);
             if small {
                 let from = m.read_position(prev.mark.map(|p| p.up_to)).map(|p| p.0);
                 // Usually the message the mark points at qualifies: one

@@ -68,6 +68,8 @@ pub const AUTHOR_SCAN_LIMIT: usize = 10_000;
 pub struct ReceiptEvent {
     /// The conversation.
     pub conversation: ConversationId,
+    /// The thread the read was in (its root), `None` for the main timeline.
+    pub thread: Option<MessageId>,
     /// Who read.
     pub reader: UserId,
     /// Their read mark when the event was delivered: the newest state, not
@@ -132,6 +134,9 @@ pub enum Event {
     UnreadFlag {
         /// The conversation.
         conversation: ConversationId,
+        /// The thread whose flag it is (its root), `None` for the main
+        /// timeline's.
+        thread: Option<MessageId>,
         /// Whose flag.
         reader: UserId,
         /// Whether the conversation is marked unread now.
@@ -453,6 +458,7 @@ impl Store {
         conversation: ConversationId,
         policy: EventPolicy,
     ) -> Result<()> {
+        super::threads::check_public(conversation)?;
         let window = match policy.window {
             None => None,
             Some(w) => Some(u32::try_from(w.as_millis()).map_err(|_| {
@@ -467,6 +473,12 @@ impl Store {
         conv.event_window_ms = window;
         conv.event_recipients = policy.recipients.map(recipients_code);
         let shows = self.shows_others(&conv);
+        // Its threads follow it (their newest message stays theirs).
+        let mut threads = Vec::new();
+        for t in super::threads::thread_ids(&view, conversation)? {
+            let last = view.own_record(ConversationId(t))?.last_message();
+            threads.push((t, last.map(|m| m.0)));
+        }
         drop(view);
         let mut batch = WriteBatch::default();
         batch.put_cf(
@@ -474,9 +486,10 @@ impl Store {
             keys::id_key(conversation.0),
             conv.encode(),
         );
+        let ids: Vec<u64> = threads.iter().map(|&(t, _)| t).collect();
         self.write_structural_with(batch, |v, _, _| {
             if shows && !showed {
-                self.visible_marks(v, conversation)
+                self.visible_marks_all(v, conversation, &ids)
             } else {
                 Ok(Vec::new())
             }
@@ -486,6 +499,9 @@ impl Store {
             conv.last_message().map(|m| m.0),
             conv.event_window_ms,
         );
+        for (t, last) in threads {
+            self.newest.set(t, last, conv.event_window_ms);
+        }
         Ok(())
     }
 
@@ -509,6 +525,7 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn event_policy(&self, conversation: ConversationId) -> Result<EventPolicy> {
+        super::threads::check_public(conversation)?;
         let conv = self.view().conversation_record(conversation)?;
         Ok(EventPolicy {
             window: conv
@@ -573,8 +590,10 @@ impl Store {
         if view.member_record(conversation, reader)?.is_none() {
             return Ok(None);
         }
+        let (public, thread) = view.public_timeline(conversation)?;
         Ok(Some(Event::UnreadFlag {
-            conversation,
+            conversation: public,
+            thread,
             reader,
             marked_unread: view.mark_state(conversation, reader)?.marked_unread(),
         }))
@@ -638,8 +657,10 @@ impl Store {
                 Recipients::Nobody => {}
             }
         }
+        let (public, thread) = view.public_timeline(conversation)?;
         Ok(Some(ReceiptEvent {
-            conversation,
+            conversation: public,
+            thread,
             reader,
             up_to: mark.up_to,
             read_at: mark.at,

@@ -405,6 +405,28 @@ pub fn verify(path: &Path) -> Result<Report> {
         Some(_) => bad(Cf::Deletions, k, "deletion value is not empty"),
         None => bad(Cf::Deletions, k, "key is not 16 bytes"),
     })?;
+    // Threads (format 6): each entry names a thread record that names it
+    // back, in an existing conversation, rooted at one of its messages.
+    let mut thread_index: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    each(
+        Cf::Threads,
+        &mut |k, v| match (keys::decode_pair_key(k), <[u8; 8]>::try_from(v)) {
+            (Some((c, root)), Ok(id)) => {
+                let id = u64::from_be_bytes(id);
+                if convs.get(&id).and_then(|r| r.thread) != Some((c, root)) {
+                    bad(Cf::Threads, k, "thread entry without its thread record");
+                }
+                if !messages.contains_key(&(c, root)) {
+                    bad(Cf::Threads, k, "thread rooted at no main-timeline message");
+                }
+                thread_index.insert(id, (c, root));
+            }
+            (None, _) => bad(Cf::Threads, k, "key is not 16 bytes"),
+            (_, Err(_)) => bad(Cf::Threads, k, "thread id is not 8 bytes"),
+        },
+    )?;
+    // Whose members a timeline's marks belong to.
+    let owner = |c: u64| convs.get(&c).and_then(|r| r.thread).map_or(c, |(p, _)| p);
     let mut orphan_marks = 0u64;
     let mut marks_past_newest = 0u64;
     each(Cf::Marks, &mut |k, v| match keys::decode_pair_key(k) {
@@ -412,7 +434,7 @@ pub fn verify(path: &Path) -> Result<Report> {
         Some(p) => match MarkState::decode(v) {
             None => bad(Cf::Marks, k, "mark value does not decode"),
             Some(state) => {
-                if !members.contains_key(&p) {
+                if !members.contains_key(&(owner(p.0), p.1)) {
                     // A write that raced a leave can land after it; the next
                     // join of that user deletes it. Counted, not a problem.
                     orphan_marks += 1;
@@ -459,8 +481,12 @@ pub fn verify(path: &Path) -> Result<Report> {
         if !index.contains(&(c, u)) {
             bad(Cf::Members, &key, "membership without its user index entry");
         }
+        // The newest message of any of the conversation's timelines.
         if let Some(j) = m.joined_after
             && !messages.contains_key(&(c, j.0))
+            && !thread_index
+                .iter()
+                .any(|(&t, &(p, _))| p == c && messages.contains_key(&(t, j.0)))
         {
             bad(Cf::Members, &key, "joined_after names no recorded message");
         }
@@ -478,7 +504,21 @@ pub fn verify(path: &Path) -> Result<Report> {
         let key = keys::id_key(c);
         let in_conv = |&&(x, _): &&(u64, u64)| x == c;
         let n_members = members.keys().filter(in_conv).count() as u64;
-        if n_members != r.member_count {
+        if let Some((parent, _)) = r.thread {
+            if thread_index.get(&c) != r.thread.as_ref() {
+                bad(Cf::Conversations, &key, "thread record without its entry");
+            }
+            if convs.get(&parent).is_none_or(|p| {
+                p.newest_any
+                    .is_none_or(|n| r.last_message().is_some_and(|l| l.0 > n))
+            }) {
+                bad(
+                    Cf::Conversations,
+                    &key,
+                    "thread newer than its conversation's newest message",
+                );
+            }
+        } else if n_members != r.member_count {
             bad(
                 Cf::Conversations,
                 &key,

@@ -7,7 +7,7 @@ use super::Store;
 use super::writer::{Applied, Verified};
 use crate::config::Durability;
 use crate::error::{Error, Result};
-use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
+use crate::ids::{ConversationId, MessageId, Timeline, Timestamp, UserId};
 use crate::pure::mark::{MarkState, ReadMark, UnreadFlag};
 
 /// A page request: items strictly after `after` (a cursor returned by the
@@ -218,12 +218,12 @@ impl Store {
     /// ```
     pub fn mark_read(
         &self,
-        conversation: ConversationId,
+        timeline: impl Into<Timeline>,
         user: UserId,
         up_to: MessageId,
         at: Timestamp,
     ) -> Result<()> {
-        self.mark_read_with(conversation, user, up_to, at, self.config.durability)
+        self.mark_read_with(timeline, user, up_to, at, self.config.durability)
     }
 
     /// [`mark_read`](Store::mark_read) with a per-call durability.
@@ -246,45 +246,47 @@ impl Store {
     /// ```
     pub fn mark_read_with(
         &self,
-        conversation: ConversationId,
+        timeline: impl Into<Timeline>,
         user: UserId,
         up_to: MessageId,
         at: Timestamp,
         durability: Durability,
     ) -> Result<()> {
-        // Only while someone listens: the mark it starts from tells a
-        // no-op from an advance, and which messages it newly covers. The
-        // buffer knows it after the key's first update, so this costs no
-        // read on the write path. A no-op publishes nothing.
-        let listening = self.events.has_subscribers();
-        let newest = match self.newest.get(conversation.0) {
-            Some(n) => n,
-            None => self.newest_message_slow(conversation)?,
-        };
-        let Some(newest) = newest else {
-            // No message yet: nothing to read, but the same answer to a
-            // non-member as ever.
-            self.view().require_member(conversation, user)?;
-            return Ok(());
-        };
-        let up_to = up_to.min(MessageId(newest));
-        let state = MarkState::from_mark(up_to, at);
-        let prev = self.update_mark(conversation, user, state, durability, listening)?;
-        if listening {
-            let before = prev.and_then(|p| p.mark);
-            if before.is_none_or(|m| m.up_to < up_to) {
-                let window = self.event_window_ms(conversation);
-                self.events.publish(
-                    conversation.0,
-                    user.0,
-                    up_to.0,
-                    at.0,
-                    before.map(|m| m.up_to.0),
-                    window,
-                );
+        self.with_timeline(timeline.into(), |conversation| {
+            // Only while someone listens: the mark it starts from tells a
+            // no-op from an advance, and which messages it newly covers. The
+            // buffer knows it after the key's first update, so this costs no
+            // read on the write path. A no-op publishes nothing.
+            let listening = self.events.has_subscribers();
+            let newest = match self.newest.get(conversation.0) {
+                Some(n) => n,
+                None => self.newest_message_slow(conversation)?,
+            };
+            let Some(newest) = newest else {
+                // No message yet: nothing to read, but the same answer to a
+                // non-member as ever.
+                self.view().require_member(conversation, user)?;
+                return Ok(());
+            };
+            let up_to = up_to.min(MessageId(newest));
+            let state = MarkState::from_mark(up_to, at);
+            let prev = self.update_mark(conversation, user, state, durability, listening)?;
+            if listening {
+                let before = prev.and_then(|p| p.mark);
+                if before.is_none_or(|m| m.up_to < up_to) {
+                    let window = self.event_window_ms(conversation);
+                    self.events.publish(
+                        conversation.0,
+                        user.0,
+                        up_to.0,
+                        at.0,
+                        before.map(|m| m.up_to.0),
+                        window,
+                    );
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The newest message recorded in `conversation` (`None`: none yet)
@@ -393,10 +395,12 @@ impl Store {
     /// assert_eq!((mark.up_to, mark.at), (MessageId(5), Timestamp(2)));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn mark(&self, conversation: ConversationId, user: UserId) -> Result<Option<ReadMark>> {
-        let view = self.snapshot_view();
-        view.require_member(conversation, user)?;
-        Ok(view.mark_state(conversation, user)?.mark)
+    pub fn mark(&self, timeline: impl Into<Timeline>, user: UserId) -> Result<Option<ReadMark>> {
+        self.with_timeline(timeline.into(), |conversation| {
+            let view = self.snapshot_view();
+            view.require_member(conversation, user)?;
+            Ok(view.mark_state(conversation, user)?.mark)
+        })
     }
 
     /// Every current member's mark in `conversation`, in user id order
@@ -425,10 +429,12 @@ impl Store {
     /// ```
     pub fn marks(
         &self,
-        conversation: ConversationId,
+        timeline: impl Into<Timeline>,
         viewer: UserId,
     ) -> Result<Vec<(UserId, ReadMark)>> {
-        self.privacy_consistent(|| self.marks_once(conversation, viewer))
+        self.with_timeline(timeline.into(), |conversation| {
+            self.privacy_consistent(|| self.marks_once(conversation, viewer))
+        })
     }
 
     fn marks_once(
@@ -481,11 +487,11 @@ impl Store {
     /// ```
     pub fn set_unread_flag(
         &self,
-        conversation: ConversationId,
+        timeline: impl Into<Timeline>,
         user: UserId,
         at: Timestamp,
     ) -> Result<()> {
-        self.write_flag(conversation, user, at, true)
+        self.write_flag(timeline, user, at, true)
     }
 
     /// Clears the flag set by [`set_unread_flag`](Store::set_unread_flag),
@@ -511,46 +517,48 @@ impl Store {
     /// ```
     pub fn clear_unread_flag(
         &self,
-        conversation: ConversationId,
+        timeline: impl Into<Timeline>,
         user: UserId,
         at: Timestamp,
     ) -> Result<()> {
-        self.write_flag(conversation, user, at, false)
+        self.write_flag(timeline, user, at, false)
     }
 
     fn write_flag(
         &self,
-        conversation: ConversationId,
+        timeline: impl Into<Timeline>,
         user: UserId,
         at: Timestamp,
         set: bool,
     ) -> Result<()> {
-        // The flag records the mark's position it applies to, so a later
-        // advance clears it without rewriting it. This read is on a rare
-        // user action, not on the mark path. The view is dropped before the
-        // update, which takes the conversation's lock.
-        let pos = {
-            let view = self.view();
-            view.require_member(conversation, user)?;
-            view.mark_state(conversation, user)?.mark.map(|m| m.up_to.0)
-        };
-        let operand = MarkState::from_flag(UnreadFlag {
-            time: at.0,
-            set,
-            pos,
-        });
-        let listening = self.events.has_subscribers();
-        let prev = self.update_mark(
-            conversation,
-            user,
-            operand,
-            self.config.durability,
-            listening,
-        )?;
-        // The owner's other devices hear of it at once; nobody else.
-        if listening && prev.is_none_or(|p| !p.covers(&operand)) {
-            self.events.publish_flag(conversation.0, user.0);
-        }
-        Ok(())
+        self.with_timeline(timeline.into(), |conversation| {
+            // The flag records the mark's position it applies to, so a later
+            // advance clears it without rewriting it. This read is on a rare
+            // user action, not on the mark path. The view is dropped before the
+            // update, which takes the conversation's lock.
+            let pos = {
+                let view = self.view();
+                view.require_member(conversation, user)?;
+                view.mark_state(conversation, user)?.mark.map(|m| m.up_to.0)
+            };
+            let operand = MarkState::from_flag(UnreadFlag {
+                time: at.0,
+                set,
+                pos,
+            });
+            let listening = self.events.has_subscribers();
+            let prev = self.update_mark(
+                conversation,
+                user,
+                operand,
+                self.config.durability,
+                listening,
+            )?;
+            // The owner's other devices hear of it at once; nobody else.
+            if listening && prev.is_none_or(|p| !p.covers(&operand)) {
+                self.events.publish_flag(conversation.0, user.0);
+            }
+            Ok(())
+        })
     }
 }

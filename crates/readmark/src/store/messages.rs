@@ -21,7 +21,7 @@ use super::conversations::conversations_in;
 use super::writer::{Applied, Verified};
 use super::{Cf, ConvMeta, Store, View, corrupt};
 use crate::error::{Error, Result, storage};
-use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
+use crate::ids::{ConversationId, MessageId, Timeline, Timestamp, UserId};
 use crate::pure::keys;
 use crate::pure::mark::MarkState;
 use crate::pure::records::{ConversationRecord, MemberRecord, MessageRecord};
@@ -209,17 +209,22 @@ pub struct Unread {
 }
 
 impl Store {
-    /// Records a message. Ids must increase inside a conversation. Sending
-    /// counts as reading: the sender's mark advances to the message (an
-    /// update at the store's durability, journaled before the message is
-    /// written), so a user's own messages are never unread to them.
-    /// A `sent_at` earlier than the previous message's is stored as that
-    /// time: times follow ids, as receipt retention assumes.
+    /// Records a message in a conversation's main timeline or, given a
+    /// [`Timeline::thread`], in the thread rooted at a main-timeline message
+    /// (its first reply begins the thread). Ids must increase inside a
+    /// conversation, across its main timeline and threads together. Sending
+    /// counts as reading: the sender's mark in that timeline advances to
+    /// the message (an update at the store's durability, journaled before
+    /// the message is written), so a user's own messages are never unread
+    /// to them. A `sent_at` earlier than the previous message's in the
+    /// timeline is stored as that time: times follow ids, as receipt
+    /// retention assumes.
     ///
     /// # Errors
     ///
     /// [`Error::UnknownConversation`], [`Error::NotMember`] (the sender),
-    /// [`Error::MessageOutOfOrder`].
+    /// [`Error::MessageOutOfOrder`], [`Error::UnknownThread`] (the root is
+    /// not a main-timeline message of the conversation).
     ///
     /// # Examples
     ///
@@ -236,22 +241,16 @@ impl Store {
     /// ```
     pub fn record_message(
         &self,
-        conversation: ConversationId,
+        timeline: impl Into<Timeline>,
         message: MessageId,
         sender: UserId,
         sent_at: Timestamp,
     ) -> Result<()> {
-        self.record_message_with(
-            conversation,
-            message,
-            sender,
-            sent_at,
-            &MessageOptions::new(),
-        )
+        self.record_message_with(timeline, message, sender, sent_at, &MessageOptions::new())
     }
 
     /// [`record_message`](Store::record_message) with options: the
-    /// message's [`MessageKind`].
+    /// message's [`MessageKind`] and mentions.
     ///
     /// # Errors
     ///
@@ -275,37 +274,86 @@ impl Store {
     /// ```
     pub fn record_message_with(
         &self,
-        conversation: ConversationId,
+        timeline: impl Into<Timeline>,
         message: MessageId,
         sender: UserId,
         sent_at: Timestamp,
         options: &MessageOptions,
     ) -> Result<()> {
-        let mut stripe = self.lock(conversation);
+        let timeline = timeline.into();
+        self.record_in(timeline, message, sender, sent_at, options)
+            .map_err(|e| e.in_timeline(timeline))
+    }
+
+    fn record_in(
+        &self,
+        timeline: Timeline,
+        message: MessageId,
+        sender: UserId,
+        sent_at: Timestamp,
+        options: &MessageOptions,
+    ) -> Result<()> {
+        let owner = timeline.conversation();
+        super::threads::check_public(owner)?;
+        let mut stripe = self.lock(owner);
         let listening = self.events.has_subscribers();
+        let mut batch = WriteBatch::default();
         // What the last writer under this lock wrote, or one read each.
         let view = self.view();
-        let (mut conv, last_sent_at) = match stripe.cached(conversation) {
+        let (mut parent, parent_sent_at) = match stripe.cached(owner) {
             Some(meta) => (meta.record, meta.last_sent_at),
             None => {
-                let conv = view.conversation_record(conversation)?;
+                let conv = view.conversation_record(owner)?;
                 let last = match conv.last_message() {
-                    Some(last) => view.message_record(conversation, last)?.map(|m| m.sent_at),
+                    Some(last) => view.message_record(owner, last)?.map(|m| m.sent_at),
                     None => None,
                 };
                 (conv, last)
+            }
+        };
+        // A reply goes to its thread's own timeline (begun by its first
+        // reply); only the newest message of any timeline stays in the
+        // conversation's record.
+        let (conversation, mut conv, last_sent_at) = match timeline.root() {
+            None => (owner, parent, parent_sent_at),
+            Some(root) => {
+                // The sender's membership first: a non-member learns
+                // nothing about the conversation's threads.
+                view.require_member(owner, sender)?;
+                match self.thread_for_send(&view, owner, root, &mut batch)? {
+                    (t, Some(fresh)) => (
+                        t,
+                        ConversationRecord {
+                            member_count: parent.member_count,
+                            per_message: parent.per_message,
+                            threshold: parent.threshold,
+                            event_window_ms: parent.event_window_ms,
+                            event_recipients: parent.event_recipients,
+                            ..fresh
+                        },
+                        None,
+                    ),
+                    (t, None) => {
+                        let conv = view.conversation_record(t)?;
+                        let last = match conv.last_message() {
+                            Some(last) => view.message_record(t, last)?.map(|m| m.sent_at),
+                            None => None,
+                        };
+                        (t, conv, last)
+                    }
+                }
             }
         };
         // A buffered key was checked when it was buffered, under this lock,
         // and a membership change removes it under this lock too.
         let joined_seq = match self.writer.buffered_membership(conversation.0, sender.0) {
             Some(j) => j,
-            None => view.require_member(conversation, sender)?.joined_seq,
+            None => view.require_member(owner, sender)?.joined_seq,
         };
         // With someone listening, whether the send covered unread messages
         // also depends on where the sender's history starts.
         let joined_after = if listening {
-            view.member_record(conversation, sender)?
+            view.member_record(owner, sender)?
                 .and_then(|m| m.joined_after)
         } else {
             None
@@ -313,23 +361,28 @@ impl Store {
         drop(view);
         let mut sent_at = sent_at;
         let before_last = conv.last_message();
-        if let Some(last) = before_last {
-            if message <= last {
-                return Err(Error::MessageOutOfOrder {
-                    conversation,
-                    message,
-                    last,
-                });
-            }
-            // Times follow ids: a skewed client clock cannot make a newer
-            // message older, which retention and receipt planning rely on
-            // (docs/design.md §5.6).
-            if let Some(prev) = last_sent_at {
-                sent_at = sent_at.max(prev);
-            }
+        // Ids increase across the conversation's timelines together, so a
+        // late joiner's starting point (`joined_after`) orders against
+        // threads too, and an id names one message of the conversation.
+        if let Some(newest) = parent.newest_any
+            && message.0 <= newest
+        {
+            return Err(Error::MessageOutOfOrder {
+                conversation: owner,
+                message,
+                last: MessageId(newest),
+            });
+        }
+        // Times follow ids within a timeline: a skewed client clock cannot
+        // make a newer message older, which retention and receipt planning
+        // rely on (docs/design.md §5.6).
+        if let Some(prev) = last_sent_at {
+            sent_at = sent_at.max(prev);
         }
         conv.message_count += 1;
         conv.last_message = message.0;
+        conv.newest_any = Some(message.0);
+        parent.newest_any = Some(message.0);
         let uncounted = options.kind == MessageKind::System;
         let named = super::mentions::normalise(&options.mentions)?;
         let record = MessageRecord {
@@ -341,7 +394,6 @@ impl Store {
             uncounted,
         };
         let advance = MarkState::from_mark(message, sent_at);
-        let mut batch = WriteBatch::default();
         batch.put_cf(
             self.cf(Cf::Messages),
             keys::message_key(conversation, message),
@@ -371,6 +423,13 @@ impl Store {
             keys::id_key(conversation.0),
             conv.encode(),
         );
+        if conversation != owner {
+            batch.put_cf(
+                self.cf(Cf::Conversations),
+                keys::id_key(owner.0),
+                parent.encode(),
+            );
+        }
         // Sending counts as reading: the sender's advance is an ordinary
         // update at the store's durability, journaled before the message is
         // written, so whatever message survives a failure, the sender's
@@ -427,22 +486,31 @@ impl Store {
                 );
             }
         }
-        stripe.keep(
-            conversation,
+        // The conversation's record as just written: the main timeline's
+        // own, or the one a reply moved the newest message of.
+        let meta = if conversation == owner {
             ConvMeta {
                 record: conv,
                 last_sent_at: Some(sent_at),
-            },
-        );
+            }
+        } else {
+            ConvMeta {
+                record: parent,
+                last_sent_at: parent_sent_at,
+            }
+        };
+        stripe.keep(owner, meta);
         Ok(())
     }
 
-    /// Deletes a message: it stops counting as unread for everyone. Deleting
-    /// an already deleted message changes nothing.
+    /// Deletes a message of a timeline: it stops counting as unread for
+    /// everyone. Deleting an already deleted message changes nothing.
+    /// Deleting a thread's root leaves its thread as it was.
     ///
     /// # Errors
     ///
-    /// [`Error::UnknownConversation`], [`Error::UnknownMessage`].
+    /// [`Error::UnknownConversation`], [`Error::UnknownMessage`] (also a
+    /// message of another timeline), [`Error::UnknownThread`].
     ///
     /// # Examples
     ///
@@ -460,10 +528,18 @@ impl Store {
     /// assert_eq!(store.unread_count(c, UserId(2))?.count, 0);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn delete_message(&self, conversation: ConversationId, message: MessageId) -> Result<()> {
-        let mut guard = self.lock(conversation);
-        guard.forget(conversation);
+    pub fn delete_message(&self, timeline: impl Into<Timeline>, message: MessageId) -> Result<()> {
+        let timeline = timeline.into();
+        self.delete_in(timeline, message)
+            .map_err(|e| e.in_timeline(timeline))
+    }
+
+    fn delete_in(&self, timeline: Timeline, message: MessageId) -> Result<()> {
+        super::threads::check_public(timeline.conversation())?;
+        let mut guard = self.lock(timeline.conversation());
+        guard.forget(timeline.conversation());
         let view = self.view();
+        let conversation = self.timeline_id(&view, timeline)?;
         let mut conv = view.conversation_record(conversation)?;
         let mut record = view.require_message(conversation, message)?;
         if record.deleted {
@@ -486,13 +562,16 @@ impl Store {
         self.write_structural(batch)
     }
 
-    /// The unread state of `user` in `conversation`, exact across deletes,
-    /// late joins and the unread flag.
+    /// The unread state of `user` in a timeline, exact across deletes,
+    /// late joins and the unread flag. A conversation's count is its main
+    /// timeline's: thread replies count in their thread
+    /// ([`unread_threads`](Store::unread_threads)), and both together in
+    /// [`unread_total`](Store::unread_total).
     ///
     /// # Errors
     ///
     /// [`Error::UnknownConversation`], [`Error::NotMember`] (a member who
-    /// left has no count).
+    /// left has no count), [`Error::UnknownThread`].
     ///
     /// # Examples
     ///
@@ -512,12 +591,17 @@ impl Store {
     /// assert_eq!((unread.count, unread.marked_unread, unread.mentions), (2, false, 0));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn unread_count(&self, conversation: ConversationId, user: UserId) -> Result<Unread> {
+    pub fn unread_count(&self, timeline: impl Into<Timeline>, user: UserId) -> Result<Unread> {
+        let timeline = timeline.into();
         let view = self.snapshot_view();
-        let member = view.require_member(conversation, user)?;
-        let conv = view.conversation_record(conversation)?;
-        let state = view.mark_state(conversation, user)?;
-        unread_from(&view, conversation, user, &conv, &member, &state)
+        let counted = || {
+            let conversation = self.timeline_id(&view, timeline)?;
+            let member = view.require_member(conversation, user)?;
+            let conv = view.conversation_record(conversation)?;
+            let state = view.mark_state(conversation, user)?;
+            unread_from(&view, conversation, user, &conv, &member, &state)
+        };
+        counted().map_err(|e| e.in_timeline(timeline))
     }
 
     /// The unread state of every conversation `user` is a member of, in
@@ -564,7 +648,7 @@ impl Store {
     }
 }
 
-fn unread_from(
+pub(crate) fn unread_from(
     view: &View<'_>,
     conversation: ConversationId,
     user: UserId,

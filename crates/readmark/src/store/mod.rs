@@ -19,6 +19,7 @@ mod receipts;
 mod subscription;
 #[cfg(feature = "testing")]
 mod testing;
+mod threads;
 mod usage;
 mod view;
 mod writer;
@@ -53,6 +54,7 @@ pub use privacy::PrivacyScope;
 pub use receipts::ReadCount;
 use receipts::{Clock, ReceiptPolicy};
 pub use subscription::Subscription;
+pub use threads::ThreadUnread;
 pub use usage::{DiskUsage, ReceiptUsage, TableUsage};
 pub(crate) use view::View;
 
@@ -64,7 +66,7 @@ pub(crate) use view::View;
 /// ```
 /// assert!(readmark::FORMAT_VERSION >= 5);
 /// ```
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// Earlier formats, opened and upgraded in place. Version 3 added column
 /// families (`changes`, `user_changes`, `users`) and member flags that
 /// version 2 never set; version 4 changed the journal (slots instead of
@@ -72,8 +74,11 @@ pub const FORMAT_VERSION: u32 = 5;
 /// writing a bit per message for in-order reads (runs time them), which
 /// reads of older records answer the same way; version 5 added the flag's
 /// change sequence to the mark value (`mark::BIT_FLAG_CHANGED`), which no
-/// older value has and a version-4 build would refuse to decode.
-pub(crate) const UPGRADABLE_FORMAT_VERSIONS: [u32; 3] = [2, 3, 4];
+/// older value has and a version-4 build would refuse to decode; version 6
+/// added threads (the `threads` column family and a longer conversation
+/// record, whose shorter forms still decode) and reserved conversation ids
+/// from 2^63 up for them: a store that used one cannot be upgraded.
+pub(crate) const UPGRADABLE_FORMAT_VERSIONS: [u32; 4] = [2, 3, 4, 5];
 /// Key of the format version in the `meta` column family.
 pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
@@ -153,10 +158,13 @@ pub(crate) enum Cf {
     /// (user, conversation, message) and (conversation, message) → sender:
     /// mentions by name and of everyone (format 5, `mentions.rs`).
     Mentions,
+    /// (conversation, root) → the thread timeline's internal id (format 6,
+    /// `threads.rs`).
+    Threads,
 }
 
 impl Cf {
-    pub(crate) const ALL: [Cf; 13] = [
+    pub(crate) const ALL: [Cf; 14] = [
         Cf::Meta,
         Cf::Conversations,
         Cf::Members,
@@ -170,6 +178,7 @@ impl Cf {
         Cf::UserChanges,
         Cf::Users,
         Cf::Mentions,
+        Cf::Threads,
     ];
 
     fn from_name(name: &str) -> Option<Cf> {
@@ -191,6 +200,7 @@ impl Cf {
             Cf::UserChanges => "user_changes",
             Cf::Users => "users",
             Cf::Mentions => "mentions",
+            Cf::Threads => "threads",
         }
     }
 }
@@ -326,6 +336,8 @@ pub struct Store {
     closed: AtomicBool,
     replayed: u64,
     locks: Box<[Mutex<Stripe>]>,
+    /// The counter of the next thread's id (`threads::thread_id`).
+    next_thread: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -416,7 +428,13 @@ impl Store {
                 .map_err(storage)?;
             }
         }
+        let largest = largest_conversation(&db)?;
         if version.is_some_and(|v| v < FORMAT_VERSION) {
+            if largest.is_some_and(|c| !crate::ids::is_public_id(ConversationId(c))) {
+                return Err(Error::InvalidArgument(
+                    "this store uses conversation ids from 2^63 up, which format 6 reserves for threads",
+                ));
+            }
             // Before the version write: a crash in between does it again
             // (it is idempotent).
             clamp_old_marks(&db)?;
@@ -480,6 +498,7 @@ impl Store {
             locks: (0..LOCK_STRIPES)
                 .map(|_| Mutex::new(Stripe::default()))
                 .collect(),
+            next_thread: std::sync::atomic::AtomicU64::new(threads::next_counter(largest)),
         })
     }
 
@@ -573,8 +592,31 @@ impl Store {
     /// assert_eq!(store.stats().keys_written - before, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn seal(&self, conversation: ConversationId, user: crate::ids::UserId) {
-        self.writer.seal(conversation.0, user.0);
+    pub fn seal(&self, timeline: impl Into<crate::ids::Timeline>, user: crate::ids::UserId) {
+        // A thread that has not begun has nothing buffered to seal.
+        // The view ends with the lookup: a live one holds entries in the
+        // buffer (`pure::grace`), which a wait for room would never see.
+        let id = self.timeline_id(&self.view(), timeline.into());
+        if let Ok(id) = id {
+            self.writer.seal(id.0, user.0);
+        }
+    }
+
+    /// Runs `f` with the internal id of `timeline`, reporting its errors
+    /// as about the timeline's conversation.
+    pub(crate) fn with_timeline<T>(
+        &self,
+        timeline: crate::ids::Timeline,
+        f: impl FnOnce(ConversationId) -> Result<T>,
+    ) -> Result<T> {
+        let run = || {
+            // Its own statement: the view must end before `f` runs (a live
+            // view holds entries in the buffer, `pure::grace`, and an
+            // update waiting for room there would wait for ever).
+            let id = self.timeline_id(&self.view(), timeline)?;
+            f(id)
+        };
+        run().map_err(|e| e.in_timeline(timeline))
     }
 
     /// Writes one user's buffered mark in one conversation and waits until
@@ -608,8 +650,14 @@ impl Store {
     /// assert_eq!(store.stats().keys_written - before, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn flush_key(&self, conversation: ConversationId, user: crate::ids::UserId) -> Result<()> {
-        self.writer.flush_key(conversation.0, user.0)
+    pub fn flush_key(
+        &self,
+        timeline: impl Into<crate::ids::Timeline>,
+        user: crate::ids::UserId,
+    ) -> Result<()> {
+        self.with_timeline(timeline.into(), |conversation| {
+            self.writer.flush_key(conversation.0, user.0)
+        })
     }
 
     /// The directory the store lives in.
@@ -713,7 +761,13 @@ impl Store {
     }
 
     fn stripe(&self, conversation: ConversationId) -> usize {
-        let h = crate::pure::newest::stripe_hash(conversation.0);
+        // A thread's id carries its conversation's stripe in its low bits
+        // (`threads::thread_id`): both take the same lock.
+        let h = if crate::ids::is_public_id(conversation) {
+            crate::pure::newest::stripe_hash(conversation.0)
+        } else {
+            conversation.0 & threads::STRIPE_MASK
+        };
         #[allow(clippy::cast_possible_truncation)]
         let i = (h as usize) % self.locks.len();
         i
@@ -898,6 +952,21 @@ fn replay(
         tracing::info!(records = n, "journal replayed");
     }
     Ok(n)
+}
+
+/// The largest conversation or thread id recorded: thread ids sort last.
+fn largest_conversation(db: &DB) -> Result<Option<u64>> {
+    let Some(cf) = db.cf_handle(Cf::Conversations.name()) else {
+        return Ok(None);
+    };
+    let mut it = db.raw_iterator_cf(cf);
+    it.seek_to_last();
+    let largest = it
+        .key()
+        .and_then(|k| k.try_into().ok())
+        .map(u64::from_be_bytes);
+    it.status().map_err(storage)?;
+    Ok(largest)
 }
 
 /// The upgrade to format 5 repairs what older versions let through: a mark

@@ -93,17 +93,26 @@ impl Store {
         scope: PrivacyScope,
         private: bool,
     ) -> Result<()> {
+        if let PrivacyScope::Conversation(c) = scope {
+            super::threads::check_public(c)?;
+        }
         // Buffered advances were made under the old setting: they are
         // written (with a run or none) under it, and no replay after a
         // crash can plan them under the new one.
-        let affected = match scope {
-            PrivacyScope::Conversation(c) => vec![(c.0, user.0)],
-            PrivacyScope::Everywhere => self
-                .conversations_of(user)?
-                .into_iter()
-                .map(|c| (c.0, user.0))
-                .collect(),
-        };
+        let mut affected = Vec::new();
+        {
+            let view = self.view();
+            let of_scope = match scope {
+                PrivacyScope::Conversation(c) => vec![c],
+                PrivacyScope::Everywhere => self.conversations_of(user)?,
+            };
+            for c in of_scope {
+                affected.push((c.0, user.0));
+                for t in super::threads::thread_ids(&view, c)? {
+                    affected.push((t, user.0));
+                }
+            }
+        }
         self.writer.flush_keys(affected)?;
         let _settings = self.privacy_lock.lock();
         let conversations = match scope {
@@ -147,7 +156,16 @@ impl Store {
                 encode_user_settings(private),
             );
         }
+        // A member's privacy covers the conversation's threads: under the
+        // lock, which a thread's first message takes too.
+        let mut timelines = std::collections::HashMap::new();
+        for &c in shown.iter().chain(&hidden) {
+            let mut of_c = vec![c.0];
+            of_c.extend(super::threads::thread_ids(&view, c)?);
+            timelines.insert(c.0, of_c);
+        }
         drop(view);
+        let timelines_of = |c: ConversationId| timelines.get(&c.0).cloned().unwrap_or_default();
         // Other members' catch-up lists a mark that became visible, and a
         // hidden member (as "forget it"): both as change entries.
         let mut base = 0;
@@ -155,11 +173,17 @@ impl Store {
         let mut now_visible = Vec::new();
         self.write_structural_with(batch, |v, seq, _| {
             base = seq;
-            let mut rows: Vec<(u64, u64)> = hidden.iter().map(|c| (c.0, user.0)).collect();
+            let mut rows: Vec<(u64, u64)> = hidden
+                .iter()
+                .flat_map(|&c| timelines_of(c))
+                .map(|t| (t, user.0))
+                .collect();
             for &c in &shown {
-                if let Some(m) = v.mark_state(c, user)?.mark {
-                    rows.push((c.0, user.0));
-                    now_visible.push((c.0, m.up_to.0, m.at.0));
+                for t in timelines_of(c) {
+                    if let Some(m) = v.mark_state(ConversationId(t), user)?.mark {
+                        rows.push((t, user.0));
+                        now_visible.push((t, m.up_to.0, m.at.0));
+                    }
                 }
             }
             Ok(rows)
@@ -201,6 +225,9 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn receipts_private(&self, user: UserId, scope: PrivacyScope) -> Result<bool> {
+        if let PrivacyScope::Conversation(c) = scope {
+            super::threads::check_public(c)?;
+        }
         match scope {
             PrivacyScope::Conversation(c) => Ok(self.view().require_member(c, user)?.private_here),
             PrivacyScope::Everywhere => self.private_everywhere(user),

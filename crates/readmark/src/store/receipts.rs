@@ -19,7 +19,7 @@ use rocksdb::{DBRawIterator, WriteBatch};
 
 use super::{Cf, Store, View, corrupt};
 use crate::error::{Error, Result, storage};
-use crate::ids::{ConversationId, MessageId, Timestamp, UserId};
+use crate::ids::{ConversationId, MessageId, Timeline, Timestamp, UserId};
 use crate::pure::bitset::{
     Bitset, MAX_SLOTS, ReadTimeRecord, TIME_KEY_LEN, TIME_KEY_MESSAGE, TimeKind, expired, time_key,
     time_key_range,
@@ -213,15 +213,17 @@ impl Store {
     /// ```
     pub fn read_by(
         &self,
-        conversation: ConversationId,
+        timeline: impl Into<Timeline>,
         viewer: UserId,
         message: MessageId,
         page: Page,
     ) -> Result<ReadBy> {
-        if page.limit == 0 {
-            return Err(Error::InvalidArgument("page limit must be at least 1"));
-        }
-        self.readers(conversation, viewer, message, Some(page))
+        self.with_timeline(timeline.into(), |conversation| {
+            if page.limit == 0 {
+                return Err(Error::InvalidArgument("page limit must be at least 1"));
+            }
+            self.readers(conversation, viewer, message, Some(page))
+        })
     }
 
     /// How many members read `message` and which data answered: the count
@@ -249,14 +251,16 @@ impl Store {
     /// ```
     pub fn read_count(
         &self,
-        conversation: ConversationId,
+        timeline: impl Into<Timeline>,
         viewer: UserId,
         message: MessageId,
     ) -> Result<ReadCount> {
-        let r = self.readers(conversation, viewer, message, None)?;
-        Ok(ReadCount {
-            count: r.count,
-            source: r.source,
+        self.with_timeline(timeline.into(), |conversation| {
+            let r = self.readers(conversation, viewer, message, None)?;
+            Ok(ReadCount {
+                count: r.count,
+                source: r.source,
+            })
         })
     }
 
@@ -394,58 +398,60 @@ impl Store {
     /// ```
     pub fn mark_viewed(
         &self,
-        conversation: ConversationId,
+        timeline: impl Into<Timeline>,
         user: UserId,
         message: MessageId,
         at: Timestamp,
     ) -> Result<bool> {
-        let _guard = self.lock(conversation);
-        let view = self.view();
-        let member = view.require_member(conversation, user)?;
-        let conv = view.conversation_record(conversation)?;
-        let record = view.require_message(conversation, message)?;
-        let now = self.clock.now();
-        let Some(slot) = member.slot else {
-            return Ok(false);
-        };
-        if !conv.per_message
+        self.with_timeline(timeline.into(), |conversation| {
+            let _guard = self.lock(conversation);
+            let view = self.view();
+            let member = view.require_member(conversation, user)?;
+            let conv = view.conversation_record(conversation)?;
+            let record = view.require_message(conversation, message)?;
+            let now = self.clock.now();
+            let Some(slot) = member.slot else {
+                return Ok(false);
+            };
+            if !conv.per_message
             || !record.tracked
             || expired(record.sent_at.0, self.config.retention_ms(), now)
             || record.sender == user
             || !in_audience(&member, message)
             // Nothing per message is recorded while private (privacy.rs).
             || member.is_private()
-        {
-            return Ok(false);
-        }
-        let at = at.0.max(record.sent_at.0);
-        let key = time_key(conversation.0, user.0, TimeKind::View, message.0);
-        let earlier = match view.get_raw(Cf::ReadTimes, &key)? {
-            Some(v) => ReadTimeRecord::decode(&v).is_some_and(|r| r.at <= at),
-            None => false,
-        };
-        drop(view);
-        if earlier {
-            return Ok(true);
-        }
-        let mut bits = Bitset::new(record.sent_at.0);
-        bits.set(slot);
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.cf(Cf::ReadTimes),
-            key,
-            ReadTimeRecord { at, from: None }.encode(),
-        );
-        batch.merge_cf(
-            self.cf(Cf::Receipts),
-            keys::message_key(conversation, message),
-            bits.encode(),
-        );
-        self.write_structural(batch)?;
-        let c = &self.writer.counters;
-        c.receipt_operands.fetch_add(1, Ordering::Relaxed);
-        c.read_time_records.fetch_add(1, Ordering::Relaxed);
-        Ok(true)
+            {
+                return Ok(false);
+            }
+            let at = at.0.max(record.sent_at.0);
+            let key = time_key(conversation.0, user.0, TimeKind::View, message.0);
+            let earlier = match view.get_raw(Cf::ReadTimes, &key)? {
+                Some(v) => ReadTimeRecord::decode(&v).is_some_and(|r| r.at <= at),
+                None => false,
+            };
+            drop(view);
+            if earlier {
+                return Ok(true);
+            }
+            let mut bits = Bitset::new(record.sent_at.0);
+            bits.set(slot);
+            let mut batch = WriteBatch::default();
+            batch.put_cf(
+                self.cf(Cf::ReadTimes),
+                key,
+                ReadTimeRecord { at, from: None }.encode(),
+            );
+            batch.merge_cf(
+                self.cf(Cf::Receipts),
+                keys::message_key(conversation, message),
+                bits.encode(),
+            );
+            self.write_structural(batch)?;
+            let c = &self.writer.counters;
+            c.receipt_operands.fetch_add(1, Ordering::Relaxed);
+            c.read_time_records.fetch_add(1, Ordering::Relaxed);
+            Ok(true)
+        })
     }
 
     /// Sets (or with `None` clears) this conversation's own receipt
@@ -477,6 +483,7 @@ impl Store {
         conversation: ConversationId,
         threshold: Option<u32>,
     ) -> Result<()> {
+        super::threads::check_public(conversation)?;
         if threshold.is_some_and(|t| t > MAX_SLOTS) {
             return Err(Error::InvalidArgument(
                 "receipt threshold must be at most 4096",
@@ -484,8 +491,7 @@ impl Store {
         }
         // As for a membership change: buffered advances are written under
         // the mode they were made in.
-        self.writer
-            .flush_keys(self.writer.combiner.dirty_in(conversation.0))?;
+        self.flush_timelines(conversation)?;
         let mut guard = self.lock(conversation);
         guard.forget(conversation);
         let view = self.view();

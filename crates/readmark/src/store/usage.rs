@@ -254,6 +254,7 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn receipt_usage(&self, conversation: ConversationId) -> Result<ReceiptUsage> {
+        super::threads::check_public(conversation)?;
         let view = self.snapshot_view();
         let (mut bitsets, mut bytes) = (0u64, 0u64);
         view.scan_prefix(Cf::Receipts, conversation.0, 0, |_, v| {

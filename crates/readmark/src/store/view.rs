@@ -7,7 +7,7 @@ use rocksdb::{DBPinnableSlice, DBRawIterator, ReadOptions, Snapshot};
 
 use super::{Cf, Store, corrupt};
 use crate::error::{Error, Result, storage};
-use crate::ids::{ConversationId, MessageId, UserId};
+use crate::ids::{ConversationId, MessageId, UserId, is_public_id};
 use crate::pure::keys;
 use crate::pure::mark::MarkState;
 use crate::pure::records::{ConversationRecord, MemberRecord, MessageRecord};
@@ -54,10 +54,28 @@ impl<'a> View<'a> {
             .map_err(storage)
     }
 
+    /// The record of a conversation or of a thread timeline. A thread's
+    /// comes with its conversation's member count, receipt mode and
+    /// policies, which it follows (docs/design.md §13): callers treat both
+    /// alike.
     pub(crate) fn conversation_record(
         &self,
         conversation: ConversationId,
     ) -> Result<ConversationRecord> {
+        let mut record = self.own_record(conversation)?;
+        if let Some((parent, _)) = record.thread {
+            let p = self.own_record(ConversationId(parent))?;
+            record.member_count = p.member_count;
+            record.per_message = p.per_message;
+            record.threshold = p.threshold;
+            record.event_window_ms = p.event_window_ms;
+            record.event_recipients = p.event_recipients;
+        }
+        Ok(record)
+    }
+
+    /// The record as stored, without a thread's overlay.
+    pub(crate) fn own_record(&self, conversation: ConversationId) -> Result<ConversationRecord> {
         let key = keys::id_key(conversation.0);
         let raw = self
             .get(Cf::Conversations, &key)?
@@ -66,11 +84,42 @@ impl<'a> View<'a> {
             .ok_or_else(|| corrupt(Cf::Conversations, &key, "bad conversation record"))
     }
 
+    /// The conversation whose members a timeline has: itself, or a
+    /// thread's conversation.
+    pub(crate) fn owner(&self, timeline: ConversationId) -> Result<ConversationId> {
+        if is_public_id(timeline) {
+            return Ok(timeline);
+        }
+        let key = keys::id_key(timeline.0);
+        self.own_record(timeline)?
+            .thread
+            .map(|(parent, _)| ConversationId(parent))
+            .ok_or_else(|| corrupt(Cf::Conversations, &key, "a thread id without a thread"))
+    }
+
+    /// A timeline as callers name it: (conversation, thread root).
+    pub(crate) fn public_timeline(
+        &self,
+        timeline: ConversationId,
+    ) -> Result<(ConversationId, Option<MessageId>)> {
+        if is_public_id(timeline) {
+            return Ok((timeline, None));
+        }
+        let key = keys::id_key(timeline.0);
+        self.own_record(timeline)?
+            .thread
+            .map(|(parent, root)| (ConversationId(parent), Some(MessageId(root))))
+            .ok_or_else(|| corrupt(Cf::Conversations, &key, "a thread id without a thread"))
+    }
+
+    /// `user`'s membership of `conversation` (for a thread, of its
+    /// conversation).
     pub(crate) fn member_record(
         &self,
         conversation: ConversationId,
         user: UserId,
     ) -> Result<Option<MemberRecord>> {
+        let conversation = self.owner(conversation)?;
         let key = keys::member_key(conversation, user);
         match self.get(Cf::Members, &key)? {
             None => Ok(None),
@@ -81,8 +130,9 @@ impl<'a> View<'a> {
     }
 
     /// The membership record, or the precise reason there is none:
-    /// [`Error::UnknownConversation`] or [`Error::NotMember`]. The
-    /// conversation is only looked up on the error path.
+    /// [`Error::UnknownConversation`] or [`Error::NotMember`] (naming the
+    /// conversation, also for a thread). The conversation is only looked
+    /// up on the error path.
     pub(crate) fn require_member(
         &self,
         conversation: ConversationId,
@@ -91,6 +141,7 @@ impl<'a> View<'a> {
         match self.member_record(conversation, user)? {
             Some(m) => Ok(m),
             None => {
+                let conversation = self.owner(conversation)?;
                 self.conversation_record(conversation)?;
                 Err(Error::NotMember { conversation, user })
             }
@@ -198,7 +249,9 @@ impl<'a> View<'a> {
     ) -> Result<()> {
         let pending = self.store.writer.combiner.pending_in(conversation.0);
         let mut pending = pending.iter().peekable();
-        let mut members = self.prefix_iter(Cf::Members, conversation.0, 0);
+        // A thread's members are its conversation's; its marks its own.
+        let owner = self.owner(conversation)?;
+        let mut members = self.prefix_iter(Cf::Members, owner.0, 0);
         let mut marks = self.prefix_iter(Cf::Marks, conversation.0, 0);
         while let (Some(k), Some(v)) = (members.key(), members.value()) {
             let (_, user) = keys::decode_pair_key(k)

@@ -333,11 +333,24 @@ fn foreign_rocksdb_with_data_is_refused() {
 }
 
 /// Ids at the edges of `u64` work like any other: keys sort and scan
-/// correctly at 0 and `u64::MAX` (no upper bound past the last conversation).
+/// correctly at 0 and `u64::MAX` (no upper bound past the last
+/// conversation). Conversation ids end at `2^63 - 1`: the rest name threads
+/// (format 6) and are refused with a typed error.
 #[test]
 fn ids_at_the_edges() {
     let (_d, s) = temp_store();
-    for conv in [ConversationId(0), ConversationId(u64::MAX)] {
+    const LAST: ConversationId = ConversationId((1 << 63) - 1);
+    for reserved in [ConversationId(1 << 63), ConversationId(u64::MAX)] {
+        assert!(matches!(
+            s.create_conversation(reserved),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            s.unread_count(reserved, UserId(0)),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+    for conv in [ConversationId(0), LAST] {
         s.create_conversation(conv).unwrap();
         for user in [UserId(0), UserId(u64::MAX)] {
             s.add_member(conv, user, Timestamp(0)).unwrap();
@@ -368,7 +381,7 @@ fn ids_at_the_edges() {
     }
     assert_eq!(
         s.conversations_of(UserId(u64::MAX)).unwrap(),
-        vec![ConversationId(0), ConversationId(u64::MAX)]
+        vec![ConversationId(0), LAST]
     );
     assert!(matches!(
         s.read_by(ConversationId(0), UserId(0), MessageId(0), Page::first(0)),

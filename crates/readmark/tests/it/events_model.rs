@@ -244,6 +244,7 @@ fn check_drain(events: Vec<Event>, model: &mut Model) -> Result<(), TestCaseErro
             Event::Receipt(e) => e,
             Event::UnreadFlag {
                 conversation,
+                thread: _,
                 reader,
                 marked_unread,
             } => {

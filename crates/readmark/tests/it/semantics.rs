@@ -227,6 +227,7 @@ fn regression_the_unread_flag_reaches_the_owners_other_devices_only() {
         sub.drain().unwrap(),
         vec![Event::UnreadFlag {
             conversation: C,
+            thread: None,
             reader: BOB,
             marked_unread: true
         }]
@@ -325,7 +326,7 @@ fn a_format_4_store_is_upgraded_in_place() {
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     assert_eq!(r.records.get(KEY), None);
     assert_eq!(r.format_version, Some(readmark::FORMAT_VERSION));
-    assert_eq!(readmark::FORMAT_VERSION, 5);
+    assert_eq!(readmark::FORMAT_VERSION, 6);
 }
 
 /// Post-mortem (review of issue 14): a late joiner's first send published

@@ -1,6 +1,6 @@
 //! Unread counts (and "read by" from marks) against a model that counts
-//! messages one by one, across deletes, late joins, leaves, mark-unread and
-//! reopen.
+//! messages one by one, in main timelines and threads, across deletes,
+//! late joins, leaves, mark-unread and reopen.
 
 use crate::common;
 
@@ -8,11 +8,16 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use readmark::{
-    ConversationId, Error, MessageId, MessageKind, MessageOptions, Page, Store, Timestamp, UserId,
+    ConversationId, Error, MessageId, MessageKind, MessageOptions, Page, Store, Timeline,
+    Timestamp, UserId,
 };
 
 const USERS: u64 = 5;
 const CONVS: u64 = 2;
+
+/// Which timeline an op is about: `None` the main one, `Some(p)` the
+/// `p`-th thread (modulo how many exist; the main one while none does).
+type Pick = Option<usize>;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -33,10 +38,14 @@ enum Op {
         /// Users mentioned by name (a bit each, members or not).
         mentions: u8,
         everyone: bool,
+        /// A reply in the thread of the `p`-th main-timeline message
+        /// (begun by it if it is the first).
+        reply_to: Option<usize>,
     },
     Delete {
         conv: u64,
         pick: usize,
+        timeline: Pick,
     },
     /// Read up to the `pick`-th message (or an id past every message).
     Read {
@@ -44,13 +53,19 @@ enum Op {
         user: u64,
         pick: usize,
         past_end: bool,
+        timeline: Pick,
     },
     Flag {
         conv: u64,
         user: u64,
         set: bool,
+        timeline: Pick,
     },
     Reopen,
+}
+
+fn pick() -> impl Strategy<Value = Pick> {
+    proptest::option::weighted(0.4, any::<usize>())
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -62,8 +77,9 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (
             (c.clone(), u.clone(), 1u64..4),
             (proptest::bool::weighted(0.25), any::<u8>(), proptest::bool::weighted(0.15)),
+            proptest::option::weighted(0.35, any::<usize>()),
         )
-            .prop_map(|((conv, user, gap), (system, mentions, everyone))| Op::Send {
+            .prop_map(|((conv, user, gap), (system, mentions, everyone), reply_to)| Op::Send {
                 conv,
                 user,
                 gap,
@@ -71,11 +87,14 @@ fn op() -> impl Strategy<Value = Op> {
                 // Mentions in about one message in three.
                 mentions: if mentions % 3 == 0 { mentions } else { 0 },
                 everyone,
+                reply_to,
             }),
-        2 => (c.clone(), any::<usize>()).prop_map(|(conv, pick)| Op::Delete { conv, pick }),
-        6 => (c.clone(), u.clone(), any::<usize>(), proptest::bool::weighted(0.1))
-            .prop_map(|(conv, user, pick, past_end)| Op::Read { conv, user, pick, past_end }),
-        2 => (c.clone(), u.clone(), any::<bool>()).prop_map(|(conv, user, set)| Op::Flag { conv, user, set }),
+        2 => (c.clone(), any::<usize>(), pick())
+            .prop_map(|(conv, pick, timeline)| Op::Delete { conv, pick, timeline }),
+        6 => (c.clone(), u.clone(), any::<usize>(), proptest::bool::weighted(0.1), pick())
+            .prop_map(|(conv, user, pick, past_end, timeline)| Op::Read { conv, user, pick, past_end, timeline }),
+        2 => (c.clone(), u.clone(), any::<bool>(), pick())
+            .prop_map(|(conv, user, set, timeline)| Op::Flag { conv, user, set, timeline }),
         1 => Just(Op::Reopen),
     ]
 }
@@ -90,18 +109,56 @@ struct Msg {
     everyone: bool,
 }
 
+/// One timeline: the main one or a thread.
 #[derive(Default, Debug)]
-struct Conv {
+struct Tl {
     msgs: Vec<Msg>,
-    /// user -> joined_after (newest message id at join)
-    members: BTreeMap<u64, Option<u64>>,
     /// user -> (up_to, at)
     marks: BTreeMap<u64, (u64, u64)>,
     /// user -> (time, set, pos)
     flags: BTreeMap<u64, (u64, bool, Option<u64>)>,
 }
 
+#[derive(Default, Debug)]
+struct Conv {
+    main: Tl,
+    /// root -> thread
+    threads: BTreeMap<u64, Tl>,
+    /// user -> joined_after (newest message id of any timeline at join)
+    members: BTreeMap<u64, Option<u64>>,
+    /// Newest message id of any timeline.
+    newest: Option<u64>,
+}
+
 impl Conv {
+    /// The timeline an op picks, as the store names it, and the model's.
+    fn pick(&mut self, conv: u64, p: Pick) -> (Timeline, &mut Tl) {
+        let c = ConversationId(conv);
+        match p {
+            Some(p) if !self.threads.is_empty() => {
+                let root = *self.threads.keys().nth(p % self.threads.len()).unwrap();
+                (
+                    Timeline::thread(c, MessageId(root)),
+                    self.threads.get_mut(&root).unwrap(),
+                )
+            }
+            _ => (Timeline::main(c), &mut self.main),
+        }
+    }
+
+    fn timelines(&self, conv: u64) -> Vec<(Timeline, &Tl)> {
+        let c = ConversationId(conv);
+        std::iter::once((Timeline::main(c), &self.main))
+            .chain(
+                self.threads
+                    .iter()
+                    .map(|(&r, t)| (Timeline::thread(c, MessageId(r)), t)),
+            )
+            .collect()
+    }
+}
+
+impl Tl {
     fn last(&self) -> Option<u64> {
         self.msgs.last().map(|m| m.id)
     }
@@ -115,8 +172,7 @@ impl Conv {
 
     /// Counted one message at a time, as a user would: (count, marked
     /// unread, mentions).
-    fn unread(&self, user: u64) -> Option<(u64, bool, u64)> {
-        let joined_after = *self.members.get(&user)?;
+    fn unread(&self, user: u64, joined_after: Option<u64>) -> (u64, bool, u64) {
         let mark = self.marks.get(&user).map(|m| m.0);
         let seen = match (mark, joined_after) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -139,13 +195,13 @@ impl Conv {
             },
             _ => false,
         };
-        Some((count, marked_unread, mentions))
+        (count, marked_unread, mentions)
     }
 
     /// Members when the message was recorded (joined before it) whose mark
     /// covers it, its sender excepted.
-    fn read_by_count(&self, msg: &Msg) -> u64 {
-        self.members
+    fn read_by_count(&self, msg: &Msg, members: &BTreeMap<u64, Option<u64>>) -> u64 {
+        members
             .iter()
             .filter(|&(&u, joined_after)| {
                 u != msg.sender
@@ -160,24 +216,46 @@ fn check(store: &Store, model: &BTreeMap<u64, Conv>) -> Result<(), TestCaseError
     for user in 0..USERS {
         let mut expected_all = Vec::new();
         for (&c, conv) in model {
-            let got = store.unread_count(ConversationId(c), UserId(user));
-            match conv.unread(user) {
-                Some(want) => {
-                    let got = got.unwrap();
-                    prop_assert_eq!(
-                        (got.count, got.marked_unread, got.mentions),
-                        want,
-                        "user {} conv {}",
-                        user,
-                        c
-                    );
-                    expected_all.push((ConversationId(c), want));
+            let Some(&joined_after) = conv.members.get(&user) else {
+                for (t, _) in conv.timelines(c) {
+                    let got = store.unread_count(t, UserId(user));
+                    let not_member = matches!(got, Err(Error::NotMember { conversation, .. }) if conversation == ConversationId(c));
+                    prop_assert!(not_member, "{:?}", got);
                 }
-                None => {
-                    let not_member = matches!(got, Err(Error::NotMember { .. }));
-                    prop_assert!(not_member);
+                continue;
+            };
+            let mut total = (0, false, 0);
+            let mut unread_threads = Vec::new();
+            for (t, tl) in conv.timelines(c) {
+                let want = tl.unread(user, joined_after);
+                let got = store.unread_count(t, UserId(user)).unwrap();
+                prop_assert_eq!(
+                    (got.count, got.marked_unread, got.mentions),
+                    want,
+                    "user {} timeline {}",
+                    user,
+                    t
+                );
+                total = (total.0 + want.0, total.1 || want.1, total.2 + want.2);
+                if let Some(root) = t.root().filter(|_| want.0 > 0 || want.1) {
+                    unread_threads.push((root, want));
                 }
             }
+            expected_all.push((ConversationId(c), conv.main.unread(user, joined_after)));
+            let got: Vec<(MessageId, (u64, bool, u64))> = store
+                .unread_threads(ConversationId(c), UserId(user))
+                .unwrap()
+                .into_iter()
+                .map(|t| {
+                    (
+                        t.root,
+                        (t.unread.count, t.unread.marked_unread, t.unread.mentions),
+                    )
+                })
+                .collect();
+            prop_assert_eq!(got, unread_threads);
+            let got = store.unread_total(ConversationId(c), UserId(user)).unwrap();
+            prop_assert_eq!((got.count, got.marked_unread, got.mentions), total);
         }
         let all: Vec<(ConversationId, (u64, bool, u64))> = store
             .unread_counts(UserId(user))
@@ -192,13 +270,24 @@ fn check(store: &Store, model: &BTreeMap<u64, Conv>) -> Result<(), TestCaseError
             store.member_count(ConversationId(c)).unwrap(),
             conv.members.len() as u64
         );
-        let viewer = conv.members.keys().next().copied().map(UserId);
-        for msg in conv.msgs.iter().filter(|_| viewer.is_some()) {
-            let viewer = viewer.expect("filtered");
-            let rb = store
-                .read_by(ConversationId(c), viewer, MessageId(msg.id), Page::first(2))
-                .unwrap();
-            prop_assert_eq!(rb.count, conv.read_by_count(msg), "message {}", msg.id);
+        let roots: Vec<MessageId> = conv.threads.keys().map(|&r| MessageId(r)).collect();
+        prop_assert_eq!(store.threads(ConversationId(c)).unwrap(), roots);
+        let Some(viewer) = conv.members.keys().next().copied().map(UserId) else {
+            continue;
+        };
+        for (t, tl) in conv.timelines(c) {
+            for msg in &tl.msgs {
+                let rb = store
+                    .read_by(t, viewer, MessageId(msg.id), Page::first(2))
+                    .unwrap();
+                prop_assert_eq!(
+                    rb.count,
+                    tl.read_by_count(msg, &conv.members),
+                    "{} message {}",
+                    t,
+                    msg.id
+                );
+            }
         }
     }
     Ok(())
@@ -229,8 +318,7 @@ proptest! {
                         prop_assert!(already);
                     } else {
                         r.unwrap();
-                        let last = m.last();
-                        m.members.insert(user, last);
+                        m.members.insert(user, m.newest);
                     }
                 }
                 Op::Leave { conv, user } => {
@@ -238,19 +326,28 @@ proptest! {
                     let r = s.remove_member(ConversationId(conv), UserId(user));
                     if m.members.remove(&user).is_some() {
                         r.unwrap();
-                        m.marks.remove(&user);
-                        m.flags.remove(&user);
+                        for tl in std::iter::once(&mut m.main).chain(m.threads.values_mut()) {
+                            tl.marks.remove(&user);
+                            tl.flags.remove(&user);
+                        }
                     } else {
                         let not_member = matches!(r, Err(Error::NotMember { .. }));
                         prop_assert!(not_member);
                     }
                 }
-                Op::Send { conv, user, gap, system, mentions, everyone } => {
+                Op::Send { conv, user, gap, system, mentions, everyone, reply_to } => {
                     let m = model.get_mut(&conv).unwrap();
-                    let id = m.last().unwrap_or(0) + gap;
+                    let id = m.newest.unwrap_or(0) + gap;
+                    let root = reply_to
+                        .filter(|_| !m.main.msgs.is_empty())
+                        .map(|p| m.main.msgs[p % m.main.msgs.len()].id);
+                    let timeline = match root {
+                        Some(r) => Timeline::thread(ConversationId(conv), MessageId(r)),
+                        None => Timeline::main(ConversationId(conv)),
+                    };
                     let kind = if system { MessageKind::System } else { MessageKind::Regular };
                     let r = s.record_message_with(
-                        ConversationId(conv),
+                        timeline,
                         MessageId(id),
                         UserId(user),
                         Timestamp(clock),
@@ -265,7 +362,11 @@ proptest! {
                     if m.members.contains_key(&user) {
                         r.unwrap();
                         let named = (0..8u64).filter(|b| mentions & (1 << b) != 0 && *b != user);
-                        m.msgs.push(Msg {
+                        let tl = match root {
+                            Some(r) => m.threads.entry(r).or_default(),
+                            None => &mut m.main,
+                        };
+                        tl.msgs.push(Msg {
                             id,
                             sender: user,
                             deleted: false,
@@ -273,48 +374,53 @@ proptest! {
                             mentions: named.collect(),
                             everyone,
                         });
-                        m.advance(user, id, clock);
+                        tl.advance(user, id, clock);
+                        m.newest = Some(id);
                     } else {
                         let not_member = matches!(r, Err(Error::NotMember { .. }));
                         prop_assert!(not_member);
                     }
                 }
-                Op::Delete { conv, pick } => {
-                    let m = model.get_mut(&conv).unwrap();
-                    if !m.msgs.is_empty() {
-                        let i = pick % m.msgs.len();
-                        s.delete_message(ConversationId(conv), MessageId(m.msgs[i].id)).unwrap();
-                        m.msgs[i].deleted = true;
+                Op::Delete { conv, pick, timeline } => {
+                    let (t, tl) = model.get_mut(&conv).unwrap().pick(conv, timeline);
+                    if !tl.msgs.is_empty() {
+                        let i = pick % tl.msgs.len();
+                        s.delete_message(t, MessageId(tl.msgs[i].id)).unwrap();
+                        tl.msgs[i].deleted = true;
                     }
                 }
-                Op::Read { conv, user, pick, past_end } => {
+                Op::Read { conv, user, pick, past_end, timeline } => {
                     let m = model.get_mut(&conv).unwrap();
-                    let id = if past_end || m.msgs.is_empty() {
-                        m.last().unwrap_or(0) + 1
+                    let member = m.members.contains_key(&user);
+                    let (t, tl) = m.pick(conv, timeline);
+                    let id = if past_end || tl.msgs.is_empty() {
+                        tl.last().unwrap_or(0) + 1
                     } else {
-                        m.msgs[pick % m.msgs.len()].id
+                        tl.msgs[pick % tl.msgs.len()].id
                     };
-                    let r = s.mark_read(ConversationId(conv), UserId(user), MessageId(id), Timestamp(clock));
-                    if m.members.contains_key(&user) {
+                    let r = s.mark_read(t, UserId(user), MessageId(id), Timestamp(clock));
+                    if member {
                         r.unwrap();
                         // Past the newest message: clamped to it (or
                         // nothing, with no message yet).
-                        if let Some(last) = m.last() {
-                            m.advance(user, id.min(last), clock);
+                        if let Some(last) = tl.last() {
+                            tl.advance(user, id.min(last), clock);
                         }
                     } else {
                         let not_member = matches!(r, Err(Error::NotMember { .. }));
                         prop_assert!(not_member);
                     }
                 }
-                Op::Flag { conv, user, set } => {
+                Op::Flag { conv, user, set, timeline } => {
                     let m = model.get_mut(&conv).unwrap();
-                    let (c, u, t) = (ConversationId(conv), UserId(user), Timestamp(clock));
-                    let r = if set { s.set_unread_flag(c, u, t) } else { s.clear_unread_flag(c, u, t) };
-                    if m.members.contains_key(&user) {
+                    let member = m.members.contains_key(&user);
+                    let (t, tl) = m.pick(conv, timeline);
+                    let (u, at) = (UserId(user), Timestamp(clock));
+                    let r = if set { s.set_unread_flag(t, u, at) } else { s.clear_unread_flag(t, u, at) };
+                    if member {
                         r.unwrap();
-                        let pos = m.marks.get(&user).map(|x| x.0);
-                        m.flags.insert(user, (clock, set, pos));
+                        let pos = tl.marks.get(&user).map(|x| x.0);
+                        tl.flags.insert(user, (clock, set, pos));
                     } else {
                         let not_member = matches!(r, Err(Error::NotMember { .. }));
                         prop_assert!(not_member);
