@@ -24,5 +24,6 @@ mod receipts;
 mod receipts_model;
 mod semantics;
 mod stress;
+mod threads;
 mod unread_model;
 mod websocket;
