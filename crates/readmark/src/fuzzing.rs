@@ -438,7 +438,7 @@ mod api {
     use std::time::Duration;
 
     use crate::{
-        Config, ConversationId, Durability, Error, MessageId, Page, ReceiptSource, Store,
+        Config, ConversationId, Durability, Error, MessageId, Page, ReceiptSource, Store, Timeline,
         Timestamp, UserId,
     };
 
@@ -472,11 +472,27 @@ mod api {
         /// (conv, user) private in that conversation (ends with the
         /// membership).
         private_here: BTreeSet<(u64, u64)>,
+        /// (conv, root) -> [(id, sender, deleted)]: thread replies.
+        thread_msgs: BTreeMap<(u64, u64), Vec<(u64, u64, bool)>>,
+        /// (conv, root, user) -> up_to: thread marks (all acknowledged at
+        /// `ProcessCrash`, so they survive a simulated crash).
+        thread_marks: BTreeMap<(u64, u64, u64), u64>,
     }
 
     impl Model {
         fn private(&self, conv: u64, user: u64) -> bool {
             self.private_all.contains(&user) || self.private_here.contains(&(conv, user))
+        }
+
+        /// The newest message of any of `conv`'s timelines.
+        fn newest(&self, conv: u64) -> Option<u64> {
+            let main = self.msgs.get(&conv).and_then(|v| v.last()).map(|x| x.0);
+            self.thread_msgs
+                .iter()
+                .filter(|(k, _)| k.0 == conv)
+                .filter_map(|(_, v)| v.last().map(|x| x.0))
+                .chain(main)
+                .max()
         }
     }
 
@@ -560,7 +576,8 @@ mod api {
     }
 
     /// Target `api_ops`: the public API driven by an arbitrary operation
-    /// sequence (membership, messages, deletes, marks at every durability,
+    /// sequence (membership, messages and thread replies, deletes, marks in
+    /// main timelines and threads at every durability,
     /// single views, private receipts, flushes, close/reopen, simulated
     /// crashes), checked after every step against a model: marks, unread
     /// counts, typed errors, and every message's readers (the rule of
@@ -616,7 +633,69 @@ mod api {
             let key = (conv, user);
             clock += 1;
             let (cid, uid) = (ConversationId(base + conv), UserId(base + user));
-            match kind % 12 {
+            match kind % 14 {
+                12 => {
+                    // A reply in the thread of a main-timeline message.
+                    let Some(v) = m.msgs.get(&conv).filter(|v| !v.is_empty()) else {
+                        continue;
+                    };
+                    let root = v[usize::from(c / 4) % v.len()].0;
+                    let newest = m.newest(conv).unwrap_or(0);
+                    let id = newest + u64::from(c % 4);
+                    let t = Timeline::thread(cid, MessageId(root));
+                    let r = s.record_message(t, MessageId(id), uid, Timestamp(clock));
+                    if !m.members.contains_key(&key) {
+                        assert!(matches!(r, Err(Error::NotMember { .. })), "{r:?}");
+                    } else if id <= newest {
+                        assert!(matches!(r, Err(Error::MessageOutOfOrder { .. })), "{r:?}");
+                    } else {
+                        r.expect("reply");
+                        m.thread_msgs
+                            .entry((conv, root))
+                            .or_default()
+                            .push((id, user, false));
+                        let e = m.thread_marks.entry((conv, root, user)).or_insert(id);
+                        *e = (*e).max(id);
+                    }
+                }
+                13 => {
+                    // A read (or a delete) in a thread.
+                    let threads: Vec<(u64, u64)> = m
+                        .thread_msgs
+                        .keys()
+                        .filter(|k| k.0 == conv)
+                        .copied()
+                        .collect();
+                    let Some(&(_, root)) = threads.get(usize::from(c) % threads.len().max(1))
+                    else {
+                        continue;
+                    };
+                    let t = Timeline::thread(cid, MessageId(root));
+                    let replies = &m.thread_msgs[&(conv, root)];
+                    let (id, _, _) = replies[usize::from(c / 2) % replies.len()];
+                    if a & 0x80 != 0 {
+                        s.delete_message(t, MessageId(id)).expect("delete reply");
+                        let v = m.thread_msgs.get_mut(&(conv, root)).expect("thread");
+                        for x in v.iter_mut().filter(|x| x.0 == id) {
+                            x.2 = true;
+                        }
+                        continue;
+                    }
+                    let r = s.mark_read_with(
+                        t,
+                        uid,
+                        MessageId(id),
+                        Timestamp(clock),
+                        Durability::ProcessCrash,
+                    );
+                    if m.members.contains_key(&key) {
+                        r.expect("thread read");
+                        let e = m.thread_marks.entry((conv, root, user)).or_insert(id);
+                        *e = (*e).max(id);
+                    } else {
+                        assert!(matches!(r, Err(Error::NotMember { .. })), "{r:?}");
+                    }
+                }
                 0 => {
                     let r = s.create_conversation(cid);
                     if m.convs.insert(conv) {
@@ -634,8 +713,9 @@ mod api {
                         assert!(matches!(r, Err(Error::AlreadyMember { .. })));
                     } else {
                         r.expect("add");
-                        let last = m.msgs[&conv].last().map(|x| x.0);
-                        m.members.insert(key, last);
+                        // Thread replies before the join are history too.
+                        let newest = m.newest(conv);
+                        m.members.insert(key, newest);
                         if members_of(&m, conv) > 2 {
                             m.large.insert(conv);
                         }
@@ -652,6 +732,7 @@ mod api {
                         m.written.remove(&key);
                         m.views.retain(|v| (v.0, v.1) != key);
                         m.private_here.remove(&key);
+                        m.thread_marks.retain(|k, _| (k.0, k.2) != key);
                         if members_of(&m, conv) <= 2 {
                             m.large.remove(&conv);
                         }
@@ -660,7 +741,8 @@ mod api {
                     }
                 }
                 3 => {
-                    let last = m.msgs.get(&conv).and_then(|v| v.last()).map_or(0, |x| x.0);
+                    // Ids increase across the main timeline and threads.
+                    let last = m.newest(conv).unwrap_or(0);
                     let id = if c == 0 { last } else { last + u64::from(c) };
                     // A system message (never unread) now and then.
                     let system = a & 0x80 != 0;
@@ -680,7 +762,7 @@ mod api {
                         assert!(matches!(r, Err(Error::UnknownConversation(_))));
                     } else if !m.members.contains_key(&key) {
                         assert!(matches!(r, Err(Error::NotMember { .. })));
-                    } else if !m.msgs[&conv].is_empty() && id <= last {
+                    } else if m.newest(conv).is_some() && id <= last {
                         assert!(matches!(r, Err(Error::MessageOutOfOrder { .. })));
                     } else {
                         r.expect("record");
@@ -886,6 +968,31 @@ mod api {
                             "unread ({conv},{user})"
                         );
                     }
+                }
+            }
+            for (&(tc, root), replies) in m.thread_msgs.iter().filter(|(k, _)| k.0 == conv) {
+                let t = Timeline::thread(ConversationId(base + tc), MessageId(root));
+                for user in 0..USERS {
+                    let uid = UserId(base + user);
+                    let (mark, unread) = (s.mark(t, uid), s.unread_count(t, uid));
+                    let Some(joined_after) = m.members.get(&(conv, user)) else {
+                        assert!(matches!(mark, Err(Error::NotMember { .. })));
+                        assert!(matches!(unread, Err(Error::NotMember { .. })));
+                        continue;
+                    };
+                    let want = m.thread_marks.get(&(conv, root, user)).copied();
+                    let got = mark.expect("thread mark").map(|x| x.up_to.0);
+                    assert_eq!(got, want, "thread mark ({conv},{root},{user})");
+                    let seen = want.max(*joined_after);
+                    let count = replies
+                        .iter()
+                        .filter(|x| !x.2 && seen.is_none_or(|p| x.0 > p))
+                        .count() as u64;
+                    assert_eq!(
+                        unread.expect("thread unread").count,
+                        count,
+                        "thread unread ({conv},{root},{user})"
+                    );
                 }
             }
             let Some(msgs) = m.msgs.get(&conv) else {

@@ -90,5 +90,5 @@ fn slots_corpus() {
 
 #[test]
 fn api_ops_corpus() {
-    run("api_ops", readmark::fuzzing::api_target, 4, 25, 160);
+    run("api_ops", readmark::fuzzing::api_target, 4, 60, 256);
 }
