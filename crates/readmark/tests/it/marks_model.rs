@@ -1,15 +1,34 @@
 //! Read marks against a `BTreeMap` model: random interleavings, duplicates
-//! and reorderings, from several threads, across close and reopen.
+//! and reorderings, from several threads, across close and reopen, in main
+//! timelines and threads (each its own mark).
 
 use crate::common;
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use readmark::{ConversationId, MessageId, ReadMark, Store, Timestamp, UserId};
+use readmark::{ConversationId, MessageId, ReadMark, Store, Timeline, Timestamp, UserId};
 
 const CONVS: u64 = 3;
+/// Timelines `0..CONVS` are the conversations' main ones, the next `CONVS`
+/// a thread in each.
+const TIMELINES: u64 = 2 * CONVS;
 const USERS: u64 = 4;
+/// Every thread's root.
+const ROOT: MessageId = MessageId(1);
+
+fn timeline(i: u64) -> Timeline {
+    if i < CONVS {
+        Timeline::main(ConversationId(i))
+    } else {
+        Timeline::thread(ConversationId(i - CONVS), ROOT)
+    }
+}
+
+/// The newest message of timeline `i`, which the poster sent.
+fn newest(i: u64) -> u64 {
+    if i < CONVS { common::FAR + 1 } else { common::FAR }
+}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -25,7 +44,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         // Small ranges: duplicates, ties and stale updates are common.
-        20 => (0..CONVS, 0..USERS, 0u64..30, 0u64..10)
+        20 => (0..TIMELINES, 0..USERS, 0u64..30, 0u64..10)
             .prop_map(|(conv, user, up_to, at)| Op::Mark { conv, user, up_to, at }),
         1 => Just(Op::Reopen),
     ]
@@ -53,20 +72,25 @@ fn setup(store: &Store) {
                 .add_member(ConversationId(c), UserId(u), Timestamp(0))
                 .unwrap();
         }
-        // Above every mark made here (marks clamp to the newest message).
-        common::post(store, ConversationId(c), [common::FAR]);
+        // Above every mark made here (marks clamp to the newest message):
+        // a root, a reply in its thread, then the main timeline's newest.
+        common::post(store, ConversationId(c), [ROOT.0]);
+        store
+            .record_message(timeline(c + CONVS), MessageId(common::FAR), common::POSTER, Timestamp(common::FAR))
+            .unwrap();
+        common::post(store, ConversationId(c), [common::FAR + 1]);
     }
 }
 
 fn check(store: &Store, model: &BTreeMap<(u64, u64), (u64, u64)>) -> Result<(), TestCaseError> {
-    for c in 0..CONVS {
+    for c in 0..TIMELINES {
         let mut expected = Vec::new();
         for u in 0..USERS {
             let want = model.get(&(c, u)).map(|&(up_to, at)| ReadMark {
                 up_to: MessageId(up_to),
                 at: Timestamp(at),
             });
-            prop_assert_eq!(store.mark(ConversationId(c), UserId(u)).unwrap(), want);
+            prop_assert_eq!(store.mark(timeline(c), UserId(u)).unwrap(), want);
             if let Some(m) = want {
                 expected.push((UserId(u), m));
             }
@@ -75,12 +99,12 @@ fn check(store: &Store, model: &BTreeMap<(u64, u64), (u64, u64)>) -> Result<(), 
         expected.push((
             common::POSTER,
             ReadMark {
-                up_to: MessageId(common::FAR),
-                at: Timestamp(common::FAR),
+                up_to: MessageId(newest(c)),
+                at: Timestamp(newest(c)),
             },
         ));
         // Any member may list the marks (nobody is private here).
-        prop_assert_eq!(store.marks(ConversationId(c), UserId(0)).unwrap(), expected);
+        prop_assert_eq!(store.marks(timeline(c), UserId(0)).unwrap(), expected);
     }
     Ok(())
 }
@@ -101,7 +125,7 @@ proptest! {
             match op {
                 Op::Mark { conv, user, up_to, at } => {
                     store.as_ref().unwrap()
-                        .mark_read(ConversationId(conv), UserId(user), MessageId(up_to), Timestamp(at))
+                        .mark_read(timeline(conv), UserId(user), MessageId(up_to), Timestamp(at))
                         .unwrap();
                     model_join(&mut model, conv, user, up_to, at);
                 }
@@ -119,7 +143,7 @@ proptest! {
     /// converge to the model.
     #[test]
     fn concurrent_duplicated_reordered_updates_converge(
-        updates in proptest::collection::vec((0..CONVS, 0..USERS, 0u64..40, 0u64..10), 1..120),
+        updates in proptest::collection::vec((0..TIMELINES, 0..USERS, 0u64..40, 0u64..10), 1..120),
         seed in any::<u64>(),
     ) {
         let dir = tempfile::tempdir().unwrap();
@@ -144,7 +168,7 @@ proptest! {
                 }
                 s.spawn(move || {
                     for (c, u, up, at) in mine {
-                        store.mark_read(ConversationId(c), UserId(u), MessageId(up), Timestamp(at)).unwrap();
+                        store.mark_read(timeline(c), UserId(u), MessageId(up), Timestamp(at)).unwrap();
                     }
                 });
             }
@@ -170,5 +194,7 @@ fn hot_key_with_many_operands_reads_back_the_max() {
         store.mark_read(c, u, MessageId(up), Timestamp(i)).unwrap();
     }
     assert_eq!(store.mark(c, u).unwrap().unwrap().up_to, MessageId(4_998));
+    // The thread's mark saw none of it.
+    assert_eq!(store.mark(timeline(CONVS), u).unwrap(), None);
     assert_eq!(store.stats().mark_updates - before, 5_000);
 }
