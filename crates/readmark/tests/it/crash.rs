@@ -12,12 +12,26 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use readmark::{Config, ConversationId, Durability, Error, MessageId, Store, Timestamp, UserId};
+use readmark::{
+    Config, ConversationId, Durability, Error, MessageId, Store, Timeline, Timestamp, UserId,
+};
 
 const ENV_DIR: &str = "READMARK_CRASH_CHILD_DIR";
 const ENV_SEED: &str = "READMARK_CRASH_CHILD_SEED";
 const CONVS: u64 = 3;
+/// Timelines `0..CONVS` are main ones, the next `CONVS` a thread in each
+/// conversation (rooted at message 1): thread marks go through the same
+/// buffer, journal and replay.
+const TIMELINES: u64 = 2 * CONVS;
 const USERS: u64 = 4;
+
+fn timeline(i: u64) -> Timeline {
+    if i < CONVS {
+        Timeline::main(ConversationId(i))
+    } else {
+        Timeline::thread(ConversationId(i - CONVS), MessageId(1))
+    }
+}
 /// Runs, and a wall-clock budget so CI stays bounded on a loaded machine.
 const RUNS: u64 = 120;
 const BUDGET: Duration = Duration::from_secs(120);
@@ -98,9 +112,18 @@ fn crash_child() {
             Ok(()) | Err(Error::AlreadyMember { .. }) => {}
             Err(e) => panic!("{e}"),
         }
-        match store.record_message(c, MessageId(common::FAR), common::POSTER, Timestamp(0)) {
-            Ok(()) | Err(Error::MessageOutOfOrder { .. }) => {}
-            Err(e) => panic!("{e}"),
+        // A root, a reply in its thread, the main timeline's newest: each
+        // refused as out of order if an earlier child recorded it.
+        let thread = Timeline::thread(c, MessageId(1));
+        for (t, m) in [
+            (Timeline::main(c), 1),
+            (thread, common::FAR),
+            (Timeline::main(c), common::FAR + 1),
+        ] {
+            match store.record_message(t, MessageId(m), common::POSTER, Timestamp(0)) {
+                Ok(()) | Err(Error::MessageOutOfOrder { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
         }
     }
     let out = std::io::stdout();
@@ -109,7 +132,7 @@ fn crash_child() {
     out.flush().unwrap();
     for i in 0u64.. {
         let r = common::xorshift(&mut rng);
-        let (c, u) = (r % CONVS, (r >> 8) % USERS);
+        let (c, u) = (r % TIMELINES, (r >> 8) % USERS);
         // Mostly advancing, sometimes stale.
         let up_to = i / 2 + (r >> 16) % 64;
         let level = match (r >> 24) % 4 {
@@ -119,7 +142,7 @@ fn crash_child() {
         };
         store
             .mark_read_with(
-                ConversationId(c),
+                timeline(c),
                 UserId(u),
                 MessageId(up_to),
                 Timestamp(i),
@@ -129,7 +152,7 @@ fn crash_child() {
         writeln!(out, "ACK {level:?} {c} {u} {up_to}").unwrap();
         out.flush().unwrap();
         if (r >> 32).is_multiple_of(97) {
-            store.flush_key(ConversationId(c), UserId(u)).unwrap();
+            store.flush_key(timeline(c), UserId(u)).unwrap();
         }
     }
 }
@@ -173,13 +196,17 @@ fn kill_9_at_random_points() {
                 *e = (*e).max(*up_to);
             }
         }
-        for c in 0..CONVS {
+        for c in 0..TIMELINES {
             for u in 0..USERS {
-                let got = match store.mark(ConversationId(c), UserId(u)) {
+                let got = match store.mark(timeline(c), UserId(u)) {
                     Ok(m) => m.map_or(0, |m| m.up_to.0),
                     // Killed before its setup finished: nothing was
                     // acknowledged for this key, nothing can be lost.
-                    Err(Error::UnknownConversation(_) | Error::NotMember { .. }) => {
+                    Err(
+                        Error::UnknownConversation(_)
+                        | Error::NotMember { .. }
+                        | Error::UnknownThread { .. },
+                    ) => {
                         assert!(
                             !ready && !durable.contains_key(&(c, u)),
                             "run {runs}: membership lost"
@@ -209,7 +236,10 @@ fn kill_9_at_random_points() {
             let (states, _) = common::catch_up(&store, UserId(0), cur, 5);
             let listed: BTreeMap<(u64, u64), u64> = states
                 .iter()
-                .map(|s| ((s.conversation.0, s.reader.0), s.up_to.0))
+                .map(|s| {
+                    let i = s.conversation.0 + if s.thread.is_some() { CONVS } else { 0 };
+                    ((i, s.reader.0), s.up_to.0)
+                })
                 .collect();
             for (&key, &now) in &floor {
                 if now > before.get(&key).copied().unwrap_or(0) {
