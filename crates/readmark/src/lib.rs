@@ -19,6 +19,10 @@
 //!   queries that take the viewer; **catch-up** after reconnect
 //!   ([`Store::changes_since`], [`Store::snapshot`]).
 //!
+//! - **Threads** ([`Timeline::thread`]): a mark, unread counts, mentions
+//!   and receipts per thread, as in Matrix MSC3771; members, privacy and
+//!   policies are the conversation's.
+//!
 //! The design, with every on-disk format as a byte diagram, is in
 //! `docs/design.md`.
 //!
