@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
-use readmark::{Config, ConversationId, MessageId, Page, ReadTime, Store, Timestamp, UserId};
+use readmark::{
+    Config, ConversationId, MessageId, Page, ReadTime, Store, Timeline, Timestamp, UserId,
+};
 
 use super::workload::{Kind, Step, Workload, WorldParams};
 use super::DemoArgs;
@@ -66,6 +68,10 @@ struct Tally {
     everyone: u64,
     /// "x joined" notices (never unread).
     system: u64,
+    /// Thread replies, threads begun, and reads inside threads.
+    replies: u64,
+    threads: u64,
+    thread_mark_calls: u64,
 }
 
 pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
@@ -159,6 +165,13 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
     // how many of them the reader has scrolled past.
     let mut messages: Vec<Vec<u64>> = vec![Vec::new(); w.convs.len()];
     let mut seen: HashMap<(usize, u64), usize> = HashMap::new();
+    // Threads: (conversation, root) -> reply ids in order, the roots of
+    // each conversation's threads, and how far each reader has read each.
+    let mut replies: HashMap<(usize, u64), Vec<u64>> = HashMap::new();
+    let mut roots: Vec<Vec<u64>> = vec![Vec::new(); w.convs.len()];
+    let mut thread_seen: HashMap<(usize, u64, u64), usize> = HashMap::new();
+    // The newest message of any timeline: ids increase across them.
+    let mut newest: Vec<Option<u64>> = vec![None; w.convs.len()];
     let mut tally = Tally::default();
     let mut next_user = params.users;
     let mut seq = 0u64;
@@ -204,15 +217,50 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
                             tally.mentions += 1;
                         }
                     }
+                    // Outside DMs, one message in eight is a reply: mostly
+                    // in one of the last 5 threads begun there, else one
+                    // begun on one of the last 20 main-timeline messages.
+                    let root = if w.convs[conv].kind != Kind::Dm
+                        && !messages[conv].is_empty()
+                        && w.rng.random_bool(0.125)
+                    {
+                        let recent_threads = &roots[conv][roots[conv].len().saturating_sub(5)..];
+                        if !recent_threads.is_empty() && w.rng.random_bool(0.7) {
+                            Some(recent_threads[w.rng.random_range(0..recent_threads.len())])
+                        } else {
+                            let recent =
+                                &messages[conv][messages[conv].len().saturating_sub(20)..];
+                            Some(recent[w.rng.random_range(0..recent.len())])
+                        }
+                    } else {
+                        None
+                    };
+                    let timeline = match root {
+                        Some(r) => Timeline::thread(c, MessageId(r)),
+                        None => Timeline::main(c),
+                    };
                     store.record_message_with(
-                        c,
+                        timeline,
                         MessageId(id),
                         UserId(sender),
                         Timestamp(now + k),
                         &options,
                     )?;
-                    messages[conv].push(id);
+                    newest[conv] = Some(id);
                     tally.messages += 1;
+                    match root {
+                        None => messages[conv].push(id),
+                        Some(r) => {
+                            let thread = replies.entry((conv, r)).or_default();
+                            if thread.is_empty() {
+                                roots[conv].push(r);
+                                tally.threads += 1;
+                            }
+                            thread.push(id);
+                            thread_seen.insert((conv, r, sender), thread.len());
+                            tally.replies += 1;
+                        }
+                    }
                 }
                 seen.insert((conv, sender), messages[conv].len());
             }
@@ -239,6 +287,27 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
                 // The reader closes the conversation: their burst of scroll
                 // updates becomes one durable write, made by the flusher.
                 store.seal(c, UserId(reader));
+                // One visit in three also opens a thread and reads its new
+                // replies: the thread's own mark.
+                if !roots[conv].is_empty() && w.rng.random_bool(0.33) {
+                    let root = roots[conv][w.rng.random_range(0..roots[conv].len())];
+                    let thread = Timeline::thread(c, MessageId(root));
+                    let ids = &replies[&(conv, root)];
+                    let from = thread_seen.get(&(conv, root, reader)).copied().unwrap_or(0);
+                    for (i, &id) in ids[from..].iter().enumerate() {
+                        let t0 = Instant::now();
+                        store.mark_read(
+                            thread,
+                            UserId(reader),
+                            MessageId(id),
+                            Timestamp(now + 250 * i as u64),
+                        )?;
+                        mark_time += t0.elapsed();
+                        tally.thread_mark_calls += 1;
+                    }
+                    thread_seen.insert((conv, root, reader), ids.len());
+                    store.seal(thread, UserId(reader));
+                }
                 let rng = &mut w.rng;
                 if rng.random_bool(0.01) {
                     store.set_unread_flag(c, UserId(reader), Timestamp(now + 1))?;
@@ -268,7 +337,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
                 // The join notice: ordered and readable, never unread.
                 seq += 1;
                 let id = (now << 16) | (seq & 0xFFFF);
-                if messages[conv].last().is_none_or(|&last| id > last) {
+                if newest[conv].is_none_or(|last| id > last) {
                     store.record_message_with(
                         c,
                         MessageId(id),
@@ -277,6 +346,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
                         &readmark::MessageOptions::new().kind(readmark::MessageKind::System),
                     )?;
                     messages[conv].push(id);
+                    newest[conv] = Some(id);
                     tally.system += 1;
                 }
                 seen.insert((conv, next_user), messages[conv].len());
@@ -301,15 +371,21 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
     #[allow(clippy::cast_precision_loss)]
     let per_sec = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     println!(
-        "workload: {} steps in {elapsed:.2} s: {} messages recorded ({} naming a member, {} to everyone, {} join notices never counted as unread), {} reading sessions, {} mark_read calls (one per message scrolled past; {:.0} calls/s inside mark_read), {} deletes, {} marked unread, {} leaves and {} late joins",
+        "workload: {} steps in {elapsed:.2} s: {} messages recorded ({} replies in {} threads, {} naming a member, {} to everyone, {} join notices never counted as unread), {} reading sessions, {} mark_read calls (one per message scrolled past, {} of them in threads; {:.0} calls/s inside mark_read), {} deletes, {} marked unread, {} leaves and {} late joins",
         thousands(args.steps),
         thousands(tally.messages),
+        thousands(tally.replies),
+        thousands(tally.threads),
         tally.mentions,
         tally.everyone,
         tally.system,
         thousands(tally.sessions),
-        thousands(tally.mark_calls),
-        per_sec(tally.mark_calls, mark_time.as_secs_f64()),
+        thousands(tally.mark_calls + tally.thread_mark_calls),
+        thousands(tally.thread_mark_calls),
+        per_sec(
+            tally.mark_calls + tally.thread_mark_calls,
+            mark_time.as_secs_f64()
+        ),
         tally.deletes,
         tally.flags,
         tally.leaves,
@@ -355,6 +431,30 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
             rb.source,
             names.join(", "),
             if rb.next.is_some() { ", ..." } else { "" }
+        );
+    }
+    // The thread with the most replies: who read its newest reply, and a
+    // member's unread threads there next to their main-timeline count.
+    if let Some((&(i, root), ids)) = replies.iter().max_by_key(|(k, v)| (v.len(), **k)) {
+        let c = ConversationId(w.convs[i].id);
+        let thread = Timeline::thread(c, MessageId(root));
+        let newest_reply = *ids.last().unwrap_or(&root);
+        let viewer = store.members(c, None, 1)?[0];
+        let rb = store.read_by(thread, viewer, MessageId(newest_reply), Page::first(5))?;
+        let t0 = Instant::now();
+        let listed = store.unread_threads(c, viewer)?;
+        let total = store.unread_total(c, viewer)?;
+        let main = store.unread_count(c, viewer)?;
+        println!(
+            "  busiest thread, {c} root m{root} ({} replies): newest reply m{newest_reply} read by {} ({:?}); for {viewer}: {} of the {} threads there unread, {} unread in the main timeline, {} in all ({:.2} ms)",
+            ids.len(),
+            rb.count,
+            rb.source,
+            listed.len(),
+            roots[i].len(),
+            main.count,
+            total.count,
+            t0.elapsed().as_secs_f64() * 1e3
         );
     }
     if let Some(UserId(user)) = login_user {
