@@ -228,8 +228,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), readmark::Error> {
                         if !recent_threads.is_empty() && w.rng.random_bool(0.7) {
                             Some(recent_threads[w.rng.random_range(0..recent_threads.len())])
                         } else {
-                            let recent =
-                                &messages[conv][messages[conv].len().saturating_sub(20)..];
+                            let recent = &messages[conv][messages[conv].len().saturating_sub(20)..];
                             Some(recent[w.rng.random_range(0..recent.len())])
                         }
                     } else {

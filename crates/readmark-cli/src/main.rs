@@ -12,6 +12,7 @@ mod plot;
 mod receipts_cost;
 mod scaling;
 mod soak;
+mod threads_cost;
 mod workload;
 
 use std::path::PathBuf;
@@ -76,6 +77,9 @@ enum Command {
     /// RSS, journal and store size and latency over time, and after every
     /// kill a check that nothing acknowledged was lost.
     Soak(soak::SoakArgs),
+    /// What threads and mentions cost per update, side by side with the
+    /// main timeline: sends, reads, and unread totals over many threads.
+    Timelines(threads_cost::TimelinesArgs),
     /// The worker process of `soak` (started by it).
     #[command(hide = true, name = "soak-worker")]
     SoakWorker(soak::WorkerArgs),
@@ -347,6 +351,7 @@ fn main() -> ExitCode {
         Command::Receipts(args) => receipts_cost::run(&args),
         Command::Events(args) => events_cost::run(&args),
         Command::Soak(args) => soak::run(&args),
+        Command::Timelines(args) => threads_cost::run(&args),
         Command::SoakWorker(args) => soak::worker(&args),
         Command::Stats { path } => inspect::stats(&path),
         Command::Verify { path } => match inspect::verify(&path) {

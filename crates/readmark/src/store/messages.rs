@@ -333,14 +333,30 @@ impl Store {
                         },
                         None,
                     ),
-                    (t, None) => {
-                        let conv = view.conversation_record(t)?;
-                        let last = match conv.last_message() {
-                            Some(last) => view.message_record(t, last)?.map(|m| m.sent_at),
-                            None => None,
-                        };
-                        (t, conv, last)
-                    }
+                    // A thread's own fields as this lock's last writer
+                    // left them, under its conversation's shared ones.
+                    (t, None) => match stripe.cached(t) {
+                        Some(meta) => (
+                            t,
+                            ConversationRecord {
+                                member_count: parent.member_count,
+                                per_message: parent.per_message,
+                                threshold: parent.threshold,
+                                event_window_ms: parent.event_window_ms,
+                                event_recipients: parent.event_recipients,
+                                ..meta.record
+                            },
+                            meta.last_sent_at,
+                        ),
+                        None => {
+                            let conv = view.conversation_record(t)?;
+                            let last = match conv.last_message() {
+                                Some(last) => view.message_record(t, last)?.map(|m| m.sent_at),
+                                None => None,
+                            };
+                            (t, conv, last)
+                        }
+                    },
                 }
             }
         };
@@ -500,6 +516,18 @@ impl Store {
             }
         };
         stripe.keep(owner, meta);
+        if conversation != owner {
+            // Only its own fields are used from here (the shared ones are
+            // read from the conversation's, which membership and policy
+            // changes keep or forget).
+            stripe.keep(
+                conversation,
+                ConvMeta {
+                    record: conv,
+                    last_sent_at: Some(sent_at),
+                },
+            );
+        }
         Ok(())
     }
 
@@ -540,6 +568,7 @@ impl Store {
         guard.forget(timeline.conversation());
         let view = self.view();
         let conversation = self.timeline_id(&view, timeline)?;
+        guard.forget(conversation);
         let mut conv = view.conversation_record(conversation)?;
         let mut record = view.require_message(conversation, message)?;
         if record.deleted {

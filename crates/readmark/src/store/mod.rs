@@ -338,6 +338,8 @@ pub struct Store {
     locks: Box<[Mutex<Stripe>]>,
     /// The counter of the next thread's id (`threads::thread_id`).
     next_thread: std::sync::atomic::AtomicU64,
+    /// Thread ids resolved recently (`threads::ThreadCache`).
+    thread_cache: threads::ThreadCache,
 }
 
 impl std::fmt::Debug for Store {
@@ -499,6 +501,7 @@ impl Store {
                 .map(|_| Mutex::new(Stripe::default()))
                 .collect(),
             next_thread: std::sync::atomic::AtomicU64::new(threads::next_counter(largest)),
+            thread_cache: threads::ThreadCache::new(),
         })
     }
 

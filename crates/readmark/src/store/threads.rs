@@ -118,6 +118,54 @@ pub(crate) fn thread_ids(view: &View<'_>, conversation: ConversationId) -> Resul
     Ok(ids)
 }
 
+/// Thread ids resolved recently, so a read in a thread costs no lookup: a
+/// thread's id never changes once its first reply is written (and is only
+/// cached once read back from RocksDB), so an entry is never stale. Bounded:
+/// a stripe that fills up is emptied.
+pub(crate) struct ThreadCache {
+    stripes: Box<[parking_lot::Mutex<rustc_hash::FxHashMap<(u64, u64), u64>>]>,
+}
+
+/// Stripes of the cache, and entries per stripe: 64 × 256 entries of 24
+/// bytes of data each (about 0.5 MiB at most with the maps' overhead).
+const CACHE_STRIPES: usize = 64;
+const CACHE_PER_STRIPE: usize = 256;
+
+impl ThreadCache {
+    pub(crate) fn new() -> Self {
+        Self {
+            stripes: (0..CACHE_STRIPES)
+                .map(|_| parking_lot::Mutex::new(rustc_hash::FxHashMap::default()))
+                .collect(),
+        }
+    }
+
+    fn stripe(
+        &self,
+        conversation: u64,
+        root: u64,
+    ) -> &parking_lot::Mutex<rustc_hash::FxHashMap<(u64, u64), u64>> {
+        let h = crate::pure::newest::stripe_hash(conversation ^ root.rotate_left(32));
+        #[allow(clippy::cast_possible_truncation)]
+        &self.stripes[(h as usize) % CACHE_STRIPES]
+    }
+
+    fn get(&self, conversation: u64, root: u64) -> Option<u64> {
+        self.stripe(conversation, root)
+            .lock()
+            .get(&(conversation, root))
+            .copied()
+    }
+
+    fn insert(&self, conversation: u64, root: u64, id: u64) {
+        let mut map = self.stripe(conversation, root).lock();
+        if map.len() >= CACHE_PER_STRIPE {
+            map.clear();
+        }
+        map.insert((conversation, root), id);
+    }
+}
+
 /// A thread's unread state, from [`Store::unread_threads`].
 ///
 /// # Examples
@@ -161,8 +209,14 @@ impl Store {
         let Some(root) = timeline.root() else {
             return Ok(conversation);
         };
+        if let Some(t) = self.thread_cache.get(conversation.0, root.0) {
+            return Ok(ConversationId(t));
+        }
         match find_thread(view, conversation, root)? {
-            Some(t) => Ok(t),
+            Some(t) => {
+                self.thread_cache.insert(conversation.0, root.0, t.0);
+                Ok(t)
+            }
             None => {
                 view.conversation_record(conversation)?;
                 Err(Error::UnknownThread { conversation, root })
@@ -181,7 +235,11 @@ impl Store {
         root: MessageId,
         batch: &mut WriteBatch,
     ) -> Result<(ConversationId, Option<ConversationRecord>)> {
+        if let Some(t) = self.thread_cache.get(conversation.0, root.0) {
+            return Ok((ConversationId(t), None));
+        }
         if let Some(t) = find_thread(view, conversation, root)? {
+            self.thread_cache.insert(conversation.0, root.0, t.0);
             return Ok((t, None));
         }
         if view.message_record(conversation, root)?.is_none() {

@@ -27,7 +27,11 @@ fn timeline(i: u64) -> Timeline {
 
 /// The newest message of timeline `i`, which the poster sent.
 fn newest(i: u64) -> u64 {
-    if i < CONVS { common::FAR + 1 } else { common::FAR }
+    if i < CONVS {
+        common::FAR + 1
+    } else {
+        common::FAR
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -76,7 +80,12 @@ fn setup(store: &Store) {
         // a root, a reply in its thread, then the main timeline's newest.
         common::post(store, ConversationId(c), [ROOT.0]);
         store
-            .record_message(timeline(c + CONVS), MessageId(common::FAR), common::POSTER, Timestamp(common::FAR))
+            .record_message(
+                timeline(c + CONVS),
+                MessageId(common::FAR),
+                common::POSTER,
+                Timestamp(common::FAR),
+            )
             .unwrap();
         common::post(store, ConversationId(c), [common::FAR + 1]);
     }
