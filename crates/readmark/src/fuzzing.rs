@@ -473,11 +473,14 @@ mod api {
         /// membership).
         private_here: BTreeSet<(u64, u64)>,
         /// (conv, root) -> [(id, sender, deleted)]: thread replies.
-        thread_msgs: BTreeMap<(u64, u64), Vec<(u64, u64, bool)>>,
+        thread_msgs: BTreeMap<(u64, u64), Replies>,
         /// (conv, root, user) -> up_to: thread marks (all acknowledged at
         /// `ProcessCrash`, so they survive a simulated crash).
         thread_marks: BTreeMap<(u64, u64, u64), u64>,
     }
+
+    /// A thread's replies: (id, sender, deleted).
+    type Replies = Vec<(u64, u64, bool)>;
 
     impl Model {
         fn private(&self, conv: u64, user: u64) -> bool {

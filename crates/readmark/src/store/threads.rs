@@ -123,8 +123,11 @@ pub(crate) fn thread_ids(view: &View<'_>, conversation: ConversationId) -> Resul
 /// cached once read back from RocksDB), so an entry is never stale. Bounded:
 /// a stripe that fills up is emptied.
 pub(crate) struct ThreadCache {
-    stripes: Box<[parking_lot::Mutex<rustc_hash::FxHashMap<(u64, u64), u64>>]>,
+    stripes: Box<[parking_lot::Mutex<CacheStripe>]>,
 }
+
+/// (conversation, root) -> thread id.
+type CacheStripe = rustc_hash::FxHashMap<(u64, u64), u64>;
 
 /// Stripes of the cache, and entries per stripe: 64 × 256 entries of 24
 /// bytes of data each (about 0.5 MiB at most with the maps' overhead).
@@ -135,7 +138,7 @@ impl ThreadCache {
     pub(crate) fn new() -> Self {
         Self {
             stripes: (0..CACHE_STRIPES)
-                .map(|_| parking_lot::Mutex::new(rustc_hash::FxHashMap::default()))
+                .map(|_| parking_lot::Mutex::new(CacheStripe::default()))
                 .collect(),
         }
     }
