@@ -211,6 +211,15 @@ impl ConversationRecord {
         } else {
             ((message_count > 0).then_some(last_message), None)
         };
+        // A thread's record stores nothing of what it shares with its
+        // conversation (`stored`): anything there is damage.
+        let shared = CONV_FLAG_PER_MESSAGE
+            | CONV_FLAG_THRESHOLD
+            | CONV_FLAG_EVENT_WINDOW
+            | CONV_FLAG_RECIPIENTS;
+        if thread.is_some() && (get(b, CONV_MEMBER_COUNT) != 0 || b[1] & shared != 0) {
+            return None;
+        }
         let r = Self {
             member_count: get(b, CONV_MEMBER_COUNT),
             message_count,
@@ -472,6 +481,26 @@ impl ChangeRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Post-mortem (shrunk by the `decoders` fuzz target in CI): a thread's
+    /// record with a member count and the per-message flag decoded, then
+    /// encoded without them (a thread stores none of its conversation's
+    /// fields): decode now refuses what encode never writes.
+    #[test]
+    fn regression_a_thread_record_with_shared_fields_is_refused() {
+        let mut b = ConversationRecord {
+            thread: Some((1, 2)),
+            newest_any: Some(5),
+            ..ConversationRecord::default()
+        }
+        .encode();
+        assert!(ConversationRecord::decode(&b).is_some());
+        b[CONV_MEMBER_COUNT + 7] = 1;
+        assert_eq!(ConversationRecord::decode(&b), None);
+        b[CONV_MEMBER_COUNT + 7] = 0;
+        b[1] |= CONV_FLAG_PER_MESSAGE;
+        assert_eq!(ConversationRecord::decode(&b), None);
+    }
 
     #[test]
     fn golden_conversation() {

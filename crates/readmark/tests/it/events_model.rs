@@ -1,6 +1,8 @@
 //! Receipt events, private receipts and catch-up against an in-memory
 //! model, over random joins, leaves, sends, reads, privacy changes,
-//! flushes, catch-ups from saved cursors and reopens.
+//! flushes, catch-ups from saved cursors and reopens; once with every send
+//! and read in the conversations' main timelines, once in a thread of each
+//! (whose events and states must name it).
 //!
 //! Checked after the operations that can tell:
 //! - every drained event is exactly the model's: one per (conversation,
@@ -26,13 +28,35 @@ use std::time::Duration;
 use proptest::prelude::*;
 use readmark::{
     Config, ConversationId, Cursor, Error, Event, EventPolicy, MessageId, PrivacyScope, ReadState,
-    Recipients, Store, Timestamp, UserId,
+    Recipients, Store, Timeline, Timestamp, UserId,
 };
 
 const CONVS: u64 = 2;
 const USERS: u64 = 5;
 /// Conversations of more members are "large": receipts go to authors.
 const SMALL: u32 = 2;
+
+thread_local! {
+    /// Whether this case sends and reads in threads (set by `run`).
+    static THREADED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Every thread's root (recorded at setup; model ids start at 1).
+const ROOT: MessageId = MessageId(0);
+
+/// The timeline conversation `c`'s sends and reads go to.
+fn tl(c: u64) -> Timeline {
+    if THREADED.get() {
+        Timeline::thread(ConversationId(c), ROOT)
+    } else {
+        Timeline::main(ConversationId(c))
+    }
+}
+
+/// The thread every event and state must name.
+fn expected_thread() -> Option<MessageId> {
+    THREADED.get().then_some(ROOT)
+}
 
 fn config() -> Config {
     common::manual_config()
@@ -231,7 +255,10 @@ fn memberships(model: &Model, user: u64) -> BTreeMap<u64, u64> {
 fn states_map(states: &[ReadState]) -> Seen {
     states
         .iter()
-        .map(|s| ((s.conversation.0, s.reader.0), (s.up_to.0, s.marked_unread)))
+        .map(|s| {
+            assert_eq!(s.thread, expected_thread(), "{s:?}");
+            ((s.conversation.0, s.reader.0), (s.up_to.0, s.marked_unread))
+        })
         .collect()
 }
 
@@ -241,13 +268,17 @@ fn check_drain(events: Vec<Event>, model: &mut Model) -> Result<(), TestCaseErro
     let mut got_flags = Vec::new();
     for e in events {
         let e = match e {
-            Event::Receipt(e) => e,
+            Event::Receipt(e) => {
+                prop_assert_eq!(e.thread, expected_thread(), "{:?}", e);
+                e
+            }
             Event::UnreadFlag {
                 conversation,
-                thread: _,
+                thread,
                 reader,
                 marked_unread,
             } => {
+                prop_assert_eq!(thread, expected_thread());
                 got_flags.push((conversation.0, reader.0, marked_unread));
                 continue;
             }
@@ -311,11 +342,16 @@ fn check_drain(events: Vec<Event>, model: &mut Model) -> Result<(), TestCaseErro
 
 fn check_queries(store: &Store, model: &Model) -> Result<(), TestCaseError> {
     for c in 0..CONVS {
-        let conv = ConversationId(c);
         let members = model.members_of(c);
+        // A thread with no reply yet does not exist: refused as such.
+        let not_begun = THREADED.get() && model.msgs[&c].is_empty();
+        let refused = |r: Option<&Error>| {
+            matches!(r, Some(Error::NotMember { .. }))
+                || (not_begun && matches!(r, Some(Error::UnknownThread { .. })))
+        };
         let Some(&viewer) = members.first() else {
-            let r = store.read_count(conv, UserId(0), MessageId(0));
-            prop_assert!(matches!(r, Err(Error::NotMember { .. })), "{:?}", r);
+            let r = store.read_count(tl(c), UserId(0), MessageId(0));
+            prop_assert!(refused(r.as_ref().err()), "{:?}", r);
             continue;
         };
         for &(id, sender) in &model.msgs[&c] {
@@ -329,7 +365,7 @@ fn check_queries(store: &Store, model: &Model) -> Result<(), TestCaseError> {
                 })
                 .count() as u64;
             let got = store
-                .read_count(conv, UserId(viewer), MessageId(id))
+                .read_count(tl(c), UserId(viewer), MessageId(id))
                 .unwrap();
             prop_assert_eq!(
                 got.count,
@@ -342,8 +378,8 @@ fn check_queries(store: &Store, model: &Model) -> Result<(), TestCaseError> {
         }
         let outsider = (0..USERS).find(|u| !model.is_member(c, *u));
         if let Some(o) = outsider {
-            let r = store.marks(conv, UserId(o));
-            prop_assert!(matches!(r, Err(Error::NotMember { .. })), "{:?}", r);
+            let r = store.marks(tl(c), UserId(o));
+            prop_assert!(refused(r.as_ref().err()), "{:?}", r);
         }
     }
     Ok(())
@@ -392,7 +428,7 @@ fn run_epoch<'o>(
                 model.next_id += 1;
                 let id = model.next_id;
                 store
-                    .record_message(ConversationId(c), MessageId(id), UserId(u), Timestamp(id))
+                    .record_message(tl(c), MessageId(id), UserId(u), Timestamp(id))
                     .unwrap();
                 let msgs = model.msgs.get_mut(&c).expect("conversation");
                 let last = msgs.last().map(|m| m.0);
@@ -421,12 +457,7 @@ fn run_epoch<'o>(
                     continue;
                 }
                 let id = msgs[i % msgs.len()].0;
-                let r = store.mark_read(
-                    ConversationId(c),
-                    UserId(u),
-                    MessageId(id),
-                    Timestamp(id + 1),
-                );
+                let r = store.mark_read(tl(c), UserId(u), MessageId(id), Timestamp(id + 1));
                 if !model.is_member(c, u) {
                     prop_assert!(matches!(r, Err(Error::NotMember { .. })), "{:?}", r);
                     continue;
@@ -499,9 +530,13 @@ fn run_epoch<'o>(
                 };
             }
             Op::Flag(c, u, set) => {
+                // (A thread's flag once it exists.)
+                if THREADED.get() && model.msgs[&c].is_empty() {
+                    continue;
+                }
                 model.flag_clock += 1;
                 let t = Timestamp(model.flag_clock);
-                let (cid, uid) = (ConversationId(c), UserId(u));
+                let (cid, uid) = (tl(c), UserId(u));
                 let r = if set {
                     store.set_unread_flag(cid, uid, t)
                 } else {
@@ -602,13 +637,24 @@ fn run_epoch<'o>(
     Ok(ops)
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+fn run(ops: &[Op], threaded: bool) -> Result<(), TestCaseError> {
+    THREADED.set(threaded);
     let dir = tempfile::tempdir().unwrap();
     let mut model = Model::default();
     let store = Store::open(dir.path(), config()).unwrap();
     for c in 0..CONVS {
-        store.create_conversation(ConversationId(c)).unwrap();
+        let cid = ConversationId(c);
+        store.create_conversation(cid).unwrap();
         model.msgs.insert(c, Vec::new());
+        if threaded {
+            // The root, from a member who leaves before the model starts.
+            let poster = UserId(1_000);
+            store.add_member(cid, poster, Timestamp(0)).unwrap();
+            store
+                .record_message(cid, ROOT, poster, Timestamp(0))
+                .unwrap();
+            store.remove_member(cid, poster).unwrap();
+        }
     }
     let mut rest = run_epoch(&store, &mut model, ops)?;
     store.close().unwrap();
@@ -625,6 +671,13 @@ proptest! {
 
     #[test]
     fn events_privacy_and_catch_up_match_model(ops in proptest::collection::vec(op(), 1..80)) {
-        run(&ops)?;
+        run(&ops, false)?;
+    }
+
+    #[test]
+    fn events_privacy_and_catch_up_in_threads_match_model(
+        ops in proptest::collection::vec(op(), 1..80),
+    ) {
+        run(&ops, true)?;
     }
 }

@@ -1,4 +1,5 @@
-//! Hybrid per-message receipts against an in-memory model: random joins,
+//! Hybrid per-message receipts against an in-memory model, in a main
+//! timeline and in a thread: random joins,
 //! leaves, messages, mark advances, single views, threshold changes,
 //! private receipts switched on and off, clock ticks past retention,
 //! compactions and reopens. Every `read_by` answer
@@ -18,7 +19,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use readmark::{
     Config, ConversationId, Error, MessageId, Page, PrivacyScope, ReadTime, ReceiptSource, Store,
-    Timestamp, UserId,
+    Timeline, Timestamp, UserId,
 };
 
 const C: ConversationId = ConversationId(7);
@@ -251,13 +252,21 @@ impl Model {
     }
 }
 
-fn check(store: &Store, model: &Model, page_size: usize) -> Result<(), TestCaseError> {
+fn check(
+    store: &Store,
+    model: &Model,
+    page_size: usize,
+    tl: Timeline,
+) -> Result<(), TestCaseError> {
     // Receipt queries are asked as a member; with nobody left, anyone is
     // refused.
     let Some(viewer) = model.members.keys().next().copied().map(UserId) else {
-        let refused = store.read_count(C, UserId(0), MessageId(0));
+        let refused = store.read_count(tl, UserId(0), MessageId(0));
+        // (A thread with no reply yet refuses everyone as not existing.)
+        let not_begun = tl.is_thread() && model.msgs.is_empty();
         prop_assert!(
-            matches!(refused, Err(readmark::Error::NotMember { .. })),
+            matches!(refused, Err(readmark::Error::NotMember { .. }))
+                || (not_begun && matches!(refused, Err(readmark::Error::UnknownThread { .. }))),
             "{:?}",
             refused
         );
@@ -269,13 +278,13 @@ fn check(store: &Store, model: &Model, page_size: usize) -> Result<(), TestCaseE
         for msg in &model.msgs {
             let (want, source) = model.read_by(msg, other);
             let got = store
-                .read_by(C, UserId(other), MessageId(msg.id), Page::first(100))
+                .read_by(tl, UserId(other), MessageId(msg.id), Page::first(100))
                 .unwrap();
             let got: Vec<(u64, ReadTime)> =
                 got.readers.iter().map(|r| (r.user.0, r.read_at)).collect();
             prop_assert_eq!(&got, &want, "readers of message {} as {}", msg.id, other);
             let n = store
-                .read_count(C, UserId(other), MessageId(msg.id))
+                .read_count(tl, UserId(other), MessageId(msg.id))
                 .unwrap();
             prop_assert_eq!((n.count, n.source), (want.len() as u64, source));
         }
@@ -283,14 +292,14 @@ fn check(store: &Store, model: &Model, page_size: usize) -> Result<(), TestCaseE
     for msg in &model.msgs {
         let (want, source) = model.read_by(msg, viewer.0);
         let all = store
-            .read_by(C, viewer, MessageId(msg.id), Page::first(100))
+            .read_by(tl, viewer, MessageId(msg.id), Page::first(100))
             .unwrap();
         let got: Vec<(u64, ReadTime)> = all.readers.iter().map(|r| (r.user.0, r.read_at)).collect();
         prop_assert_eq!(&got, &want, "readers of message {}", msg.id);
         prop_assert_eq!(all.count, want.len() as u64);
         prop_assert_eq!(all.source, source, "source of message {}", msg.id);
         prop_assert_eq!(all.next, None);
-        let n = store.read_count(C, viewer, MessageId(msg.id)).unwrap();
+        let n = store.read_count(tl, viewer, MessageId(msg.id)).unwrap();
         prop_assert_eq!((n.count, n.source), (want.len() as u64, source));
         // The same readers, page by page.
         let mut paged = Vec::new();
@@ -298,7 +307,7 @@ fn check(store: &Store, model: &Model, page_size: usize) -> Result<(), TestCaseE
         loop {
             let p = store
                 .read_by(
-                    C,
+                    tl,
                     viewer,
                     MessageId(msg.id),
                     Page {
@@ -320,12 +329,31 @@ fn check(store: &Store, model: &Model, page_size: usize) -> Result<(), TestCaseE
     Ok(())
 }
 
-fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
+/// Runs `ops` against the main timeline of `C` or, with `thread`, against
+/// the thread of a root recorded first (by a member who then leaves, so the
+/// model starts from the same empty conversation): the model is the same,
+/// since a thread's members, slots, threshold and privacy are its
+/// conversation's.
+fn run(ops: Vec<Op>, page_size: usize, thread: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path(), config(DEFAULT_THRESHOLD)).unwrap();
     let mut model = Model::new();
     store.__set_clock(Some(Timestamp(model.now)));
     store.create_conversation(C).unwrap();
+    let tl = if thread {
+        let poster = UserId(1_000);
+        store.add_member(C, poster, Timestamp(model.now)).unwrap();
+        store
+            .record_message(C, MessageId(0), poster, Timestamp(model.now))
+            .unwrap();
+        store.remove_member(C, poster).unwrap();
+        Timeline::thread(C, MessageId(0))
+    } else {
+        Timeline::main(C)
+    };
+    // The thread begins with its first reply: until then, its calls are
+    // refused as about a thread that does not exist.
+    let mut begun = !thread;
     for op in ops {
         match op {
             Op::Join(u) => {
@@ -369,9 +397,10 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
             }
             Op::Send(u, gap) => {
                 let id = model.last().map_or(10, |l| l + gap * 10);
-                let r = store.record_message(C, MessageId(id), UserId(u), Timestamp(model.now));
+                let r = store.record_message(tl, MessageId(id), UserId(u), Timestamp(model.now));
                 if model.members.contains_key(&u) {
                     r.unwrap();
+                    begun = true;
                     model.msgs.push(Msg {
                         id,
                         sender: u,
@@ -398,8 +427,10 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
                     None => model.last().unwrap_or(0) + 5,
                 };
                 let at = model.now.saturating_add_signed(dt);
-                let r = store.mark_read(C, UserId(u), MessageId(up_to), Timestamp(at));
-                if model.members.contains_key(&u) {
+                let r = store.mark_read(tl, UserId(u), MessageId(up_to), Timestamp(at));
+                if !begun {
+                    prop_assert!(matches!(r, Err(Error::UnknownThread { .. })), "{:?}", r);
+                } else if model.members.contains_key(&u) {
                     r.unwrap();
                     if let Some(last) = model.last() {
                         let p = join(model.pending.get(&u).copied(), (up_to.min(last), at));
@@ -418,7 +449,7 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
                     continue;
                 };
                 let at = model.now.saturating_add_signed(dt);
-                let r = store.mark_viewed(C, UserId(u), MessageId(msg.id), Timestamp(at));
+                let r = store.mark_viewed(tl, UserId(u), MessageId(msg.id), Timestamp(at));
                 let Some(&joined_after) = model.members.get(&u) else {
                     prop_assert!(
                         matches!(r, Err(Error::NotMember { .. })),
@@ -486,7 +517,7 @@ fn run(ops: Vec<Op>, page_size: usize) -> Result<(), TestCaseError> {
             }
             Op::Compact => store.compact().unwrap(),
         }
-        check(&store, &model, page_size)?;
+        check(&store, &model, page_size, tl)?;
     }
     Ok(())
 }
@@ -499,6 +530,15 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..60),
         page_size in 1usize..4,
     ) {
-        run(ops, page_size)?;
+        run(ops, page_size, false)?;
+    }
+
+    /// The same model against a thread's timeline.
+    #[test]
+    fn read_by_in_a_thread_matches_model(
+        ops in proptest::collection::vec(op(), 1..60),
+        page_size in 1usize..4,
+    ) {
+        run(ops, page_size, true)?;
     }
 }
