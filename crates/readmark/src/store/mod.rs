@@ -597,9 +597,14 @@ impl Store {
     /// ```
     pub fn seal(&self, timeline: impl Into<crate::ids::Timeline>, user: crate::ids::UserId) {
         // A thread that has not begun has nothing buffered to seal.
+        let timeline = timeline.into();
+        if timeline.root().is_none() {
+            self.writer.seal(timeline.conversation().0, user.0);
+            return;
+        }
         // The view ends with the lookup: a live one holds entries in the
         // buffer (`pure::grace`), which a wait for room would never see.
-        let id = self.timeline_id(&self.view(), timeline.into());
+        let id = self.timeline_id(&self.view(), timeline);
         if let Ok(id) = id {
             self.writer.seal(id.0, user.0);
         }
@@ -612,6 +617,17 @@ impl Store {
         timeline: crate::ids::Timeline,
         f: impl FnOnce(ConversationId) -> Result<T>,
     ) -> Result<T> {
+        // The main timeline is the conversation itself: no view, no
+        // lookup (a view registers with the buffer's reader epochs, which
+        // costs the hot path of `mark_read` measurably).
+        if timeline.root().is_none() {
+            threads::check_public(timeline.conversation())?;
+            return f(timeline.conversation());
+        }
+        // A thread read recently: its id from memory, no view either.
+        if let Some(id) = self.cached_thread(timeline) {
+            return f(id).map_err(|e| e.in_timeline(timeline));
+        }
         let run = || {
             // Its own statement: the view must end before `f` runs (a live
             // view holds entries in the buffer, `pure::grace`, and an

@@ -227,6 +227,16 @@ impl Store {
         }
     }
 
+    /// The id of `timeline`, a thread, if the cache holds it.
+    pub(crate) fn cached_thread(&self, timeline: Timeline) -> Option<ConversationId> {
+        let root = timeline.root()?;
+        let c = timeline.conversation();
+        if !is_public_id(c) {
+            return None;
+        }
+        self.thread_cache.get(c.0, root.0).map(ConversationId)
+    }
+
     /// The thread rooted at `root` for a message sent into it, begun if
     /// this is its first message: its id, and its record if it is new
     /// (with the writes that make it in `batch`). The root must be a
