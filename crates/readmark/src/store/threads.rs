@@ -30,7 +30,9 @@ use rocksdb::WriteBatch;
 
 use super::{Cf, Store, View, corrupt};
 use crate::error::{Error, Result};
-use crate::ids::{ConversationId, MessageId, THREAD_BIT, Timeline, UserId, is_public_id};
+use crate::ids::{
+    ConversationId, MessageId, THREAD_BIT, Timeline, Timestamp, UserId, is_public_id,
+};
 use crate::pure::keys;
 use crate::pure::records::ConversationRecord;
 
@@ -273,6 +275,76 @@ impl Store {
             ..ConversationRecord::default()
         };
         Ok((id, Some(record)))
+    }
+
+    /// A thread-unaware read (Matrix's unthreaded receipt): `user` has read
+    /// everything up to `up_to` in the conversation, in its main timeline
+    /// and in every thread. Each timeline's mark moves as
+    /// [`mark_read`](Store::mark_read) would move it with `up_to` (by
+    /// position: message ids increase across timelines); threads with no
+    /// reply at or before `up_to` are left alone. One `mark_read` per
+    /// thread that has such a reply, after one scan of the conversation's
+    /// threads.
+    ///
+    /// # Errors
+    ///
+    /// As [`mark_read`](Store::mark_read).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, ConversationId, MessageId, Store, Timeline, Timestamp, UserId};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Config::new())?;
+    /// # let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+    /// # store.create_conversation(c)?;
+    /// # store.add_member(c, alice, Timestamp(0))?;
+    /// # store.add_member(c, bob, Timestamp(0))?;
+    /// store.record_message(c, MessageId(1), alice, Timestamp(1))?;
+    /// let thread = Timeline::thread(c, MessageId(1));
+    /// store.record_message(thread, MessageId(2), alice, Timestamp(2))?;
+    /// store.record_message(c, MessageId(3), alice, Timestamp(3))?;
+    /// store.record_message(thread, MessageId(4), alice, Timestamp(4))?;
+    /// store.mark_read_all(c, bob, MessageId(3), Timestamp(5))?;
+    /// assert_eq!(store.unread_count(c, bob)?.count, 0);
+    /// assert_eq!(store.unread_count(thread, bob)?.count, 1); // reply 4 is newer
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn mark_read_all(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        up_to: MessageId,
+        at: Timestamp,
+    ) -> Result<()> {
+        check_public(conversation)?;
+        self.mark_read(conversation, user, up_to, at)?;
+        // Read first, then released: a view held across the updates would
+        // keep their entries in the buffer (`pure::grace`).
+        let covered: Vec<MessageId> = {
+            let view = self.view();
+            let mut roots = Vec::new();
+            // A reply is newer than its root: a thread rooted after
+            // `up_to` has no reply it covers.
+            for (root, t) in threads_of(&view, conversation)? {
+                if root > up_to {
+                    continue;
+                }
+                let mut first = None;
+                view.scan_prefix(Cf::Messages, t.0, 0, |m, _| {
+                    first = Some(m);
+                    Ok(ControlFlow::Break(()))
+                })?;
+                if first.is_some_and(|f| f <= up_to.0) {
+                    roots.push(root);
+                }
+            }
+            roots
+        };
+        for root in covered {
+            self.mark_read(Timeline::thread(conversation, root), user, up_to, at)?;
+        }
+        Ok(())
     }
 
     /// The threads of `conversation` that have begun (have a message), by

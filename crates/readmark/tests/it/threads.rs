@@ -463,3 +463,34 @@ fn a_format_5_store_with_a_reserved_id_is_refused() {
         5u32.to_be_bytes()
     );
 }
+
+/// Matrix's unthreaded receipt: everything up to a position, in every
+/// timeline; threads whose replies are all newer are left alone.
+#[test]
+fn a_thread_unaware_read_covers_every_timeline_up_to_its_position() {
+    let (_d, s) = common::temp_store();
+    setup(&s); // main 10, 20; thread on 10: replies 30, 40
+    let late = Timeline::thread(C, MessageId(20));
+    s.record_message(late, MessageId(50), ALICE, Timestamp(5))
+        .unwrap();
+    s.record_message(C, MessageId(60), ALICE, Timestamp(6))
+        .unwrap();
+    s.mark_read_all(C, BOB, MessageId(35), Timestamp(7))
+        .unwrap();
+    // Main: 10 and 20 read, 60 not; the thread on 10: 30 read, 40 not; the
+    // thread on 20: its only reply (50) is newer, so no mark at all.
+    assert_eq!(s.unread_count(C, BOB).unwrap().count, 1);
+    assert_eq!(s.unread_count(thread(), BOB).unwrap().count, 1);
+    // (A mark is a position, as a main one is.)
+    assert_eq!(s.mark(thread(), BOB).unwrap().unwrap().up_to, MessageId(35));
+    assert_eq!(s.mark(late, BOB).unwrap(), None);
+    // Past everything: every timeline read, each clamped to its newest.
+    s.mark_read_all(C, BOB, MessageId(u64::MAX), Timestamp(8))
+        .unwrap();
+    assert_eq!(s.unread_total(C, BOB).unwrap().count, 0);
+    assert_eq!(s.mark(late, BOB).unwrap().unwrap().up_to, MessageId(50));
+    assert!(matches!(
+        s.mark_read_all(C, UserId(9), MessageId(1), Timestamp(9)),
+        Err(Error::NotMember { .. })
+    ));
+}
