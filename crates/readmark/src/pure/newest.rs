@@ -12,8 +12,10 @@
 //!
 //! **Writers.** A slot is written only under the stripe lock of the
 //! conversation it holds, and every conversation that maps to a slot maps
-//! to the same stripe (the slot index is the stripe hash modulo a multiple
-//! of the stripe count), so a slot has one writer at a time.
+//! to the same stripe (the slot index is [`lock_hash`] modulo a multiple
+//! of the stripe count, and the stripe is the same hash modulo the stripe
+//! count; a thread's hash keeps its conversation's stripe), so a slot has
+//! one writer at a time.
 //! `record_message` raises its conversation's slot after its write lands,
 //! under that lock, and a miss is filled from the record read under that
 //! lock: a slot never holds less than a message whose send returned
@@ -60,11 +62,31 @@ pub(crate) struct Newest {
     slots: Box<[Slot]>,
 }
 
-/// The stripe hash of `store::Store::stripe`: slot `h % SLOTS` and stripe
-/// `h % stripes` agree whenever `stripes` divides `SLOTS`.
+/// A conversation's hash: its lock stripe and slot ([`lock_hash`]), and
+/// what its thread ids carry in their low 16 bits
+/// (`store::threads::thread_id`).
 #[inline]
 pub(crate) fn stripe_hash(conversation: u64) -> u64 {
     conversation.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
+}
+
+/// The bits of a thread id that hold its conversation's [`stripe_hash`].
+pub(crate) const THREAD_STRIPE_MASK: u64 = 0xFFFF;
+
+/// The hash that picks both a timeline's lock stripe
+/// (`store::Store::stripe`: `h % stripes`) and its slot here (`h % slots`):
+/// the two agree whenever the stripe count divides the slot count, so a
+/// slot's writers all hold one lock. A conversation's is its
+/// [`stripe_hash`]; a thread's keeps its conversation's low 16 bits (the
+/// stripe, as the stripe count divides 2^16) under bits of its own (which
+/// spread its slots).
+#[inline]
+pub(crate) fn lock_hash(timeline: u64) -> u64 {
+    if timeline & crate::ids::THREAD_BIT == 0 {
+        stripe_hash(timeline)
+    } else {
+        (stripe_hash(timeline) << 16) | (timeline & THREAD_STRIPE_MASK)
+    }
 }
 
 impl Newest {
@@ -85,7 +107,7 @@ impl Newest {
     #[inline]
     fn slot(&self, conversation: u64) -> &Slot {
         #[allow(clippy::cast_possible_truncation)]
-        let i = (stripe_hash(conversation) as usize) % self.slots.len();
+        let i = (lock_hash(conversation) as usize) % self.slots.len();
         &self.slots[i]
     }
 
@@ -167,6 +189,26 @@ impl Newest {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::{Newest, SLOTS, stripe_hash};
+
+    /// Post-mortem (review of the threads change): thread ids took slots by
+    /// a hash of their whole id, so a thread's slot could belong to another
+    /// stripe than the lock its writers hold, and two writers could tear a
+    /// slot. A thread's slot and stripe now follow its conversation's.
+    #[test]
+    fn regression_a_threads_slot_belongs_to_its_conversations_stripe() {
+        let stripes = 64u64;
+        let slots = SLOTS as u64;
+        for c in [0u64, 1, 7, 12_345, (1 << 63) - 1] {
+            for counter in [0u64, 1, 99, (1 << 47) - 1] {
+                let t = crate::ids::THREAD_BIT
+                    | (counter << 16)
+                    | (stripe_hash(c) & super::THREAD_STRIPE_MASK);
+                let (hc, ht) = (super::lock_hash(c), super::lock_hash(t));
+                assert_eq!(ht % stripes, hc % stripes, "stripe of {t:#x}");
+                assert_eq!((ht % slots) % stripes, hc % stripes, "slot of {t:#x}");
+            }
+        }
+    }
 
     #[test]
     fn set_keeps_the_max_and_a_collision_is_a_miss() {

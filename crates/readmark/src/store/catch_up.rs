@@ -84,8 +84,14 @@ pub struct Changes {
     /// may appear in two pages if it changed again in between).
     pub states: Vec<ReadState>,
     /// (conversation, reader) pairs the user may no longer see (the reader
-    /// left, or made their receipts private): forget what was shown.
+    /// left, or made their receipts private): forget what was shown, in the
+    /// conversation and its threads.
     pub hidden: Vec<(ConversationId, UserId)>,
+    /// (conversation, thread root, reader): a reader the user may see who
+    /// has no mark in that thread any more (they left and joined again
+    /// since, and have not read it): forget what was shown of that thread
+    /// only.
+    pub hidden_threads: Vec<(ConversationId, MessageId, UserId)>,
     /// Where to continue: the next page if `more`, else the cursor to keep
     /// for the next catch-up.
     pub next: Cursor,
@@ -273,10 +279,11 @@ impl Store {
         let in_walk = |seq: u64| seq > c.since && seq <= c.high;
         let view = self.snapshot_view();
         let mut states = Vec::new();
-        let mut hidden: Vec<(ConversationId, UserId)> = Vec::new();
-        let full = |states: &Vec<ReadState>, hidden: &Vec<(ConversationId, UserId)>| {
-            states.len() + hidden.len() >= limit
-        };
+        // (conversation, thread, reader) to forget: `Changes::hidden` and
+        // `Changes::hidden_threads`.
+        let mut hidden: Vec<Forget> = Vec::new();
+        let full =
+            |states: &Vec<ReadState>, hidden: &Vec<Forget>| states.len() + hidden.len() >= limit;
         let conversations = super::conversations::timelines_in(&view, user)?;
         if c.phase == 0 {
             // The user's own marks (their other devices): each carries the
@@ -291,12 +298,7 @@ impl Store {
                 }
                 if full(&states, &hidden) {
                     c.resume_a = conversation.0;
-                    return Ok(CatchUp::Changes(Changes {
-                        states,
-                        hidden,
-                        next: c,
-                        more: true,
-                    }));
+                    return Ok(page(states, hidden, c, true));
                 }
                 if let Some(s) = read_state(&view, conversation, user, user)? {
                     states.push(s);
@@ -354,12 +356,7 @@ impl Store {
                 if full(&states, &hidden) {
                     c.resume_a = conversation.0;
                     c.resume_b = reader;
-                    return Ok(CatchUp::Changes(Changes {
-                        states,
-                        hidden,
-                        next: c,
-                        more: true,
-                    }));
+                    return Ok(page(states, hidden, c, true));
                 }
                 let reader = UserId(reader);
                 let shown = view
@@ -372,9 +369,12 @@ impl Store {
                     Some(Err(e)) => return Err(e),
                     _ if row <= joined => {}
                     _ => {
-                        // A reader hidden in a thread is hidden in its
-                        // conversation (a leave, or going private).
-                        let entry = (view.public_timeline(conversation)?.0, reader);
+                        // Left or private: forget the reader in the
+                        // conversation (once, whichever timeline named
+                        // them). Still shown but with no mark in a thread
+                        // (joined again, not read it): that thread only.
+                        let (public, thread) = view.public_timeline(conversation)?;
+                        let entry = (public, thread.filter(|_| shown), reader);
                         if !hidden.contains(&entry) {
                             hidden.push(entry);
                         }
@@ -382,12 +382,12 @@ impl Store {
                 }
             }
         }
-        Ok(CatchUp::Changes(Changes {
+        Ok(page(
             states,
             hidden,
-            next: Cursor::after(c.high, c.high_at),
-            more: false,
-        }))
+            Cursor::after(c.high, c.high_at),
+            false,
+        ))
     }
 
     /// Everything `user` may see of the read state now (the same scope as
@@ -454,6 +454,27 @@ impl Store {
         }
         Ok(Snapshot { states, cursor })
     }
+}
+
+/// A reader to forget: (conversation, thread if only there, reader).
+type Forget = (ConversationId, Option<MessageId>, UserId);
+
+fn page(states: Vec<ReadState>, forget: Vec<Forget>, next: Cursor, more: bool) -> CatchUp {
+    let mut hidden = Vec::new();
+    let mut hidden_threads = Vec::new();
+    for (c, thread, r) in forget {
+        match thread {
+            None => hidden.push((c, r)),
+            Some(root) => hidden_threads.push((c, root, r)),
+        }
+    }
+    CatchUp::Changes(Changes {
+        states,
+        hidden,
+        hidden_threads,
+        next,
+        more,
+    })
 }
 
 /// The conversation's record, or `None` if there is none: an event about

@@ -141,7 +141,14 @@ pub(crate) fn plan_round(
             match record(c)?.and_then(|r| r.thread) {
                 Some((parent, _)) => parent,
                 None => {
-                    plan.outcomes.push(Outcome::Stale);
+                    // No thread record yet: the sender's advance of a
+                    // thread's first reply is buffered (and journaled)
+                    // before the reply and the thread's record are written,
+                    // as any send's is before its message. Nothing to write
+                    // now; the entry stays dirty for a later round. (At
+                    // replay, a thread whose reply never landed: nothing.)
+                    let prev = item.base.unwrap_or_default();
+                    plan.outcomes.push(Outcome::Partial(prev));
                     continue;
                 }
             }
@@ -376,5 +383,59 @@ mod tests {
         let stored = store.view().stored_mark(c, alice).unwrap();
         assert_eq!(stored.mark.map(|m| m.up_to), Some(MessageId(20)));
         assert_eq!(store.stats().pending_keys, 0);
+    }
+
+    /// Post-mortem (review of the threads change): the sender's advance of
+    /// a thread's first reply is buffered before the thread's record
+    /// exists, and a flush round in between found no record and dropped
+    /// the entry as stale: the reply's sender lost their own read mark.
+    /// Now the entry waits, dirty, for the record.
+    #[test]
+    fn regression_a_first_replys_advance_waits_for_its_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Config::new()).unwrap();
+        let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
+        store.create_conversation(c).unwrap();
+        for u in [alice, bob] {
+            store.add_member(c, u, Timestamp(0)).unwrap();
+        }
+        store
+            .record_message(c, MessageId(10), bob, Timestamp(1))
+            .unwrap();
+        store.flush().unwrap();
+        // The id the thread on 10 will take (the store's first).
+        let t = crate::store::threads::thread_id(0, c);
+        let member = store.view().require_member(c, alice).unwrap();
+        let verified = crate::store::writer::Verified {
+            joined_seq: member.joined_seq,
+            base: None,
+        };
+        // Alice's first reply (20), caught between journaling and writing.
+        store
+            .writer
+            .apply(
+                t.0,
+                alice.0,
+                MarkState::from_mark(MessageId(20), Timestamp(2)),
+                Durability::ProcessCrash,
+                Some(verified),
+                false,
+            )
+            .unwrap();
+        store.flush().unwrap();
+        assert_eq!(store.stats().pending_keys, 1, "the entry waits");
+        // The thread comes to exist (here by bob's reply, which takes the
+        // id above), and the next round writes alice's mark.
+        let thread = crate::ids::Timeline::thread(c, MessageId(10));
+        store
+            .record_message(thread, MessageId(20), bob, Timestamp(3))
+            .unwrap();
+        store.flush().unwrap();
+        let stored = store.view().stored_mark(t, alice).unwrap();
+        assert_eq!(stored.mark.map(|m| m.up_to), Some(MessageId(20)));
+        assert_eq!(
+            store.mark(thread, alice).unwrap().unwrap().up_to,
+            MessageId(20)
+        );
     }
 }

@@ -781,12 +781,9 @@ impl Store {
 
     fn stripe(&self, conversation: ConversationId) -> usize {
         // A thread's id carries its conversation's stripe in its low bits
-        // (`threads::thread_id`): both take the same lock.
-        let h = if crate::ids::is_public_id(conversation) {
-            crate::pure::newest::stripe_hash(conversation.0)
-        } else {
-            conversation.0 & threads::STRIPE_MASK
-        };
+        // (`threads::thread_id`): both take the same lock, and the
+        // newest-message slots agree with the locks (`newest::lock_hash`).
+        let h = crate::pure::newest::lock_hash(conversation.0);
         #[allow(clippy::cast_possible_truncation)]
         let i = (h as usize) % self.locks.len();
         i

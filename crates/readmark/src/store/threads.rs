@@ -37,7 +37,7 @@ use crate::pure::keys;
 use crate::pure::records::ConversationRecord;
 
 /// The bits of a thread id that hold its conversation's stripe hash.
-pub(crate) const STRIPE_MASK: u64 = 0xFFFF;
+pub(crate) const STRIPE_MASK: u64 = crate::pure::newest::THREAD_STRIPE_MASK;
 /// Where the counter starts in a thread id.
 const COUNTER_SHIFT: u32 = 16;
 /// Counters beyond this do not fit in an id.

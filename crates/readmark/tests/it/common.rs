@@ -92,7 +92,9 @@ pub fn catch_up(
     (states, next)
 }
 
-/// [`catch_up`] with the pairs to forget.
+/// [`catch_up`] with the pairs to forget: `hidden`, and `hidden_threads`
+/// by their conversation (the models key read states by conversation and
+/// reader, one timeline each).
 pub fn catch_up_with_hidden(
     s: &Store,
     user: readmark::UserId,
@@ -107,9 +109,10 @@ pub fn catch_up_with_hidden(
     loop {
         match s.changes_since(user, cursor, limit).unwrap() {
             readmark::CatchUp::Changes(page) => {
-                assert!(page.states.len() + page.hidden.len() <= limit);
+                assert!(page.states.len() + page.hidden.len() + page.hidden_threads.len() <= limit);
                 out.extend(page.states);
                 hidden.extend(page.hidden);
+                hidden.extend(page.hidden_threads.iter().map(|&(c, _, r)| (c, r)));
                 cursor = page.next;
                 if !page.more {
                     return (out, hidden, cursor);

@@ -494,3 +494,36 @@ fn a_thread_unaware_read_covers_every_timeline_up_to_its_position() {
         Err(Error::NotMember { .. })
     ));
 }
+
+/// Post-mortem (review of the threads change): a reader who left, joined
+/// again and read the main timeline but not a thread was listed as a state
+/// and then hidden in the same catch-up, because the thread's entry hid
+/// them in the whole conversation. A thread-only forget now names the
+/// thread (`Changes::hidden_threads`).
+#[test]
+fn regression_a_thread_without_a_mark_hides_the_reader_in_that_thread_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), common::small_config());
+    setup(&s);
+    s.mark_read(thread(), BOB, MessageId(40), Timestamp(5))
+        .unwrap();
+    s.flush().unwrap();
+    let cursor = s.snapshot(ALICE).unwrap().cursor;
+    s.remove_member(C, BOB).unwrap();
+    s.add_member(C, BOB, Timestamp(6)).unwrap();
+    s.record_message(C, MessageId(50), ALICE, Timestamp(7))
+        .unwrap();
+    s.mark_read(C, BOB, MessageId(50), Timestamp(8)).unwrap();
+    s.flush().unwrap();
+    let CatchUp::Changes(page) = s.changes_since(ALICE, cursor, 100).unwrap() else {
+        panic!("fresh cursor");
+    };
+    assert!(
+        page.states
+            .iter()
+            .any(|r| r.reader == BOB && r.thread.is_none() && r.up_to == MessageId(50)),
+        "{page:?}"
+    );
+    assert!(!page.hidden.contains(&(C, BOB)), "{page:?}");
+    assert_eq!(page.hidden_threads, vec![(C, ROOT, BOB)]);
+}
