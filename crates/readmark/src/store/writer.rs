@@ -380,16 +380,24 @@ impl Writer {
     /// Writes one key now and waits until RocksDB holds it.
     pub(crate) fn flush_key(&self, conversation: u64, user: u64) -> Result<()> {
         self.check_poison()?;
-        let dirty = self
-            .combiner
-            .lock(conversation)
-            .get(&(conversation, user))
-            .is_some_and(|e| e.dirty);
-        if !dirty {
-            return Ok(());
+        // Twice at most: a round already running when this call sealed may
+        // have copied the key before its latest update, and leaves it dirty
+        // (and no longer sealed); the second seal queues it for a round
+        // that starts after. (A key still dirty then waits for its message,
+        // `Outcome::Partial`, which no round can write yet.)
+        for _ in 0..2 {
+            let dirty = self
+                .combiner
+                .lock(conversation)
+                .get(&(conversation, user))
+                .is_some_and(|e| e.dirty);
+            if !dirty {
+                return Ok(());
+            }
+            self.seal(conversation, user);
+            self.wait_round(false, true)?;
         }
-        self.seal(conversation, user);
-        self.wait_round(false, true)
+        Ok(())
     }
 
     /// Asks the flusher for a round (every dirty key with `full`, sealed
@@ -643,7 +651,11 @@ impl Writer {
             let full = s.full || now >= next_full;
             let sealed = !s.sealed.is_empty();
             let tick = next_tick.is_some_and(|t| now >= t);
-            if !(full || sealed && (s.urgent || tick || !ticking)) {
+            // A caller waiting (`urgent`) gets a round even with nothing
+            // sealed: the key it sealed may be in the round running when it
+            // asked (its seal then queued nothing), and it waits for a round
+            // that starts after that one.
+            if !(full || s.urgent || sealed && (tick || !ticking)) {
                 if ticking {
                     if sealed && next_tick.is_none() {
                         // The first seal after idling: wait one delay for
