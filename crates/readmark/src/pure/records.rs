@@ -115,6 +115,19 @@ impl ConversationRecord {
         }
     }
 
+    /// A thread's record with what it shares taken from its
+    /// conversation's (`parent`): the inverse of `stored`.
+    pub(crate) fn under(self, parent: &Self) -> Self {
+        Self {
+            member_count: parent.member_count,
+            per_message: parent.per_message,
+            threshold: parent.threshold,
+            event_window_ms: parent.event_window_ms,
+            event_recipients: parent.event_recipients,
+            ..self
+        }
+    }
+
     pub(crate) fn encode(&self) -> [u8; CONV_LEN] {
         let r = self.stored();
         let mut b = [0u8; CONV_LEN];

@@ -329,6 +329,23 @@ mod tests {
     use crate::store::Store;
     use crate::store::writer::Applied;
 
+    /// A store with alice (1) and bob (2) in conversation 1, where bob's
+    /// message 10 is written and flushed.
+    fn with_message_10() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Config::new()).unwrap();
+        let c = ConversationId(1);
+        store.create_conversation(c).unwrap();
+        for u in [UserId(1), UserId(2)] {
+            store.add_member(c, u, Timestamp(0)).unwrap();
+        }
+        store
+            .record_message(c, MessageId(10), UserId(2), Timestamp(1))
+            .unwrap();
+        store.flush().unwrap();
+        (dir, store)
+    }
+
     /// Post-mortem (review of issue 14): a sender's advance is journaled
     /// and buffered before its message is written, and a flush round in
     /// between wrote the mark past the newest message to RocksDB, where a
@@ -336,17 +353,8 @@ mod tests {
     /// writes what exists and keeps the rest buffered.
     #[test]
     fn regression_a_flush_never_writes_a_mark_past_the_newest_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Config::new()).unwrap();
+        let (_dir, store) = with_message_10();
         let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
-        store.create_conversation(c).unwrap();
-        for u in [alice, bob] {
-            store.add_member(c, u, Timestamp(0)).unwrap();
-        }
-        store
-            .record_message(c, MessageId(10), bob, Timestamp(1))
-            .unwrap();
-        store.flush().unwrap();
         // Alice's send of 20, caught between its journaling and its write.
         let apply = |verified| {
             store
@@ -392,17 +400,8 @@ mod tests {
     /// Now the entry waits, dirty, for the record.
     #[test]
     fn regression_a_first_replys_advance_waits_for_its_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Config::new()).unwrap();
+        let (_dir, store) = with_message_10();
         let (c, alice, bob) = (ConversationId(1), UserId(1), UserId(2));
-        store.create_conversation(c).unwrap();
-        for u in [alice, bob] {
-            store.add_member(c, u, Timestamp(0)).unwrap();
-        }
-        store
-            .record_message(c, MessageId(10), bob, Timestamp(1))
-            .unwrap();
-        store.flush().unwrap();
         // The id the thread on 10 will take (the store's first).
         let t = crate::store::threads::thread_id(0, c);
         let member = store.view().require_member(c, alice).unwrap();

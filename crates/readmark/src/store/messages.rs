@@ -302,14 +302,7 @@ impl Store {
         let view = self.view();
         let (mut parent, parent_sent_at) = match stripe.cached(owner) {
             Some(meta) => (meta.record, meta.last_sent_at),
-            None => {
-                let conv = view.conversation_record(owner)?;
-                let last = match conv.last_message() {
-                    Some(last) => view.message_record(owner, last)?.map(|m| m.sent_at),
-                    None => None,
-                };
-                (conv, last)
-            }
+            None => view.record_and_last_sent(owner)?,
         };
         // A reply goes to its thread's own timeline (begun by its first
         // reply); only the newest message of any timeline stays in the
@@ -321,39 +314,13 @@ impl Store {
                 // nothing about the conversation's threads.
                 view.require_member(owner, sender)?;
                 match self.thread_for_send(&view, owner, root, &mut batch)? {
-                    (t, Some(fresh)) => (
-                        t,
-                        ConversationRecord {
-                            member_count: parent.member_count,
-                            per_message: parent.per_message,
-                            threshold: parent.threshold,
-                            event_window_ms: parent.event_window_ms,
-                            event_recipients: parent.event_recipients,
-                            ..fresh
-                        },
-                        None,
-                    ),
+                    (t, Some(fresh)) => (t, fresh.under(&parent), None),
                     // A thread's own fields as this lock's last writer
                     // left them, under its conversation's shared ones.
                     (t, None) => match stripe.cached(t) {
-                        Some(meta) => (
-                            t,
-                            ConversationRecord {
-                                member_count: parent.member_count,
-                                per_message: parent.per_message,
-                                threshold: parent.threshold,
-                                event_window_ms: parent.event_window_ms,
-                                event_recipients: parent.event_recipients,
-                                ..meta.record
-                            },
-                            meta.last_sent_at,
-                        ),
+                        Some(meta) => (t, meta.record.under(&parent), meta.last_sent_at),
                         None => {
-                            let conv = view.conversation_record(t)?;
-                            let last = match conv.last_message() {
-                                Some(last) => view.message_record(t, last)?.map(|m| m.sent_at),
-                                None => None,
-                            };
+                            let (conv, last) = view.record_and_last_sent(t)?;
                             (t, conv, last)
                         }
                     },

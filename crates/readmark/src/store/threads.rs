@@ -214,8 +214,8 @@ impl Store {
         let Some(root) = timeline.root() else {
             return Ok(conversation);
         };
-        if let Some(t) = self.thread_cache.get(conversation.0, root.0) {
-            return Ok(ConversationId(t));
+        if let Some(t) = self.cached_thread(timeline) {
+            return Ok(t);
         }
         match find_thread(view, conversation, root)? {
             Some(t) => {

@@ -62,16 +62,25 @@ impl<'a> View<'a> {
         &self,
         conversation: ConversationId,
     ) -> Result<ConversationRecord> {
-        let mut record = self.own_record(conversation)?;
-        if let Some((parent, _)) = record.thread {
-            let p = self.own_record(ConversationId(parent))?;
-            record.member_count = p.member_count;
-            record.per_message = p.per_message;
-            record.threshold = p.threshold;
-            record.event_window_ms = p.event_window_ms;
-            record.event_recipients = p.event_recipients;
+        let record = self.own_record(conversation)?;
+        match record.thread {
+            Some((parent, _)) => Ok(record.under(&self.own_record(ConversationId(parent))?)),
+            None => Ok(record),
         }
-        Ok(record)
+    }
+
+    /// [`conversation_record`](View::conversation_record) and the send
+    /// time of the timeline's newest message.
+    pub(crate) fn record_and_last_sent(
+        &self,
+        timeline: ConversationId,
+    ) -> Result<(ConversationRecord, Option<crate::ids::Timestamp>)> {
+        let record = self.conversation_record(timeline)?;
+        let last = match record.last_message() {
+            Some(last) => self.message_record(timeline, last)?.map(|m| m.sent_at),
+            None => None,
+        };
+        Ok((record, last))
     }
 
     /// The record as stored, without a thread's overlay.
