@@ -66,6 +66,10 @@ pub(crate) struct SoakArgs {
     /// write-ahead log is capped at four of them.
     #[arg(long)]
     pub(crate) write_buffer_mib: Option<usize>,
+    /// RocksDB block cache in MiB (`Config::block_cache_bytes`; default:
+    /// the store's, 64).
+    #[arg(long)]
+    pub(crate) block_cache_mib: Option<usize>,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub(crate) json: bool,
@@ -89,6 +93,14 @@ struct Interval {
     p999_us: f64,
     max_us: f64,
     rss_mib: f64,
+    /// Bytes the allocator has handed out and not got back (glibc's
+    /// `mallinfo2`): RSS minus this is the allocator's slack, the
+    /// journal's mapped pages and stacks.
+    heap_mib: f64,
+    /// What RocksDB's own accounting says it holds (`Store::memory_usage`).
+    rocksdb_mib: f64,
+    memtable_mib: f64,
+    block_cache_mib: f64,
     events: u64,
     catch_ups: u64,
     reads: u64,
@@ -109,6 +121,10 @@ struct Row {
     p999_us: f64,
     max_us: f64,
     rss_mib: f64,
+    heap_mib: f64,
+    rocksdb_mib: f64,
+    memtable_mib: f64,
+    block_cache_mib: f64,
     journal_mib: f64,
     store_mib: f64,
     events: u64,
@@ -149,11 +165,14 @@ struct Report {
 }
 
 fn config(args: &SoakArgs) -> Config {
-    let config = Config::new().durability(Durability::ProcessCrash);
-    match args.write_buffer_mib {
-        Some(mib) => config.write_buffer_bytes(mib << 20),
-        None => config,
+    let mut config = Config::new().durability(Durability::ProcessCrash);
+    if let Some(mib) = args.write_buffer_mib {
+        config = config.write_buffer_bytes(mib << 20);
     }
+    if let Some(mib) = args.block_cache_mib {
+        config = config.block_cache_bytes(mib << 20);
+    }
+    config
 }
 
 fn dir_bytes(p: &Path) -> u64 {
@@ -269,6 +288,10 @@ pub(crate) fn run(args: &SoakArgs) -> readmark::Result<()> {
                             p999_us: i.p999_us,
                             max_us: i.max_us,
                             rss_mib: i.rss_mib,
+                            heap_mib: i.heap_mib,
+                            rocksdb_mib: i.rocksdb_mib,
+                            memtable_mib: i.memtable_mib,
+                            block_cache_mib: i.block_cache_mib,
                             journal_mib: mib(dir_bytes(&dir2.join("readmark-journal"))),
                             store_mib: mib(dir_bytes(&dir2)),
                             events: i.events,
@@ -427,12 +450,18 @@ fn worker_args(args: &SoakArgs, dir: &Path) -> Vec<String> {
             .into_iter()
             .flatten(),
     )
+    .chain(
+        args.block_cache_mib
+            .map(|m| ["--block-cache-mib".to_string(), m.to_string()])
+            .into_iter()
+            .flatten(),
+    )
     .collect()
 }
 
 fn header() -> String {
     format!(
-        "{:>7} {:>3} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}",
+        "{:>7} {:>3} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}",
         "time s",
         "seg",
         "updates/s",
@@ -441,6 +470,8 @@ fn header() -> String {
         "p999 us",
         "max us",
         "RSS MiB",
+        "heapMiB",
+        "rdb MiB",
         "jnl MiB",
         "db MiB",
         "events",
@@ -451,7 +482,7 @@ fn header() -> String {
 
 fn format_row(r: &Row) -> String {
     format!(
-        "{:>7.0} {:>3} {:>9.0} {:>7.1} {:>7.1} {:>7.1} {:>8.0} {:>7.1} {:>7.1} {:>7.1} {:>7} {:>7} {:>6}",
+        "{:>7.0} {:>3} {:>9.0} {:>7.1} {:>7.1} {:>7.1} {:>8.0} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7} {:>7} {:>6}",
         r.at_s,
         r.segment,
         r.updates_per_s,
@@ -460,6 +491,8 @@ fn format_row(r: &Row) -> String {
         r.p999_us,
         r.max_us,
         r.rss_mib,
+        r.heap_mib,
+        r.rocksdb_mib,
         r.journal_mib,
         r.store_mib,
         r.events,
@@ -636,6 +669,7 @@ pub(crate) fn worker(args: &WorkerArgs) -> readmark::Result<()> {
             };
             #[allow(clippy::cast_precision_loss)]
             let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+            let memory = s.store.memory_usage().unwrap_or_default();
             #[allow(clippy::cast_precision_loss)]
             let line = Interval {
                 t: started.elapsed().as_secs_f64(),
@@ -645,6 +679,10 @@ pub(crate) fn worker(args: &WorkerArgs) -> readmark::Result<()> {
                 p999_us: us(0.999),
                 max_us: h.max() as f64 / 1e3,
                 rss_mib: rss_mib(),
+                heap_mib: heap_mib(),
+                rocksdb_mib: mib(memory.rocksdb_bytes()),
+                memtable_mib: mib(memory.memtable_bytes),
+                block_cache_mib: mib(memory.block_cache_bytes),
                 events: counts.events - last.events,
                 catch_ups: counts.catch_ups - last.catch_ups,
                 reads: counts.reads - last.reads,
@@ -686,6 +724,20 @@ impl Counts {
             errors: l(&s.errors),
         }
     }
+}
+
+/// Bytes in use from glibc's allocator, in MiB (0 where `mallinfo2` is
+/// not glibc's).
+fn heap_mib() -> f64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let m = unsafe { libc::mallinfo2() };
+        #[allow(clippy::cast_precision_loss)]
+        return (m.uordblks + m.hblkhd) as f64 / (1u64 << 20) as f64;
+    }
+    #[allow(unreachable_code)]
+    0.0
 }
 
 fn rss_mib() -> f64 {

@@ -66,10 +66,10 @@ pub use pure::merge::{MergeOutcome, merge_marks};
 #[cfg(feature = "store")]
 pub use store::{
     AUTHOR_SCAN_LIMIT, CatchUp, Changes, DiskUsage, Event, EventPolicy, FORMAT_VERSION,
-    MAX_MENTIONS, MessageKind, MessageOptions, Page, PrivacyScope, Problem, ReadBy, ReadCount,
-    ReadState, ReadTime, Reader, ReceiptEvent, ReceiptSource, ReceiptUsage, Report, RocksDbIo,
-    SegmentInfo, Snapshot, Stats, Store, Subscription, TableUsage, ThreadUnread, Unread, dump,
-    inspect, verify,
+    MAX_MENTIONS, MemoryUsage, MessageKind, MessageOptions, Page, PrivacyScope, Problem, ReadBy,
+    ReadCount, ReadState, ReadTime, Reader, ReceiptEvent, ReceiptSource, ReceiptUsage, Report,
+    RocksDbIo, SegmentInfo, Snapshot, Stats, Store, Subscription, TableUsage, ThreadUnread, Unread,
+    dump, inspect, verify,
 };
 
 // The README's usage example is compiled and run as a doc test.

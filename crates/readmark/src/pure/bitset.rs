@@ -93,19 +93,6 @@ impl Bitset {
         })
     }
 
-    /// OR of two bitsets. `sent_at` is the larger of the two: inputs of
-    /// one key all carry the same time, so any total choice would do.
-    pub(crate) fn union(mut self, other: &Bitset) -> Bitset {
-        if self.bitmap.len() < other.bitmap.len() {
-            self.bitmap.resize(other.bitmap.len(), 0);
-        }
-        for (a, b) in self.bitmap.iter_mut().zip(&other.bitmap) {
-            *a |= b;
-        }
-        self.sent_at = self.sent_at.max(other.sent_at);
-        self
-    }
-
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(BITSET_BITMAP + self.bitmap.len());
         b.push(BITSET_VERSION);
@@ -117,6 +104,15 @@ impl Bitset {
     /// Canonical encodings only: right version, bitmap no longer than
     /// [`MAX_BITMAP_BYTES`], no trailing zero byte.
     pub(crate) fn decode(b: &[u8]) -> Option<Self> {
+        let (sent_at, bitmap) = Self::parts(b)?;
+        Some(Self {
+            sent_at,
+            bitmap: bitmap.to_vec(),
+        })
+    }
+
+    /// `sent_at` and the bitmap of a canonical encoding, borrowed.
+    fn parts(b: &[u8]) -> Option<(u64, &[u8])> {
         if b.len() < BITSET_BITMAP || b[0] != BITSET_VERSION {
             return None;
         }
@@ -124,10 +120,28 @@ impl Bitset {
         if bitmap.len() > MAX_BITMAP_BYTES || bitmap.last() == Some(&0) {
             return None;
         }
-        Some(Self {
-            sent_at: BigEndian::read_u64(&b[BITSET_SENT_AT..BITSET_BITMAP]),
-            bitmap: bitmap.to_vec(),
-        })
+        Some((
+            BigEndian::read_u64(&b[BITSET_SENT_AT..BITSET_BITMAP]),
+            bitmap,
+        ))
+    }
+
+    /// ORs an encoded bitset into this one without decoding it into a
+    /// bitset of its own; false (and nothing changed) if `b` is not a
+    /// canonical encoding. `sent_at` becomes the larger of the two: inputs
+    /// of one key all carry the same time, so any total choice would do.
+    fn or_encoded(&mut self, b: &[u8]) -> bool {
+        let Some((sent_at, bitmap)) = Self::parts(b) else {
+            return false;
+        };
+        if self.bitmap.len() < bitmap.len() {
+            self.bitmap.resize(bitmap.len(), 0);
+        }
+        for (a, b) in self.bitmap.iter_mut().zip(bitmap) {
+            *a |= b;
+        }
+        self.sent_at = self.sent_at.max(sent_at);
+        true
     }
 }
 
@@ -146,11 +160,15 @@ pub(crate) fn merge_bitsets<'a>(
     operands: impl IntoIterator<Item = &'a [u8]>,
 ) -> BitsetMerge {
     let mut skipped = 0u64;
-    let mut acc = Bitset::default();
+    // One allocation per merge, not one per operand: RocksDB calls this
+    // on every read and compaction of a message's bitset.
+    let mut acc = Bitset {
+        sent_at: 0,
+        bitmap: Vec::with_capacity(MAX_BITMAP_BYTES),
+    };
     for input in existing.into_iter().chain(operands) {
-        match Bitset::decode(input) {
-            Some(b) => acc = acc.union(&b),
-            None => skipped += 1,
+        if !acc.or_encoded(input) {
+            skipped += 1;
         }
     }
     BitsetMerge {

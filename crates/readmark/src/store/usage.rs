@@ -106,6 +106,58 @@ impl DiskUsage {
     }
 }
 
+/// Memory the store holds, by owner; see [`Store::memory_usage`].
+///
+/// RocksDB's parts are its own accounting (`rocksdb.size-all-mem-tables`,
+/// `rocksdb.estimate-table-readers-mem`, the block cache's usage). Their
+/// ceilings follow the [`Config`](crate::Config): the block cache holds
+/// at most [`Config::block_cache_bytes`](crate::Config::block_cache_bytes)
+/// (index and filter blocks included), and the memtables stay near the
+/// write-ahead log's cap, four times
+/// [`Config::write_buffer_bytes`](crate::Config::write_buffer_bytes),
+/// since RocksDB flushes the column families that pin the oldest log file
+/// past it. The process's resident size adds the allocator's own slack,
+/// the journal's mapped pages and thread stacks to these.
+///
+/// # Examples
+///
+/// ```
+/// # use readmark::{Config, ConversationId, MessageId, Store, Timestamp, UserId};
+/// # let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path(), Config::new().block_cache_bytes(8 << 20))?;
+/// store.create_conversation(ConversationId(1))?;
+/// let m = store.memory_usage()?;
+/// assert!(m.block_cache_bytes <= 8 << 20);
+/// assert!(m.memtable_bytes > 0);
+/// assert_eq!(m.rocksdb_bytes(), m.memtable_bytes + m.table_reader_bytes + m.block_cache_bytes);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryUsage {
+    /// Bytes of every column family's memtables, the active one and those
+    /// waiting to be flushed.
+    pub memtable_bytes: u64,
+    /// Bytes of open SST readers held outside the block cache (with the
+    /// index and filter blocks in the cache, a few KiB per file).
+    pub table_reader_bytes: u64,
+    /// Bytes charged to the block cache (data, index and filter blocks).
+    pub block_cache_bytes: u64,
+    /// Of those, bytes pinned by readers right now.
+    pub block_cache_pinned_bytes: u64,
+    /// Keys the write-combining buffer holds, about 224 bytes each (its
+    /// bound is [`Config::combiner_max_bytes`](crate::Config::combiner_max_bytes)).
+    pub buffered_keys: u64,
+}
+
+impl MemoryUsage {
+    /// What RocksDB holds: memtables, table readers and the block cache.
+    #[must_use]
+    pub fn rocksdb_bytes(&self) -> u64 {
+        self.memtable_bytes + self.table_reader_bytes + self.block_cache_bytes
+    }
+}
+
 /// The per-message receipt bitsets of one conversation; see
 /// [`Store::receipt_usage`].
 ///
@@ -225,6 +277,44 @@ impl Store {
             tables,
             journal_bytes,
         })
+    }
+
+    /// Memory held by RocksDB and the write-combining buffer, from their
+    /// own accounting; cheap (no table is read). For an operator's
+    /// dashboard, and the soak's check that memory stays bounded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`](crate::Error::Storage) if RocksDB cannot report
+    /// a property.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use readmark::{Config, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Config::new())?;
+    /// println!("RocksDB holds {} bytes", store.memory_usage()?.rocksdb_bytes());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn memory_usage(&self) -> Result<MemoryUsage> {
+        let mut m = MemoryUsage::default();
+        for cf in Cf::ALL {
+            let h = self.cf(cf);
+            let int = |p: &str| -> Result<u64> {
+                Ok(self
+                    .db
+                    .property_int_value_cf(h, p)
+                    .map_err(storage)?
+                    .unwrap_or(0))
+            };
+            m.memtable_bytes += int("rocksdb.size-all-mem-tables")?;
+            m.table_reader_bytes += int("rocksdb.estimate-table-readers-mem")?;
+        }
+        m.block_cache_bytes = self.block_cache.get_usage() as u64;
+        m.block_cache_pinned_bytes = self.block_cache.get_pinned_usage() as u64;
+        m.buffered_keys = self.writer.combiner.entries() as u64;
+        Ok(m)
     }
 
     /// The per-message receipt bitsets stored for `conversation` and their

@@ -90,5 +90,16 @@ fn slots_corpus() {
 
 #[test]
 fn api_ops_corpus() {
-    run("api_ops", readmark::fuzzing::api_target, 4, 60, 256);
+    run("api_ops", readmark::fuzzing::api_target, 4, 400, 256);
+}
+
+#[test]
+fn api_restart_corpus() {
+    run(
+        "api_restart",
+        readmark::fuzzing::api_restart_target,
+        7,
+        60,
+        256,
+    );
 }
