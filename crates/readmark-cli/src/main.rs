@@ -11,6 +11,7 @@ mod measure;
 mod plot;
 mod receipts_cost;
 mod scaling;
+mod server_load;
 mod soak;
 mod threads_cost;
 mod workload;
@@ -80,6 +81,14 @@ enum Command {
     /// What threads and mentions cost per update, side by side with the
     /// main timeline: sends, reads, and unread totals over many threads.
     Timelines(threads_cost::TimelinesArgs),
+    /// Run readmark-server (authenticated WebSocket push and the backend's
+    /// HTTP API) until SIGTERM or Ctrl-C; `readmark-server serve` does the
+    /// same.
+    Serve(readmark_server::cli::ServeArgs),
+    /// readmark-server under load on loopback: memory and CPU of many idle
+    /// connections, reads per second with 1,000 clients, and read-to-push
+    /// latency at two coalescing windows.
+    ServerLoad(server_load::ServerLoadArgs),
     /// The worker process of `soak` (started by it).
     #[command(hide = true, name = "soak-worker")]
     SoakWorker(soak::WorkerArgs),
@@ -353,6 +362,16 @@ fn main() -> ExitCode {
         Command::Soak(args) => soak::run(&args),
         Command::Timelines(args) => threads_cost::run(&args),
         Command::SoakWorker(args) => soak::worker(&args),
+        Command::ServerLoad(args) => server_load::run(&args),
+        Command::Serve(args) => {
+            return match readmark_server::cli::run(readmark_server::cli::Command::Serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("readmark: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Stats { path } => inspect::stats(&path),
         Command::Verify { path } => match inspect::verify(&path) {
             Ok(true) => Ok(()),

@@ -263,6 +263,12 @@ pub struct Stats {
     /// Updates that changed nothing (stale or duplicated), found on the
     /// write path or at a flush: they cost no write.
     pub no_ops: u64,
+    /// Rounds the background flusher ran (timer, seals, memory pressure,
+    /// callers waiting).
+    pub flush_rounds: u64,
+    /// Time those rounds took, together: `flush_time / flush_rounds` is the
+    /// mean latency of a round (planning, RocksDB writes, syncs).
+    pub flush_time: std::time::Duration,
 }
 
 /// RocksDB's I/O counters (see [`Store::rocksdb_io`]).
@@ -750,6 +756,8 @@ impl Store {
             read_time_records: load(&c.read_time_records),
             change_sequences: load(&c.change_sequences),
             no_ops: load(&c.no_ops),
+            flush_rounds: load(&c.flush_rounds),
+            flush_time: std::time::Duration::from_nanos(load(&c.flush_nanos)),
         }
     }
 

@@ -57,6 +57,9 @@ pub(crate) struct WriterCounters {
     pub(crate) receipt_operands: AtomicU64,
     pub(crate) read_time_records: AtomicU64,
     pub(crate) change_sequences: AtomicU64,
+    /// Rounds of the background flusher, and their time in nanoseconds.
+    pub(crate) flush_rounds: AtomicU64,
+    pub(crate) flush_nanos: AtomicU64,
 }
 
 /// What a caller verified about the key before its first update: the
@@ -683,8 +686,14 @@ impl Writer {
             s.started += 1;
             drop(s);
             let which = if full { Which::All } else { Which::Keys(keys) };
+            let started = Instant::now();
             let result = self.round(which, false);
             last_work = Instant::now();
+            self.counters.flush_rounds.fetch_add(1, Ordering::Relaxed);
+            self.counters.flush_nanos.fetch_add(
+                u64::try_from(last_work.duration_since(started).as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
             if full {
                 next_full = last_work + self.interval;
             }

@@ -26,4 +26,3 @@ mod semantics;
 mod stress;
 mod threads;
 mod unread_model;
-mod websocket;

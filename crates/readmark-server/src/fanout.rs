@@ -1,0 +1,267 @@
+//! Who is connected, and the one place that fans events out to them.
+//!
+//! Every connection has a bounded queue of frames. A push never waits: a
+//! full queue drops the frame and marks the connection lagged, and the
+//! connection sends one `resync` once it can (the client then catches up
+//! from its cursor). The registry holds connected users only; a user's
+//! entry goes with their last connection, so nothing grows with the number
+//! of users ever seen.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use readmark::{Event, Store, UserId};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// A connection as the fan-out sees it.
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<Utf8Bytes>,
+    lagged: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Users {
+    by_user: HashMap<u64, Vec<Conn>>,
+    total: usize,
+    next_id: u64,
+}
+
+/// The connected users and their connections' queues.
+pub(crate) struct Registry {
+    users: Mutex<Users>,
+    max_total: usize,
+    max_per_user: usize,
+    queue: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a connection could not be registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// The server's connection limit.
+    Server,
+    /// The user's.
+    User,
+}
+
+/// A registered connection: its queue's receiving end and its lagged flag.
+/// Dropping it unregisters the connection.
+pub(crate) struct Registration {
+    registry: Arc<Registry>,
+    user: u64,
+    id: u64,
+    pub(crate) rx: mpsc::Receiver<Utf8Bytes>,
+    pub(crate) lagged: Arc<AtomicBool>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut u = self.registry.lock();
+        if let Some(conns) = u.by_user.get_mut(&self.user) {
+            let before = conns.len();
+            conns.retain(|c| c.id != self.id);
+            let removed = before - conns.len();
+            if conns.is_empty() {
+                u.by_user.remove(&self.user);
+            }
+            u.total -= removed;
+            self.registry.metrics.connections.dec();
+        }
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(
+        max_total: usize,
+        max_per_user: usize,
+        queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            users: Mutex::new(Users::default()),
+            max_total,
+            max_per_user,
+            queue,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Users> {
+        // A panic while holding the lock leaves plain data behind.
+        self.users
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a connection of `user`, within the limits.
+    pub(crate) fn register(self: &Arc<Self>, user: UserId) -> Result<Registration, Full> {
+        let mut u = self.lock();
+        if u.total >= self.max_total {
+            return Err(Full::Server);
+        }
+        let conns = u.by_user.get(&user.0).map_or(0, Vec::len);
+        if conns >= self.max_per_user {
+            return Err(Full::User);
+        }
+        let (tx, rx) = mpsc::channel(self.queue);
+        let lagged = Arc::new(AtomicBool::new(false));
+        u.next_id += 1;
+        let id = u.next_id;
+        u.by_user.entry(user.0).or_default().push(Conn {
+            id,
+            tx,
+            lagged: lagged.clone(),
+        });
+        u.total += 1;
+        self.metrics.connections.inc();
+        Ok(Registration {
+            registry: self.clone(),
+            user: user.0,
+            id,
+            rx,
+            lagged,
+        })
+    }
+
+    /// Open connections now.
+    pub(crate) fn connections(&self) -> usize {
+        self.lock().total
+    }
+
+    /// Queues `frame` to every connection of each user in `users`.
+    fn push(&self, users: impl IntoIterator<Item = UserId>, frame: &Utf8Bytes) {
+        let u = self.lock();
+        for user in users {
+            for c in u.by_user.get(&user.0).into_iter().flatten() {
+                self.offer(c, frame);
+            }
+        }
+    }
+
+    /// Queues `frame` to every connection.
+    fn push_all(&self, frame: &Utf8Bytes) {
+        let u = self.lock();
+        for c in u.by_user.values().flatten() {
+            self.offer(c, frame);
+        }
+    }
+
+    fn offer(&self, c: &Conn, frame: &Utf8Bytes) {
+        match c.tx.try_send(frame.clone()) {
+            Ok(()) => self.metrics.pushed.inc(),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.queue_drops.inc();
+                c.lagged.store(true, Ordering::Release);
+            }
+            // Closing: its registration is about to go.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        };
+    }
+}
+
+/// Turns the store's events into frames for the sockets that may see them,
+/// until `stop`. Runs on a thread of its own (the subscription blocks).
+pub(crate) fn dispatch(store: &Store, registry: &Registry, stop: &AtomicBool) {
+    let events = store.subscribe();
+    while !stop.load(Ordering::Acquire) {
+        match events.recv_timeout(Duration::from_millis(100)) {
+            Ok(Some(Event::Receipt(e))) => {
+                let frame = text(&json!({
+                    "type": "receipt",
+                    "conversation": e.conversation.0,
+                    "thread": e.thread.map(|m| m.0),
+                    "reader": e.reader.0,
+                    "up_to": e.up_to.0,
+                    "read_at": e.read_at.0,
+                }));
+                // The reader's other devices, and whoever readmark says
+                // may see it (never a non-member, never a private read).
+                registry.push(
+                    std::iter::once(e.reader).chain(e.recipients.iter().copied()),
+                    &frame,
+                );
+            }
+            Ok(Some(Event::Hidden {
+                conversation,
+                reader,
+                recipients,
+            })) => {
+                let frame = text(&json!({
+                    "type": "hidden",
+                    "conversation": conversation.0,
+                    "reader": reader.0,
+                }));
+                registry.push(recipients, &frame);
+            }
+            Ok(Some(Event::UnreadFlag {
+                conversation,
+                thread,
+                reader,
+                marked_unread,
+            })) => {
+                let frame = text(&json!({
+                    "type": "unread_flag",
+                    "conversation": conversation.0,
+                    "thread": thread.map(|m| m.0),
+                    "marked_unread": marked_unread,
+                }));
+                registry.push([reader], &frame);
+            }
+            Ok(Some(Event::Lagged { dropped })) => {
+                tracing::warn!(dropped, "event subscription lagged; every client resyncs");
+                registry.push_all(&text(&json!({"type": "resync"})));
+                registry.metrics.resyncs.inc();
+            }
+            Ok(Some(_) | None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "event subscription failed");
+                return;
+            }
+        }
+    }
+}
+
+pub(crate) fn text(v: &serde_json::Value) -> Utf8Bytes {
+    Utf8Bytes::from(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_hold_and_a_users_entry_goes_with_their_last_connection() {
+        let r = Arc::new(Registry::new(3, 2, 4, Arc::new(Metrics::new())));
+        let a1 = r.register(UserId(1)).expect("first");
+        let a2 = r.register(UserId(1)).expect("second");
+        assert_eq!(r.register(UserId(1)).err(), Some(Full::User));
+        let b = r.register(UserId(2)).expect("other user");
+        assert_eq!(r.register(UserId(3)).err(), Some(Full::Server));
+        drop((a1, a2));
+        assert_eq!(r.connections(), 1);
+        assert!(!r.lock().by_user.contains_key(&1));
+        drop(b);
+        assert!(r.lock().by_user.is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_marks_the_connection_lagged() {
+        let r = Arc::new(Registry::new(10, 10, 2, Arc::new(Metrics::new())));
+        let mut a = r.register(UserId(1)).expect("register");
+        let f = text(&json!({"type": "x"}));
+        for _ in 0..5 {
+            r.push([UserId(1)], &f);
+        }
+        assert!(a.lagged.load(Ordering::Acquire));
+        assert_eq!(r.metrics.queue_drops.get(), 3);
+        assert!(a.rx.try_recv().is_ok() && a.rx.try_recv().is_ok());
+        assert!(a.rx.try_recv().is_err());
+    }
+}
