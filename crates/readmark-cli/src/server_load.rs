@@ -15,8 +15,8 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -24,9 +24,9 @@ use hdrhistogram::Histogram;
 use readmark::{Error, UserId};
 use readmark_server::Tokens;
 use serde::Serialize;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "server-load-secret-of-at-least-32-bytes";
 const SERVICE: &str = "server-load-service-credential";
@@ -239,7 +239,8 @@ impl Backend {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(addr: SocketAddr, tokens: &Tokens, user: u64) -> readmark::Result<Ws> {
     let exp = std::time::SystemTime::now()
@@ -291,7 +292,9 @@ async fn idle(args: &ServerLoadArgs, r: &mut Report) -> readmark::Result<()> {
         // Users of up to 8 connections each (devices), well within limits.
         let user = 1 + i as u64 / 8;
         let (addr, tokens) = (server.addr, tokens.clone());
-        pending.push(tokio::spawn(async move { connect(addr, &tokens, user).await }));
+        pending.push(tokio::spawn(
+            async move { connect(addr, &tokens, user).await },
+        ));
         if pending.len() == 100 || i + 1 == args.idle {
             for p in pending.drain(..) {
                 let mut ws = p.await.map_err(bad)??;
@@ -322,7 +325,11 @@ async fn idle(args: &ServerLoadArgs, r: &mut Report) -> readmark::Result<()> {
     let (_, me2) = proc_usage(std::process::id());
     let open = tasks.iter().filter(|t| !t.is_finished()).count();
     if open != args.idle {
-        return Err(bad(format!("{} of {} idle connections closed", args.idle - open, args.idle)));
+        return Err(bad(format!(
+            "{} of {} idle connections closed",
+            args.idle - open,
+            args.idle
+        )));
     }
     #[allow(clippy::cast_precision_loss)]
     {
@@ -352,7 +359,9 @@ async fn reads(args: &ServerLoadArgs, r: &mut Report) -> readmark::Result<()> {
         tokio::task::spawn_blocking(move || -> readmark::Result<()> {
             let mut b = Backend::connect(addr)?;
             for g in 0..groups as u64 {
-                let members: Vec<u64> = (0..GROUP as u64).map(|i| 1 + g * GROUP as u64 + i).collect();
+                let members: Vec<u64> = (0..GROUP as u64)
+                    .map(|i| 1 + g * GROUP as u64 + i)
+                    .collect();
                 b.conversation(1 + g, &members, MESSAGES)?;
             }
             Ok(())
@@ -453,16 +462,21 @@ async fn latency(args: &ServerLoadArgs, window_ms: u64) -> readmark::Result<Late
             let watch = tokio::spawn(async move {
                 while let Some(Ok(msg)) = peer.next().await {
                     let Message::Text(t) = msg else { continue };
-                    let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else { continue };
+                    let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                        continue;
+                    };
                     if v["type"] != "receipt" {
                         continue;
                     }
                     let up_to = v["up_to"].as_u64().unwrap_or(0);
                     let now = Instant::now();
-                    let mut s = sent2.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut s = sent2
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     while s.front().is_some_and(|(m, _)| *m <= up_to) {
                         if let Some((_, at)) = s.pop_front() {
-                            let us = u64::try_from(now.duration_since(at).as_micros()).unwrap_or(u64::MAX);
+                            let us = u64::try_from(now.duration_since(at).as_micros())
+                                .unwrap_or(u64::MAX);
                             let _ = hist
                                 .lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -488,7 +502,8 @@ async fn latency(args: &ServerLoadArgs, window_ms: u64) -> readmark::Result<Late
                 // Answers and the reader's own receipts: drained, unused.
                 while let Ok(Some(_)) =
                     tokio::time::timeout(Duration::from_millis(1), reader.next()).await
-                {}
+                {
+                }
             }
             // Let the last window's receipts arrive, then stop watching.
             tokio::time::sleep(Duration::from_millis(window_ms + 500)).await;
@@ -499,7 +514,9 @@ async fn latency(args: &ServerLoadArgs, window_ms: u64) -> readmark::Result<Late
         t.await.map_err(bad)?;
     }
     server.stop()?;
-    let h = hist.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let h = hist
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     #[allow(clippy::cast_precision_loss)]
     let ms = |v: u64| v as f64 / 1e3;
     Ok(LatencyRow {

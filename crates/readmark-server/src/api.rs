@@ -57,7 +57,11 @@ fn answer(r: readmark::Result<()>, ok: StatusCode) -> Response {
                     (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
                 }
             };
-            (status, Json(json!({"error": code, "detail": e.to_string()}))).into_response()
+            (
+                status,
+                Json(json!({"error": code, "detail": e.to_string()})),
+            )
+                .into_response()
         }
     }
 }
@@ -92,9 +96,7 @@ pub(crate) async fn add_member(
     State(app): State<Arc<App>>,
     Path((c, u)): Path<(u64, u64)>,
 ) -> Response {
-    let f = move |s: &readmark::Store| {
-        s.add_member(ConversationId(c), UserId(u), Timestamp::now())
-    };
+    let f = move |s: &readmark::Store| s.add_member(ConversationId(c), UserId(u), Timestamp::now());
     blocking(&app, f, StatusCode::NO_CONTENT).await
 }
 
@@ -137,7 +139,9 @@ pub(crate) async fn record_message(
         Some(_) => {
             return (
                 StatusCode::BAD_REQUEST,
-                Json(json!({"error": "invalid_argument", "detail": "kind is `regular` or `system`"})),
+                Json(
+                    json!({"error": "invalid_argument", "detail": "kind is `regular` or `system`"}),
+                ),
             )
                 .into_response();
         }
@@ -154,7 +158,7 @@ pub(crate) async fn record_message(
             MessageId(m.message),
             UserId(m.sender),
             Timestamp::now(),
-            o,
+            &o,
         )
     };
     blocking(&app, f, StatusCode::CREATED).await

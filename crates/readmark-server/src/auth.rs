@@ -140,7 +140,8 @@ mod tests {
         );
         // A flipped payload byte breaks the signature.
         let mut parts: Vec<String> = tok.split('.').map(str::to_string).collect();
-        parts[1].replace_range(0..1, if parts[1].starts_with('e') { "f" } else { "e" });
+        let first = if parts[1].starts_with('e') { "f" } else { "e" };
+        parts[1].replace_range(0..1, first);
         assert_eq!(t.verify(&parts.join(".")), Err(Refusal::Invalid));
         assert_eq!(t.verify("not a token"), Err(Refusal::Invalid));
     }
@@ -151,7 +152,10 @@ mod tests {
         let header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
         let payload = "eyJzdWIiOiI0MiIsImV4cCI6OTk5OTk5OTk5OX0";
         let t = Tokens::new(SECRET);
-        assert_eq!(t.verify(&format!("{header}.{payload}.")), Err(Refusal::Invalid));
+        assert_eq!(
+            t.verify(&format!("{header}.{payload}.")),
+            Err(Refusal::Invalid)
+        );
     }
 
     #[test]

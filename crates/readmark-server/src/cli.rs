@@ -34,7 +34,11 @@ pub struct ServeArgs {
     #[arg(long = "jwt-secret-env", hide = true, env = "READMARK_JWT_SECRET")]
     pub jwt_secret: String,
     /// Bearer credential of the backend's HTTP calls, at least 16 bytes.
-    #[arg(long = "service-token-env", hide = true, env = "READMARK_SERVICE_TOKEN")]
+    #[arg(
+        long = "service-token-env",
+        hide = true,
+        env = "READMARK_SERVICE_TOKEN"
+    )]
     pub service_token: String,
     /// Durability of acknowledged reads: memory, process-crash or
     /// power-loss (see readmark's `Durability`).
@@ -125,7 +129,10 @@ pub fn run(command: Command) -> Result<(), Error> {
                 .unwrap_or_default()
                 .as_secs()
                 + t.ttl;
-            println!("{}", Tokens::new(t.jwt_secret.as_bytes()).issue(UserId(t.user), exp));
+            println!(
+                "{}",
+                Tokens::new(t.jwt_secret.as_bytes()).issue(UserId(t.user), exp)
+            );
             Ok(())
         }
         Command::Serve(args) => {

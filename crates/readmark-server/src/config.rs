@@ -47,6 +47,7 @@ pub struct ServerConfig {
     pub(crate) write_timeout: Duration,
     pub(crate) ops_per_second: u32,
     pub(crate) max_request_bytes: usize,
+    pub(crate) socket_send_buffer: usize,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -90,6 +91,7 @@ impl ServerConfig {
             write_timeout: Duration::from_secs(10),
             ops_per_second: 50,
             max_request_bytes: 64 * 1024,
+            socket_send_buffer: 64 * 1024,
         }
     }
 
@@ -197,6 +199,17 @@ impl ServerConfig {
     #[must_use]
     pub fn max_request_bytes(mut self, bytes: usize) -> Self {
         self.max_request_bytes = bytes;
+        self
+    }
+
+    /// Kernel send buffer of each socket (`SO_SNDBUF`; Linux doubles it
+    /// for its bookkeeping). Default 64 KiB. Left to itself the kernel
+    /// grows it to 4 MiB for a peer that does not read: ten thousand such
+    /// peers would hold 40 GiB. A fixed one still carries 64 KiB per round
+    /// trip, far more than receipts need.
+    #[must_use]
+    pub fn socket_send_buffer(mut self, bytes: usize) -> Self {
+        self.socket_send_buffer = bytes;
         self
     }
 

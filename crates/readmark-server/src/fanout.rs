@@ -155,14 +155,16 @@ impl Registry {
 
     fn offer(&self, c: &Conn, frame: &Utf8Bytes) {
         match c.tx.try_send(frame.clone()) {
-            Ok(()) => self.metrics.pushed.inc(),
+            Ok(()) => {
+                self.metrics.pushed.inc();
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.queue_drops.inc();
                 c.lagged.store(true, Ordering::Release);
             }
             // Closing: its registration is about to go.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
-        };
+        }
     }
 }
 

@@ -123,7 +123,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use readmark::{Durability, Store};
@@ -251,6 +251,7 @@ impl Server {
             listener,
             router(app.clone()),
             app.config.handshake_timeout,
+            app.config.socket_send_buffer,
             shutdown,
         ));
         tracing::info!(%addr, "readmark-server listening");
@@ -319,20 +320,23 @@ impl Server {
 }
 
 /// Accepts until shutdown; every connection gets `TCP_NODELAY` (an
-/// answer and a push must not wait for each other's ACK) and a deadline
-/// for its request headers. Returns the watcher of the connections still
+/// answer and a push must not wait for each other's ACK), a fixed send
+/// buffer and a deadline for its request headers. Returns the watcher of the connections still
 /// open.
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
     handshake_timeout: Duration,
+    send_buffer: usize,
     mut shutdown: watch::Receiver<bool>,
 ) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
         .max_buf_size(64 * 1024);
+    let http = http.http1_only();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.changed() => break,
@@ -348,13 +352,12 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
         let service = TowerToHyperService::new(router.clone());
-        let conn = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let conn = graceful.watch(conn);
+        let (http, watcher) = (http.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _ = conn.await;
+            let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let _ = watcher.watch(conn).await;
         });
     }
     graceful

@@ -92,11 +92,7 @@ impl Metrics {
             "resync frames sent (after drops or a lagging subscription)",
             m.resyncs.clone(),
         );
-        registry.register(
-            "requests",
-            "Client requests, by op",
-            m.requests.clone(),
-        );
+        registry.register("requests", "Client requests, by op", m.requests.clone());
         registry.register(
             "request_errors",
             "Client requests answered with an error, by code",

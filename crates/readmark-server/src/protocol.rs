@@ -152,13 +152,28 @@ mod tests {
                 up_to: 7
             })
         );
-        assert!(parse(r#"{"op":"read","conversation":1,"upto":7}"#).1.is_err());
+        assert!(
+            parse(r#"{"op":"read","conversation":1,"upto":7}"#)
+                .1
+                .is_err()
+        );
         assert!(parse(r#"{"op":"fly"}"#).1.is_err());
-        assert!(parse(r#"{"op":"read","conversation":"1","up_to":7}"#).1.is_err());
-        assert!(parse(r#"{"op":"read","conversation":-1,"up_to":7}"#).1.is_err());
+        assert!(
+            parse(r#"{"op":"read","conversation":"1","up_to":7}"#)
+                .1
+                .is_err()
+        );
+        assert!(
+            parse(r#"{"op":"read","conversation":-1,"up_to":7}"#)
+                .1
+                .is_err()
+        );
         assert!(parse("[1,2]").1.is_err());
         assert!(parse("{").1.is_err());
         assert!(parse(r#"{"op":"ping","id":"x"}"#).1.is_err());
-        assert_eq!(parse(r#"{"op":"unread_counts"}"#).1, Ok(Request::UnreadCounts));
+        assert_eq!(
+            parse(r#"{"op":"unread_counts"}"#).1,
+            Ok(Request::UnreadCounts)
+        );
     }
 }

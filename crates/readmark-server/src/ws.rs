@@ -119,7 +119,10 @@ fn refuse(status: StatusCode, code: &'static str, auth: Option<Refusal>) -> Resp
     if let Some(a) = auth {
         let v = match a {
             Refusal::Missing => "Bearer".to_string(),
-            _ => format!("Bearer error=\"invalid_token\", error_description=\"{}\"", a.code()),
+            _ => format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                a.code()
+            ),
         };
         if let Ok(v) = HeaderValue::from_str(&v) {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
@@ -248,20 +251,31 @@ impl Connection {
             }
         };
         if let End::Close(code, reason) = end {
-            app.metrics
-                .closed
-                .get_or_create(&Reason { reason })
-                .inc();
+            app.metrics.closed.get_or_create(&Reason { reason }).inc();
             let frame = CloseFrame {
                 code,
                 reason: Utf8Bytes::from_static(reason),
             };
             // Best effort, bounded: the peer may be the reason we close.
-            let _ = tokio::time::timeout(
+            let sent = tokio::time::timeout(
                 Duration::from_secs(1),
                 sink.send(Message::Close(Some(frame))),
             )
             .await;
+            // Then the closing handshake (RFC 6455 §7.1.1): wait a moment
+            // for the client's Close before dropping TCP, or a frame it
+            // sends meanwhile (a pong) makes the kernel reset the
+            // connection and the client never reads the code.
+            if matches!(sent, Ok(Ok(()))) {
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while let Some(Ok(m)) = stream.next().await {
+                        if matches!(m, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
         }
     }
 
@@ -379,7 +393,9 @@ fn blocking(store: &Store, user: UserId, req: Request) -> Answer {
             up_to,
         } => {
             let t = protocol::timeline(conversation, thread);
-            store.mark_read(t, user, MessageId(up_to), now).map_err(err)?;
+            store
+                .mark_read(t, user, MessageId(up_to), now)
+                .map_err(err)?;
         }
         Request::View {
             conversation,
@@ -473,34 +489,37 @@ fn catch_up(store: &Store, user: UserId, cursor: Option<&str>) -> Answer {
             "cursor": snap.cursor.to_string(),
         }));
     };
-    let mut cursor: Cursor = text
-        .parse()
-        .map_err(|_| ("invalid_cursor", "not a cursor this server gave".to_string()))?;
+    let mut cursor: Cursor = text.parse().map_err(|_| {
+        (
+            "invalid_cursor",
+            "not a cursor this server gave".to_string(),
+        )
+    })?;
     let (mut states, mut hidden) = (Vec::new(), Vec::new());
-    let more = loop {
-        match store.changes_since(user, cursor, 500).map_err(err)? {
-            CatchUp::SnapshotRequired => return Ok(json!({"type": "snapshot_required"})),
-            CatchUp::Changes(page) => {
-                states.extend(page.states.iter().map(state_json));
-                hidden.extend(
-                    page.hidden
-                        .iter()
-                        .map(|(c, r)| json!({"conversation": c.0, "reader": r.0})),
-                );
-                hidden.extend(page.hidden_threads.iter().map(
-                    |(c, t, r)| json!({"conversation": c.0, "thread": t.0, "reader": r.0}),
-                ));
-                cursor = page.next;
-                if !page.more {
-                    break false;
-                }
-                if states.len() >= CATCH_UP_STATES {
-                    break true;
+    let more =
+        loop {
+            match store.changes_since(user, cursor, 500).map_err(err)? {
+                CatchUp::SnapshotRequired => return Ok(json!({"type": "snapshot_required"})),
+                CatchUp::Changes(page) => {
+                    states.extend(page.states.iter().map(state_json));
+                    hidden.extend(
+                        page.hidden
+                            .iter()
+                            .map(|(c, r)| json!({"conversation": c.0, "reader": r.0})),
+                    );
+                    hidden.extend(page.hidden_threads.iter().map(
+                        |(c, t, r)| json!({"conversation": c.0, "thread": t.0, "reader": r.0}),
+                    ));
+                    cursor = page.next;
+                    if !page.more {
+                        break false;
+                    }
+                    if states.len() >= CATCH_UP_STATES {
+                        break true;
+                    }
                 }
             }
-            _ => return Err(("internal", "unexpected catch-up answer".into())),
-        }
-    };
+        };
     Ok(json!({
         "type": "state", "states": states, "hidden": hidden, "more": more,
         "cursor": cursor.to_string(),
