@@ -68,6 +68,8 @@ struct Report {
     client_idle_cpu_percent_of_a_core: f64,
     read_clients: usize,
     reads_per_second: f64,
+    reads: u64,
+    read_advances: u64,
     read_pushes_received: u64,
     read_server_cpu_percent: f64,
     latency: Vec<LatencyRow>,
@@ -90,6 +92,8 @@ fn bad(e: impl std::fmt::Display) -> Error {
 struct ServerChild {
     child: Child,
     addr: SocketAddr,
+    /// Kept open: the server prints a line when it stops.
+    _stdout: BufReader<std::process::ChildStdout>,
     _dir: tempfile::TempDir,
 }
 
@@ -118,7 +122,8 @@ impl ServerChild {
             .spawn()?;
         let out = child.stdout.take().ok_or_else(|| bad("no stdout"))?;
         let mut line = String::new();
-        BufReader::new(out).read_line(&mut line)?;
+        let mut out = BufReader::new(out);
+        out.read_line(&mut line)?;
         let addr = line
             .split_whitespace()
             .nth(2)
@@ -127,6 +132,7 @@ impl ServerChild {
         Ok(Self {
             child,
             addr,
+            _stdout: out,
             _dir: dir,
         })
     }
@@ -350,7 +356,7 @@ async fn idle(args: &ServerLoadArgs, r: &mut Report) -> readmark::Result<()> {
 
 async fn reads(args: &ServerLoadArgs, r: &mut Report) -> readmark::Result<()> {
     const GROUP: usize = 10;
-    const MESSAGES: u64 = 20;
+    const MESSAGES: u64 = 200;
     let server = ServerChild::start(1000)?;
     let tokens = Tokens::new(SECRET.as_bytes());
     let groups = args.clients.div_ceil(GROUP);
@@ -375,20 +381,27 @@ async fn reads(args: &ServerLoadArgs, r: &mut Report) -> readmark::Result<()> {
     }
     let (_, cpu1) = proc_usage(server.pid());
     let done = Arc::new(AtomicU64::new(0));
+    let advances = Arc::new(AtomicU64::new(0));
     let pushes = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(args.read_seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, mut ws) in clients.into_iter().enumerate() {
-        let (done, pushes) = (done.clone(), pushes.clone());
+        let (done, pushes, advances) = (done.clone(), pushes.clone(), advances.clone());
         let c = 1 + (i / GROUP) as u64;
         tasks.push(tokio::spawn(async move {
-            let mut m = 0u64;
+            let (mut m, mut pass) = (0u64, 0u64);
             while Instant::now() < deadline {
                 // Up to the newest, then from the start of a new pass: the
                 // first pass advances, later ones repeat (no-ops, still
                 // round trips).
+                if m == MESSAGES {
+                    pass += 1;
+                }
                 m = m % MESSAGES + 1;
+                if pass == 0 {
+                    advances.fetch_add(1, Ordering::Relaxed);
+                }
                 let req = json!({"op": "read", "conversation": c, "up_to": m}).to_string();
                 if ws.send(Message::text(req)).await.is_err() {
                     return Err(bad("send failed"));
@@ -422,6 +435,8 @@ async fn reads(args: &ServerLoadArgs, r: &mut Report) -> readmark::Result<()> {
     {
         r.read_clients = args.clients;
         r.reads_per_second = done.load(Ordering::Relaxed) as f64 / secs;
+        r.read_advances = advances.load(Ordering::Relaxed);
+        r.reads = done.load(Ordering::Relaxed);
     }
     r.read_pushes_received = pushes.load(Ordering::Relaxed);
     r.read_server_cpu_percent = (cpu2 - cpu1) / secs * 100.0;
@@ -439,7 +454,8 @@ async fn latency(args: &ServerLoadArgs, window_ms: u64) -> readmark::Result<Late
         tokio::task::spawn_blocking(move || -> readmark::Result<()> {
             let mut b = Backend::connect(addr)?;
             for p in 0..pairs {
-                b.conversation(1 + p, &[1 + 2 * p, 2 + 2 * p], messages)?;
+                // The peer sends, the reader reads: its reads advance.
+                b.conversation(1 + p, &[2 + 2 * p, 1 + 2 * p], messages)?;
             }
             Ok(())
         })
@@ -541,8 +557,13 @@ fn print_report(r: &Report) {
         r.client_idle_cpu_percent_of_a_core
     );
     println!(
-        "reads: {} clients in groups of 10, closed loop: {:.0} reads/s end to end, {} receipts pushed to them, server CPU {:.0} % of a core",
-        r.read_clients, r.reads_per_second, r.read_pushes_received, r.read_server_cpu_percent
+        "reads: {} clients in groups of 10, closed loop: {:.0} reads/s end to end ({} reads, {} of them advances, the rest repeats), {} receipts pushed to them, server CPU {:.0} % of a core",
+        r.read_clients,
+        r.reads_per_second,
+        r.reads,
+        r.read_advances,
+        r.read_pushes_received,
+        r.read_server_cpu_percent
     );
     for l in &r.latency {
         println!(

@@ -1,5 +1,6 @@
 //! The command line of `readmark-server` (also `readmark serve`).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -142,13 +143,19 @@ pub fn run(command: Command) -> Result<(), Error> {
                 .build()?;
             runtime.block_on(async {
                 let server = Server::start(config).await?;
-                println!(
+                // Not println!: a closed stdout (a supervisor gone) must not
+                // panic the server.
+                let _ = writeln!(
+                    std::io::stdout(),
                     "readmark-server on {} (store {}); SIGTERM or Ctrl-C stops it",
                     server.addr(),
                     args.store.display()
                 );
                 wait_for_signal().await?;
-                println!("stopping: closing connections, flushing the store");
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "stopping: closing connections, flushing the store"
+                );
                 server.shutdown().await
             })
         }
