@@ -222,9 +222,12 @@ pub(crate) fn dispatch(store: &Store, registry: &Registry, stop: &AtomicBool) {
                 registry.metrics.resyncs.inc();
             }
             Ok(Some(_) | None) => {}
+            // One event could not be resolved (a read failed); the
+            // subscription reports it as `Lagged` next, so clients resync.
+            // Pushes must not stop for good over it.
             Err(e) => {
-                tracing::error!(error = %e, "event subscription failed");
-                return;
+                tracing::error!(error = %e, "event subscription failed; going on");
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }

@@ -44,7 +44,10 @@
 //! | `{"op":"ping"}` | `{"type":"pong"}` |
 //!
 //! A `state` answer lists states (`conversation`, `thread`, `reader`,
-//! `up_to`, `read_at`, `marked_unread`) and readers to forget (`hidden`);
+//! `up_to`, `read_at`, `marked_unread`) and readers to forget (`hidden`:
+//! `conversation`, `reader`, and `thread` when only a thread's);
+//! a `read_by` reader's `read_at` is `{"at": ms}` or, where only a bound
+//! is known, `{"no_later_than": ms}`;
 //! with `"more": true`, ask again from its cursor. The server stamps every
 //! read with its own clock; the caller is always the reader.
 //!
@@ -53,15 +56,17 @@
 //! `not_member` (also for a conversation that does not exist: a
 //! non-member learns nothing), `unknown_message`, `unknown_thread`,
 //! `invalid_cursor`, `invalid_argument`, `rate_limited` (more than
-//! [`ServerConfig::ops_per_second`]; not carried out) or `unavailable`
-//! (the store failed).
+//! [`ServerConfig::ops_per_second`]; not carried out, malformed frames
+//! included), `unavailable` (the store failed) or `internal` (a request's
+//! task panicked).
 //!
 //! ## Pushes (server → client, any time)
 //!
 //! * `{"type":"receipt","conversation":1,"thread":null,"reader":2,"up_to":7,"read_at":1700000000000}`:
 //!   to the reader's own connections and to the members readmark names
 //!   as recipients (coalesced over the store's event window; never for a
-//!   private read);
+//!   private read; at most `Config::event_fanout_cap` recipients, so in a
+//!   larger group the others learn of it at their next `catch_up`);
 //! * `{"type":"hidden","conversation":1,"reader":2}`: forget what you show
 //!   of that reader (they went private or left);
 //! * `{"type":"unread_flag","conversation":1,"thread":null,"marked_unread":true}`:
@@ -72,7 +77,8 @@
 //! ## Closing
 //!
 //! The server pings every half [`ServerConfig::idle_timeout`] and closes
-//! a socket it heard nothing from for a whole one (code 4002). Other
+//! a socket it heard nothing from for a whole one (code 4002; checked at
+//! the pings, so between one and one and a half timeouts). Other
 //! codes: 4001 token expired, 4003 the socket did not take a frame within
 //! the write timeout, 1003 a binary frame, 1009 a frame or message over
 //! the limits, 1001 shutdown. See [`close`].
@@ -87,8 +93,8 @@
 //! | `POST /v1/conversations/{c}/messages` `{"message":7,"sender":1,"thread":null,"mentions":[2],"mention_everyone":false,"kind":"regular"}` | 201; 409 `message_out_of_order`, `not_member` |
 //! | `DELETE /v1/conversations/{c}/messages/{m}?thread=root` | 204; 404 `unknown_message` |
 //!
-//! Unauthenticated: `GET /v1/health` (200 `{"status":"ok"}`, 503 once the
-//! store fails) and `GET /metrics` (Prometheus text).
+//! Unauthenticated: `GET /v1/health` (200 `{"status":"ok","connections":n}`,
+//! 503 when the store cannot answer a read) and `GET /metrics` (Prometheus text).
 //!
 //! # Example
 //!
@@ -134,6 +140,11 @@ pub use auth::{Claims, Refusal, Tokens};
 pub use config::{MIN_SECRET_BYTES, MIN_SERVICE_TOKEN_BYTES, ServerConfig};
 pub use ws::close;
 
+/// Store calls that may read RocksDB or wait for a sync, running at once
+/// on tokio's blocking pool; more wait for a turn (a connection has one
+/// request in flight at most).
+const BLOCKING_CALLS: usize = 64;
+
 /// What can go wrong starting or stopping the server.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -158,6 +169,8 @@ pub(crate) struct App {
     pub(crate) registry: Arc<fanout::Registry>,
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Store calls on the blocking pool at once, at most.
+    pub(crate) blocking: tokio::sync::Semaphore,
 }
 
 /// A running server.
@@ -239,6 +252,7 @@ impl Server {
             registry: registry.clone(),
             metrics,
             shutdown: shutdown.clone(),
+            blocking: tokio::sync::Semaphore::new(BLOCKING_CALLS),
         });
         let dispatcher_stop = Arc::new(AtomicBool::new(false));
         let dispatcher = {

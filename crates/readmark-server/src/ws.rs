@@ -100,7 +100,10 @@ pub(crate) async fn upgrade(
         // tungstenite's 128 KiB default each.
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        .max_write_buffer_size(256 * 1024)
+        // The largest answer must fit: a snapshot of a user in thousands
+        // of conversations is megabytes. Data is held here only while the
+        // kernel's buffer is full, and the write timeout bounds that.
+        .max_write_buffer_size(8 << 20)
         .on_upgrade(move |socket| async move {
             Connection {
                 app: app.clone(),
@@ -229,7 +232,12 @@ impl Connection {
                             }
                             break End::Client;
                         }
-                        Some(Ok(Message::Close(_))) => break End::Client,
+                        Some(Ok(Message::Close(_))) => {
+                            // Flush tungstenite's queued reply to the
+                            // client's Close (its code echoed back).
+                            let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+                            break End::Client;
+                        }
                         Some(Ok(Message::Binary(_))) => {
                             break End::Close(close::UNSUPPORTED, "text frames only");
                         }
@@ -284,6 +292,15 @@ impl Connection {
         let started = Instant::now();
         let (id, parsed) = protocol::parse(text);
         let m = &self.app.metrics;
+        // Before anything else: malformed frames count against the rate too.
+        if !self.bucket.take() {
+            m.request_errors
+                .get_or_create(&Reason {
+                    reason: "rate_limited",
+                })
+                .inc();
+            return protocol::error(id, "rate_limited", "too many requests; slow down");
+        }
         let req = match parsed {
             Ok(r) => r,
             Err(e) => {
@@ -297,14 +314,6 @@ impl Connection {
         };
         let op = req.name();
         m.requests.get_or_create(&Op { op }).inc();
-        if !self.bucket.take() {
-            m.request_errors
-                .get_or_create(&Reason {
-                    reason: "rate_limited",
-                })
-                .inc();
-            return protocol::error(id, "rate_limited", "too many requests; slow down");
-        }
         let out = match carry_out(&self.app, self.user, req).await {
             Ok(mut v) => {
                 if let Some(o) = v.as_object_mut() {
@@ -342,7 +351,11 @@ fn until(exp: u64) -> Duration {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    Duration::from_secs(exp).saturating_sub(now)
+    // Capped: `Instant + Duration` panics on overflow, and a signed token
+    // may say any `exp`.
+    Duration::from_secs(exp)
+        .saturating_sub(now)
+        .min(Duration::from_secs(366 * 24 * 3600))
 }
 
 type Answer = Result<Value, (&'static str, String)>;
@@ -352,23 +365,23 @@ type Answer = Result<Value, (&'static str, String)>;
 /// store refuses non-members.
 async fn carry_out(app: &Arc<App>, user: UserId, req: Request) -> Answer {
     let store = app.store.clone();
-    let op = req.name();
-    // A mark update at a durability short of power loss is memory and a
-    // journal slot: no reason to leave the task. Everything else may read
-    // RocksDB or wait for a sync.
-    if let Request::Read {
-        conversation,
-        thread,
-        up_to,
-    } = req
+    // A mark update short of power loss is memory and a journal slot,
+    // usually: it runs here, but may wait (a full buffer waits for a
+    // flush; a key's first update reads RocksDB), so the worker tells the
+    // runtime it may block instead of stalling every socket on it.
+    // (`block_in_place` needs the multi-threaded runtime.)
+    if matches!(req, Request::Read { .. })
         && app.store_durability != Durability::PowerLoss
+        && tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
     {
-        let t = protocol::timeline(conversation, thread);
-        return store
-            .mark_read(t, user, MessageId(up_to), Timestamp::now())
-            .map(|()| protocol::ok(None, op))
-            .map_err(|e| client_error(&store, conversation, user, &e));
+        return tokio::task::block_in_place(|| blocking(&store, user, req));
     }
+    // Everything else reads RocksDB or waits for a sync, on the blocking
+    // pool, a bounded number at a time (the rest wait their turn here).
+    let Ok(_permit) = app.blocking.acquire().await else {
+        return Err(("unavailable", "the server is shutting down".into()));
+    };
     tokio::task::spawn_blocking(move || blocking(&store, user, req))
         .await
         .unwrap_or_else(|_| Err(("internal", "request failed".into())))
@@ -514,7 +527,7 @@ fn catch_up(store: &Store, user: UserId, cursor: Option<&str>) -> Answer {
                     if !page.more {
                         break false;
                     }
-                    if states.len() >= CATCH_UP_STATES {
+                    if states.len() + hidden.len() >= CATCH_UP_STATES {
                         break true;
                     }
                 }
