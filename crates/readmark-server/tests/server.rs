@@ -701,3 +701,25 @@ async fn privacy_the_unread_flag_and_catch_up_over_the_socket() {
     assert_eq!(mine["marked_unread"], false, "{page}");
     h.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_rate_are_refused_not_carried_out() {
+    // 5 a second, bursts of 10: thirty back to back leave most refused
+    // (refilling them would take 4 s; the loop takes milliseconds).
+    let h = start(|c| c.ops_per_second(5)).await;
+    let mut c = h.client(1).await;
+    let mut limited = 0;
+    for i in 0..30 {
+        let a = c.call(json!({"op": "ping", "id": i})).await;
+        if a["code"] == "rate_limited" {
+            limited += 1;
+        } else {
+            assert_eq!(a["type"], "pong", "{a}");
+        }
+    }
+    assert!(limited >= 15, "only {limited} of 30 refused");
+    // Malformed frames count too.
+    c.ws.send(Message::text("{")).await.unwrap();
+    assert_eq!(c.frame().await["code"], "rate_limited");
+    h.server.shutdown().await.unwrap();
+}
