@@ -85,6 +85,9 @@ enum Command {
     /// HTTP API) until SIGTERM or Ctrl-C; `readmark-server serve` does the
     /// same.
     Serve(readmark_server::cli::ServeArgs),
+    /// Print a client token for `serve`, signed with READMARK_JWT_SECRET
+    /// (for trying the server; the backend signs tokens in production).
+    Token(readmark_server::cli::TokenArgs),
     /// readmark-server under load on loopback: memory and CPU of many idle
     /// connections, reads per second with 1,000 clients, and read-to-push
     /// latency at two coalescing windows.
@@ -344,6 +347,17 @@ impl From<LevelArg> for readmark::Durability {
     }
 }
 
+/// `serve` and `token`: readmark-server's own command line.
+fn server(command: readmark_server::cli::Command) -> ExitCode {
+    match readmark_server::cli::run(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("readmark: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -363,15 +377,8 @@ fn main() -> ExitCode {
         Command::Timelines(args) => threads_cost::run(&args),
         Command::SoakWorker(args) => soak::worker(&args),
         Command::ServerLoad(args) => server_load::run(&args),
-        Command::Serve(args) => {
-            return match readmark_server::cli::run(readmark_server::cli::Command::Serve(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("readmark: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Command::Serve(args) => return server(readmark_server::cli::Command::Serve(args)),
+        Command::Token(args) => return server(readmark_server::cli::Command::Token(args)),
         Command::Stats { path } => inspect::stats(&path),
         Command::Verify { path } => match inspect::verify(&path) {
             Ok(true) => Ok(()),
