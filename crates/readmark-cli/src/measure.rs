@@ -14,6 +14,19 @@ pub(crate) fn proc_write_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Resident set size of process `pid` (`"self"` for this one), in MiB,
+/// from `/proc/<pid>/status`; 0 where it cannot be read.
+pub(crate) fn rss_mib(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 /// User plus system CPU time of the whole process, in microseconds.
 #[allow(unsafe_code)]
 pub(crate) fn cpu_micros() -> u64 {

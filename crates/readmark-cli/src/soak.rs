@@ -678,7 +678,7 @@ pub(crate) fn worker(args: &WorkerArgs) -> readmark::Result<()> {
                 p99_us: us(0.99),
                 p999_us: us(0.999),
                 max_us: h.max() as f64 / 1e3,
-                rss_mib: rss_mib(),
+                rss_mib: super::measure::rss_mib("self"),
                 heap_mib: heap_mib(),
                 rocksdb_mib: mib(memory.rocksdb_bytes()),
                 memtable_mib: mib(memory.memtable_bytes),
@@ -738,17 +738,6 @@ fn heap_mib() -> f64 {
     }
     #[allow(unreachable_code)]
     0.0
-}
-
-fn rss_mib() -> f64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return 0.0;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Paces a loop at `per_sec` (0: no pacing): waits until operation `n` is

@@ -251,14 +251,7 @@ impl Store {
     pub fn disk_usage(&self) -> Result<DiskUsage> {
         let mut tables = Vec::with_capacity(Cf::ALL.len());
         for cf in Cf::ALL {
-            let h = self.cf(cf);
-            let int = |p: &str| -> Result<u64> {
-                Ok(self
-                    .db
-                    .property_int_value_cf(h, p)
-                    .map_err(storage)?
-                    .unwrap_or(0))
-            };
+            let int = |p: &str| self.cf_property(cf, p);
             tables.push(TableUsage {
                 name: cf.name(),
                 sst_bytes: int("rocksdb.live-sst-files-size")?,
@@ -277,6 +270,15 @@ impl Store {
             tables,
             journal_bytes,
         })
+    }
+
+    /// An integer property of one column family (0 where RocksDB has none).
+    fn cf_property(&self, cf: Cf, property: &str) -> Result<u64> {
+        Ok(self
+            .db
+            .property_int_value_cf(self.cf(cf), property)
+            .map_err(storage)?
+            .unwrap_or(0))
     }
 
     /// Memory held by RocksDB and the write-combining buffer, from their
@@ -300,14 +302,7 @@ impl Store {
     pub fn memory_usage(&self) -> Result<MemoryUsage> {
         let mut m = MemoryUsage::default();
         for cf in Cf::ALL {
-            let h = self.cf(cf);
-            let int = |p: &str| -> Result<u64> {
-                Ok(self
-                    .db
-                    .property_int_value_cf(h, p)
-                    .map_err(storage)?
-                    .unwrap_or(0))
-            };
+            let int = |p: &str| self.cf_property(cf, p);
             m.memtable_bytes += int("rocksdb.size-all-mem-tables")?;
             m.table_reader_bytes += int("rocksdb.estimate-table-readers-mem")?;
         }
