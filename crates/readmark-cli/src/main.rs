@@ -21,6 +21,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// jemalloc for the whole process, RocksDB's C++ included: with glibc's
+// malloc an hour-long soak's RSS grew 46 MiB while the heap in use stayed
+// flat (freed memory kept by per-thread arenas); docs/benchmarks.md, "The
+// hour again, memory by owner".
+#[cfg(all(target_os = "linux", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "readmark",

@@ -93,10 +93,13 @@ struct Interval {
     p999_us: f64,
     max_us: f64,
     rss_mib: f64,
-    /// Bytes the allocator has handed out and not got back (glibc's
-    /// `mallinfo2`): RSS minus this is the allocator's slack, the
-    /// journal's mapped pages and stacks.
+    /// Bytes the allocator has handed out and not got back (jemalloc's
+    /// `stats.allocated`, RocksDB's C++ included): RSS minus this is the
+    /// allocator's slack, the journal's mapped pages and stacks.
     heap_mib: f64,
+    /// Pages the allocator holds resident (jemalloc's `stats.resident`):
+    /// what it has not returned to the kernel.
+    allocator_resident_mib: f64,
     /// What RocksDB's own accounting says it holds (`Store::memory_usage`).
     rocksdb_mib: f64,
     memtable_mib: f64,
@@ -122,6 +125,7 @@ struct Row {
     max_us: f64,
     rss_mib: f64,
     heap_mib: f64,
+    allocator_resident_mib: f64,
     rocksdb_mib: f64,
     memtable_mib: f64,
     block_cache_mib: f64,
@@ -289,6 +293,7 @@ pub(crate) fn run(args: &SoakArgs) -> readmark::Result<()> {
                             max_us: i.max_us,
                             rss_mib: i.rss_mib,
                             heap_mib: i.heap_mib,
+                            allocator_resident_mib: i.allocator_resident_mib,
                             rocksdb_mib: i.rocksdb_mib,
                             memtable_mib: i.memtable_mib,
                             block_cache_mib: i.block_cache_mib,
@@ -461,7 +466,7 @@ fn worker_args(args: &SoakArgs, dir: &Path) -> Vec<String> {
 
 fn header() -> String {
     format!(
-        "{:>7} {:>3} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}",
+        "{:>7} {:>3} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}",
         "time s",
         "seg",
         "updates/s",
@@ -471,6 +476,7 @@ fn header() -> String {
         "max us",
         "RSS MiB",
         "heapMiB",
+        "resMiB",
         "rdb MiB",
         "jnl MiB",
         "db MiB",
@@ -482,7 +488,7 @@ fn header() -> String {
 
 fn format_row(r: &Row) -> String {
     format!(
-        "{:>7.0} {:>3} {:>9.0} {:>7.1} {:>7.1} {:>7.1} {:>8.0} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7} {:>7} {:>6}",
+        "{:>7.0} {:>3} {:>9.0} {:>7.1} {:>7.1} {:>7.1} {:>8.0} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7} {:>7} {:>6}",
         r.at_s,
         r.segment,
         r.updates_per_s,
@@ -492,6 +498,7 @@ fn format_row(r: &Row) -> String {
         r.max_us,
         r.rss_mib,
         r.heap_mib,
+        r.allocator_resident_mib,
         r.rocksdb_mib,
         r.journal_mib,
         r.store_mib,
@@ -670,6 +677,7 @@ pub(crate) fn worker(args: &WorkerArgs) -> readmark::Result<()> {
             #[allow(clippy::cast_precision_loss)]
             let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
             let memory = s.store.memory_usage().unwrap_or_default();
+            let heap = heap_mib();
             #[allow(clippy::cast_precision_loss)]
             let line = Interval {
                 t: started.elapsed().as_secs_f64(),
@@ -679,7 +687,8 @@ pub(crate) fn worker(args: &WorkerArgs) -> readmark::Result<()> {
                 p999_us: us(0.999),
                 max_us: h.max() as f64 / 1e3,
                 rss_mib: super::measure::rss_mib("self"),
-                heap_mib: heap_mib(),
+                heap_mib: heap.0,
+                allocator_resident_mib: heap.1,
                 rocksdb_mib: mib(memory.rocksdb_bytes()),
                 memtable_mib: mib(memory.memtable_bytes),
                 block_cache_mib: mib(memory.block_cache_bytes),
@@ -726,18 +735,23 @@ impl Counts {
     }
 }
 
-/// Bytes in use from glibc's allocator, in MiB (0 where `mallinfo2` is
-/// not glibc's).
-fn heap_mib() -> f64 {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// The allocator's bytes in use and pages resident, in MiB (jemalloc's
+/// `stats.allocated` and `stats.resident`; zeros where the binary has no
+/// jemalloc).
+fn heap_mib() -> (f64, f64) {
+    #[cfg(all(target_os = "linux", not(target_env = "msvc")))]
     {
-        // SAFETY: mallinfo2 only reads the allocator's counters.
-        let m = unsafe { libc::mallinfo2() };
-        #[allow(clippy::cast_precision_loss)]
-        return (m.uordblks + m.hblkhd) as f64 / (1u64 << 20) as f64;
+        use tikv_jemalloc_ctl::{epoch, stats};
+        // jemalloc's statistics are a snapshot refreshed by advancing the
+        // epoch.
+        if epoch::advance().is_ok() {
+            let allocated = stats::allocated::read().unwrap_or(0);
+            let resident = stats::resident::read().unwrap_or(0);
+            return (mib(allocated as u64), mib(resident as u64));
+        }
     }
     #[allow(unreachable_code)]
-    0.0
+    (0.0, 0.0)
 }
 
 /// Paces a loop at `per_sec` (0: no pacing): waits until operation `n` is

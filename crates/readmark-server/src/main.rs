@@ -3,6 +3,13 @@
 
 use clap::Parser;
 
+// jemalloc for the whole process, RocksDB's C++ included, as in the
+// `readmark` binary: glibc's per-thread arenas kept freed memory, and RSS
+// grew under a flat heap (docs/benchmarks.md).
+#[cfg(all(target_os = "linux", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The receipt service: readmark behind authenticated WebSocket push and
 /// an HTTP API for the backend.
 #[derive(Parser)]

@@ -8,6 +8,7 @@
 mod catch_up;
 mod change_log;
 mod conversations;
+mod external_log;
 mod flush;
 mod hub;
 mod inspect;

@@ -429,7 +429,15 @@ impl Writer {
     /// write-ahead log synced: afterwards RocksDB holds every update
     /// acknowledged before the call, durably.
     pub(crate) fn flush_all(&self) -> Result<()> {
-        self.round(Which::All, true)
+        self.round(Which::All, true, None).map(|_| ())
+    }
+
+    /// [`flush_all`](Self::flush_all), with `position` put in the round's
+    /// last batch under `key` (`meta`), unless some entry stays buffered
+    /// (its message not written yet): then RocksDB would hold a position
+    /// covering an update it does not hold. Returns whether it was put.
+    pub(crate) fn flush_all_at(&self, key: &[u8], position: u64) -> Result<bool> {
+        self.round(Which::All, true, Some((key, position)))
     }
 
     /// Writes the given keys now, in the caller's thread (before a
@@ -439,14 +447,14 @@ impl Writer {
         if keys.is_empty() {
             return Ok(());
         }
-        self.round(Which::Keys(keys), false)
+        self.round(Which::Keys(keys), false, None).map(|_| ())
     }
 
     /// One flush round: copy the chosen dirty entries, plan their batch
     /// (marks, read-time runs, change log) from what the entries know and
     /// one RocksDB snapshot, write it, then mark clean what did not change
     /// meanwhile and give its slots back.
-    fn round(&self, which: Which, durable: bool) -> Result<()> {
+    fn round(&self, which: Which, durable: bool, position: Option<(&[u8], u64)>) -> Result<bool> {
         self.check_poison()?;
         let _flush = self.flush_lock.lock();
         // Again under the lock: a round that failed while this one waited
@@ -478,7 +486,7 @@ impl Writer {
         // RocksDB write (a send, a membership change) queues behind one
         // waits for a few dozen keys, not for a whole round.
         let c = &self.counters;
-        let plan = match plan_round(
+        let mut plan = match plan_round(
             &self.db,
             &self.policy,
             &self.changes,
@@ -487,6 +495,30 @@ impl Writer {
         ) {
             Ok(p) => p,
             Err(e) => return Err(self.poison("flush planning", e)),
+        };
+        // The position goes in the last batch: a crash between batches
+        // leaves the previous position, and the log's replay from there
+        // is harmless (max and OR merges are idempotent).
+        let positioned = match position {
+            Some((key, pos))
+                if !plan
+                    .outcomes
+                    .iter()
+                    .any(|o| matches!(o, Outcome::Partial(_))) =>
+            {
+                let meta = self
+                    .db
+                    .cf_handle(super::Cf::Meta.name())
+                    .ok_or(Error::InvalidArgument("no meta column family"))?;
+                if plan.batches.is_empty() {
+                    plan.batches.push(rocksdb::WriteBatch::default());
+                }
+                if let Some(last) = plan.batches.last_mut() {
+                    last.put_cf(meta, key, pos.to_be_bytes());
+                }
+                true
+            }
+            _ => false,
         };
         for batch in plan.batches {
             if let Err(e) = self.db.write_opt(batch, &WriteOptions::default()) {
@@ -563,7 +595,7 @@ impl Writer {
             self.combiner
                 .evict_clean(self.grace.epoch(), self.max_keys / 2);
         }
-        Ok(())
+        Ok(positioned)
     }
 
     /// Writes a structural batch (membership, privacy) together with the
@@ -687,7 +719,7 @@ impl Writer {
             drop(s);
             let which = if full { Which::All } else { Which::Keys(keys) };
             let started = Instant::now();
-            let result = self.round(which, false);
+            let result = self.round(which, false, None).map(|_| ());
             last_work = Instant::now();
             self.counters.flush_rounds.fetch_add(1, Ordering::Relaxed);
             self.counters.flush_nanos.fetch_add(
