@@ -1,0 +1,106 @@
+//! Partition checkpoints in JetStream's object store: a RocksDB checkpoint
+//! of the partition's store, packed as a tar file, stored under
+//! `p<partition>` with the log position it covers as its description. A
+//! new owner downloads it and replays the log after that position.
+
+use std::path::{Path, PathBuf};
+
+use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore};
+use readmark::Store;
+use tokio::io::AsyncReadExt;
+
+use crate::error::{Error, Result, nats};
+
+/// The object name of partition `p`'s checkpoint.
+pub(crate) fn object_name(p: u32) -> String {
+    format!("p{p}")
+}
+
+/// Writes a checkpoint of `store` at `position` and uploads it. Returns
+/// the position uploaded, or `None` if the store could not record the
+/// position (an update still buffered) and nothing was uploaded.
+pub(crate) async fn upload(
+    store: &std::sync::Arc<Store>,
+    position: u64,
+    scratch: &Path,
+    bucket: &ObjectStore,
+    p: u32,
+) -> Result<Option<u64>> {
+    let dir = scratch.join(format!("p{p}.checkpoint"));
+    let tar_path = scratch.join(format!("p{p}.checkpoint.tar"));
+    let (s, d, t) = (store.clone(), dir.clone(), tar_path.clone());
+    let packed = tokio::task::spawn_blocking(move || -> Result<bool> {
+        remove_if_there(&d)?;
+        if !s.checkpoint_at(position, &d)? {
+            remove_if_there(&d)?;
+            return Ok(false);
+        }
+        let file = std::fs::File::create(&t)?;
+        let mut tar = tar::Builder::new(file);
+        tar.append_dir_all(".", &d)?;
+        tar.into_inner()?.sync_all()?;
+        remove_if_there(&d)?;
+        Ok(true)
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    if !packed {
+        return Ok(None);
+    }
+    let mut file = tokio::fs::File::open(&tar_path).await?;
+    let meta = ObjectMetadata {
+        name: object_name(p),
+        description: Some(position.to_string()),
+        ..ObjectMetadata::default()
+    };
+    bucket.put(meta, &mut file).await.map_err(nats)?;
+    tokio::fs::remove_file(&tar_path).await?;
+    Ok(Some(position))
+}
+
+/// The position of partition `p`'s checkpoint in `bucket`, if there is
+/// one.
+pub(crate) async fn position(bucket: &ObjectStore, p: u32) -> Result<Option<u64>> {
+    match bucket.info(object_name(p)).await {
+        Ok(info) if !info.deleted => Ok(info.description.and_then(|d| d.parse().ok())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == async_nats::jetstream::object_store::InfoErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(nats(e)),
+    }
+}
+
+/// Downloads partition `p`'s checkpoint and unpacks it into `target`
+/// (replacing what is there), through a scratch directory beside it so a
+/// failed download leaves `target` as it was.
+pub(crate) async fn download(bucket: &ObjectStore, p: u32, target: &Path) -> Result<()> {
+    let mut object = bucket.get(object_name(p)).await.map_err(nats)?;
+    let mut bytes = Vec::new();
+    object.read_to_end(&mut bytes).await?;
+    let target = target.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let staging = staging_of(&target);
+        remove_if_there(&staging)?;
+        std::fs::create_dir_all(&staging)?;
+        tar::Archive::new(bytes.as_slice()).unpack(&staging)?;
+        remove_if_there(&target)?;
+        std::fs::rename(&staging, &target)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))?
+}
+
+fn staging_of(target: &Path) -> PathBuf {
+    let mut s = target.as_os_str().to_owned();
+    s.push(".restore");
+    PathBuf::from(s)
+}
+
+fn remove_if_there(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,551 @@
+//! A 3-server NATS JetStream cluster and 3 readmark nodes, all real child
+//! processes on loopback: a random workload through several NATS servers,
+//! one node and one NATS server SIGKILLed mid-stream, then every answer
+//! compared with a single-node model of the same operations.
+//!
+//! Needs Debian's `nats-server` (scripts/setup.sh and .ci/run install it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use readmark_cluster::{Answer, Client, Op, Query};
+use tokio::sync::Mutex;
+
+const PARTITIONS: u32 = 6;
+/// Lease lifetime of the test's nodes: a dead node's partitions must be
+/// served again within `FAILOVER_BOUND`.
+const LEASE_TTL_MS: u64 = 5_000;
+const FAILOVER_BOUND: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A child process killed (SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file")
+}
+
+/// Three NATS servers with JetStream, routed to each other.
+fn start_nats(dir: &Path) -> (Vec<Proc>, Vec<String>) {
+    assert!(
+        Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "nats-server not found: run scripts/setup.sh (Debian's nats-server 2.9)"
+    );
+    let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes: Vec<String> = route_ports
+        .iter()
+        .map(|p| format!("nats-route://127.0.0.1:{p}"))
+        .collect();
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        let store = dir.join(format!("js{i}"));
+        let conf = dir.join(format!("nats{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\n\
+                 jetstream {{ store_dir: \"{}\", max_memory_store: 64MB, max_file_store: 1GB }}\n\
+                 cluster {{ name: readmark, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                client_ports[i],
+                store.display(),
+                route_ports[i],
+                routes.join(", ")
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log_file(dir, &format!("nats{i}")))
+            .spawn()
+            .expect("start nats-server");
+        procs.push(Proc {
+            child,
+            name: format!("nats{i}"),
+        });
+    }
+    let urls = client_ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    (procs, urls)
+}
+
+fn start_node(dir: &Path, id: &str, urls: &[String]) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_readmark-node"))
+        .args(["--node-id", id, "--nats", &urls.join(",")])
+        .arg("--data")
+        .arg(dir.join(id))
+        .args(["--partitions", &PARTITIONS.to_string(), "--replicas", "3"])
+        .args(["--lease-ttl-ms", &LEASE_TTL_MS.to_string()])
+        .args(["--checkpoint-every-ms", "2000"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, id))
+        .spawn()
+        .expect("start readmark-node");
+    Proc {
+        child,
+        name: id.to_string(),
+    }
+}
+
+/// URLs with server `first` first: each client starts on its own server
+/// and falls back to the others.
+fn rotated(urls: &[String], first: usize) -> Vec<String> {
+    (0..urls.len())
+        .map(|i| urls[(first + i) % urls.len()].clone())
+        .collect()
+}
+
+/// Who owns each partition, once every partition answers.
+async fn owners(client: &Client, deadline: Duration) -> Vec<String> {
+    let give_up = Instant::now() + deadline;
+    let mut out = Vec::new();
+    for p in 0..PARTITIONS {
+        loop {
+            match client.ask(p, Query::Ping, 0).await {
+                Ok(a) => {
+                    out.push(a.node);
+                    break;
+                }
+                Err(e) => assert!(
+                    Instant::now() < give_up,
+                    "partition {p} never answered: {e}"
+                ),
+            }
+        }
+    }
+    out
+}
+
+/// What the workload did, shared by its tasks.
+#[derive(Default)]
+struct Record {
+    /// Every acknowledged write, by stream sequence.
+    acked: BTreeMap<u64, Op>,
+    /// Per partition, the highest acknowledged sequence.
+    last_seq: HashMap<u32, u64>,
+    /// Marks read back mid-stream, per (conversation, user): never lower.
+    seen: HashMap<(u64, u64), u64>,
+    backwards: Vec<String>,
+}
+
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+struct Conversation {
+    id: u64,
+    core: Vec<u64>,
+    guest: u64,
+    guest_in: bool,
+    last_message: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
+    // Every process logs to a file in `root`; READMARK_KEEP_TEST_DIR=1
+    // keeps it to read them.
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, _guard) = if std::env::var_os("READMARK_KEEP_TEST_DIR").is_some() {
+        (tmp.keep(), None)
+    } else {
+        (tmp.path().to_path_buf(), Some(tmp))
+    };
+    eprintln!("logs in {}", root.display());
+    let dir = Dir(root);
+    let (mut nats, urls) = start_nats(dir.path());
+    let mut nodes: Vec<Proc> = (0..3)
+        .map(|i| start_node(dir.path(), &format!("node{i}"), &rotated(&urls, i)))
+        .collect();
+    let clients: Vec<Client> = {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            v.push(
+                Client::connect(&rotated(&urls, i), PARTITIONS)
+                    .await
+                    .unwrap()
+                    .deadline(Duration::from_secs(60)),
+            );
+        }
+        v
+    };
+    let before = owners(&clients[0], Duration::from_secs(90)).await;
+    eprintln!("owners before: {before:?}");
+
+    // Setup: 12 conversations of 4 core members and one guest who comes
+    // and goes, users 1..=8.
+    let mut rng = ChaCha8Rng::seed_from_u64(0x5eed);
+    let mut conversations = Vec::new();
+    for c in 1..=12u64 {
+        let mut core: Vec<u64> = Vec::new();
+        while core.len() < 4 {
+            let u = rng.random_range(1..=8);
+            if !core.contains(&u) {
+                core.push(u);
+            }
+        }
+        let guest = (1..=8).find(|u| !core.contains(u)).unwrap();
+        conversations.push(Conversation {
+            id: c,
+            core,
+            guest,
+            guest_in: false,
+            last_message: 0,
+        });
+    }
+    let record = Arc::new(Mutex::new(Record::default()));
+    let mut setup = vec![];
+    for c in &conversations {
+        setup.push(Op::CreateConversation { conversation: c.id });
+        for &u in &c.core {
+            setup.push(Op::AddMember {
+                conversation: c.id,
+                user: u,
+                at: 1,
+            });
+        }
+    }
+    for (i, op) in setup.iter().enumerate() {
+        let ack = clients[i % 3]
+            .write(op, &format!("setup-{i}"))
+            .await
+            .unwrap();
+        let mut r = record.lock().await;
+        r.acked.insert(ack.sequence, op.clone());
+        let e = r.last_seq.entry(ack.partition).or_default();
+        *e = (*e).max(ack.sequence);
+    }
+
+    // The workload: three writers, each on its own client (its own NATS
+    // server) and its own conversations.
+    let killed_at: Arc<Mutex<Option<(Instant, String)>>> = Arc::new(Mutex::new(None));
+    let (kill_node_tx, mut kill_node_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (kill_nats_tx, mut kill_nats_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut groups: Vec<Vec<Conversation>> = vec![vec![], vec![], vec![]];
+    for (i, c) in conversations.into_iter().enumerate() {
+        groups[i % 3].push(c);
+    }
+    const OPS_PER_WRITER: usize = 900;
+    let mut writers = Vec::new();
+    for (w, mut convs) in groups.into_iter().enumerate() {
+        let client = clients[w].clone();
+        let record = record.clone();
+        let kill_node_tx = kill_node_tx.clone();
+        let kill_nats_tx = kill_nats_tx.clone();
+        writers.push(tokio::spawn(async move {
+            let mut rng = ChaCha8Rng::seed_from_u64(w as u64);
+            for i in 0..OPS_PER_WRITER {
+                // Microseconds, increasing with the writer's operations.
+                let at = 11 + i as u64;
+                if w == 0 && i == 300 {
+                    kill_node_tx.send(()).await.unwrap();
+                }
+                if w == 0 && i == 600 {
+                    kill_nats_tx.send(()).await.unwrap();
+                }
+                let k = rng.random_range(0..convs.len());
+                let c = &mut convs[k];
+                let roll = rng.random_range(0..100);
+                let members: Vec<u64> = c
+                    .core
+                    .iter()
+                    .copied()
+                    .chain(c.guest_in.then_some(c.guest))
+                    .collect();
+                let who = members[rng.random_range(0..members.len())];
+                let op = if roll < 30 || c.last_message == 0 {
+                    c.last_message += 1 + rng.random_range(0..3);
+                    Op::RecordMessage {
+                        conversation: c.id,
+                        message: c.last_message,
+                        sender: who,
+                        at,
+                    }
+                } else if roll < 85 {
+                    let m = rng.random_range(1..=c.last_message);
+                    Op::MarkRead {
+                        conversation: c.id,
+                        user: who,
+                        message: m,
+                        at,
+                    }
+                } else if roll < 95 {
+                    let m = rng.random_range(1..=c.last_message);
+                    Op::MarkViewed {
+                        conversation: c.id,
+                        user: who,
+                        message: m,
+                        at,
+                    }
+                } else if c.guest_in {
+                    c.guest_in = false;
+                    Op::RemoveMember {
+                        conversation: c.id,
+                        user: c.guest,
+                    }
+                } else {
+                    c.guest_in = true;
+                    Op::AddMember {
+                        conversation: c.id,
+                        user: c.guest,
+                        at,
+                    }
+                };
+                let ack = client.write(&op, &format!("w{w}-{i}")).await.unwrap();
+                {
+                    let mut r = record.lock().await;
+                    r.acked.insert(ack.sequence, op.clone());
+                    let e = r.last_seq.entry(ack.partition).or_default();
+                    *e = (*e).max(ack.sequence);
+                }
+                // Read a mark back through the owner, after this writer's
+                // last write there: never lower than seen before.
+                if i % 10 == 0 {
+                    // Core members never leave: a removal clears the guest's mark.
+                    let u = c.core[rng.random_range(0..c.core.len())];
+                    let a = client
+                        .query(
+                            c.id,
+                            Query::Mark {
+                                conversation: c.id,
+                                user: u,
+                            },
+                            ack.sequence,
+                        )
+                        .await
+                        .unwrap();
+                    if let Answer::Mark { mark } = a.answer {
+                        let up_to = mark.map_or(0, |m| m.0);
+                        let mut guard = record.lock().await;
+                        let r: &mut Record = &mut guard;
+                        let prev = r.seen.entry((c.id, u)).or_default();
+                        if up_to < *prev {
+                            let msg =
+                                format!("({}, {u}): {prev} then {up_to} from {}", c.id, a.node);
+                            r.backwards.push(msg);
+                        }
+                        *prev = (*prev).max(up_to);
+                    }
+                }
+            }
+            convs
+        }));
+    }
+    drop((kill_node_tx, kill_nats_tx));
+
+    // The killer: a node (the owner of partition 0) at the first signal,
+    // a NATS server at the second; then time how long the dead node's
+    // partitions take to answer from another node.
+    kill_node_rx.recv().await.unwrap();
+    let victim = before[0].clone();
+    let orphaned: Vec<u32> = (0..PARTITIONS)
+        .filter(|&p| before[p as usize] == victim)
+        .collect();
+    let v = nodes.iter_mut().find(|n| n.name == victim).unwrap();
+    v.kill();
+    let killed = Instant::now();
+    *killed_at.lock().await = Some((killed, victim.clone()));
+    eprintln!("SIGKILLed {victim}, owner of partitions {orphaned:?}");
+    let watcher = {
+        let client = clients[1].clone();
+        let victim = victim.clone();
+        let orphaned = orphaned.clone();
+        tokio::spawn(async move {
+            let mut served_after = Vec::new();
+            for p in orphaned {
+                loop {
+                    if let Ok(a) = client.ask(p, Query::Ping, 0).await
+                        && a.node != victim
+                    {
+                        served_after.push((p, killed.elapsed(), a.node));
+                        break;
+                    }
+                    assert!(
+                        killed.elapsed() < FAILOVER_BOUND * 2,
+                        "partition {p} not taken over"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            served_after
+        })
+    };
+    kill_nats_rx.recv().await.unwrap();
+    nats[2].kill();
+    eprintln!("SIGKILLed {}", nats[2].name);
+
+    for w in writers {
+        w.await.unwrap();
+    }
+    let served_after = watcher.await.unwrap();
+    for (p, t, node) in &served_after {
+        eprintln!(
+            "partition {p} served again by {node} {:.1} s after the kill",
+            t.as_secs_f64()
+        );
+        assert!(
+            *t < FAILOVER_BOUND,
+            "partition {p} took {t:?} (bound {FAILOVER_BOUND:?})"
+        );
+    }
+
+    let record = record.lock().await;
+    assert!(
+        record.backwards.is_empty(),
+        "marks went backwards: {:?}",
+        record.backwards
+    );
+
+    // Nothing acknowledged lost: the stream still holds every
+    // acknowledged write, at its sequence.
+    let js = async_nats::jetstream::new(clients[0].nats().clone());
+    let stream = js.get_stream(readmark_cluster::STREAM).await.unwrap();
+    for (&seq, op) in &record.acked {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        assert_eq!(
+            &serde_json::from_slice::<Op>(&m.payload).unwrap(),
+            op,
+            "sequence {seq}"
+        );
+    }
+
+    // The single-node model: one store, every acknowledged write in log
+    // order.
+    let model_dir = dir.path().join("model");
+    let model = readmark::Store::open(&model_dir, readmark::Config::new()).unwrap();
+    let mut refused = 0;
+    for op in record.acked.values() {
+        if op.apply(&model).unwrap() == readmark_cluster::Applied::Refused {
+            refused += 1;
+        }
+    }
+    let after: Vec<u64> = (0..PARTITIONS)
+        .map(|p| record.last_seq.get(&p).copied().unwrap_or(0))
+        .collect();
+    let mut compared = 0;
+    for c in 1..=12u64 {
+        let p = clients[0].partition_of(c);
+        for u in 1..=8u64 {
+            let q = Query::Mark {
+                conversation: c,
+                user: u,
+            };
+            let a = clients[(c + u) as usize % 2]
+                .query(c, q.clone(), after[p as usize])
+                .await
+                .unwrap();
+            assert_eq!(
+                a.answer,
+                q.answer(&model).unwrap(),
+                "mark ({c}, {u}) from {}",
+                a.node
+            );
+            compared += 1;
+        }
+        let last = record
+            .acked
+            .values()
+            .filter_map(|op| match op {
+                Op::RecordMessage {
+                    conversation,
+                    message,
+                    ..
+                } if *conversation == c => Some(*message),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        for m in (1..=last).step_by(3) {
+            for viewer in 1..=8u64 {
+                let q = Query::ReadBy {
+                    conversation: c,
+                    viewer,
+                    message: m,
+                };
+                let a = clients[1]
+                    .query(c, q.clone(), after[p as usize])
+                    .await
+                    .unwrap();
+                let expected = q.answer(&model).unwrap();
+                let users = |a: &Answer| match a {
+                    Answer::ReadBy { count, readers } => {
+                        Some((*count, readers.iter().map(|r| r.0).collect::<Vec<_>>()))
+                    }
+                    _ => None,
+                };
+                match (&a.answer, &expected) {
+                    (Answer::Refused { .. }, Answer::Refused { .. }) => {}
+                    (got, want) => {
+                        assert_eq!(users(got), users(want), "read_by ({c}, {m}) for {viewer}")
+                    }
+                }
+                compared += 1;
+            }
+        }
+    }
+    for u in 1..=8u64 {
+        let got = clients[u as usize % 2]
+            .unread_counts(u, &after)
+            .await
+            .unwrap();
+        let mut want: Vec<(u64, u64, u64, bool)> = model
+            .unread_counts(readmark::UserId(u))
+            .unwrap()
+            .into_iter()
+            .map(|(c, n)| (c.0, n.count, n.mentions, n.marked_unread))
+            .collect();
+        want.sort_unstable();
+        assert_eq!(got, want, "unread counts of {u}");
+        compared += 1;
+    }
+    eprintln!(
+        "{} acknowledged writes ({refused} refused alike by the model), {compared} answers equal to the model",
+        record.acked.len()
+    );
+    assert!(
+        record.acked.len() >= 3 * OPS_PER_WRITER,
+        "every write acknowledged"
+    );
+    assert!(compared > 100);
+    drop(nodes);
+    drop(nats);
+}
