@@ -232,6 +232,37 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
             last_message: 0,
         });
     }
+    // Who may ever hear of a conversation: its core members and its guest.
+    let allowed: HashMap<u64, Vec<u64>> = conversations
+        .iter()
+        .map(|c| (c.id, c.core.iter().copied().chain([c.guest]).collect()))
+        .collect();
+    // Every receipt event the nodes publish, on any user's subject.
+    let mut events_sub = clients[2].nats().subscribe("rm.ev.>").await.unwrap();
+    let (events_done, mut events_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let events = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut seen = Vec::new();
+        let mut done = false;
+        loop {
+            // Until told the workload is over, then until a quiet second
+            // (events are coalesced for up to a window).
+            let next = tokio::select! {
+                m = events_sub.next() => m,
+                _ = &mut events_done_rx, if !done => { done = true; continue; }
+                () = tokio::time::sleep(Duration::from_secs(2)), if done => None,
+            };
+            let Some(m) = next else { break };
+            let user: u64 = m.subject.rsplit('.').next().unwrap().parse().unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            seen.push((
+                user,
+                body["conversation"].as_u64().unwrap(),
+                body["reader"].as_u64().unwrap(),
+            ));
+        }
+        seen
+    });
     let record = Arc::new(Mutex::new(Record::default()));
     let mut setup = vec![];
     for c in &conversations {
@@ -546,6 +577,23 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
         "every write acknowledged"
     );
     assert!(compared > 100);
+
+    // Receipt events reached members only, about members.
+    events_done.send(()).unwrap();
+    let seen = events.await.unwrap();
+    for (user, c, reader) in &seen {
+        let members = &allowed[c];
+        assert!(
+            members.contains(user),
+            "user {user} got an event of conversation {c}"
+        );
+        assert!(
+            members.contains(reader),
+            "event of {c} about non-member {reader}"
+        );
+    }
+    assert!(!seen.is_empty(), "no receipt event reached NATS");
+    eprintln!("{} receipt events, every one to a member", seen.len());
     drop(nodes);
     drop(nats);
 }
