@@ -38,6 +38,7 @@
 //! # Ok(()) }
 //! ```
 
+mod applier;
 mod checkpoint;
 mod client;
 mod config;
@@ -46,6 +47,7 @@ mod node;
 mod op;
 mod partition;
 
+pub use applier::LogApplier;
 pub use client::{Ack, Answered, Client};
 pub use config::{CHECKPOINTS, LEASES, NODES, NodeConfig, STREAM};
 pub use error::{Error, Result};

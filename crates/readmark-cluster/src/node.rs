@@ -359,7 +359,8 @@ async fn partition_body(
 ) -> Result<()> {
     let dir = config.data_dir.join(format!("p{p}"));
     let store = Arc::new(restore(p, &dir, cluster).await?);
-    let position = store.log_position()?.unwrap_or(0);
+    let mut applier = crate::LogApplier::resume(&store)?;
+    let position = applier.last();
     tracing::info!(
         partition = p,
         position,
@@ -395,8 +396,6 @@ async fn partition_body(
     ));
     let events = spawn_events(client.clone(), store.clone(), stop.clone());
 
-    let mut last = position;
-    let mut flushed = position;
     let mut checkpointed = position;
     let mut flush_tick = tokio::time::interval(config.flush_every);
     let mut checkpoint_tick = tokio::time::interval(config.checkpoint_every);
@@ -422,40 +421,28 @@ async fn partition_body(
                     Ok(i) => i.stream_sequence,
                     Err(e) => break Err(nats(e)),
                 };
-                if seq <= last {
-                    continue;
-                }
                 match serde_json::from_slice::<Op>(&m.payload) {
                     Ok(op) => {
-                        if op.is_structural() && last > flushed {
-                            // Marks the log put before a membership change
-                            // reach RocksDB before it does.
-                            match store.flush_at(last) {
-                                Ok(true) => flushed = last,
-                                Ok(false) => {}
-                                Err(e) => break Err(e.into()),
-                            }
-                        }
-                        if let Err(e) = op.apply(&store) {
+                        if let Err(e) = applier.apply(&store, seq, &op) {
                             break Err(e.into());
                         }
                     }
-                    Err(e) => tracing::warn!(partition = p, seq, "undecodable log entry skipped: {e}"),
+                    Err(e) => {
+                        tracing::warn!(partition = p, seq, "undecodable log entry skipped: {e}");
+                        applier.skip(seq);
+                    }
                 }
-                last = seq;
-                applied_tx.send_replace(last);
+                applied_tx.send_replace(applier.last());
             }
-            _ = flush_tick.tick(), if last > flushed => {
-                match store.flush_at(last) {
-                    Ok(true) => flushed = last,
-                    Ok(false) => {}
-                    Err(e) => break Err(e.into()),
+            _ = flush_tick.tick(), if applier.last() > applier.flushed() => {
+                if let Err(e) = applier.flush(&store) {
+                    break Err(e.into());
                 }
             }
-            _ = checkpoint_tick.tick(), if last > checkpointed => {
-                match checkpoint::upload(&store, last, &config.data_dir, &cluster.checkpoints, p).await {
+            _ = checkpoint_tick.tick(), if applier.last() > checkpointed => {
+                match checkpoint::upload(&store, applier.last(), &config.data_dir, &cluster.checkpoints, p).await {
                     Ok(Some(pos)) => {
-                        flushed = flushed.max(pos);
+                        applier.flushed_to(pos);
                         checkpointed = pos;
                         tracing::debug!(partition = p, position = pos, "checkpoint uploaded");
                     }
@@ -473,7 +460,7 @@ async fn partition_body(
     // replays less) and close the store, so that a restart of the
     // partition can open it again.
     if result.is_ok() {
-        store.flush_at(last)?;
+        applier.flush(&store)?;
     }
     match Arc::try_unwrap(store) {
         Ok(s) => s.close()?,

@@ -121,7 +121,19 @@ impl Op {
                 sender,
                 at,
                 ..
-            } => store.record_message(c, MessageId(message), UserId(sender), Timestamp(at)),
+            } => match store.record_message(c, MessageId(message), UserId(sender), Timestamp(at)) {
+                // A redelivery: the message is there, but the sender's own
+                // advance that came with it was buffered and may have died
+                // with the process. Making it again is harmless (max).
+                Err(Error::MessageOutOfOrder { .. })
+                    if store
+                        .read_count(c, UserId(sender), MessageId(message))
+                        .is_ok() =>
+                {
+                    store.mark_read(c, UserId(sender), MessageId(message), Timestamp(at))
+                }
+                r => r,
+            },
             Op::MarkRead {
                 user, message, at, ..
             } => store.mark_read(c, UserId(user), MessageId(message), Timestamp(at)),
