@@ -43,6 +43,7 @@ mod checkpoint;
 mod client;
 mod config;
 mod error;
+pub mod local;
 mod node;
 mod op;
 mod partition;

@@ -6,14 +6,13 @@
 //! Needs Debian's `nats-server` (scripts/setup.sh and .ci/run install it).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use readmark_cluster::local::{NodeArgs, Process, rotated, start_nats, start_node};
 use readmark_cluster::{Answer, Client, Op, Query};
 use tokio::sync::Mutex;
 
@@ -23,112 +22,14 @@ const PARTITIONS: u32 = 6;
 const LEASE_TTL_MS: u64 = 5_000;
 const FAILOVER_BOUND: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// A child process killed (SIGKILL) when dropped.
-struct Proc {
-    child: Child,
-    name: String,
-}
-
-impl Proc {
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn node_args() -> NodeArgs {
+    NodeArgs {
+        binary: env!("CARGO_BIN_EXE_readmark-node").into(),
+        partitions: PARTITIONS,
+        replicas: 3,
+        lease_ttl: Duration::from_millis(LEASE_TTL_MS),
+        checkpoint_every: Duration::from_secs(2),
     }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn log_file(dir: &Path, name: &str) -> std::fs::File {
-    std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file")
-}
-
-/// Three NATS servers with JetStream, routed to each other.
-fn start_nats(dir: &Path) -> (Vec<Proc>, Vec<String>) {
-    assert!(
-        Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .is_ok(),
-        "nats-server not found: run scripts/setup.sh (Debian's nats-server 2.9)"
-    );
-    let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let routes: Vec<String> = route_ports
-        .iter()
-        .map(|p| format!("nats-route://127.0.0.1:{p}"))
-        .collect();
-    let mut procs = Vec::new();
-    for i in 0..3 {
-        let store = dir.join(format!("js{i}"));
-        let conf = dir.join(format!("nats{i}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\n\
-                 jetstream {{ store_dir: \"{}\", max_memory_store: 64MB, max_file_store: 1GB }}\n\
-                 cluster {{ name: readmark, listen: 127.0.0.1:{}, routes: [{}] }}\n",
-                client_ports[i],
-                store.display(),
-                route_ports[i],
-                routes.join(", ")
-            ),
-        )
-        .unwrap();
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log_file(dir, &format!("nats{i}")))
-            .spawn()
-            .expect("start nats-server");
-        procs.push(Proc {
-            child,
-            name: format!("nats{i}"),
-        });
-    }
-    let urls = client_ports
-        .iter()
-        .map(|p| format!("nats://127.0.0.1:{p}"))
-        .collect();
-    (procs, urls)
-}
-
-fn start_node(dir: &Path, id: &str, urls: &[String]) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_readmark-node"))
-        .args(["--node-id", id, "--nats", &urls.join(",")])
-        .arg("--data")
-        .arg(dir.join(id))
-        .args(["--partitions", &PARTITIONS.to_string(), "--replicas", "3"])
-        .args(["--lease-ttl-ms", &LEASE_TTL_MS.to_string()])
-        .args(["--checkpoint-every-ms", "2000"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log_file(dir, id))
-        .spawn()
-        .expect("start readmark-node");
-    Proc {
-        child,
-        name: id.to_string(),
-    }
-}
-
-/// URLs with server `first` first: each client starts on its own server
-/// and falls back to the others.
-fn rotated(urls: &[String], first: usize) -> Vec<String> {
-    (0..urls.len())
-        .map(|i| urls[(first + i) % urls.len()].clone())
-        .collect()
 }
 
 /// Who owns each partition, once every partition answers.
@@ -192,9 +93,17 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
     };
     eprintln!("logs in {}", root.display());
     let dir = Dir(root);
-    let (mut nats, urls) = start_nats(dir.path());
-    let mut nodes: Vec<Proc> = (0..3)
-        .map(|i| start_node(dir.path(), &format!("node{i}"), &rotated(&urls, i)))
+    let (mut nats, urls) = start_nats(dir.path(), 3).unwrap();
+    let mut nodes: Vec<Process> = (0..3)
+        .map(|i| {
+            start_node(
+                dir.path(),
+                &format!("node{i}"),
+                &rotated(&urls, i),
+                &node_args(),
+            )
+            .unwrap()
+        })
         .collect();
     let clients: Vec<Client> = {
         let mut v = Vec::new();
@@ -411,7 +320,7 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
     let orphaned: Vec<u32> = (0..PARTITIONS)
         .filter(|&p| before[p as usize] == victim)
         .collect();
-    let v = nodes.iter_mut().find(|n| n.name == victim).unwrap();
+    let v = nodes.iter_mut().find(|n| n.name() == victim).unwrap();
     v.kill();
     let killed = Instant::now();
     *killed_at.lock().await = Some((killed, victim.clone()));
@@ -442,7 +351,7 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
     };
     kill_nats_rx.recv().await.unwrap();
     nats[2].kill();
-    eprintln!("SIGKILLed {}", nats[2].name);
+    eprintln!("SIGKILLed {}", nats[2].name());
 
     for w in writers {
         w.await.unwrap();
