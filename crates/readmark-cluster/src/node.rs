@@ -23,6 +23,9 @@ use crate::partition::{event_subject, log_subject, query_subject};
 
 /// How long a query may wait for its `after` sequence to be applied.
 const AFTER_WAIT: Duration = Duration::from_secs(5);
+/// How long an applier may stay behind the stream without receiving
+/// anything before its consumer is made again.
+const STALL_LIMIT: Duration = Duration::from_secs(3);
 /// Queries a partition answers at once; more wait for a permit.
 const QUERIES_IN_FLIGHT: usize = 64;
 
@@ -385,6 +388,9 @@ async fn partition_body(
         .map_err(nats)?;
     let mut messages = consumer.messages().await.map_err(nats)?;
 
+    // This attempt's tasks (queries, events) stop when it ends, whatever
+    // ends it; the owner's `stop` ends the attempt.
+    let done = Arc::new(AtomicBool::new(false));
     let queries = tokio::spawn(serve_queries(
         p,
         config.node_id.clone(),
@@ -392,15 +398,21 @@ async fn partition_body(
         store.clone(),
         applied_rx,
         valid_until.clone(),
-        stop.clone(),
+        done.clone(),
     ));
-    let events = spawn_events(client.clone(), store.clone(), stop.clone());
+    let events = spawn_events(client.clone(), store.clone(), done.clone());
 
     let mut checkpointed = position;
     let mut flush_tick = tokio::time::interval(config.flush_every);
     let mut checkpoint_tick = tokio::time::interval(config.checkpoint_every);
     checkpoint_tick.tick().await;
     let mut stop_poll = tokio::time::interval(Duration::from_millis(50));
+    // The watchdog: the stream's last entry on the partition's subject,
+    // against what was applied. An ordered consumer whose server died can
+    // stay silent; past `STALL_LIMIT` behind, the partition starts again.
+    let mut stall_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut behind_since: Option<Instant> = None;
+    let subject = log_subject(p);
     let result: Result<()> = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
@@ -433,6 +445,7 @@ async fn partition_body(
                     }
                 }
                 applied_tx.send_replace(applier.last());
+                behind_since = None;
             }
             _ = flush_tick.tick(), if applier.last() > applier.flushed() => {
                 if let Err(e) = applier.flush(&store) {
@@ -450,10 +463,30 @@ async fn partition_body(
                     Err(e) => tracing::warn!(partition = p, "checkpoint: {e}"),
                 }
             }
+            _ = stall_tick.tick() => {
+                let Ok(newest) = cluster.stream.get_last_raw_message_by_subject(&subject).await else {
+                    continue;
+                };
+                if newest.sequence <= applier.last() {
+                    behind_since = None;
+                } else if behind_since.is_some_and(|t| t.elapsed() > STALL_LIMIT) {
+                    break Err(Error::Timeout(format!(
+                        "log consumer stalled at {} (stream at {})",
+                        applier.last(),
+                        newest.sequence
+                    )));
+                } else if behind_since.is_none() {
+                    behind_since = Some(Instant::now());
+                }
+            }
             _ = stop_poll.tick() => {}
         }
     };
-    stop.store(true, Ordering::SeqCst);
+    // Post-mortem (cluster test): this used to set the owner's `stop`, so
+    // a partition interrupted by a stalled consumer was never started
+    // again while its lease stayed held and renewed: its queries got no
+    // responders for good. The attempt's own tasks stop on `done`.
+    done.store(true, Ordering::SeqCst);
     let _ = queries.await;
     let _ = events.await;
     // Record what was applied (the next owner, maybe this node again,
