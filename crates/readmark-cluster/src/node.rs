@@ -228,10 +228,14 @@ pub async fn run(
                     o.revision = rev;
                     *o.valid_until.lock() = started + config.lease_ttl * 3 / 4;
                 }
-                Err(e) => {
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     tracing::warn!(partition = p, "lease lost: {e}");
                     lost.push(p);
                 }
+                // No answer (a leader being elected, a lost server): the
+                // lease may still be ours. Keep the partition, retry next
+                // tick; its answers stop on their own at `valid_until`.
+                Err(e) => tracing::warn!(partition = p, "lease not renewed this time: {e}"),
             }
         }
         for p in lost {
