@@ -199,6 +199,7 @@ fn mib(bytes: u64) -> f64 {
 
 /// The parent: runs workers segment by segment, kills them, checks.
 pub(crate) fn run(args: &SoakArgs) -> readmark::Result<()> {
+    eprintln!("allocator: {}", allocator_settings());
     let tmp;
     let dir = if let Some(d) = &args.dir {
         d.clone()
@@ -752,6 +753,26 @@ fn heap_mib() -> (f64, f64) {
     }
     #[allow(unreachable_code)]
     (0.0, 0.0)
+}
+
+/// The allocator's settings in force, as jemalloc reports them (what the
+/// binary's `malloc_conf` set).
+fn allocator_settings() -> String {
+    #[cfg(all(target_os = "linux", not(target_env = "msvc")))]
+    {
+        use tikv_jemalloc_ctl::raw;
+        // SAFETY: these names are jemalloc's documented options, read as
+        // the types jemalloc documents (bool, ssize_t).
+        let (bg, dirty) = unsafe {
+            (
+                raw::read::<bool>(b"opt.background_thread\0"),
+                raw::read::<isize>(b"opt.dirty_decay_ms\0"),
+            )
+        };
+        return format!("jemalloc, background_thread {bg:?}, dirty_decay_ms {dirty:?}");
+    }
+    #[allow(unreachable_code)]
+    "the system's".to_string()
 }
 
 /// Paces a loop at `per_sec` (0: no pacing): waits until operation `n` is
