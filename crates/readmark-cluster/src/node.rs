@@ -35,7 +35,8 @@ fn lease_key(p: u32) -> String {
 }
 
 /// The stream, buckets and object store a cluster uses, created by the
-/// first node (or [`crate::Client`]) that finds them missing.
+/// first node that finds them missing (a client's writes before that are
+/// retried until its deadline).
 pub(crate) struct Cluster {
     pub(crate) js: jetstream::Context,
     pub(crate) stream: stream::Stream,
@@ -461,7 +462,7 @@ async fn partition_body(
                     Ok(Some(pos)) => {
                         applier.flushed_to(pos);
                         checkpointed = pos;
-                        tracing::debug!(partition = p, position = pos, "checkpoint uploaded");
+                        tracing::info!(partition = p, position = pos, "checkpoint uploaded");
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(partition = p, "checkpoint: {e}"),

@@ -312,14 +312,50 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
     }
     drop((kill_node_tx, kill_nats_tx));
 
-    // The killer: a node (the owner of partition 0) at the first signal,
+    // The killer: a node (the owner of the busiest partition) at the first signal,
     // a NATS server at the second; then time how long the dead node's
     // partitions take to answer from another node.
     kill_node_rx.recv().await.unwrap();
-    let victim = before[0].clone();
+    // The owner of the busiest partition: with 12 conversations over 6
+    // partitions some hold none, and killing their owner would restore
+    // nothing.
+    let busiest = (0..PARTITIONS)
+        .max_by_key(|&p| {
+            (1..=12u64)
+                .filter(|&c| clients[0].partition_of(c) == p)
+                .count()
+        })
+        .unwrap();
+    let victim = before[busiest as usize].clone();
     let orphaned: Vec<u32> = (0..PARTITIONS)
         .filter(|&p| before[p as usize] == victim)
         .collect();
+    // The kill comes once the victim has uploaded a checkpoint of each of
+    // its partitions (every 2 s), so that the new owner restores from one
+    // and replays only the log after it; the writers go on meanwhile.
+    let js = async_nats::jetstream::new(clients[0].nats().clone());
+    let checkpoints = js
+        .get_object_store(readmark_cluster::CHECKPOINTS)
+        .await
+        .unwrap();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    // Partitions that hold conversations (the setup wrote to them); one
+    // with none has nothing to checkpoint.
+    let written: Vec<u32> = record.lock().await.last_seq.keys().copied().collect();
+    for p in orphaned.iter().copied().filter(|p| written.contains(p)) {
+        loop {
+            let position = match checkpoints.info(format!("p{p}")).await {
+                Ok(info) => info.description.and_then(|d| d.parse::<u64>().ok()),
+                Err(_) => None,
+            };
+            if position.is_some_and(|at| at > 0) {
+                eprintln!("partition {p} checkpointed at {position:?}");
+                break;
+            }
+            assert!(Instant::now() < give_up, "no checkpoint of partition {p}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let v = nodes.iter_mut().find(|n| n.name() == victim).unwrap();
     v.kill();
     let killed = Instant::now();
@@ -377,7 +413,6 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
 
     // Nothing acknowledged lost: the stream still holds every
     // acknowledged write, at its sequence.
-    let js = async_nats::jetstream::new(clients[0].nats().clone());
     let stream = js.get_stream(readmark_cluster::STREAM).await.unwrap();
     for (&seq, op) in &record.acked {
         let m = stream.get_raw_message(seq).await.unwrap();
