@@ -198,7 +198,10 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
     // The workload: three writers, each on its own client (its own NATS
     // server) and its own conversations.
     let killed_at: Arc<Mutex<Option<(Instant, String)>>> = Arc::new(Mutex::new(None));
-    let (kill_node_tx, mut kill_node_rx) = tokio::sync::mpsc::channel::<()>(1);
+    // Writer 0 asks for the node's kill and waits until it is done, so
+    // that its remaining writes come after the kill whatever the timing.
+    let (kill_node_tx, mut kill_node_rx) =
+        tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>(1);
     let (kill_nats_tx, mut kill_nats_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut groups: Vec<Vec<Conversation>> = vec![vec![], vec![], vec![]];
     for (i, c) in conversations.into_iter().enumerate() {
@@ -217,7 +220,9 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
                 // Microseconds, increasing with the writer's operations.
                 let at = 11 + i as u64;
                 if w == 0 && i == 300 {
-                    kill_node_tx.send(()).await.unwrap();
+                    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                    kill_node_tx.send(done_tx).await.unwrap();
+                    done_rx.await.unwrap();
                 }
                 if w == 0 && i == 600 {
                     kill_nats_tx.send(()).await.unwrap();
@@ -315,7 +320,7 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
     // The killer: a node (the owner of the busiest partition) at the first signal,
     // a NATS server at the second; then time how long the dead node's
     // partitions take to answer from another node.
-    kill_node_rx.recv().await.unwrap();
+    let killed_tx = kill_node_rx.recv().await.unwrap();
     // The owner of the busiest partition: with 12 conversations over 6
     // partitions some hold none, and killing their owner would restore
     // nothing.
@@ -361,6 +366,7 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
     let killed = Instant::now();
     *killed_at.lock().await = Some((killed, victim.clone()));
     eprintln!("SIGKILLed {victim}, owner of partitions {orphaned:?}");
+    killed_tx.send(()).unwrap();
     let watcher = {
         let client = clients[1].clone();
         let victim = victim.clone();
