@@ -92,14 +92,20 @@ impl Op {
         }
     }
 
-    /// Whether the operation changes membership. The applier flushes the
-    /// marks buffered before one (so that RocksDB never holds a membership
-    /// change without the marks the log put before it) and replays it
-    /// harmlessly: a second `add_member` is refused as already a member.
-    pub fn is_structural(&self) -> bool {
+    /// Whether the operation is a barrier for the applier: it writes to
+    /// RocksDB at once (not through the buffer), and what it writes
+    /// changes how later operations apply (membership decides who may
+    /// mark; the newest message clamps marks and decides which views
+    /// exist). The applier flushes the marks buffered before one, with the
+    /// position, so a replay never holds a later operation's effect before
+    /// an earlier one's.
+    pub fn is_barrier(&self) -> bool {
         matches!(
             self,
-            Op::CreateConversation { .. } | Op::AddMember { .. } | Op::RemoveMember { .. }
+            Op::CreateConversation { .. }
+                | Op::AddMember { .. }
+                | Op::RemoveMember { .. }
+                | Op::RecordMessage { .. }
         )
     }
 
