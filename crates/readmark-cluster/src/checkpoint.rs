@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore};
 use readmark::Store;
-use tokio::io::AsyncReadExt;
 
 use crate::error::{Error, Result, nats};
 
@@ -75,15 +74,21 @@ pub(crate) async fn position(bucket: &ObjectStore, p: u32) -> Result<Option<u64>
 /// (replacing what is there), through a scratch directory beside it so a
 /// failed download leaves `target` as it was.
 pub(crate) async fn download(bucket: &ObjectStore, p: u32, target: &Path) -> Result<()> {
+    // Streamed to a file beside the target, not held in memory: a
+    // partition's checkpoint is as large as its store.
     let mut object = bucket.get(object_name(p)).await.map_err(nats)?;
-    let mut bytes = Vec::new();
-    object.read_to_end(&mut bytes).await?;
+    let tar_path = staging_of(target).with_extension("tar");
+    let mut file = tokio::fs::File::create(&tar_path).await?;
+    tokio::io::copy(&mut object, &mut file).await?;
+    file.sync_all().await?;
+    drop(file);
     let target = target.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<()> {
         let staging = staging_of(&target);
         remove_if_there(&staging)?;
         std::fs::create_dir_all(&staging)?;
-        tar::Archive::new(bytes.as_slice()).unpack(&staging)?;
+        tar::Archive::new(std::fs::File::open(&tar_path)?).unpack(&staging)?;
+        std::fs::remove_file(&tar_path)?;
         remove_if_there(&target)?;
         std::fs::rename(&staging, &target)?;
         Ok(())
