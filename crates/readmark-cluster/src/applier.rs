@@ -108,6 +108,7 @@ impl LogApplier {
 mod tests {
     use super::*;
     use crate::op::Query;
+    use crate::op::tests::two_members_and_a_send;
     use proptest::prelude::*;
     use readmark::{Config, Durability};
 
@@ -225,6 +226,16 @@ mod tests {
         out
     }
 
+    /// Resumes an applier on `store` and applies `log` as sequences 1, 2,
+    /// ...
+    fn apply_in_order(store: &Store, log: &[Op]) -> LogApplier {
+        let mut a = LogApplier::resume(store).unwrap();
+        for (i, op) in log.iter().enumerate() {
+            a.apply(store, i as u64 + 1, op).unwrap();
+        }
+        a
+    }
+
     fn open(dir: &std::path::Path) -> Store {
         Store::open(dir, Config::new().durability(Durability::Memory)).unwrap()
     }
@@ -284,37 +295,12 @@ mod tests {
     #[test]
     fn regression_a_replayed_send_restores_the_senders_own_mark() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = open(dir.path());
-        let mut a = LogApplier::resume(&store).unwrap();
-        let log = [
-            Op::CreateConversation { conversation: 1 },
-            Op::AddMember {
-                conversation: 1,
-                user: 1,
-                at: 0,
-            },
-            Op::AddMember {
-                conversation: 1,
-                user: 2,
-                at: 0,
-            },
-            Op::RecordMessage {
-                conversation: 1,
-                message: 1,
-                sender: 1,
-                at: 1,
-            },
-        ];
-        for (i, op) in log.iter().enumerate() {
-            a.apply(&store, i as u64 + 1, op).unwrap();
-        }
+        let log = two_members_and_a_send(1, 1);
+        let store = open(dir.path());
+        apply_in_order(&store, &log);
         store.__simulate_crash();
-        let store2 = open(dir.path());
-        store = store2;
-        let mut a = LogApplier::resume(&store).unwrap();
-        for (i, op) in log.iter().enumerate() {
-            a.apply(&store, i as u64 + 1, op).unwrap();
-        }
+        let store = open(dir.path());
+        apply_in_order(&store, &log);
         let mark = Query::Mark {
             conversation: 1,
             user: 1,
@@ -337,35 +323,14 @@ mod tests {
     fn a_membership_change_flushes_the_marks_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let mut a = LogApplier::resume(&store).unwrap();
-        let log = [
-            Op::CreateConversation { conversation: 1 },
-            Op::AddMember {
-                conversation: 1,
-                user: 1,
-                at: 0,
-            },
-            Op::AddMember {
-                conversation: 1,
-                user: 2,
-                at: 0,
-            },
-            Op::RecordMessage {
-                conversation: 1,
-                message: 1,
-                sender: 2,
-                at: 1,
-            },
-            Op::MarkRead {
-                conversation: 1,
-                user: 1,
-                message: 1,
-                at: 2,
-            },
-        ];
-        for (i, op) in log.iter().enumerate() {
-            a.apply(&store, i as u64 + 1, op).unwrap();
-        }
+        let mut log = two_members_and_a_send(1, 2);
+        log.push(Op::MarkRead {
+            conversation: 1,
+            user: 1,
+            message: 1,
+            at: 2,
+        });
+        let mut a = apply_in_order(&store, &log);
         assert_eq!(
             store.log_position().unwrap(),
             Some(3),

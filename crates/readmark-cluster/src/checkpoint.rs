@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore};
 use readmark::Store;
 
-use crate::error::{Error, Result, nats};
+use crate::error::{Result, blocking, nats};
 
 /// The object name of partition `p`'s checkpoint.
 pub(crate) fn object_name(p: u32) -> String {
@@ -28,7 +28,7 @@ pub(crate) async fn upload(
     let dir = scratch.join(format!("p{p}.checkpoint"));
     let tar_path = scratch.join(format!("p{p}.checkpoint.tar"));
     let (s, d, t) = (store.clone(), dir.clone(), tar_path.clone());
-    let packed = tokio::task::spawn_blocking(move || -> Result<bool> {
+    let packed = blocking(move || {
         remove_if_there(&d)?;
         if !s.checkpoint_at(position, &d)? {
             remove_if_there(&d)?;
@@ -41,8 +41,7 @@ pub(crate) async fn upload(
         remove_if_there(&d)?;
         Ok(true)
     })
-    .await
-    .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    .await?;
     if !packed {
         return Ok(None);
     }
@@ -83,7 +82,7 @@ pub(crate) async fn download(bucket: &ObjectStore, p: u32, target: &Path) -> Res
     file.sync_all().await?;
     drop(file);
     let target = target.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<()> {
+    blocking(move || {
         let staging = staging_of(&target);
         remove_if_there(&staging)?;
         std::fs::create_dir_all(&staging)?;
@@ -94,7 +93,6 @@ pub(crate) async fn download(bucket: &ObjectStore, p: u32, target: &Path) -> Res
         Ok(())
     })
     .await
-    .map_err(|e| Error::Io(std::io::Error::other(e)))?
 }
 
 fn staging_of(target: &Path) -> PathBuf {

@@ -37,3 +37,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(crate) fn nats(e: impl std::fmt::Display) -> Error {
     Error::Nats(e.to_string())
 }
+
+/// Runs `f` (RocksDB, file work) on tokio's blocking pool; a task that
+/// panicked or was cancelled is an `Error::Io`.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+}

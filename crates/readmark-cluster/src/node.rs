@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::checkpoint;
 use crate::config::{CHECKPOINTS, LEASES, NODES, NodeConfig, STREAM};
-use crate::error::{Error, Result, nats};
+use crate::error::{Error, Result, blocking, nats};
 use crate::op::{Answer, Op, Query, Reply, Request};
 use crate::partition::{event_subject, log_subject, query_subject};
 
@@ -510,29 +510,31 @@ async fn partition_body(
 /// Opens partition `p`'s store in `dir`, first replacing it with the
 /// uploaded checkpoint if that is newer than what the directory holds.
 async fn restore(p: u32, dir: &std::path::Path, cluster: &Cluster) -> Result<Store> {
-    let local = if dir.exists() {
-        let d = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || -> Result<Option<u64>> {
-            let s = Store::open(&d, store_config())?;
-            let pos = s.log_position()?;
-            s.close()?;
-            Ok(pos)
-        })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??
-    } else {
-        None
-    };
+    let d = dir.to_path_buf();
+    let local = blocking(move || {
+        if !d.exists() {
+            return Ok(None);
+        }
+        let s = Store::open(&d, store_config())?;
+        let pos = s.log_position()?;
+        Ok(Some((s, pos)))
+    })
+    .await?;
+    let local_position = local.as_ref().and_then(|(_, pos)| *pos);
     let remote = checkpoint::position(&cluster.checkpoints, p).await?;
-    if remote.is_some_and(|r| local.is_none_or(|l| r > l)) {
-        tracing::info!(partition = p, ?local, ?remote, "downloading the checkpoint");
+    let download = remote.is_some_and(|r| local_position.is_none_or(|l| r > l));
+    match local {
+        // The local copy is as new as the checkpoint: keep it open.
+        Some((s, _)) if !download => return Ok(s),
+        Some((s, _)) => blocking(move || Ok(s.close()?)).await?,
+        None => {}
+    }
+    if download {
+        tracing::info!(partition = p, local = ?local_position, ?remote, "downloading the checkpoint");
         checkpoint::download(&cluster.checkpoints, p, dir).await?;
     }
     let d: PathBuf = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || Store::open(&d, store_config()))
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?
-        .map_err(Error::from)
+    blocking(move || Ok(Store::open(&d, store_config())?)).await
 }
 
 /// The log is the durable copy: the store buffers at `Memory` and the

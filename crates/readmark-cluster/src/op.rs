@@ -336,8 +336,32 @@ pub enum Reply {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The start of the tests' logs: conversation 1 with members 1 and 2,
+    /// and `sender`'s `message` at time 1.
+    pub(crate) fn two_members_and_a_send(message: u64, sender: u64) -> Vec<Op> {
+        vec![
+            Op::CreateConversation { conversation: 1 },
+            Op::AddMember {
+                conversation: 1,
+                user: 1,
+                at: 0,
+            },
+            Op::AddMember {
+                conversation: 1,
+                user: 2,
+                at: 0,
+            },
+            Op::RecordMessage {
+                conversation: 1,
+                message,
+                sender,
+                at: 1,
+            },
+        ]
+    }
 
     #[test]
     fn operations_round_trip_as_json() {
@@ -382,24 +406,8 @@ mod tests {
     fn replaying_a_log_prefix_twice_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), readmark::Config::new()).unwrap();
-        let log = [
-            Op::CreateConversation { conversation: 1 },
-            Op::AddMember {
-                conversation: 1,
-                user: 1,
-                at: 0,
-            },
-            Op::AddMember {
-                conversation: 1,
-                user: 2,
-                at: 0,
-            },
-            Op::RecordMessage {
-                conversation: 1,
-                message: 10,
-                sender: 2,
-                at: 1,
-            },
+        let mut log = two_members_and_a_send(10, 2);
+        log.extend([
             Op::MarkRead {
                 conversation: 1,
                 user: 1,
@@ -412,7 +420,7 @@ mod tests {
                 message: 10,
                 at: 2,
             },
-        ];
+        ]);
         for op in &log {
             assert_eq!(op.apply(&store).unwrap(), Applied::Done, "{op:?}");
         }

@@ -177,6 +177,29 @@ fn median(runs: Vec<Run>) -> Run {
     }
 }
 
+/// Both settings' starting state: `conversations` conversations of 5
+/// members and one message each.
+fn setup(conversations: u64) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for c in 1..=conversations {
+        ops.push(Op::CreateConversation { conversation: c });
+        for u in 1..=5 {
+            ops.push(Op::AddMember {
+                conversation: c,
+                user: u,
+                at: 1,
+            });
+        }
+        ops.push(Op::RecordMessage {
+            conversation: c,
+            message: 1,
+            sender: 1,
+            at: 2,
+        });
+    }
+    ops
+}
+
 /// The write a writer makes next in one of its conversations: mostly
 /// reads up to the newest message, one in ten a new message.
 fn next_op(rng: &mut ChaCha8Rng, c: u64, newest: &mut u64, at: u64) -> Op {
@@ -251,23 +274,7 @@ async fn cluster_run(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Setup: conversations of 5 members and one message.
-    let mut setup = Vec::new();
-    for c in 1..=args.conversations {
-        setup.push(Op::CreateConversation { conversation: c });
-        for u in 1..=5 {
-            setup.push(Op::AddMember {
-                conversation: c,
-                user: u,
-                at: 1,
-            });
-        }
-        setup.push(Op::RecordMessage {
-            conversation: c,
-            message: 1,
-            sender: 1,
-            at: 2,
-        });
-    }
+    let setup = setup(args.conversations);
     for (i, chunk) in setup.chunks(64).enumerate() {
         let writes = chunk.iter().enumerate().map(|(j, op)| {
             let client = clients[j % 3].clone();
@@ -367,23 +374,8 @@ fn embedded_run(args: &Args) -> Run {
         )
         .expect("store"),
     );
-    for c in 1..=args.conversations {
-        for op in [Op::CreateConversation { conversation: c }]
-            .into_iter()
-            .chain((1..=5).map(|u| Op::AddMember {
-                conversation: c,
-                user: u,
-                at: 1,
-            }))
-            .chain([Op::RecordMessage {
-                conversation: c,
-                message: 1,
-                sender: 1,
-                at: 2,
-            }])
-        {
-            op.apply(&store).expect("setup");
-        }
+    for op in setup(args.conversations) {
+        op.apply(&store).expect("setup");
     }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let started = Instant::now();
