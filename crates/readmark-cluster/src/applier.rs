@@ -15,8 +15,11 @@
 //!    would get back a mark the removal cleared, and a mark clamped to the
 //!    newest message of its time would be clamped to a later one. So a
 //!    replay holds at most one barrier, at its start, and replaying it
-//!    changes nothing (rule 4).
-//! 4. Marks merge by max and receipt bits by OR; a message recorded again
+//!    changes nothing (rule 5).
+//! 4. An unread flag is flushed with the position right after it too
+//!    (`Op::seals`): it records the mark's position when set, so it must
+//!    never be replayed over marks that RocksDB took after it.
+//! 5. Marks merge by max and receipt bits by OR; a message recorded again
 //!    is refused as out of order, and its sender's own advance (buffered,
 //!    so maybe lost in the crash) is made again. Replaying what RocksDB
 //!    already holds changes nothing.
@@ -76,6 +79,9 @@ impl LogApplier {
         }
         let applied = op.apply(store)?;
         self.last = seq;
+        if op.seals() {
+            self.flush(store)?;
+        }
         Ok(Some(applied))
     }
 
@@ -107,7 +113,7 @@ impl LogApplier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::op::Query;
+    use crate::op::{Query, STATES_LIMIT};
     use crate::op::tests::two_members_and_a_send;
     use proptest::prelude::*;
     use readmark::{Config, Durability};
@@ -123,14 +129,16 @@ mod tests {
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            8 => (0u8..2, 0u8..4, 0u8..10).prop_map(|(c, u, k)| Step::Entry(c, u, k)),
+            8 => (0u8..2, 0u8..4, 0u8..17).prop_map(|(c, u, k)| Step::Entry(c, u, k)),
             1 => Just(Step::Flush),
             1 => Just(Step::Crash),
         ]
     }
 
     /// The log the steps' entries make: 2 conversations of members 1–3
-    /// and a guest (4) who joins and leaves.
+    /// and a guest (4) who joins and leaves; sends, marks and views in the
+    /// main timeline and in the thread of message 1, unread flags,
+    /// privacy in one conversation and everywhere, deletions.
     fn log_of(steps: &[Step]) -> Vec<Op> {
         let mut log: Vec<Op> = Vec::new();
         for c in 1..=2 {
@@ -143,29 +151,39 @@ mod tests {
                 });
             }
         }
+        // Newest message of each conversation's main timeline, and of the
+        // thread of its message 1 (thread replies from 1000 on).
         let mut next = [0u64; 3];
+        let mut replies = [999u64; 3];
         for (i, s) in steps.iter().enumerate() {
             let Step::Entry(c, u, k) = *s else { continue };
             let (c, u, at) = (u64::from(c) + 1, u64::from(u) + 1, i as u64 + 1);
-            let newest = next[c as usize];
+            let (ci, newest) = (c as usize, next[c as usize]);
+            let flip = i % 2 == 0;
             log.push(match k {
                 0..=2 => {
-                    next[c as usize] += 1;
+                    next[ci] += 1;
                     Op::RecordMessage {
                         conversation: c,
+                        thread: None,
                         message: newest + 1,
                         sender: u,
                         at,
+                        mentions: if k == 2 { vec![u % 3 + 1] } else { Vec::new() },
+                        mention_everyone: false,
+                        system: k == 1 && flip,
                     }
                 }
                 3..=6 => Op::MarkRead {
                     conversation: c,
+                    thread: None,
                     user: u,
                     message: newest.max(1) - u64::from(k % 2),
                     at,
                 },
                 7 => Op::MarkViewed {
                     conversation: c,
+                    thread: None,
                     user: u,
                     message: newest.max(1),
                     at,
@@ -175,9 +193,51 @@ mod tests {
                     user: 4,
                     at,
                 },
-                _ => Op::RemoveMember {
+                9 => Op::RemoveMember {
                     conversation: c,
                     user: 4,
+                },
+                10 | 11 => Op::SetUnreadFlag {
+                    conversation: c,
+                    thread: None,
+                    user: u,
+                    unread: k == 10,
+                    at,
+                },
+                12 => Op::SetPrivacy {
+                    user: u,
+                    conversation: Some(c),
+                    private: flip,
+                },
+                13 => Op::SetPrivacy {
+                    user: u,
+                    conversation: None,
+                    private: flip,
+                },
+                14 => Op::DeleteMessage {
+                    conversation: c,
+                    thread: None,
+                    message: newest.max(1),
+                },
+                15 => {
+                    replies[ci] += 1;
+                    Op::RecordMessage {
+                        conversation: c,
+                        thread: Some(1),
+                        message: replies[ci],
+                        sender: u,
+                        at,
+                        mentions: Vec::new(),
+                        mention_everyone: false,
+                        system: false,
+                    }
+                }
+                _ => Op::MarkRead {
+                    conversation: c,
+                    thread: Some(1),
+                    user: u,
+                    message: replies[ci].max(1000),
+                    at,
                 },
             });
         }
@@ -188,27 +248,29 @@ mod tests {
         let mut out = Vec::new();
         for c in 1..=2u64 {
             for u in 1..=4u64 {
-                out.push(format!(
-                    "{:?}",
-                    Query::Mark {
+                for thread in [None, Some(1)] {
+                    let q = Query::Mark {
                         conversation: c,
-                        user: u
-                    }
-                    .answer(store)
-                    .unwrap()
-                ));
+                        thread,
+                        user: u,
+                    };
+                    out.push(format!("{:?}", q.answer(store, 0).unwrap()));
+                }
                 for m in 1..=12u64 {
                     let q = Query::ReadBy {
                         conversation: c,
+                        thread: None,
                         viewer: u,
                         message: m,
+                        limit: 100,
+                        after: None,
                     };
                     // Users and count: times depend on when a flush ran.
-                    let a = match q.answer(store).unwrap() {
-                        crate::Answer::ReadBy { count, readers } => {
+                    let a = match q.answer(store, 0).unwrap() {
+                        crate::Answer::ReadBy { count, readers, .. } => {
                             format!(
                                 "{count} {:?}",
-                                readers.iter().map(|r| r.0).collect::<Vec<_>>()
+                                readers.iter().map(|r| r.user).collect::<Vec<_>>()
                             )
                         }
                         other => format!("{other:?}"),
@@ -220,8 +282,17 @@ mod tests {
         for u in 1..=4u64 {
             out.push(format!(
                 "{:?}",
-                Query::UnreadCounts { user: u }.answer(store).unwrap()
+                Query::UnreadCounts { user: u }.answer(store, 0).unwrap()
             ));
+            let snapshot = Query::Snapshot {
+                user: u,
+                resume: None,
+                limit: STATES_LIMIT,
+            };
+            match snapshot.answer(store, 0).unwrap() {
+                crate::Answer::States { states, .. } => out.push(format!("{states:?}")),
+                other => out.push(format!("{other:?}")),
+            }
         }
         out
     }
@@ -303,9 +374,10 @@ mod tests {
         apply_in_order(&store, &log);
         let mark = Query::Mark {
             conversation: 1,
+            thread: None,
             user: 1,
         }
-        .answer(&store)
+        .answer(&store, 0)
         .unwrap();
         assert_eq!(mark, crate::Answer::Mark { mark: Some((1, 1)) });
     }
@@ -326,6 +398,7 @@ mod tests {
         let mut log = two_members_and_a_send(1, 2);
         log.push(Op::MarkRead {
             conversation: 1,
+            thread: None,
             user: 1,
             message: 1,
             at: 2,

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, message::PublishMessage};
 
 use crate::error::{Error, Result, nats};
-use crate::op::{Answer, Op, Query, Reply, Request};
+use crate::cursor::{ClusterCursor, Part};
+use crate::op::{Answer, Hidden, Op, Query, Reply, Request, STATES_LIMIT, State};
 use crate::partition::{log_subject, partition_of, query_subject};
 
 /// A write the log acknowledged.
@@ -22,6 +23,39 @@ pub struct Ack {
     /// The stream already held this write (a retry of one whose
     /// acknowledgement was lost): it is in the log once.
     pub duplicate: bool,
+}
+
+/// A write the log acknowledged and its partition's owner applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The log's acknowledgement.
+    pub ack: Ack,
+    /// Why the store refused it (a client code: `not_member`,
+    /// `unknown_message`, ...), or `None` if it was carried out.
+    pub refused: Option<String>,
+    /// Whether the owner knew (see [`Answer::Outcome`]); when it did not,
+    /// `refused` is `None`.
+    pub known: bool,
+}
+
+/// The answer to [`Client::catch_up`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// States to show and readers to forget; continue from `cursor`
+    /// (at once if `more`).
+    States {
+        /// The latest state of each pair listed.
+        states: Vec<State>,
+        /// Readers to forget.
+        hidden: Vec<Hidden>,
+        /// Where to continue: opaque text, bounded in size.
+        cursor: String,
+        /// Whether more remain now.
+        more: bool,
+    },
+    /// The cursor cannot be continued (a partition's owner changed, or its
+    /// changes are no longer retained): ask with no cursor.
+    SnapshotRequired,
 }
 
 /// An answer and who gave it.
@@ -97,8 +131,72 @@ impl Client {
     /// # Errors
     ///
     /// [`Error::Timeout`] if no acknowledgement came within the deadline.
+    /// [`Error::Config`] for an operation on every partition (see
+    /// [`write_everywhere`](Client::write_everywhere)); [`Error::Timeout`]
+    /// if no acknowledgement came within the deadline.
     pub async fn write(&self, op: &Op, id: &str) -> Result<Ack> {
-        let partition = self.partition_of(op.conversation());
+        let Some(conversation) = op.conversation() else {
+            return Err(Error::Config(
+                "an operation on every partition goes through write_everywhere".into(),
+            ));
+        };
+        self.write_to(self.partition_of(conversation), op, id)
+            .await
+    }
+
+    /// Appends `op`, an operation of every partition
+    /// ([`Op::SetPrivacy`] everywhere), to every partition's log, with
+    /// ids `<id>.<partition>`; returns once each is acknowledged. A retry
+    /// with the same `id` is stored once per partition.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an operation of one conversation;
+    /// [`Error::Timeout`] as [`write`](Client::write), for any partition
+    /// (the others may hold it: retry with the same id).
+    pub async fn write_everywhere(&self, op: &Op, id: &str) -> Result<Vec<Ack>> {
+        if op.conversation().is_some() {
+            return Err(Error::Config(
+                "an operation of one conversation goes through write".into(),
+            ));
+        }
+        let writes = (0..self.partitions).map(|p| {
+            let id = format!("{id}.{p}");
+            async move { self.write_to(p, op, &id).await }
+        });
+        futures_util::future::join_all(writes)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Appends `op` and waits until its partition's owner has applied it:
+    /// the answer says whether the store carried it out or refused it,
+    /// and why (as [`Op::apply`] did). Costs one request to the owner more
+    /// than [`write`](Client::write).
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Client::write) and [`ask`](Client::ask).
+    pub async fn write_applied(&self, op: &Op, id: &str) -> Result<Written> {
+        let ack = self.write(op, id).await?;
+        let answered = self
+            .ask(ack.partition, Query::Outcome { seq: ack.sequence }, ack.sequence)
+            .await?;
+        match answered.answer {
+            Answer::Outcome { refused, known } => Ok(Written {
+                ack,
+                refused,
+                known,
+            }),
+            other => Err(Error::Decode {
+                what: "outcome",
+                reason: format!("{other:?}"),
+            }),
+        }
+    }
+
+    async fn write_to(&self, partition: u32, op: &Op, id: &str) -> Result<Ack> {
         let payload = serde_json::to_vec(op).map_err(|e| Error::Decode {
             what: "operation",
             reason: e.to_string(),
@@ -223,6 +321,117 @@ impl Client {
         }
         all.sort_unstable();
         Ok(all)
+    }
+
+    /// `user`'s read states over the whole cluster: with no cursor, a
+    /// snapshot (in pages: `more` says to ask again from the cursor); with
+    /// one, what changed since, as `readmark::Store::changes_since` says it
+    /// per partition. `after` holds, per partition, the sequence to wait
+    /// for (empty: none).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] for a cursor this cluster did not give (or one of
+    /// another partition count); as [`ask`](Client::ask), for any
+    /// partition.
+    pub async fn catch_up(
+        &self,
+        user: u64,
+        cursor: Option<&str>,
+        after: &[u64],
+    ) -> Result<CatchUp> {
+        let parts = match cursor {
+            None => vec![None; self.partitions as usize],
+            Some(text) => ClusterCursor::decode(text, self.partitions)?
+                .parts
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
+        let limit = (STATES_LIMIT * 2 / self.partitions as usize).clamp(50, STATES_LIMIT);
+        let asks = parts.into_iter().enumerate().map(|(p, part)| {
+            let a = after.get(p).copied().unwrap_or(0);
+            async move {
+                let p = u32::try_from(p).unwrap_or(0);
+                let query = match &part {
+                    None => Query::Snapshot {
+                        user,
+                        resume: None,
+                        limit,
+                    },
+                    Some(part) if part.resume.is_some() => Query::Snapshot {
+                        user,
+                        resume: part.resume,
+                        limit,
+                    },
+                    Some(part) => Query::ChangesSince {
+                        user,
+                        incarnation: part.incarnation,
+                        cursor: part.cursor.clone(),
+                        limit,
+                    },
+                };
+                self.ask(p, query, a).await.map(|r| (part, r.answer))
+            }
+        });
+        let (mut states, mut hidden, mut parts) = (Vec::new(), Vec::new(), Vec::new());
+        for answered in futures_util::future::join_all(asks).await {
+            let (before, answer) = answered?;
+            match answer {
+                Answer::States {
+                    states: s,
+                    hidden: h,
+                    cursor,
+                    resume,
+                    incarnation,
+                } => {
+                    let part = match before {
+                        // A snapshot's later page: of the same run, and
+                        // its cursor stays the one pinned before its first.
+                        Some(b) if b.resume.is_some() => {
+                            if b.incarnation != incarnation {
+                                return Ok(CatchUp::SnapshotRequired);
+                            }
+                            Part { resume, ..b }
+                        }
+                        Some(b) => Part {
+                            cursor,
+                            more: resume.is_some(),
+                            ..b
+                        },
+                        None => Part {
+                            incarnation,
+                            cursor,
+                            resume,
+                            more: false,
+                        },
+                    };
+                    states.extend(s);
+                    hidden.extend(h);
+                    parts.push(part);
+                }
+                Answer::SnapshotRequired => return Ok(CatchUp::SnapshotRequired),
+                Answer::Refused { code, message } => {
+                    return Err(Error::Decode {
+                        what: "cursor",
+                        reason: format!("{code}: {message}"),
+                    });
+                }
+                other => {
+                    return Err(Error::Decode {
+                        what: "catch-up",
+                        reason: format!("{other:?}"),
+                    });
+                }
+            }
+        }
+        let more = parts.iter().any(|p| p.more || p.resume.is_some());
+        Ok(CatchUp::States {
+            states,
+            hidden,
+            cursor: ClusterCursor { parts }.encode(),
+            more,
+        })
     }
 
     /// Flushes what this client published.

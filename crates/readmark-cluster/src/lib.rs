@@ -42,6 +42,7 @@ mod applier;
 mod checkpoint;
 mod client;
 mod config;
+mod cursor;
 mod error;
 pub mod local;
 mod node;
@@ -49,12 +50,15 @@ mod op;
 mod partition;
 
 pub use applier::LogApplier;
-pub use client::{Ack, Answered, Client};
+pub use client::{Ack, Answered, CatchUp, Client, Written};
 pub use config::{CHECKPOINTS, LEASES, NODES, NodeConfig, STREAM};
 pub use error::{Error, Result};
 pub use node::run;
-pub use op::{Answer, Applied, Op, Query, Reply, Request};
+pub use op::{
+    Answer, Applied, Hidden, Op, Query, READ_BY_LIMIT, Reader, Reply, Request, STATES_LIMIT, State,
+    StateKey, refusal_code,
+};
 pub use partition::{
-    EVENT_SUBJECT_PREFIX, LOG_SUBJECT_PREFIX, QUERY_SUBJECT_PREFIX, event_subject, log_subject,
-    partition_of, query_subject,
+    EVENT_SUBJECT_PREFIX, LOG_SUBJECT_PREFIX, QUERY_SUBJECT_PREFIX, RESYNC_SUBJECT, event_subject,
+    log_subject, partition_of, query_subject,
 };

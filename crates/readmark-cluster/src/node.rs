@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 use crate::checkpoint;
 use crate::config::{CHECKPOINTS, LEASES, NODES, NodeConfig, STREAM};
 use crate::error::{Error, Result, blocking, nats};
-use crate::op::{Answer, Op, Query, Reply, Request};
-use crate::partition::{event_subject, log_subject, query_subject};
+use crate::op::{Answer, Applied, Op, Query, Reply, Request};
+use crate::partition::{RESYNC_SUBJECT, event_subject, log_subject, query_subject};
 
 /// How long a query may wait for its `after` sequence to be applied.
 const AFTER_WAIT: Duration = Duration::from_secs(5);
@@ -375,6 +375,22 @@ async fn partition_body(
         "partition restored; replaying the log after it"
     );
     let (applied_tx, applied_rx) = watch::channel(position);
+    // This run's number: catch-up cursors of another run are answered
+    // "snapshot required", because a replay numbers its changes anew.
+    let incarnation: u64 = rand::random();
+    let outcomes = Arc::new(Mutex::new(Outcomes::new(position)));
+    // Queries wait until the log is applied as far as it reached when the
+    // run started: a new owner does not answer from a store that misses
+    // writes acknowledged before it took over.
+    let caught_up_to = match cluster
+        .stream
+        .get_last_raw_message_by_subject(&log_subject(p))
+        .await
+    {
+        Ok(m) => m.sequence,
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
+        Err(e) => return Err(nats(e)),
+    };
 
     let consumer = cluster
         .stream
@@ -397,8 +413,13 @@ async fn partition_body(
     // ends it; the owner's `stop` ends the attempt.
     let done = Arc::new(AtomicBool::new(false));
     let queries = tokio::spawn(serve_queries(
-        p,
-        config.node_id.clone(),
+        Serving {
+            p,
+            node: config.node_id.clone(),
+            incarnation,
+            caught_up_to,
+            outcomes: outcomes.clone(),
+        },
         client.clone(),
         store.clone(),
         applied_rx,
@@ -418,6 +439,7 @@ async fn partition_body(
     let mut stall_tick = tokio::time::interval(Duration::from_secs(1));
     let mut behind_since: Option<Instant> = None;
     let subject = log_subject(p);
+    let mut first_seen = false;
     let result: Result<()> = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
@@ -439,11 +461,15 @@ async fn partition_body(
                     Err(e) => break Err(nats(e)),
                 };
                 match serde_json::from_slice::<Op>(&m.payload) {
-                    Ok(op) => {
-                        if let Err(e) = applier.apply(&store, seq, &op) {
-                            break Err(e.into());
+                    Ok(op) => match applier.apply(&store, seq, &op) {
+                        Ok(Some(_)) if !first_seen => {
+                            first_seen = true;
+                            outcomes.lock().first = Some(seq);
                         }
-                    }
+                        Ok(Some(Applied::Refused(code))) => outcomes.lock().refused(seq, code),
+                        Ok(_) => {}
+                        Err(e) => break Err(e.into()),
+                    },
                     Err(e) => {
                         tracing::warn!(partition = p, seq, "undecodable log entry skipped: {e}");
                         applier.skip(seq);
@@ -543,15 +569,70 @@ fn store_config() -> Config {
     Config::new().durability(Durability::Memory)
 }
 
-async fn serve_queries(
+/// Refusals of the writes a run applied, for [`Query::Outcome`]: the
+/// most recent [`Outcomes::KEPT`], by sequence.
+struct Outcomes {
+    /// Outcomes are known above this sequence: where the run resumed, plus
+    /// the one entry after it, which may be a barrier that RocksDB already
+    /// held and whose replay is refused as a duplicate; or the newest
+    /// refusal forgotten.
+    floor: u64,
+    /// The run's first entry (see `floor`).
+    first: Option<u64>,
+    refused: BTreeMap<u64, &'static str>,
+}
+
+impl Outcomes {
+    const KEPT: usize = 65_536;
+
+    fn new(resumed_at: u64) -> Self {
+        Outcomes {
+            floor: resumed_at,
+            first: None,
+            refused: BTreeMap::new(),
+        }
+    }
+
+    fn refused(&mut self, seq: u64, code: &'static str) {
+        self.refused.insert(seq, code);
+        while self.refused.len() > Self::KEPT {
+            if let Some((s, _)) = self.refused.pop_first() {
+                self.floor = self.floor.max(s);
+            }
+        }
+    }
+
+    /// The answer for `seq`, which the run has applied.
+    fn answer(&self, seq: u64) -> Answer {
+        let known = seq > self.floor && self.first.is_some_and(|f| seq != f);
+        Answer::Outcome {
+            refused: known
+                .then(|| self.refused.get(&seq).map(|c| (*c).to_string()))
+                .flatten(),
+            known,
+        }
+    }
+}
+
+/// What a partition's query service needs to know of its run.
+struct Serving {
     p: u32,
     node: String,
+    incarnation: u64,
+    caught_up_to: u64,
+    outcomes: Arc<Mutex<Outcomes>>,
+}
+
+async fn serve_queries(
+    serving: Serving,
     client: async_nats::Client,
     store: Arc<Store>,
     applied: watch::Receiver<u64>,
     valid_until: Arc<Mutex<Instant>>,
     stop: Arc<AtomicBool>,
 ) {
+    let p = serving.p;
+    let serving = Arc::new(serving);
     let mut sub = match client.subscribe(query_subject(p)).await {
         Ok(s) => s,
         Err(e) => {
@@ -575,12 +656,12 @@ async fn serve_queries(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let (client, store, mut applied, valid_until, node) = (
+        let (client, store, mut applied, valid_until, serving) = (
             client.clone(),
             store.clone(),
             applied.clone(),
             valid_until.clone(),
-            node.clone(),
+            serving.clone(),
         );
         tokio::spawn(async move {
             let _permit = permit;
@@ -589,26 +670,35 @@ async fn serve_queries(
                     reason: format!("bad request: {e}"),
                 },
                 Ok(req) => {
+                    let after = req.after.max(serving.caught_up_to);
                     let reached =
-                        tokio::time::timeout(AFTER_WAIT, applied.wait_for(|&a| a >= req.after))
+                        tokio::time::timeout(AFTER_WAIT, applied.wait_for(|&a| a >= after))
                             .await
                             .is_ok_and(|r| r.is_ok());
                     let at = *applied.borrow();
-                    if !reached || at < req.after {
+                    if !reached || at < after {
                         Reply::Unavailable {
-                            reason: format!("sequence {} not applied yet ({at})", req.after),
+                            reason: format!("sequence {after} not applied yet ({at})"),
                         }
                     } else if Instant::now() >= *valid_until.lock() {
                         Reply::Unavailable {
                             reason: "lease not held".into(),
                         }
                     } else {
+                        let incarnation = serving.incarnation;
                         let answer = match req.query {
                             Query::Ping => Ok(Answer::Pong {
-                                node: node.clone(),
+                                node: serving.node.clone(),
                                 applied: at,
                             }),
-                            q => tokio::task::spawn_blocking(move || q.answer(&store))
+                            Query::Outcome { seq } if seq <= at => {
+                                Ok(serving.outcomes.lock().answer(seq))
+                            }
+                            Query::Outcome { seq } => Ok(Answer::Refused {
+                                code: "invalid_argument".into(),
+                                message: format!("sequence {seq} not applied ({at}); pass it as `after`"),
+                            }),
+                            q => tokio::task::spawn_blocking(move || q.answer(&store, incarnation))
                                 .await
                                 .map_err(|e| readmark::Error::Io(std::io::Error::other(e)))
                                 .and_then(|r| r),
@@ -616,7 +706,7 @@ async fn serve_queries(
                         match answer {
                             Ok(answer) => Reply::Ok {
                                 answer,
-                                node,
+                                node: serving.node.clone(),
                                 applied: at,
                             },
                             Err(e) => Reply::Unavailable {
@@ -637,9 +727,12 @@ async fn serve_queries(
     let _ = permits.acquire_many(QUERIES_IN_FLIGHT as u32).await;
 }
 
-/// Forwards the partition's receipt events to `rm.ev.<user>` for the
-/// reader's other devices and every recipient, from a thread of its own
-/// (a subscription blocks).
+/// Forwards the partition's events to `rm.ev.<user>`, as the frames a
+/// WebSocket client gets (readmark-server's protocol): receipts to the
+/// reader's other devices and every recipient, `hidden` to the members who
+/// must forget a reader, `unread_flag` to the user's own devices; an
+/// overflow of the subscription to [`RESYNC_SUBJECT`]. From a thread of
+/// its own (a subscription blocks).
 fn spawn_events(
     client: async_nats::Client,
     store: Arc<Store>,
@@ -648,35 +741,76 @@ fn spawn_events(
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let sub = store.subscribe();
+        let publish = |subject: String, body: &serde_json::Value| {
+            let Ok(bytes) = serde_json::to_vec(body) else {
+                return;
+            };
+            let c = client.clone();
+            handle.block_on(async move {
+                let _ = c.publish(subject, bytes.into()).await;
+            });
+        };
         while !stop.load(Ordering::SeqCst) {
             let event = match sub.recv_timeout(Duration::from_millis(100)) {
                 Ok(Some(e)) => e,
                 Ok(None) => continue,
                 Err(e) => {
+                    // One event could not be resolved; the subscription
+                    // reports `Lagged` next. Pushes must not stop for it.
                     tracing::warn!("events: {e}");
-                    break;
+                    continue;
                 }
             };
-            if let Event::Receipt(r) = event {
-                let body = serde_json::json!({
-                    "type": "receipt",
-                    "conversation": r.conversation.0,
-                    "thread": r.thread.map(|m| m.0),
-                    "reader": r.reader.0,
-                    "up_to": r.up_to.0,
-                    "read_at": r.read_at.0,
-                });
-                let Ok(bytes) = serde_json::to_vec(&body) else {
-                    continue;
-                };
-                let bytes = bytes::Bytes::from(bytes);
-                for user in std::iter::once(r.reader).chain(r.recipients.iter().copied()) {
-                    let c = client.clone();
-                    let b = bytes.clone();
-                    handle.block_on(async move {
-                        let _ = c.publish(event_subject(user.0), b).await;
+            match event {
+                Event::Receipt(r) => {
+                    let body = serde_json::json!({
+                        "type": "receipt",
+                        "conversation": r.conversation.0,
+                        "thread": r.thread.map(|m| m.0),
+                        "reader": r.reader.0,
+                        "up_to": r.up_to.0,
+                        "read_at": r.read_at.0,
                     });
+                    for user in std::iter::once(r.reader).chain(r.recipients.iter().copied()) {
+                        publish(event_subject(user.0), &body);
+                    }
                 }
+                Event::Hidden {
+                    conversation,
+                    reader,
+                    recipients,
+                } => {
+                    let body = serde_json::json!({
+                        "type": "hidden",
+                        "conversation": conversation.0,
+                        "reader": reader.0,
+                    });
+                    for user in recipients {
+                        publish(event_subject(user.0), &body);
+                    }
+                }
+                Event::UnreadFlag {
+                    conversation,
+                    thread,
+                    reader,
+                    marked_unread,
+                } => {
+                    let body = serde_json::json!({
+                        "type": "unread_flag",
+                        "conversation": conversation.0,
+                        "thread": thread.map(|m| m.0),
+                        "marked_unread": marked_unread,
+                    });
+                    publish(event_subject(reader.0), &body);
+                }
+                Event::Lagged { dropped } => {
+                    tracing::warn!(dropped, "event subscription lagged; every client resyncs");
+                    publish(
+                        RESYNC_SUBJECT.to_string(),
+                        &serde_json::json!({"type": "resync"}),
+                    );
+                }
+                _ => {}
             }
         }
     })

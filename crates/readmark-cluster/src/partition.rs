@@ -13,6 +13,10 @@ pub const QUERY_SUBJECT_PREFIX: &str = "rm.q";
 /// Receipt events for a user: `rm.ev.<user>`; every push tier node
 /// subscribes to the users connected to it.
 pub const EVENT_SUBJECT_PREFIX: &str = "rm.ev";
+/// `{"type":"resync"}` for every connected user: a partition's event
+/// subscription overflowed, so some pushes were lost; every push tier node
+/// subscribes to it.
+pub const RESYNC_SUBJECT: &str = "rm.resync";
 
 /// The partition of `conversation` among `partitions` (at least 1): a
 /// fixed 64-bit mix (SplitMix64's finaliser) of the id, modulo the count,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use readmark_cluster::local::{NodeArgs, Process, rotated, start_nats, start_node};
-use readmark_cluster::{Answer, Client, Op, Query};
+use readmark_cluster::{Answer, CatchUp, Client, Op, Query, State};
 use tokio::sync::Mutex;
 
 const PARTITIONS: u32 = 6;
@@ -79,6 +79,53 @@ struct Conversation {
     guest: u64,
     guest_in: bool,
     last_message: u64,
+    last_reply: u64,
+}
+
+/// Catches `user` up to the end, as a client would: from `start` (the
+/// states it shows and its cursor) or, with none, from a snapshot;
+/// applies every page (states replace, hidden readers go). `None` if the
+/// cluster asks for a snapshot.
+async fn catch_up_all(
+    client: &Client,
+    user: u64,
+    start: Option<&(Vec<State>, String)>,
+    after: &[u64],
+) -> Option<(Vec<State>, String)> {
+    let mut shown: BTreeMap<(u64, u64, u64), State> = BTreeMap::new();
+    let mut cursor = None;
+    if let Some((states, c)) = start {
+        shown.extend(states.iter().map(|s| (s.key(), *s)));
+        cursor = Some(c.clone());
+    }
+    // Bounded: pages of at most a thousand states, a few thousand states.
+    for _ in 0..1_000 {
+        match client
+            .catch_up(user, cursor.as_deref(), after)
+            .await
+            .unwrap()
+        {
+            CatchUp::SnapshotRequired => return None,
+            CatchUp::States {
+                states,
+                hidden,
+                cursor: next,
+                more,
+            } => {
+                for h in hidden {
+                    shown.retain(|&(c, t, r), _| {
+                        !(c == h.conversation && r == h.reader && h.thread.is_none_or(|ht| ht == t))
+                    });
+                }
+                shown.extend(states.into_iter().map(|s| (s.key(), s)));
+                cursor = Some(next);
+                if !more {
+                    return Some((shown.into_values().collect(), cursor.unwrap_or_default()));
+                }
+            }
+        }
+    }
+    panic!("catch-up of {user} never ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -139,6 +186,7 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
             guest,
             guest_in: false,
             last_message: 0,
+            last_reply: 1_000_000,
         });
     }
     // Who may ever hear of a conversation: its core members and its guest.
@@ -164,11 +212,9 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
             let Some(m) = next else { break };
             let user: u64 = m.subject.rsplit('.').next().unwrap().parse().unwrap();
             let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-            seen.push((
-                user,
-                body["conversation"].as_u64().unwrap(),
-                body["reader"].as_u64().unwrap(),
-            ));
+            // An unread flag goes to its owner only, and names no reader.
+            let reader = body["reader"].as_u64().unwrap_or(user);
+            seen.push((user, body["conversation"].as_u64().unwrap(), reader));
         }
         seen
     });
@@ -193,6 +239,13 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
         r.acked.insert(ack.sequence, op.clone());
         let e = r.last_seq.entry(ack.partition).or_default();
         *e = (*e).max(ack.sequence);
+    }
+
+    // Each user's view before the workload, to catch up from at the end.
+    let mut early_snapshots = HashMap::new();
+    for u in 1..=8u64 {
+        let s = catch_up_all(&clients[0], u, None, &[]).await.unwrap();
+        early_snapshots.insert(u, s);
     }
 
     // The workload: three writers, each on its own client (its own NATS
@@ -237,30 +290,69 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
                     .chain(c.guest_in.then_some(c.guest))
                     .collect();
                 let who = members[rng.random_range(0..members.len())];
-                let op = if roll < 30 || c.last_message == 0 {
+                let op = if roll < 25 || c.last_message == 0 {
                     c.last_message += 1 + rng.random_range(0..3);
+                    Op::send(c.id, c.last_message, who, at)
+                } else if roll < 29 {
+                    // A reply in the thread of message 1, mentioning
+                    // someone now and then.
+                    c.last_reply += 1;
                     Op::RecordMessage {
                         conversation: c.id,
-                        message: c.last_message,
+                        thread: Some(1),
+                        message: c.last_reply,
                         sender: who,
                         at,
+                        mentions: members.iter().copied().filter(|&u| u % 3 == roll % 3).collect(),
+                        mention_everyone: false,
+                        system: false,
                     }
-                } else if roll < 85 {
+                } else if roll < 72 {
                     let m = rng.random_range(1..=c.last_message);
+                    Op::read(c.id, who, m, at)
+                } else if roll < 76 {
                     Op::MarkRead {
                         conversation: c.id,
+                        thread: Some(1),
                         user: who,
-                        message: m,
+                        message: c.last_reply,
                         at,
                     }
-                } else if roll < 95 {
+                } else if roll < 86 {
                     let m = rng.random_range(1..=c.last_message);
-                    Op::MarkViewed {
+                    Op::view(c.id, who, m, at)
+                } else if roll < 89 {
+                    Op::SetUnreadFlag {
                         conversation: c.id,
+                        thread: None,
                         user: who,
-                        message: m,
+                        unread: roll % 2 == 0,
                         at,
                     }
+                } else if roll < 92 {
+                    Op::SetPrivacy {
+                        user: who,
+                        conversation: Some(c.id),
+                        private: roll % 2 == 0,
+                    }
+                } else if roll < 93 {
+                    // Privacy everywhere: one write per partition.
+                    let op = Op::SetPrivacy {
+                        user: who,
+                        conversation: None,
+                        private: i % 2 == 0,
+                    };
+                    let acks = client
+                        .write_everywhere(&op, &format!("w{w}-{i}"))
+                        .await
+                        .unwrap();
+                    let mut r = record.lock().await;
+                    for ack in acks {
+                        r.acked.insert(ack.sequence, op.clone());
+                        let e = r.last_seq.entry(ack.partition).or_default();
+                        *e = (*e).max(ack.sequence);
+                    }
+                    continue;
                 } else if c.guest_in {
                     c.guest_in = false;
                     Op::RemoveMember {
@@ -292,6 +384,7 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
                             c.id,
                             Query::Mark {
                                 conversation: c.id,
+                                thread: None,
                                 user: u,
                             },
                             ack.sequence,
@@ -435,19 +528,20 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
     let model = readmark::Store::open(&model_dir, readmark::Config::new()).unwrap();
     let mut refused = 0;
     for op in record.acked.values() {
-        if op.apply(&model).unwrap() == readmark_cluster::Applied::Refused {
+        if let readmark_cluster::Applied::Refused(_) = op.apply(&model).unwrap() {
             refused += 1;
         }
     }
     let after: Vec<u64> = (0..PARTITIONS)
         .map(|p| record.last_seq.get(&p).copied().unwrap_or(0))
         .collect();
-    let mut compared = 0;
+    let (mut compared, mut continued) = (0, 0);
     for c in 1..=12u64 {
         let p = clients[0].partition_of(c);
         for u in 1..=8u64 {
             let q = Query::Mark {
                 conversation: c,
+                thread: None,
                 user: u,
             };
             let a = clients[(c + u) as usize % 2]
@@ -456,7 +550,7 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
                 .unwrap();
             assert_eq!(
                 a.answer,
-                q.answer(&model).unwrap(),
+                q.answer(&model, 0).unwrap(),
                 "mark ({c}, {u}) from {}",
                 a.node
             );
@@ -479,17 +573,20 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
             for viewer in 1..=8u64 {
                 let q = Query::ReadBy {
                     conversation: c,
+                    thread: None,
                     viewer,
                     message: m,
+                    limit: 100,
+                    after: None,
                 };
                 let a = clients[1]
                     .query(c, q.clone(), after[p as usize])
                     .await
                     .unwrap();
-                let expected = q.answer(&model).unwrap();
+                let expected = q.answer(&model, 0).unwrap();
                 let users = |a: &Answer| match a {
-                    Answer::ReadBy { count, readers } => {
-                        Some((*count, readers.iter().map(|r| r.0).collect::<Vec<_>>()))
+                    Answer::ReadBy { count, readers, .. } => {
+                        Some((*count, readers.iter().map(|r| r.user).collect::<Vec<_>>()))
                     }
                     _ => None,
                 };
@@ -517,9 +614,38 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
         want.sort_unstable();
         assert_eq!(got, want, "unread counts of {u}");
         compared += 1;
+        // Catch-up: the snapshot, in pages, equals the model's; the
+        // cursor taken before the workload either continues to it or,
+        // since owners changed, asks for a snapshot.
+        let snapshot = catch_up_all(&clients[u as usize % 3], u, None, &after).await;
+        let mut want: Vec<State> = model
+            .snapshot(readmark::UserId(u))
+            .unwrap()
+            .states
+            .iter()
+            .map(|s| State {
+                conversation: s.conversation.0,
+                thread: s.thread.map(|m| m.0),
+                reader: s.reader.0,
+                up_to: s.up_to.0,
+                read_at: s.read_at.0,
+                marked_unread: s.marked_unread,
+            })
+            .collect();
+        want.sort_unstable_by_key(State::key);
+        let (got, _) = snapshot.expect("a snapshot is never refused");
+        assert_eq!(got, want, "snapshot of {u}");
+        compared += 1;
+        if let Some((changed, _)) =
+            catch_up_all(&clients[0], u, Some(&early_snapshots[&u]), &after).await
+        {
+            assert_eq!(changed, want, "{u}'s early snapshot and the changes since");
+            continued += 1;
+        }
     }
     eprintln!(
-        "{} acknowledged writes ({refused} refused alike by the model), {compared} answers equal to the model",
+        "{} acknowledged writes ({refused} refused alike by the model), {compared} answers equal to the model, \
+         {continued} of 8 early cursors continued (the others asked for a snapshot: owners changed)",
         record.acked.len()
     );
     assert!(

@@ -190,12 +190,7 @@ fn setup(conversations: u64) -> Vec<Op> {
                 at: 1,
             });
         }
-        ops.push(Op::RecordMessage {
-            conversation: c,
-            message: 1,
-            sender: 1,
-            at: 2,
-        });
+        ops.push(Op::send(c, 1, 1, 2));
     }
     ops
 }
@@ -206,19 +201,9 @@ fn next_op(rng: &mut ChaCha8Rng, c: u64, newest: &mut u64, at: u64) -> Op {
     let user = rng.random_range(1..=5);
     if rng.random_range(0..10) == 0 {
         *newest += 1;
-        Op::RecordMessage {
-            conversation: c,
-            message: *newest,
-            sender: user,
-            at,
-        }
+        Op::send(c, *newest, user, at)
     } else {
-        Op::MarkRead {
-            conversation: c,
-            user,
-            message: *newest,
-            at,
-        }
+        Op::read(c, user, *newest, at)
     }
 }
 
