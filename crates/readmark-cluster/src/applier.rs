@@ -113,8 +113,8 @@ impl LogApplier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::op::{Query, STATES_LIMIT};
     use crate::op::tests::two_members_and_a_send;
+    use crate::op::{Query, STATES_LIMIT};
     use proptest::prelude::*;
     use readmark::{Config, Durability};
 

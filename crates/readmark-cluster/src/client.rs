@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage};
 
-use crate::error::{Error, Result, nats};
 use crate::cursor::{ClusterCursor, Part};
+use crate::error::{Error, Result, nats};
 use crate::op::{Answer, Hidden, Op, Query, Reply, Request, STATES_LIMIT, State};
 use crate::partition::{log_subject, partition_of, query_subject};
 
@@ -117,6 +117,14 @@ impl Client {
         self.partitions
     }
 
+    /// Whether the NATS connection is up now.
+    pub fn is_connected(&self) -> bool {
+        matches!(
+            self.nats.connection_state(),
+            async_nats::connection::State::Connected
+        )
+    }
+
     /// The underlying NATS connection (to subscribe to `rm.ev.<user>`).
     pub fn nats(&self) -> &async_nats::Client {
         &self.nats
@@ -140,8 +148,7 @@ impl Client {
                 "an operation on every partition goes through write_everywhere".into(),
             ));
         };
-        self.write_to(self.partition_of(conversation), op, id)
-            .await
+        self.write_to(self.partition_of(conversation), op, id).await
     }
 
     /// Appends `op`, an operation of every partition
@@ -181,7 +188,11 @@ impl Client {
     pub async fn write_applied(&self, op: &Op, id: &str) -> Result<Written> {
         let ack = self.write(op, id).await?;
         let answered = self
-            .ask(ack.partition, Query::Outcome { seq: ack.sequence }, ack.sequence)
+            .ask(
+                ack.partition,
+                Query::Outcome { seq: ack.sequence },
+                ack.sequence,
+            )
             .await?;
         match answered.answer {
             Answer::Outcome { refused, known } => Ok(Written {

@@ -81,7 +81,8 @@ impl ClusterCursor {
             return Err(bad("not a cluster cursor"));
         };
         // The longest a cursor of this many partitions can be.
-        let longest = (4 + partitions.min(MAX_PARTITIONS) as usize * (PART_RESUME + 24)) * 4 / 3 + 4;
+        let longest =
+            (4 + partitions.min(MAX_PARTITIONS) as usize * (PART_RESUME + 24)) * 4 / 3 + 4;
         if body.len() > longest {
             return Err(bad("too long"));
         }

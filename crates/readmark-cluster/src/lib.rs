@@ -50,8 +50,11 @@ mod op;
 mod partition;
 
 pub use applier::LogApplier;
+/// The NATS client this crate speaks through, at the version it uses.
+pub use async_nats;
 pub use client::{Ack, Answered, CatchUp, Client, Written};
 pub use config::{CHECKPOINTS, LEASES, NODES, NodeConfig, STREAM};
+pub use cursor::MAX_PARTITIONS;
 pub use error::{Error, Result};
 pub use node::run;
 pub use op::{

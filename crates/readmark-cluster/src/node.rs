@@ -366,7 +366,8 @@ async fn partition_body(
     stop: &Arc<AtomicBool>,
 ) -> Result<()> {
     let dir = config.data_dir.join(format!("p{p}"));
-    let store = Arc::new(restore(p, &dir, cluster).await?);
+    let (store, reopened) = restore(p, &dir, cluster).await?;
+    let store = Arc::new(store);
     let mut applier = crate::LogApplier::resume(&store)?;
     let position = applier.last();
     tracing::info!(
@@ -378,7 +379,7 @@ async fn partition_body(
     // This run's number: catch-up cursors of another run are answered
     // "snapshot required", because a replay numbers its changes anew.
     let incarnation: u64 = rand::random();
-    let outcomes = Arc::new(Mutex::new(Outcomes::new(position)));
+    let outcomes = Arc::new(Mutex::new(Outcomes::new(position, reopened)));
     // Queries wait until the log is applied as far as it reached when the
     // run started: a new owner does not answer from a store that misses
     // writes acknowledged before it took over.
@@ -462,12 +463,17 @@ async fn partition_body(
                 };
                 match serde_json::from_slice::<Op>(&m.payload) {
                     Ok(op) => match applier.apply(&store, seq, &op) {
-                        Ok(Some(_)) if !first_seen => {
-                            first_seen = true;
-                            outcomes.lock().first = Some(seq);
+                        Ok(Some(applied)) => {
+                            if !first_seen || matches!(applied, Applied::Refused(_)) {
+                                let mut o = outcomes.lock();
+                                o.first.get_or_insert(seq);
+                                if let Applied::Refused(code) = applied {
+                                    o.refused(seq, code);
+                                }
+                                first_seen = true;
+                            }
                         }
-                        Ok(Some(Applied::Refused(code))) => outcomes.lock().refused(seq, code),
-                        Ok(_) => {}
+                        Ok(None) => {}
                         Err(e) => break Err(e.into()),
                     },
                     Err(e) => {
@@ -535,7 +541,10 @@ async fn partition_body(
 
 /// Opens partition `p`'s store in `dir`, first replacing it with the
 /// uploaded checkpoint if that is newer than what the directory holds.
-async fn restore(p: u32, dir: &std::path::Path, cluster: &Cluster) -> Result<Store> {
+/// The flag says whether it is the directory's own copy, reopened: that
+/// one may hold a barrier applied after its recorded position (see
+/// [`Outcomes`]); a new store or a checkpoint holds nothing after it.
+async fn restore(p: u32, dir: &std::path::Path, cluster: &Cluster) -> Result<(Store, bool)> {
     let d = dir.to_path_buf();
     let local = blocking(move || {
         if !d.exists() {
@@ -551,7 +560,7 @@ async fn restore(p: u32, dir: &std::path::Path, cluster: &Cluster) -> Result<Sto
     let download = remote.is_some_and(|r| local_position.is_none_or(|l| r > l));
     match local {
         // The local copy is as new as the checkpoint: keep it open.
-        Some((s, _)) if !download => return Ok(s),
+        Some((s, _)) if !download => return Ok((s, true)),
         Some((s, _)) => blocking(move || Ok(s.close()?)).await?,
         None => {}
     }
@@ -560,7 +569,8 @@ async fn restore(p: u32, dir: &std::path::Path, cluster: &Cluster) -> Result<Sto
         checkpoint::download(&cluster.checkpoints, p, dir).await?;
     }
     let d: PathBuf = dir.to_path_buf();
-    blocking(move || Ok(Store::open(&d, store_config())?)).await
+    let store = blocking(move || Ok(Store::open(&d, store_config())?)).await?;
+    Ok((store, false))
 }
 
 /// The log is the durable copy: the store buffers at `Memory` and the
@@ -572,23 +582,27 @@ fn store_config() -> Config {
 /// Refusals of the writes a run applied, for [`Query::Outcome`]: the
 /// most recent [`Outcomes::KEPT`], by sequence.
 struct Outcomes {
-    /// Outcomes are known above this sequence: where the run resumed, plus
-    /// the one entry after it, which may be a barrier that RocksDB already
-    /// held and whose replay is refused as a duplicate; or the newest
-    /// refusal forgotten.
+    /// Outcomes are known above this sequence: where the run resumed, or
+    /// the newest refusal forgotten.
     floor: u64,
-    /// The run's first entry (see `floor`).
+    /// The run's first entry, when its outcome is unknown: in a store
+    /// reopened from its own directory, it may be a barrier that RocksDB
+    /// held already (barriers are written before the position that
+    /// covers them), whose replay is refused as a duplicate.
     first: Option<u64>,
+    /// Whether the store was reopened from its own directory.
+    reopened: bool,
     refused: BTreeMap<u64, &'static str>,
 }
 
 impl Outcomes {
     const KEPT: usize = 65_536;
 
-    fn new(resumed_at: u64) -> Self {
+    fn new(resumed_at: u64, reopened: bool) -> Self {
         Outcomes {
             floor: resumed_at,
             first: None,
+            reopened,
             refused: BTreeMap::new(),
         }
     }
@@ -604,7 +618,7 @@ impl Outcomes {
 
     /// The answer for `seq`, which the run has applied.
     fn answer(&self, seq: u64) -> Answer {
-        let known = seq > self.floor && self.first.is_some_and(|f| seq != f);
+        let known = seq > self.floor && !(self.reopened && self.first.is_none_or(|f| seq == f));
         Answer::Outcome {
             refused: known
                 .then(|| self.refused.get(&seq).map(|c| (*c).to_string()))
@@ -696,7 +710,9 @@ async fn serve_queries(
                             }
                             Query::Outcome { seq } => Ok(Answer::Refused {
                                 code: "invalid_argument".into(),
-                                message: format!("sequence {seq} not applied ({at}); pass it as `after`"),
+                                message: format!(
+                                    "sequence {seq} not applied ({at}); pass it as `after`"
+                                ),
                             }),
                             q => tokio::task::spawn_blocking(move || q.answer(&store, incarnation))
                                 .await

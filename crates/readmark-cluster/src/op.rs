@@ -271,9 +271,7 @@ impl Op {
                     // own advance that came with it was buffered and may
                     // have died with the process. Making it again is
                     // harmless (max).
-                    Err(Error::MessageOutOfOrder { .. })
-                        if store.read_count(t, s, m).is_ok() =>
-                    {
+                    Err(Error::MessageOutOfOrder { .. }) if store.read_count(t, s, m).is_ok() => {
                         store.mark_read(t, s, m, at)
                     }
                     r => r,
@@ -338,9 +336,10 @@ impl Op {
                     Ok(true) => {
                         store.set_receipts_private(u, PrivacyScope::Conversation(c), *private)
                     }
-                    Ok(false) | Err(Error::UnknownConversation(_)) => {
-                        Err(Error::NotMember { conversation: c, user: u })
-                    }
+                    Ok(false) | Err(Error::UnknownConversation(_)) => Err(Error::NotMember {
+                        conversation: c,
+                        user: u,
+                    }),
                     Err(e) => Err(e),
                 };
                 return refused_or(store, Some((c, u)), r);
@@ -630,6 +629,17 @@ impl Query {
             } => {
                 let mut page = Page::first((*limit).clamp(1, READ_BY_LIMIT));
                 page.after = after.map(UserId);
+                // A non-member learns nothing, not even whether the
+                // message exists.
+                if !store
+                    .is_member(ConversationId(*conversation), UserId(*viewer))
+                    .unwrap_or(false)
+                {
+                    return Ok(Answer::Refused {
+                        code: "not_member".into(),
+                        message: "not a member of this conversation".into(),
+                    });
+                }
                 store
                     .read_by(
                         timeline(*conversation, *thread),
@@ -954,17 +964,32 @@ pub(crate) mod tests {
             message,
             at: 3,
         };
-        assert_eq!(mark(1, 99).apply(&store).unwrap(), Applied::Refused("unknown_message"));
+        assert_eq!(
+            mark(1, 99).apply(&store).unwrap(),
+            Applied::Refused("unknown_message")
+        );
         // User 9 is not a member: not told that message 99 does not exist.
-        assert_eq!(mark(9, 99).apply(&store).unwrap(), Applied::Refused("not_member"));
-        assert_eq!(mark(9, 10).apply(&store).unwrap(), Applied::Refused("not_member"));
+        assert_eq!(
+            mark(9, 99).apply(&store).unwrap(),
+            Applied::Refused("not_member")
+        );
+        assert_eq!(
+            mark(9, 10).apply(&store).unwrap(),
+            Applied::Refused("not_member")
+        );
         let private = |conversation| Op::SetPrivacy {
             user: 9,
             conversation: Some(conversation),
             private: true,
         };
-        assert_eq!(private(1).apply(&store).unwrap(), Applied::Refused("not_member"));
-        assert_eq!(private(5).apply(&store).unwrap(), Applied::Refused("not_member"));
+        assert_eq!(
+            private(1).apply(&store).unwrap(),
+            Applied::Refused("not_member")
+        );
+        assert_eq!(
+            private(5).apply(&store).unwrap(),
+            Applied::Refused("not_member")
+        );
     }
 
     #[test]

@@ -99,7 +99,7 @@ async fn catch_up_all(
         cursor = Some(c.clone());
     }
     // Bounded: pages of at most a thousand states, a few thousand states.
-    for _ in 0..1_000 {
+    for round in 0..1_000 {
         match client
             .catch_up(user, cursor.as_deref(), after)
             .await
@@ -116,6 +116,12 @@ async fn catch_up_all(
                     shown.retain(|&(c, t, r), _| {
                         !(c == h.conversation && r == h.reader && h.thread.is_none_or(|ht| ht == t))
                     });
+                }
+                if round > 5 {
+                    eprintln!(
+                        "catch-up of {user}: round {round}, {} states, more {more}, cursor {next}",
+                        states.len()
+                    );
                 }
                 shown.extend(states.into_iter().map(|s| (s.key(), s)));
                 cursor = Some(next);
@@ -303,7 +309,11 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
                         message: c.last_reply,
                         sender: who,
                         at,
-                        mentions: members.iter().copied().filter(|&u| u % 3 == roll % 3).collect(),
+                        mentions: members
+                            .iter()
+                            .copied()
+                            .filter(|&u| u % 3 == roll % 3)
+                            .collect(),
                         mention_everyone: false,
                         system: false,
                     }
@@ -510,6 +520,7 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
         record.backwards
     );
 
+    let phase = Instant::now();
     // Nothing acknowledged lost: the stream still holds every
     // acknowledged write, at its sequence.
     let stream = js.get_stream(readmark_cluster::STREAM).await.unwrap();
@@ -522,6 +533,7 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
         );
     }
 
+    eprintln!("stream checked in {:?}", phase.elapsed());
     // The single-node model: one store, every acknowledged write in log
     // order.
     let model_dir = dir.path().join("model");
@@ -562,6 +574,7 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
             .filter_map(|op| match op {
                 Op::RecordMessage {
                     conversation,
+                    thread: None,
                     message,
                     ..
                 } if *conversation == c => Some(*message),
@@ -600,6 +613,7 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
             }
         }
     }
+    eprintln!("marks and read_by compared at {:?}", phase.elapsed());
     for u in 1..=8u64 {
         let got = clients[u as usize % 2]
             .unread_counts(u, &after)
@@ -614,6 +628,7 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
         want.sort_unstable();
         assert_eq!(got, want, "unread counts of {u}");
         compared += 1;
+        eprintln!("unread counts of {u} at {:?}", phase.elapsed());
         // Catch-up: the snapshot, in pages, equals the model's; the
         // cursor taken before the workload either continues to it or,
         // since owners changed, asks for a snapshot.

@@ -12,9 +12,10 @@ use readmark::{ConversationId, Error, MessageId, MessageKind, MessageOptions, Ti
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::App;
 use crate::auth::{bearer, service_ok};
 use crate::protocol::timeline;
+use crate::{App, Backend};
+use readmark_cluster::Op;
 
 /// Refuses a backend call without the service credential.
 pub(crate) async fn require_service(
@@ -38,43 +39,69 @@ pub(crate) async fn require_service(
     next.run(req).await
 }
 
+/// The HTTP status of a refusal's code.
+fn status_of(code: &str) -> StatusCode {
+    match code {
+        "unknown_conversation" | "unknown_message" | "unknown_thread" => StatusCode::NOT_FOUND,
+        "invalid_argument" => StatusCode::BAD_REQUEST,
+        _ => StatusCode::CONFLICT,
+    }
+}
+
+fn refused(code: &str, detail: String) -> Response {
+    (
+        status_of(code),
+        Json(json!({"error": code, "detail": detail})),
+    )
+        .into_response()
+}
+
 /// A store error as an HTTP answer.
 fn answer(r: readmark::Result<()>, ok: StatusCode) -> Response {
     match r {
         Ok(()) => ok.into_response(),
-        Err(e) => {
-            let (status, code) = match &e {
-                Error::UnknownConversation(_) => (StatusCode::NOT_FOUND, "unknown_conversation"),
-                Error::UnknownMessage { .. } => (StatusCode::NOT_FOUND, "unknown_message"),
-                Error::UnknownThread { .. } => (StatusCode::NOT_FOUND, "unknown_thread"),
-                Error::NotMember { .. } => (StatusCode::CONFLICT, "not_member"),
-                Error::AlreadyMember { .. } => (StatusCode::CONFLICT, "already_member"),
-                Error::ConversationExists(_) => (StatusCode::CONFLICT, "conversation_exists"),
-                Error::MessageOutOfOrder { .. } => (StatusCode::CONFLICT, "message_out_of_order"),
-                Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
-                _ => {
-                    tracing::error!(error = %e, "store error answering the backend");
-                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-                }
-            };
-            (
-                status,
-                Json(json!({"error": code, "detail": e.to_string()})),
-            )
-                .into_response()
-        }
+        Err(e) => match readmark_cluster::refusal_code(&e) {
+            Some(code) => refused(code, e.to_string()),
+            None => {
+                tracing::error!(error = %e, "store error answering the backend");
+                unavailable()
+            }
+        },
     }
 }
 
-async fn blocking(
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "unavailable"})),
+    )
+        .into_response()
+}
+
+/// Carries out a backend call: `f` on the embedded store, or `op` through
+/// the cluster (answered once the partition's owner applied it, with the
+/// same codes). A refusal with the code `tolerated` is answered `ok` too.
+async fn carry_out(
     app: &Arc<App>,
     f: impl FnOnce(&readmark::Store) -> readmark::Result<()> + Send + 'static,
+    op: Op,
+    tolerated: Option<&str>,
     ok: StatusCode,
 ) -> Response {
-    let store = app.store.clone();
-    match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(r) => answer(r, ok),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    match &app.backend {
+        Backend::Embedded { store, .. } => {
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || f(&store)).await {
+                Ok(r) => answer(r, ok),
+                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            }
+        }
+        Backend::Cluster(c) => match c.write(&op).await {
+            Ok(None) => ok.into_response(),
+            Ok(Some(code)) if tolerated == Some(code.as_str()) => ok.into_response(),
+            Ok(Some(code)) => refused(&code, format!("refused: {code}")),
+            Err(_) => unavailable(),
+        },
     }
 }
 
@@ -87,7 +114,15 @@ pub(crate) async fn create_conversation(
         Ok(()) | Err(Error::ConversationExists(_)) => Ok(()),
         Err(e) => Err(e),
     };
-    blocking(&app, f, StatusCode::NO_CONTENT).await
+    let op = Op::CreateConversation { conversation: c };
+    carry_out(
+        &app,
+        f,
+        op,
+        Some("conversation_exists"),
+        StatusCode::NO_CONTENT,
+    )
+    .await
 }
 
 /// `PUT /v1/conversations/{c}/members/{u}`: adds a member (204; 409
@@ -96,8 +131,14 @@ pub(crate) async fn add_member(
     State(app): State<Arc<App>>,
     Path((c, u)): Path<(u64, u64)>,
 ) -> Response {
-    let f = move |s: &readmark::Store| s.add_member(ConversationId(c), UserId(u), Timestamp::now());
-    blocking(&app, f, StatusCode::NO_CONTENT).await
+    let at = Timestamp::now();
+    let f = move |s: &readmark::Store| s.add_member(ConversationId(c), UserId(u), at);
+    let op = Op::AddMember {
+        conversation: c,
+        user: u,
+        at: at.0,
+    };
+    carry_out(&app, f, op, None, StatusCode::NO_CONTENT).await
 }
 
 /// `DELETE /v1/conversations/{c}/members/{u}`: removes a member and their
@@ -107,7 +148,11 @@ pub(crate) async fn remove_member(
     Path((c, u)): Path<(u64, u64)>,
 ) -> Response {
     let f = move |s: &readmark::Store| s.remove_member(ConversationId(c), UserId(u));
-    blocking(&app, f, StatusCode::NO_CONTENT).await
+    let op = Op::RemoveMember {
+        conversation: c,
+        user: u,
+    };
+    carry_out(&app, f, op, None, StatusCode::NO_CONTENT).await
 }
 
 /// The body of `POST /v1/conversations/{c}/messages`.
@@ -146,6 +191,17 @@ pub(crate) async fn record_message(
                 .into_response();
         }
     };
+    let at = Timestamp::now();
+    let op = Op::RecordMessage {
+        conversation: c,
+        thread: m.thread,
+        message: m.message,
+        sender: m.sender,
+        at: at.0,
+        mentions: m.mentions.clone(),
+        mention_everyone: m.mention_everyone,
+        system: kind == MessageKind::System,
+    };
     let f = move |s: &readmark::Store| {
         let mut o = MessageOptions::new()
             .kind(kind)
@@ -157,11 +213,11 @@ pub(crate) async fn record_message(
             timeline(c, m.thread),
             MessageId(m.message),
             UserId(m.sender),
-            Timestamp::now(),
+            at,
             &o,
         )
     };
-    blocking(&app, f, StatusCode::CREATED).await
+    carry_out(&app, f, op, None, StatusCode::CREATED).await
 }
 
 #[derive(Deserialize)]
@@ -176,17 +232,27 @@ pub(crate) async fn delete_message(
     Query(q): Query<ThreadQuery>,
 ) -> Response {
     let f = move |s: &readmark::Store| s.delete_message(timeline(c, q.thread), MessageId(m));
-    blocking(&app, f, StatusCode::NO_CONTENT).await
+    let op = Op::DeleteMessage {
+        conversation: c,
+        thread: q.thread,
+        message: m,
+    };
+    carry_out(&app, f, op, None, StatusCode::NO_CONTENT).await
 }
 
 /// `GET /v1/health`: 200 while the store answers, 503 once it is poisoned
 /// or closed.
 pub(crate) async fn health(State(app): State<Arc<App>>) -> Response {
-    let store = app.store.clone();
-    let ok = tokio::task::spawn_blocking(move || store.member_count(ConversationId(0)))
-        .await
-        .map(|r| r.is_ok() || matches!(r, Err(Error::UnknownConversation(_))))
-        .unwrap_or(false);
+    let ok = match &app.backend {
+        Backend::Embedded { store, .. } => {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.member_count(ConversationId(0)))
+                .await
+                .map(|r| r.is_ok() || matches!(r, Err(Error::UnknownConversation(_))))
+                .unwrap_or(false)
+        }
+        Backend::Cluster(c) => c.healthy(),
+    };
     let connections = app.registry.connections();
     let status = if ok {
         StatusCode::OK
@@ -202,7 +268,10 @@ pub(crate) async fn health(State(app): State<Arc<App>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = app.metrics.render(&app.store);
+    let text = app.metrics.render(match &app.backend {
+        Backend::Embedded { store, .. } => Some(store),
+        Backend::Cluster(_) => None,
+    });
     (
         [(
             header::CONTENT_TYPE,

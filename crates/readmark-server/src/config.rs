@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::Error;
+use readmark_cluster::MAX_PARTITIONS;
 
 /// Shortest HMAC secret accepted for client tokens: 256 bits, as RFC 7518
 /// §3.2 requires for HS256.
@@ -48,6 +49,17 @@ pub struct ServerConfig {
     pub(crate) ops_per_second: u32,
     pub(crate) max_request_bytes: usize,
     pub(crate) socket_send_buffer: usize,
+    pub(crate) cluster: Option<ClusterConfig>,
+}
+
+/// Where the cluster is, for a server node in front of readmark nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterConfig {
+    /// NATS servers of the cluster (any one is enough to start).
+    pub nats: Vec<String>,
+    /// The cluster's partition count (the nodes' `--partitions`).
+    pub partitions: u32,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -92,6 +104,7 @@ impl ServerConfig {
             ops_per_second: 50,
             max_request_bytes: 64 * 1024,
             socket_send_buffer: 64 * 1024,
+            cluster: None,
         }
     }
 
@@ -117,6 +130,19 @@ impl ServerConfig {
     #[must_use]
     pub fn store(mut self, config: readmark::Config) -> Self {
         self.store = config;
+        self
+    }
+
+    /// Serves a readmark cluster (docs/cluster.md) instead of an embedded
+    /// store: writes go into the cluster's replicated log and are answered
+    /// once the partition's owner applied them; reads go to the owner;
+    /// pushes arrive from the owners over NATS. `nats` lists the cluster's
+    /// NATS servers, `partitions` its partition count (the nodes'). The
+    /// store settings are then unused. Default: none (an embedded store at
+    /// [`store_path`](ServerConfig::store_path)).
+    #[must_use]
+    pub fn cluster(mut self, nats: Vec<String>, partitions: u32) -> Self {
+        self.cluster = Some(ClusterConfig { nats, partitions });
         self
     }
 
@@ -243,6 +269,11 @@ impl ServerConfig {
         }
         if self.ops_per_second == 0 {
             return bad("ops_per_second must be at least 1");
+        }
+        if let Some(c) = &self.cluster
+            && (c.nats.is_empty() || c.partitions == 0 || c.partitions > MAX_PARTITIONS)
+        {
+            return bad("a cluster needs a NATS address and 1 to 4,096 partitions");
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use readmark::{Event, Store, UserId};
+use readmark_cluster::async_nats;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -29,6 +30,9 @@ struct Conn {
 #[derive(Default)]
 struct Users {
     by_user: HashMap<u64, Vec<Conn>>,
+    /// In front of a cluster: each connected user's subscription to
+    /// `rm.ev.<user>`, ended with their last connection.
+    forwarders: HashMap<u64, tokio::task::AbortHandle>,
     total: usize,
     next_id: u64,
 }
@@ -40,6 +44,8 @@ pub(crate) struct Registry {
     max_per_user: usize,
     queue: usize,
     metrics: Arc<Metrics>,
+    /// The cluster's NATS connection, in front of a cluster.
+    nats: Option<async_nats::Client>,
 }
 
 /// Why a connection could not be registered.
@@ -59,6 +65,8 @@ pub(crate) struct Registration {
     id: u64,
     pub(crate) rx: mpsc::Receiver<Utf8Bytes>,
     pub(crate) lagged: Arc<AtomicBool>,
+    /// The user's first connection: it subscribes to their pushes.
+    first: bool,
 }
 
 impl Drop for Registration {
@@ -70,6 +78,9 @@ impl Drop for Registration {
             let removed = before - conns.len();
             if conns.is_empty() {
                 u.by_user.remove(&self.user);
+                if let Some(f) = u.forwarders.remove(&self.user) {
+                    f.abort();
+                }
             }
             u.total -= removed;
             self.registry.metrics.connections.dec();
@@ -83,6 +94,7 @@ impl Registry {
         max_per_user: usize,
         queue: usize,
         metrics: Arc<Metrics>,
+        nats: Option<async_nats::Client>,
     ) -> Self {
         Self {
             users: Mutex::new(Users::default()),
@@ -90,6 +102,52 @@ impl Registry {
             max_per_user,
             queue,
             metrics,
+            nats,
+        }
+    }
+
+    /// In front of a cluster, on a user's first connection: subscribes to
+    /// `rm.ev.<user>` and forwards what arrives to the user's connections
+    /// until their last one closes. Returns once the NATS server has the
+    /// subscription, so nothing published after the upgrade is missed.
+    pub(crate) async fn subscribe(self: &Arc<Self>, registration: &Registration) {
+        let Some(nats) = &self.nats else { return };
+        if !registration.first {
+            return;
+        }
+        let user = registration.user;
+        let mut sub = match nats.subscribe(readmark_cluster::event_subject(user)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(user, error = %e, "push subscription failed; the client resyncs");
+                registration.lagged.store(true, Ordering::Release);
+                return;
+            }
+        };
+        // A round trip: the server has processed the subscription.
+        let _ = nats.flush().await;
+        let registry = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(m) = sub.next().await {
+                let Some(registry) = registry.upgrade() else {
+                    break;
+                };
+                // The owner sends the client's frame as it is.
+                let Ok(text) = std::str::from_utf8(&m.payload) else {
+                    continue;
+                };
+                registry.push([UserId(user)], &Utf8Bytes::from(text));
+            }
+        });
+        let mut u = self.lock();
+        // The user's connections may all have closed meanwhile.
+        if u.by_user.contains_key(&user) {
+            if let Some(old) = u.forwarders.insert(user, task.abort_handle()) {
+                old.abort();
+            }
+        } else {
+            task.abort();
         }
     }
 
@@ -114,6 +172,7 @@ impl Registry {
         let lagged = Arc::new(AtomicBool::new(false));
         u.next_id += 1;
         let id = u.next_id;
+        let first = !u.by_user.contains_key(&user.0);
         u.by_user.entry(user.0).or_default().push(Conn {
             id,
             tx,
@@ -127,6 +186,7 @@ impl Registry {
             id,
             rx,
             lagged,
+            first,
         })
     }
 
@@ -233,6 +293,20 @@ pub(crate) fn dispatch(store: &Store, registry: &Registry, stop: &AtomicBool) {
     }
 }
 
+/// In front of a cluster: a partition's events overflowed somewhere, so
+/// every connected client resyncs. Runs until aborted.
+pub(crate) async fn resyncs(nats: async_nats::Client, registry: Arc<Registry>) {
+    use futures_util::StreamExt;
+    let Ok(mut sub) = nats.subscribe(readmark_cluster::RESYNC_SUBJECT).await else {
+        tracing::error!("resync subscription failed");
+        return;
+    };
+    while sub.next().await.is_some() {
+        registry.push_all(&text(&json!({"type": "resync"})));
+        registry.metrics.resyncs.inc();
+    }
+}
+
 pub(crate) fn text(v: &serde_json::Value) -> Utf8Bytes {
     Utf8Bytes::from(v.to_string())
 }
@@ -243,7 +317,7 @@ mod tests {
 
     #[test]
     fn limits_hold_and_a_users_entry_goes_with_their_last_connection() {
-        let r = Arc::new(Registry::new(3, 2, 4, Arc::new(Metrics::new())));
+        let r = Arc::new(Registry::new(3, 2, 4, Arc::new(Metrics::new()), None));
         let a1 = r.register(UserId(1)).expect("first");
         let a2 = r.register(UserId(1)).expect("second");
         assert_eq!(r.register(UserId(1)).err(), Some(Full::User));
@@ -258,7 +332,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_marks_the_connection_lagged() {
-        let r = Arc::new(Registry::new(10, 10, 2, Arc::new(Metrics::new())));
+        let r = Arc::new(Registry::new(10, 10, 2, Arc::new(Metrics::new()), None));
         let mut a = r.register(UserId(1)).expect("register");
         let f = text(&json!({"type": "x"}));
         for _ in 0..5 {

@@ -115,6 +115,7 @@
 mod api;
 mod auth;
 pub mod cli;
+mod cluster;
 mod config;
 mod fanout;
 mod metrics;
@@ -137,7 +138,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use auth::{Claims, Refusal, Tokens};
-pub use config::{MIN_SECRET_BYTES, MIN_SERVICE_TOKEN_BYTES, ServerConfig};
+pub use config::{ClusterConfig, MIN_SECRET_BYTES, MIN_SERVICE_TOKEN_BYTES, ServerConfig};
 pub use ws::close;
 
 /// Store calls that may read RocksDB or wait for a sync, running at once
@@ -158,12 +159,25 @@ pub enum Error {
     /// Binding the address, or another I/O failure.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The cluster's NATS servers cannot be reached.
+    #[error("cluster: {0}")]
+    Cluster(#[from] readmark_cluster::Error),
+}
+
+/// Where requests are carried out.
+pub(crate) enum Backend {
+    /// A store in this process.
+    Embedded {
+        store: Arc<Store>,
+        durability: Durability,
+    },
+    /// A readmark cluster, over NATS.
+    Cluster(cluster::ClusterBackend),
 }
 
 /// What every handler shares.
 pub(crate) struct App {
-    pub(crate) store: Arc<Store>,
-    pub(crate) store_durability: Durability,
+    pub(crate) backend: Backend,
     pub(crate) config: ServerConfig,
     pub(crate) tokens: Tokens,
     pub(crate) registry: Arc<fanout::Registry>,
@@ -180,7 +194,13 @@ pub struct Server {
     stop: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<GracefulShutdown>,
     dispatcher_stop: Arc<AtomicBool>,
-    dispatcher: std::thread::JoinHandle<()>,
+    /// The embedded store's event thread, or the cluster's resync task.
+    dispatcher: Dispatcher,
+}
+
+enum Dispatcher {
+    Thread(std::thread::JoinHandle<()>),
+    Task(tokio::task::JoinHandle<()>),
 }
 
 impl std::fmt::Debug for Server {
@@ -227,13 +247,21 @@ impl Server {
     /// cannot open, [`Error::Io`] if the address cannot be bound.
     pub async fn start(config: ServerConfig) -> Result<Server, Error> {
         config.validate()?;
-        let store_config = config.store.clone();
-        let path = config.store_path.clone();
-        let store_durability = store_config.get_durability();
-        let store = tokio::task::spawn_blocking(move || Store::open(path, store_config))
-            .await
-            .map_err(|e| Error::Config(format!("store open panicked: {e}")))??;
-        let store = Arc::new(store);
+        let backend = match &config.cluster {
+            Some(c) => Backend::Cluster(cluster::ClusterBackend::connect(c).await?),
+            None => {
+                let store_config = config.store.clone();
+                let path = config.store_path.clone();
+                let durability = store_config.get_durability();
+                let store = tokio::task::spawn_blocking(move || Store::open(path, store_config))
+                    .await
+                    .map_err(|e| Error::Config(format!("store open panicked: {e}")))??;
+                Backend::Embedded {
+                    store: Arc::new(store),
+                    durability,
+                }
+            }
+        };
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let metrics = Arc::new(metrics::Metrics::new());
@@ -242,11 +270,30 @@ impl Server {
             config.max_connections_per_user,
             config.send_queue_frames,
             metrics.clone(),
+            match &backend {
+                Backend::Cluster(c) => Some(c.client.nats().clone()),
+                Backend::Embedded { .. } => None,
+            },
         ));
         let (stop, shutdown) = watch::channel(false);
+        let dispatcher_stop = Arc::new(AtomicBool::new(false));
+        let dispatcher = match &backend {
+            Backend::Embedded { store, .. } => {
+                let (store, registry, stop) =
+                    (store.clone(), registry.clone(), dispatcher_stop.clone());
+                Dispatcher::Thread(
+                    std::thread::Builder::new()
+                        .name("readmark-fanout".into())
+                        .spawn(move || fanout::dispatch(&store, &registry, &stop))?,
+                )
+            }
+            Backend::Cluster(c) => Dispatcher::Task(tokio::spawn(fanout::resyncs(
+                c.client.nats().clone(),
+                registry.clone(),
+            ))),
+        };
         let app = Arc::new(App {
-            store: store.clone(),
-            store_durability,
+            backend,
             tokens: Tokens::new(&config.jwt_secret),
             config,
             registry: registry.clone(),
@@ -254,13 +301,6 @@ impl Server {
             shutdown: shutdown.clone(),
             blocking: tokio::sync::Semaphore::new(BLOCKING_CALLS),
         });
-        let dispatcher_stop = Arc::new(AtomicBool::new(false));
-        let dispatcher = {
-            let (store, registry, stop) = (store, registry, dispatcher_stop.clone());
-            std::thread::Builder::new()
-                .name("readmark-fanout".into())
-                .spawn(move || fanout::dispatch(&store, &registry, &stop))?
-        };
         let accept = tokio::spawn(accept_loop(
             listener,
             router(app.clone()),
@@ -311,19 +351,37 @@ impl Server {
         }
         self.dispatcher_stop
             .store(true, std::sync::atomic::Ordering::Release);
-        let dispatcher = self.dispatcher;
         let app = self.app;
+        let dispatcher = match self.dispatcher {
+            Dispatcher::Thread(t) => t,
+            Dispatcher::Task(t) => {
+                t.abort();
+                let _ = t.await;
+                // Everything acknowledged is in the cluster's log already.
+                if let Backend::Cluster(c) = &app.backend {
+                    let _ = c.client.flush().await;
+                }
+                tracing::info!("readmark-server stopped");
+                return Ok(());
+            }
+        };
         tokio::task::spawn_blocking(move || {
             let _ = dispatcher.join();
-            app.store.flush()?;
+            let Backend::Embedded { store, .. } = &app.backend else {
+                return Ok(());
+            };
+            store.flush()?;
             // The last reference closes it with its errors reported; a
             // handler still finishing keeps it open until it drops.
             match Arc::try_unwrap(app) {
-                Ok(app) => match Arc::try_unwrap(app.store) {
+                Ok(App {
+                    backend: Backend::Embedded { store, .. },
+                    ..
+                }) => match Arc::try_unwrap(store) {
                     Ok(store) => store.close(),
                     Err(_) => Ok(()),
                 },
-                Err(_) => Ok(()),
+                _ => Ok(()),
             }
         })
         .await

@@ -142,7 +142,17 @@ impl Metrics {
     }
 
     /// The store's figures now, then the text exposition format.
-    pub(crate) fn render(&self, store: &readmark::Store) -> String {
+    pub(crate) fn render(&self, store: Option<&readmark::Store>) -> String {
+        if let Some(store) = store {
+            self.store_figures(store);
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn store_figures(&self, store: &readmark::Store) {
         let s = store.stats();
         let g = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
         self.store_pending_keys.set(g(s.pending_keys));
@@ -154,9 +164,5 @@ impl Metrics {
         if let Ok(m) = store.memory_usage() {
             self.store_rocksdb_bytes.set(g(m.rocksdb_bytes()));
         }
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
     }
 }

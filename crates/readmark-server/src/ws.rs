@@ -93,6 +93,9 @@ pub(crate) async fn upgrade(
             return refuse(status, code, None);
         }
     };
+    // Before the upgrade is answered: once the client is connected, it
+    // gets every push published from then on.
+    app.registry.subscribe(&registration).await;
     let c = &app.config;
     ws.max_frame_size(c.max_frame_bytes)
         .max_message_size(c.max_message_bytes)
@@ -358,20 +361,23 @@ fn until(exp: u64) -> Duration {
         .min(Duration::from_secs(366 * 24 * 3600))
 }
 
-type Answer = Result<Value, (&'static str, String)>;
+pub(crate) type Answer = Result<Value, (&'static str, String)>;
 
 /// Carries out a request as `user`: every call names the caller as the
 /// reader or viewer, so nobody reads or writes as someone else, and the
 /// store refuses non-members.
 async fn carry_out(app: &Arc<App>, user: UserId, req: Request) -> Answer {
-    let store = app.store.clone();
+    let (store, durability) = match &app.backend {
+        crate::Backend::Embedded { store, durability } => (store.clone(), *durability),
+        crate::Backend::Cluster(c) => return c.carry_out(user, req, Timestamp::now().0).await,
+    };
     // A mark update short of power loss is memory and a journal slot,
     // usually, and runs right here. It can wait (a full buffer waits for a
     // flush: back-pressure; a key's first update reads RocksDB: a point
     // read), which then holds this worker for that long. Measured with
     // `readmark server-load`: `block_in_place` around it cost a third of
     // the reads per second (33,966 -> 22,672) and 66 -> 109 % of a core.
-    if matches!(req, Request::Read { .. }) && app.store_durability != Durability::PowerLoss {
+    if matches!(req, Request::Read { .. }) && durability != Durability::PowerLoss {
         return blocking(&store, user, req);
     }
     // Everything else reads RocksDB or waits for a sync, on the blocking
