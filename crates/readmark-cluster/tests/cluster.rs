@@ -99,7 +99,7 @@ async fn catch_up_all(
         cursor = Some(c.clone());
     }
     // Bounded: pages of at most a thousand states, a few thousand states.
-    for round in 0..1_000 {
+    for _ in 0..1_000 {
         match client
             .catch_up(user, cursor.as_deref(), after)
             .await
@@ -116,12 +116,6 @@ async fn catch_up_all(
                     shown.retain(|&(c, t, r), _| {
                         !(c == h.conversation && r == h.reader && h.thread.is_none_or(|ht| ht == t))
                     });
-                }
-                if round > 5 {
-                    eprintln!(
-                        "catch-up of {user}: round {round}, {} states, more {more}, cursor {next}",
-                        states.len()
-                    );
                 }
                 shown.extend(states.into_iter().map(|s| (s.key(), s)));
                 cursor = Some(next);
@@ -628,7 +622,6 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
         want.sort_unstable();
         assert_eq!(got, want, "unread counts of {u}");
         compared += 1;
-        eprintln!("unread counts of {u} at {:?}", phase.elapsed());
         // Catch-up: the snapshot, in pages, equals the model's; the
         // cursor taken before the workload either continues to it or,
         // since owners changed, asks for a snapshot.

@@ -207,6 +207,72 @@ fn normalized(mut v: Value) -> Value {
     v
 }
 
+/// What a client shows after catching up: (conversation, thread,
+/// reader) to (up_to, marked_unread), and the cursor to continue from.
+#[derive(Default)]
+struct View {
+    shown: std::collections::BTreeMap<(u64, u64, u64), (u64, bool)>,
+    cursor: Option<String>,
+}
+
+/// Catches up from the view's cursor (a snapshot the first time, or when
+/// asked to) to the end, as a client would; returns what it shows then.
+async fn catch_up(ws: &mut Ws, view: &mut View) -> Vec<((u64, u64, u64), (u64, bool))> {
+    // Bounded: a few pages at most, and one snapshot.
+    for _ in 0..100 {
+        let a = match &view.cursor {
+            None => ws.call(&json!({"op": "catch_up"})).await,
+            Some(c) => ws.call(&json!({"op": "catch_up", "cursor": c})).await,
+        };
+        match a["type"].as_str() {
+            Some("snapshot_required") => {
+                view.cursor = None;
+                continue;
+            }
+            Some("state") => {}
+            _ => panic!("catch-up answered {a}"),
+        }
+        if view.cursor.is_none() {
+            view.shown.clear();
+        }
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        for h in a["hidden"].as_array().unwrap() {
+            let (c, r, t) = (n(&h["conversation"]), n(&h["reader"]), h["thread"].as_u64());
+            view.shown
+                .retain(|&(vc, vt, vr), _| !(vc == c && vr == r && t.is_none_or(|t| t == vt)));
+        }
+        for s in a["states"].as_array().unwrap() {
+            let key = (n(&s["conversation"]), n(&s["thread"]), n(&s["reader"]));
+            view.shown
+                .insert(key, (n(&s["up_to"]), s["marked_unread"] == true));
+        }
+        view.cursor = a["cursor"].as_str().map(str::to_string);
+        if a["more"] != true {
+            return view.shown.iter().map(|(k, v)| (*k, *v)).collect();
+        }
+    }
+    panic!("catch-up never ended");
+}
+
+/// Catches up from `view` until it shows what a fresh snapshot shows;
+/// bounded (a flush interval is at most a second here).
+async fn converges(ws: &mut Ws, view: &mut View, side: &str) {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let shown = catch_up(ws, view).await;
+        let now = catch_up(ws, &mut View::default()).await;
+        if shown == now {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{side}: catch-up never came to the snapshot:\n{shown:?}\n{now:?}"
+        );
+        // Pacing the polls; the condition above is what ends the wait.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until the clock has moved past `t` (ms): a flag cleared in the
 /// same millisecond it was set is not "later" on either server, and the
 /// two servers' clocks run at their own pace.
@@ -248,7 +314,10 @@ async fn a_cluster_answers_like_one_store() {
     // conversation; thread replies from 1,000 on, under message 1.
     let mut newest = [0u64; 6];
     let mut replies = [999u64; 6];
-    let (mut compared, mut refused) = (0, 0);
+    let (mut compared, mut refused, mut continued) = (0, 0, 0);
+    // What each user's client shows on each side, and its cursor.
+    let mut one_views: Vec<View> = (0..USERS).map(|_| View::default()).collect();
+    let mut cluster_views: Vec<View> = (0..USERS).map(|_| View::default()).collect();
     let mut codes: std::collections::BTreeMap<String, usize> = Default::default();
     // Each conversation starts with four of the five users; the script
     // then adds and removes members.
@@ -317,6 +386,15 @@ async fn a_cluster_answers_like_one_store() {
             let want = backend(one.addr(), method, &path, body.clone()).await;
             let got = backend(cluster_addrs[side], method, &path, body).await;
             assert_eq!(got, want, "step {step}: {method} {path}");
+            if roll == 9 && want.0 == 204 {
+                // The user left: their app forgets the conversation (the
+                // backend tells it; catch-up names readers to forget, not
+                // conversations).
+                let u = user as usize - 1;
+                for view in [&mut one_views[u], &mut cluster_views[u]] {
+                    view.shown.retain(|&(c, _, _), _| c != conv);
+                }
+            }
             if want.0 >= 400 {
                 refused += 1;
                 *codes.entry(want.1.to_string()).or_default() += 1;
@@ -341,7 +419,24 @@ async fn a_cluster_answers_like_one_store() {
                 json!({"op": "read_by", "conversation": conv, "message": m, "limit": 2 + roll % 3})
             }
             83..=89 => json!({"op": "unread_counts"}),
-            90..=94 => json!({"op": "catch_up"}),
+            90..=92 => json!({"op": "catch_up"}),
+            93..=94 => {
+                // Catch-up from each side's own cursor, applied to what
+                // that side showed before, comes to show what a fresh
+                // snapshot shows: at once for what is flushed, and within
+                // a flush interval for marks still buffered (catch-up
+                // lists a mark once its flush numbered it; a snapshot
+                // reads the buffer too).
+                let u = user as usize - 1;
+                converges(&mut cluster_ws[u][side], &mut cluster_views[u], "cluster").await;
+                converges(&mut one_ws[u], &mut one_views[u], "one store").await;
+                let one_now = catch_up(&mut one_ws[u], &mut View::default()).await;
+                let cluster_now = catch_up(&mut cluster_ws[u][side], &mut View::default()).await;
+                assert_eq!(cluster_now, one_now, "step {step}: {user}'s snapshot");
+                compared += 2;
+                continued += 1;
+                continue;
+            }
             _ => json!({"op": "read_by", "conversation": conv, "thread": 1, "message": 1000}),
         };
         let want = one_ws[user as usize - 1].call(&request).await;
@@ -360,7 +455,10 @@ async fn a_cluster_answers_like_one_store() {
         }
         compared += 1;
     }
-    eprintln!("{compared} answers equal to one store's, {refused} of them refusals: {codes:?}");
+    eprintln!(
+        "{compared} answers equal to one store's, {refused} of them refusals: {codes:?}; \
+         {continued} catch-ups from a cursor"
+    );
     assert!(
         refused > 20 && refused < compared / 2,
         "the script tests both paths"

@@ -65,6 +65,14 @@ pub struct ServeArgs {
     /// Requests per second per connection.
     #[arg(long, default_value_t = 50)]
     pub ops_per_second: u32,
+    /// Serve a readmark cluster instead of a store of its own: the
+    /// cluster's NATS servers, comma-separated (docs/cluster.md). The
+    /// store options are then unused.
+    #[arg(long, env = "READMARK_NATS", value_delimiter = ',')]
+    pub nats: Vec<String>,
+    /// The cluster's partition count (its nodes' `--partitions`).
+    #[arg(long, default_value_t = 16, env = "READMARK_PARTITIONS")]
+    pub partitions: u32,
 }
 
 /// `token`: a signed client token.
@@ -98,7 +106,7 @@ impl ServeArgs {
                 )));
             }
         };
-        Ok(ServerConfig::new(
+        let config = ServerConfig::new(
             self.jwt_secret.clone().into_bytes(),
             self.service_token.clone(),
         )
@@ -113,7 +121,12 @@ impl ServeArgs {
         .max_connections(self.max_connections)
         .max_connections_per_user(self.max_connections_per_user)
         .idle_timeout(Duration::from_secs(self.idle_timeout_s))
-        .ops_per_second(self.ops_per_second))
+        .ops_per_second(self.ops_per_second);
+        Ok(if self.nats.is_empty() {
+            config
+        } else {
+            config.cluster(self.nats.clone(), self.partitions)
+        })
     }
 }
 
@@ -145,11 +158,19 @@ pub fn run(command: Command) -> Result<(), Error> {
                 let server = Server::start(config).await?;
                 // Not println!: a closed stdout (a supervisor gone) must not
                 // panic the server.
+                let behind = if args.nats.is_empty() {
+                    format!("store {}", args.store.display())
+                } else {
+                    format!(
+                        "cluster of {} partitions at {}",
+                        args.partitions,
+                        args.nats.join(",")
+                    )
+                };
                 let _ = writeln!(
                     std::io::stdout(),
-                    "readmark-server on {} (store {}); SIGTERM or Ctrl-C stops it",
+                    "readmark-server on {} ({behind}); SIGTERM or Ctrl-C stops it",
                     server.addr(),
-                    args.store.display()
                 );
                 wait_for_signal().await?;
                 let _ = writeln!(

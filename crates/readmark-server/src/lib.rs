@@ -96,6 +96,17 @@
 //! Unauthenticated: `GET /v1/health` (200 `{"status":"ok","connections":n}`,
 //! 503 when the store cannot answer a read) and `GET /metrics` (Prometheus text).
 //!
+//! # In front of a cluster
+//!
+//! With [`ServerConfig::cluster`] (`--nats`), the server keeps no store:
+//! it serves a readmark cluster on NATS JetStream (docs/cluster.md), and
+//! any number of server nodes answer any client. The protocol is the same.
+//! A write is answered once the cluster's log holds it and the
+//! partition's owner applied it, with the same refusals as one store. A
+//! large snapshot comes in pages (`more: true`). A cursor from before a
+//! partition changed owner gets `snapshot_required`. `/v1/health` is 200
+//! while the NATS connection is up.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -172,7 +183,7 @@ pub(crate) enum Backend {
         durability: Durability,
     },
     /// A readmark cluster, over NATS.
-    Cluster(cluster::ClusterBackend),
+    Cluster(Box<cluster::ClusterBackend>),
 }
 
 /// What every handler shares.
@@ -248,7 +259,7 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<Server, Error> {
         config.validate()?;
         let backend = match &config.cluster {
-            Some(c) => Backend::Cluster(cluster::ClusterBackend::connect(c).await?),
+            Some(c) => Backend::Cluster(Box::new(cluster::ClusterBackend::connect(c).await?)),
             None => {
                 let store_config = config.store.clone();
                 let path = config.store_path.clone();
