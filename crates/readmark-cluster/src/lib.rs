@@ -31,8 +31,14 @@
 //! use readmark_cluster::{Client, Op, Query};
 //! let client = Client::connect(&["nats://127.0.0.1:4222"], 16).await?;
 //! let ack = client.write(&Op::CreateConversation { conversation: 7 }, "create-7").await?;
+//! client.write(&Op::AddMember { conversation: 7, user: 1, at: 0 }, "join-7-1").await?;
+//! // Answered once the owner applied it, with the store's refusal if any.
+//! let read = client.write_applied(&Op::read(7, 1, 1, 5), "read-7-1-1").await?;
+//! if let Some(code) = &read.refused {
+//!     println!("refused: {code}"); // e.g. not_member
+//! }
 //! let answer = client
-//!     .query(7, Query::Mark { conversation: 7, user: 1 }, ack.sequence)
+//!     .query(7, Query::Mark { conversation: 7, thread: None, user: 1 }, read.ack.sequence)
 //!     .await?;
 //! println!("{:?} from {}", answer.answer, answer.node);
 //! # Ok(()) }
