@@ -45,6 +45,11 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also measure, in the same runs, writes answered once the owner
+    /// applied them (`Client::write_applied`: what readmark-server waits
+    /// for in front of a cluster).
+    #[arg(long)]
+    applied: bool,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -78,12 +83,21 @@ fn main() -> std::process::ExitCode {
     let mut all: Vec<Run> = Vec::new();
     for run in 0..args.runs {
         for &n in &args.nodes {
-            eprintln!("run {}/{}: {n} node(s)", run + 1, args.runs);
-            match runtime.block_on(cluster_run(&args, &node_bin, n)) {
-                Ok(r) => all.push(r),
-                Err(e) => {
-                    eprintln!("readmark-cluster-bench: {e}");
-                    return std::process::ExitCode::FAILURE;
+            for applied in [false, true] {
+                if applied && !args.applied {
+                    continue;
+                }
+                eprintln!(
+                    "run {}/{}: {n} node(s), applied {applied}",
+                    run + 1,
+                    args.runs
+                );
+                match runtime.block_on(cluster_run(&args, &node_bin, n, applied)) {
+                    Ok(r) => all.push(r),
+                    Err(e) => {
+                        eprintln!("readmark-cluster-bench: {e}");
+                        return std::process::ExitCode::FAILURE;
+                    }
                 }
             }
         }
@@ -91,9 +105,12 @@ fn main() -> std::process::ExitCode {
         all.push(embedded_run(&args));
     }
     let settings: Vec<String> = {
-        let mut v: Vec<String> = all.iter().map(|r| r.setting.clone()).collect();
-        v.dedup();
-        v.truncate(args.nodes.len() + 1);
+        let mut v: Vec<String> = Vec::new();
+        for r in &all {
+            if !v.contains(&r.setting) {
+                v.push(r.setting.clone());
+            }
+        }
         v
     };
     let medians: Vec<Run> = settings
@@ -104,12 +121,12 @@ fn main() -> std::process::ExitCode {
         println!("{}", serde_json::json!({ "runs": all, "medians": medians }));
     } else {
         println!(
-            "{:<22} {:>8} {:>11} {:>11} {:>9} {:>9} {:>10} {:>9}",
+            "{:<34} {:>8} {:>11} {:>11} {:>9} {:>9} {:>10} {:>9}",
             "setting", "writes", "acked/s", "applied/s", "p50 us", "p99 us", "log B/wr", "JSON B"
         );
         for r in &medians {
             println!(
-                "{:<22} {:>8} {:>11.0} {:>11.0} {:>9.1} {:>9.1} {:>10.0} {:>9.0}",
+                "{:<34} {:>8} {:>11.0} {:>11.0} {:>9.1} {:>9.1} {:>10.0} {:>9.0}",
                 r.setting,
                 r.writes,
                 r.acked_per_s,
@@ -121,12 +138,8 @@ fn main() -> std::process::ExitCode {
             );
         }
         if let (Some(one), Some(three)) = (
-            medians
-                .iter()
-                .find(|r| r.setting.starts_with("cluster, 1 ")),
-            medians
-                .iter()
-                .find(|r| r.setting.starts_with("cluster, 3 ")),
+            medians.iter().find(|r| r.setting == "cluster, 1 node"),
+            medians.iter().find(|r| r.setting == "cluster, 3 nodes"),
         ) {
             println!(
                 "3 nodes / 1 node: acked {:.2}x, applied {:.2}x",
@@ -134,10 +147,19 @@ fn main() -> std::process::ExitCode {
                 three.applied_per_s / one.applied_per_s
             );
         }
+        for r in medians.iter().filter(|r| r.setting.ends_with(", applied")) {
+            let plain = r.setting.trim_end_matches(", applied");
+            if let Some(acked) = medians.iter().find(|m| m.setting == plain) {
+                println!(
+                    "{plain}: answered once applied / once acknowledged: p50 {:.2}x, p99 {:.2}x, writes/s {:.2}x",
+                    r.ack_p50_us / acked.ack_p50_us.max(0.001),
+                    r.ack_p99_us / acked.ack_p99_us.max(0.001),
+                    r.acked_per_s / acked.acked_per_s.max(0.001)
+                );
+            }
+        }
         if let (Some(one), Some(embedded)) = (
-            medians
-                .iter()
-                .find(|r| r.setting.starts_with("cluster, 1 ")),
+            medians.iter().find(|r| r.setting == "cluster, 1 node"),
             medians.iter().find(|r| r.setting.starts_with("embedded")),
         ) {
             println!(
@@ -211,6 +233,7 @@ async fn cluster_run(
     args: &Args,
     node_bin: &std::path::Path,
     nodes: usize,
+    applied: bool,
 ) -> readmark_cluster::Result<Run> {
     let dir = tempfile::tempdir()?;
     let (_nats, urls) = start_nats(dir.path(), 3)?;
@@ -294,7 +317,12 @@ async fn cluster_run(
                 let op = next_op(&mut rng, convs[k], &mut newest[k], 10 + i);
                 let bytes = serde_json::to_vec(&op).map_or(0, |b| b.len() as u64);
                 let t = Instant::now();
-                let ack = client.write(&op, &format!("w{w}-{i}")).await?;
+                let id = format!("w{w}-{i}");
+                let ack = if applied {
+                    client.write_applied(&op, &id).await?.ack
+                } else {
+                    client.write(&op, &id).await?
+                };
                 h.saturating_record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
                 acked.fetch_add(1, Ordering::Relaxed);
                 payload.fetch_add(bytes, Ordering::Relaxed);
@@ -337,7 +365,11 @@ async fn cluster_run(
     let n = acked.load(Ordering::Relaxed);
     #[allow(clippy::cast_precision_loss)]
     Ok(Run {
-        setting: format!("cluster, {nodes} node{}", if nodes == 1 { "" } else { "s" }),
+        setting: format!(
+            "cluster, {nodes} node{}{}",
+            if nodes == 1 { "" } else { "s" },
+            if applied { ", applied" } else { "" }
+        ),
         writes: n,
         acked_per_s: n as f64 / acked_time.as_secs_f64(),
         applied_per_s: n as f64 / applied_time.as_secs_f64(),
