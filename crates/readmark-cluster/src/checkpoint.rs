@@ -15,36 +15,60 @@ pub(crate) fn object_name(p: u32) -> String {
     format!("p{p}")
 }
 
-/// Writes a checkpoint of `store` at `position` and uploads it. Returns
-/// the position uploaded, or `None` if the store could not record the
-/// position (an update still buffered) and nothing was uploaded.
-pub(crate) async fn upload(
+/// The scratch names of partition `p`'s checkpoint at `position`.
+fn scratch_of(scratch: &Path, p: u32, position: u64) -> (PathBuf, PathBuf) {
+    (
+        scratch.join(format!("p{p}.checkpoint.{position}")),
+        scratch.join(format!("p{p}.checkpoint.{position}.tar")),
+    )
+}
+
+/// Takes a RocksDB checkpoint of `store` at `position` under `scratch`:
+/// a flush with the position, then hard links, so it is quick and the
+/// applier goes on as soon as it returns (the store is not needed to pack
+/// and upload it, [`send`]). `None` if the store could not record the
+/// position (an update still buffered): nothing was taken.
+pub(crate) async fn take(
     store: &std::sync::Arc<Store>,
     position: u64,
     scratch: &Path,
-    bucket: &ObjectStore,
     p: u32,
-) -> Result<Option<u64>> {
-    let dir = scratch.join(format!("p{p}.checkpoint"));
-    let tar_path = scratch.join(format!("p{p}.checkpoint.tar"));
-    let (s, d, t) = (store.clone(), dir.clone(), tar_path.clone());
-    let packed = blocking(move || {
+) -> Result<Option<PathBuf>> {
+    let (dir, _) = scratch_of(scratch, p, position);
+    let (s, d) = (store.clone(), dir.clone());
+    blocking(move || {
         remove_if_there(&d)?;
-        if !s.checkpoint_at(position, &d)? {
+        if s.checkpoint_at(position, &d)? {
+            Ok(Some(d))
+        } else {
             remove_if_there(&d)?;
-            return Ok(false);
+            Ok(None)
         }
+    })
+    .await
+}
+
+/// Packs the checkpoint `take` made at `position` into a tar file,
+/// uploads it as partition `p`'s, and removes both; returns the position.
+/// Runs beside the applier: a large store takes a while to pack and send.
+pub(crate) async fn send(
+    dir: PathBuf,
+    position: u64,
+    scratch: PathBuf,
+    bucket: ObjectStore,
+    p: u32,
+) -> Result<u64> {
+    let (_, tar_path) = scratch_of(&scratch, p, position);
+    let t = tar_path.clone();
+    blocking(move || {
         let file = std::fs::File::create(&t)?;
         let mut tar = tar::Builder::new(file);
-        tar.append_dir_all(".", &d)?;
+        tar.append_dir_all(".", &dir)?;
         tar.into_inner()?.sync_all()?;
-        remove_if_there(&d)?;
-        Ok(true)
+        remove_if_there(&dir)?;
+        Ok(())
     })
     .await?;
-    if !packed {
-        return Ok(None);
-    }
     let mut file = tokio::fs::File::open(&tar_path).await?;
     let meta = ObjectMetadata {
         name: object_name(p),
@@ -53,7 +77,30 @@ pub(crate) async fn upload(
     };
     bucket.put(meta, &mut file).await.map_err(nats)?;
     tokio::fs::remove_file(&tar_path).await?;
-    Ok(Some(position))
+    Ok(position)
+}
+
+/// Removes what an interrupted [`take`] or [`send`] of partition `p` left
+/// under `scratch`.
+pub(crate) async fn clean(scratch: &Path, p: u32) -> Result<()> {
+    let (scratch, prefix) = (scratch.to_path_buf(), format!("p{p}.checkpoint."));
+    blocking(move || {
+        let Ok(entries) = std::fs::read_dir(&scratch) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let path = e.path();
+                if path.is_dir() {
+                    remove_if_there(&path)?;
+                } else {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// The position of partition `p`'s checkpoint in `bucket`, if there is

@@ -366,6 +366,7 @@ async fn partition_body(
     stop: &Arc<AtomicBool>,
 ) -> Result<()> {
     let dir = config.data_dir.join(format!("p{p}"));
+    checkpoint::clean(&config.data_dir, p).await?;
     let (store, reopened) = restore(p, &dir, cluster).await?;
     let store = Arc::new(store);
     let mut applier = crate::LogApplier::resume(&store)?;
@@ -441,6 +442,8 @@ async fn partition_body(
     let mut behind_since: Option<Instant> = None;
     let subject = log_subject(p);
     let mut first_seen = false;
+    // The checkpoint being packed and uploaded, at most one.
+    let mut uploading: Option<JoinHandle<Result<u64>>> = None;
     let result: Result<()> = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
@@ -489,15 +492,39 @@ async fn partition_body(
                     break Err(e.into());
                 }
             }
-            _ = checkpoint_tick.tick(), if applier.last() > checkpointed => {
-                match checkpoint::upload(&store, applier.last(), &config.data_dir, &cluster.checkpoints, p).await {
-                    Ok(Some(pos)) => {
-                        applier.flushed_to(pos);
-                        checkpointed = pos;
-                        tracing::info!(partition = p, position = pos, "checkpoint uploaded");
+            _ = checkpoint_tick.tick(), if applier.last() > checkpointed && uploading.is_none() => {
+                // Taken here (a flush and hard links); packed and uploaded
+                // beside the loop, which goes on applying meanwhile.
+                let position = applier.last();
+                match checkpoint::take(&store, position, &config.data_dir, p).await {
+                    Ok(Some(dir)) => {
+                        applier.flushed_to(position);
+                        uploading = Some(tokio::spawn(checkpoint::send(
+                            dir,
+                            position,
+                            config.data_dir.clone(),
+                            cluster.checkpoints.clone(),
+                            p,
+                        )));
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(partition = p, "checkpoint: {e}"),
+                }
+            }
+            sent = async {
+                match uploading.as_mut() {
+                    Some(u) => u.await,
+                    None => std::future::pending().await,
+                }
+            }, if uploading.is_some() => {
+                uploading = None;
+                match sent {
+                    Ok(Ok(pos)) => {
+                        checkpointed = pos;
+                        tracing::info!(partition = p, position = pos, "checkpoint uploaded");
+                    }
+                    Ok(Err(e)) => tracing::warn!(partition = p, "checkpoint: {e}"),
+                    Err(e) => tracing::warn!(partition = p, "checkpoint upload task: {e}"),
                 }
             }
             _ = stall_tick.tick() => {
@@ -524,6 +551,10 @@ async fn partition_body(
     // again while its lease stayed held and renewed: its queries got no
     // responders for good. The attempt's own tasks stop on `done`.
     done.store(true, Ordering::SeqCst);
+    if let Some(u) = uploading {
+        u.abort();
+        let _ = u.await;
+    }
     let _ = queries.await;
     let _ = events.await;
     // Record what was applied (the next owner, maybe this node again,

@@ -248,14 +248,17 @@ fn router(app: Arc<App>) -> Router {
 }
 
 impl Server {
-    /// Opens the store (creating it if missing), binds, and serves on the
-    /// current tokio runtime (multi-threaded: store calls that read
-    /// RocksDB run on its blocking pool).
+    /// Opens the store (creating it if missing), or connects to the
+    /// cluster ([`ServerConfig::cluster`]; NATS servers not up yet are
+    /// retried in the background), binds, and serves on the current tokio
+    /// runtime (multi-threaded: store calls that read RocksDB run on its
+    /// blocking pool).
     ///
     /// # Errors
     ///
     /// [`Error::Config`] for a bad setting, [`Error::Store`] if the store
-    /// cannot open, [`Error::Io`] if the address cannot be bound.
+    /// cannot open, [`Error::Cluster`] for a NATS address that does not
+    /// parse, [`Error::Io`] if the address cannot be bound.
     pub async fn start(config: ServerConfig) -> Result<Server, Error> {
         config.validate()?;
         let backend = match &config.cluster {
