@@ -103,6 +103,11 @@ pub struct Config {
     /// feature's `__newest_slots`, which the fuzz target uses to open
     /// stores cheaply.
     pub(crate) newest_slots: usize,
+    /// The retention clock from the moment the store opens, in ms (0: the
+    /// system clock). Set only by the `testing` feature's `__clock`: a
+    /// test whose times are not today's must not have RocksDB's
+    /// compactions during the open judge them by today's clock.
+    pub(crate) fixed_clock: u64,
 }
 
 /// Who, besides the reader's own devices, receives a receipt event (see
@@ -198,6 +203,7 @@ impl Config {
             event_fanout_cap: 100,
             change_retention: Duration::from_secs(7 * 24 * 3600),
             newest_slots: crate::pure::newest::SLOTS,
+            fixed_clock: 0,
         }
     }
 

@@ -410,7 +410,7 @@ impl Store {
         }
 
         let merge_counters = Arc::new(MergeCounters::default());
-        let clock = Arc::new(Clock::default());
+        let clock = Arc::new(Clock::fixed_at(config.fixed_clock));
         let policy = ReceiptPolicy {
             retention_ms: config.retention_ms(),
             clock: clock.clone(),

@@ -37,6 +37,13 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
+    /// Fixed at `t` (ms), or the system clock for 0.
+    pub(crate) fn fixed_at(t: u64) -> Self {
+        Clock {
+            fixed: AtomicU64::new(t),
+        }
+    }
+
     pub(crate) fn now(&self) -> u64 {
         match self.fixed.load(Ordering::Relaxed) {
             0 => Timestamp::now().0,

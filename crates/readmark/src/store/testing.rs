@@ -137,4 +137,15 @@ impl crate::Config {
         self.newest_slots = stripes.max(1) * super::LOCK_STRIPES;
         self
     }
+
+    /// Testing hook: the retention clock fixed at `now` from the moment
+    /// the store opens, as `Store::__set_clock` fixes it afterwards.
+    /// Setting it after `open` leaves a window in which a compaction that
+    /// RocksDB starts while opening drops the test's read times as
+    /// expired by today's clock.
+    #[doc(hidden)]
+    pub fn __clock(mut self, now: crate::Timestamp) -> Self {
+        self.fixed_clock = now.0.max(1);
+        self
+    }
 }
