@@ -3,6 +3,8 @@
 //! owner of the conversation's partition over NATS request/reply, and
 //! per-user reads scatter to every partition and gather.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -67,6 +69,8 @@ pub struct Answered {
     pub node: String,
     /// The log sequence the node had applied.
     pub applied: u64,
+    /// The owner's lease epoch (see [`Reply::Ok`]).
+    pub epoch: u64,
 }
 
 /// A connection to the cluster, for a server node (or a test) to write
@@ -77,6 +81,9 @@ pub struct Client {
     js: jetstream::Context,
     partitions: u32,
     deadline: Duration,
+    /// Per partition, the highest owner epoch that answered: answers from
+    /// a lower one are refused (shared by clones).
+    epochs: Arc<Vec<AtomicU64>>,
 }
 
 impl Client {
@@ -92,11 +99,13 @@ impl Client {
         let urls: Vec<String> = urls.iter().map(|u| u.as_ref().to_string()).collect();
         let nats = crate::node::connect(&urls, "readmark-client").await?;
         let js = jetstream::new(nats.clone());
+        let partitions = partitions.max(1);
         Ok(Client {
             nats,
             js,
-            partitions: partitions.max(1),
+            partitions,
             deadline: Duration::from_secs(30),
+            epochs: Arc::new((0..partitions).map(|_| AtomicU64::new(0)).collect()),
         })
     }
 
@@ -271,12 +280,23 @@ impl Client {
                         answer,
                         node,
                         applied,
+                        epoch,
                     }) => {
-                        return Ok(Answered {
-                            answer,
-                            node,
-                            applied,
-                        });
+                        // Fencing: once a newer owner answered, an older
+                        // one (paused past its lease, not yet aware) is
+                        // not listened to.
+                        let fence = &self.epochs[partition as usize % self.epochs.len()];
+                        if epoch < fence.fetch_max(epoch, Ordering::AcqRel) {
+                            last_error =
+                                format!("{node} answered as a stale owner (epoch {epoch})");
+                        } else {
+                            return Ok(Answered {
+                                answer,
+                                node,
+                                applied,
+                                epoch,
+                            });
+                        }
                     }
                     Ok(Reply::Unavailable { reason }) => last_error = reason,
                     Err(e) => last_error = e.to_string(),

@@ -277,7 +277,7 @@ pub async fn run(
                 let valid_until = Arc::new(Mutex::new(started + config.lease_ttl * 3 / 4));
                 let stop = Arc::new(AtomicBool::new(false));
                 let task = tokio::spawn(run_partition(
-                    p,
+                    Held { p, epoch: revision },
                     config.clone(),
                     client.clone(),
                     cluster.clone(),
@@ -328,8 +328,15 @@ async fn live_nodes(js: &jetstream::Context) -> Option<u32> {
 }
 
 /// Restores, applies, serves and checkpoints partition `p` until `stop`.
-async fn run_partition(
+/// A partition whose lease this node took, and the lease's revision then.
+#[derive(Clone, Copy)]
+struct Held {
     p: u32,
+    epoch: u64,
+}
+
+async fn run_partition(
+    held: Held,
     config: NodeConfig,
     client: async_nats::Client,
     cluster: Arc<Cluster>,
@@ -337,11 +344,12 @@ async fn run_partition(
     stop: Arc<AtomicBool>,
     failed: Arc<Mutex<Vec<u32>>>,
 ) {
+    let p = held.p;
     // A NATS error while starting (a stream leader being elected, a
     // server lost) is retried while the lease is held; a store error
     // gives the partition up.
     while !stop.load(Ordering::SeqCst) {
-        match partition_body(p, &config, &client, &cluster, &valid_until, &stop).await {
+        match partition_body(held, &config, &client, &cluster, &valid_until, &stop).await {
             Ok(()) => return,
             Err(e @ (Error::Nats(_) | Error::Timeout(_))) => {
                 tracing::warn!(partition = p, "partition interrupted, starting again: {e}");
@@ -358,13 +366,14 @@ async fn run_partition(
 }
 
 async fn partition_body(
-    p: u32,
+    held: Held,
     config: &NodeConfig,
     client: &async_nats::Client,
     cluster: &Cluster,
     valid_until: &Arc<Mutex<Instant>>,
     stop: &Arc<AtomicBool>,
 ) -> Result<()> {
+    let Held { p, epoch } = held;
     let dir = config.data_dir.join(format!("p{p}"));
     checkpoint::clean(&config.data_dir, p).await?;
     let (store, reopened) = restore(p, &dir, cluster).await?;
@@ -419,6 +428,7 @@ async fn partition_body(
             p,
             node: config.node_id.clone(),
             incarnation,
+            epoch,
             caught_up_to,
             outcomes: outcomes.clone(),
         },
@@ -664,6 +674,10 @@ struct Serving {
     p: u32,
     node: String,
     incarnation: u64,
+    /// The lease's revision when this node took it: it grows with every
+    /// change of owner, so a client that has seen a newer owner's answers
+    /// refuses this one's once it is stale.
+    epoch: u64,
     caught_up_to: u64,
     outcomes: Arc<Mutex<Outcomes>>,
 }
@@ -755,6 +769,7 @@ async fn serve_queries(
                                 answer,
                                 node: serving.node.clone(),
                                 applied: at,
+                                epoch: serving.epoch,
                             },
                             Err(e) => Reply::Unavailable {
                                 reason: format!("store: {e}"),

@@ -797,6 +797,10 @@ pub enum Reply {
         node: String,
         /// The log sequence applied when it answered.
         applied: u64,
+        /// The owner's lease epoch: the lease's revision when it took the
+        /// partition. A later owner's is higher.
+        #[serde(default)]
+        epoch: u64,
     },
     /// The node could not answer (not the owner any more, its store
     /// failed, `after` not reached in time): ask again.
