@@ -561,3 +561,45 @@ async fn pushes_reach_members_on_every_server_node_and_nobody_else() {
         s.shutdown().await.unwrap();
     }
 }
+
+/// With the cluster's NATS unreachable, a server node still starts, says
+/// it is unhealthy, lets clients connect (they are told to resync), answers
+/// a write `unavailable` within its deadline instead of hanging, and stops.
+///
+/// Post-mortem (found by hand with `readmark-server serve --nats` at a
+/// closed port): SIGTERM hung for good, flushing the NATS connection
+/// without a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_unreachable_a_server_node_answers_unavailable_and_stops() {
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server::start(
+        ServerConfig::new(SECRET.to_vec(), SERVICE.into())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .cluster(vec![format!("nats://127.0.0.1:{port}")], PARTITIONS),
+    )
+    .await
+    .unwrap();
+    let addr = server.addr();
+    let (status, _) = backend(addr, "GET", "/v1/health", None).await;
+    assert_eq!(status, 503);
+    let mut ws = Ws::connect(addr, 1).await;
+    let a = ws
+        .call(&json!({"op": "read", "conversation": 1, "up_to": 1}))
+        .await;
+    assert_eq!(
+        (&a["type"], &a["code"]),
+        (&json!("error"), &json!("unavailable")),
+        "{a}"
+    );
+    let (status, e) = backend(addr, "PUT", "/v1/conversations/1", None).await;
+    assert_eq!((status, e), (503, json!("unavailable")));
+    tokio::time::timeout(BOUND, server.shutdown())
+        .await
+        .expect("shutdown returns")
+        .unwrap();
+}

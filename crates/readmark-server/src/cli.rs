@@ -175,7 +175,12 @@ pub fn run(command: Command) -> Result<(), Error> {
                 wait_for_signal().await?;
                 let _ = writeln!(
                     std::io::stdout(),
-                    "stopping: closing connections, flushing the store"
+                    "stopping: closing connections{}",
+                    if args.nats.is_empty() {
+                        ", flushing the store"
+                    } else {
+                        ""
+                    }
                 );
                 server.shutdown().await
             })

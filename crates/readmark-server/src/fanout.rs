@@ -124,8 +124,12 @@ impl Registry {
                 return;
             }
         };
-        // A round trip: the server has processed the subscription.
-        let _ = nats.flush().await;
+        // A round trip: the server has processed the subscription. Bounded:
+        // with NATS unreachable the client still connects, and resyncs.
+        let flushed = tokio::time::timeout(std::time::Duration::from_secs(2), nats.flush()).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            registration.lagged.store(true, Ordering::Release);
+        }
         let registry = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             use futures_util::StreamExt;

@@ -371,9 +371,10 @@ impl Server {
             Dispatcher::Task(t) => {
                 t.abort();
                 let _ = t.await;
-                // Everything acknowledged is in the cluster's log already.
+                // Everything acknowledged is in the cluster's log already;
+                // what is left is best effort, bounded: NATS may be gone.
                 if let Backend::Cluster(c) = &app.backend {
-                    let _ = c.client.flush().await;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), c.client.flush()).await;
                 }
                 tracing::info!("readmark-server stopped");
                 return Ok(());
