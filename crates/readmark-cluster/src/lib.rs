@@ -54,6 +54,7 @@ pub mod local;
 mod node;
 mod op;
 mod partition;
+mod push;
 
 pub use applier::LogApplier;
 /// The NATS client this crate speaks through, at the version it uses.
@@ -71,3 +72,4 @@ pub use partition::{
     EVENT_SUBJECT_PREFIX, LOG_SUBJECT_PREFIX, QUERY_SUBJECT_PREFIX, RESYNC_SUBJECT, event_subject,
     log_subject, partition_of, query_subject,
 };
+pub use push::{Push, push_of, resync_frame};

@@ -160,3 +160,37 @@ pub fn rotated(urls: &[String], first: usize) -> Vec<String> {
         .map(|i| urls[(first + i) % urls.len()].clone())
         .collect()
 }
+
+/// A temporary directory for a loopback cluster's stores and logs, whose
+/// place is printed; removed when dropped unless `READMARK_KEEP_TEST_DIR`
+/// is set, which keeps it to read the logs.
+pub struct LogDir {
+    path: PathBuf,
+    _removed_on_drop: Option<tempfile::TempDir>,
+}
+
+impl LogDir {
+    /// Makes one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if it cannot be made.
+    pub fn new() -> Result<LogDir> {
+        let tmp = tempfile::tempdir()?;
+        let (path, guard) = if std::env::var_os("READMARK_KEEP_TEST_DIR").is_some() {
+            (tmp.keep(), None)
+        } else {
+            (tmp.path().to_path_buf(), Some(tmp))
+        };
+        eprintln!("logs in {}", path.display());
+        Ok(LogDir {
+            path,
+            _removed_on_drop: guard,
+        })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

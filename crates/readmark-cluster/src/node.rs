@@ -824,55 +824,17 @@ fn spawn_events(
                 }
             };
             match event {
-                Event::Receipt(r) => {
-                    let body = serde_json::json!({
-                        "type": "receipt",
-                        "conversation": r.conversation.0,
-                        "thread": r.thread.map(|m| m.0),
-                        "reader": r.reader.0,
-                        "up_to": r.up_to.0,
-                        "read_at": r.read_at.0,
-                    });
-                    for user in std::iter::once(r.reader).chain(r.recipients.iter().copied()) {
-                        publish(event_subject(user.0), &body);
-                    }
-                }
-                Event::Hidden {
-                    conversation,
-                    reader,
-                    recipients,
-                } => {
-                    let body = serde_json::json!({
-                        "type": "hidden",
-                        "conversation": conversation.0,
-                        "reader": reader.0,
-                    });
-                    for user in recipients {
-                        publish(event_subject(user.0), &body);
-                    }
-                }
-                Event::UnreadFlag {
-                    conversation,
-                    thread,
-                    reader,
-                    marked_unread,
-                } => {
-                    let body = serde_json::json!({
-                        "type": "unread_flag",
-                        "conversation": conversation.0,
-                        "thread": thread.map(|m| m.0),
-                        "marked_unread": marked_unread,
-                    });
-                    publish(event_subject(reader.0), &body);
-                }
                 Event::Lagged { dropped } => {
                     tracing::warn!(dropped, "event subscription lagged; every client resyncs");
-                    publish(
-                        RESYNC_SUBJECT.to_string(),
-                        &serde_json::json!({"type": "resync"}),
-                    );
+                    publish(RESYNC_SUBJECT.to_string(), &crate::push::resync_frame());
                 }
-                _ => {}
+                e => {
+                    if let Some(push) = crate::push::push_of(&e) {
+                        for user in push.to {
+                            publish(event_subject(user.0), &push.frame);
+                        }
+                    }
+                }
             }
         }
     })

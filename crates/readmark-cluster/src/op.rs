@@ -762,6 +762,12 @@ impl Query {
     }
 }
 
+impl From<&ReadState> for State {
+    fn from(s: &ReadState) -> State {
+        state(s)
+    }
+}
+
 fn state(s: &ReadState) -> State {
     State {
         conversation: s.conversation.0,

@@ -6,13 +6,12 @@
 //! Needs Debian's `nats-server` (scripts/setup.sh and .ci/run install it).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use readmark_cluster::local::{NodeArgs, Process, rotated, start_nats, start_node};
+use readmark_cluster::local::{LogDir, NodeArgs, Process, rotated, start_nats, start_node};
 use readmark_cluster::{Answer, CatchUp, Client, Op, Query, State};
 use tokio::sync::Mutex;
 
@@ -63,14 +62,6 @@ struct Record {
     /// Marks read back mid-stream, per (conversation, user): never lower.
     seen: HashMap<(u64, u64), u64>,
     backwards: Vec<String>,
-}
-
-struct Dir(std::path::PathBuf);
-
-impl Dir {
-    fn path(&self) -> &Path {
-        &self.0
-    }
 }
 
 struct Conversation {
@@ -130,16 +121,9 @@ async fn catch_up_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
-    // Every process logs to a file in `root`; READMARK_KEEP_TEST_DIR=1
-    // keeps it to read them.
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, _guard) = if std::env::var_os("READMARK_KEEP_TEST_DIR").is_some() {
-        (tmp.keep(), None)
-    } else {
-        (tmp.path().to_path_buf(), Some(tmp))
-    };
-    eprintln!("logs in {}", root.display());
-    let dir = Dir(root);
+    // Every process logs to a file in it; READMARK_KEEP_TEST_DIR=1 keeps
+    // it to read them.
+    let dir = LogDir::new().unwrap();
     let (mut nats, urls) = start_nats(dir.path(), 3).unwrap();
     let mut nodes: Vec<Process> = (0..3)
         .map(|i| {
@@ -631,14 +615,7 @@ async fn three_nodes_survive_a_node_and_a_nats_server_killed_mid_stream() {
             .unwrap()
             .states
             .iter()
-            .map(|s| State {
-                conversation: s.conversation.0,
-                thread: s.thread.map(|m| m.0),
-                reader: s.reader.0,
-                up_to: s.up_to.0,
-                read_at: s.read_at.0,
-                marked_unread: s.marked_unread,
-            })
+            .map(State::from)
             .collect();
         want.sort_unstable_by_key(State::key);
         let (got, _) = snapshot.expect("a snapshot is never refused");

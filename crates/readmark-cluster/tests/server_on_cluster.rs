@@ -6,23 +6,20 @@
 //!
 //! Needs Debian's `nats-server` (scripts/setup.sh and .ci/run install it).
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use readmark::UserId;
-use readmark_cluster::local::{NodeArgs, Process, start_nats, start_node};
+use readmark_cluster::local::{LogDir, NodeArgs, Process, start_nats, start_node};
 use readmark_cluster::{Client, Query};
 use readmark_server::{Server, ServerConfig, Tokens};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+#[path = "../../readmark-server/tests/support/ws.rs"]
+mod ws;
+use ws::Client as Ws;
 
 const SECRET: &[u8] = b"test-secret-of-at-least-32-bytes!!";
 const SERVICE: &str = "backend-service-credential";
@@ -37,20 +34,15 @@ struct Cluster {
     _nodes: Vec<Process>,
     _nats: Vec<Process>,
     /// Dropped last: the processes' logs are in it.
-    _dir: Option<tempfile::TempDir>,
+    _dir: LogDir,
 }
 
 async fn cluster(servers: usize) -> Cluster {
     // Every process logs to a file in it; READMARK_KEEP_TEST_DIR=1 keeps
     // it to read them.
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, dir) = if std::env::var_os("READMARK_KEEP_TEST_DIR").is_some() {
-        (tmp.keep(), None)
-    } else {
-        (tmp.path().to_path_buf(), Some(tmp))
-    };
-    eprintln!("logs in {}", root.display());
-    let (nats, urls) = start_nats(&root, 1).unwrap();
+    let dir = LogDir::new().unwrap();
+    let root = dir.path();
+    let (nats, urls) = start_nats(root, 1).unwrap();
     let args = NodeArgs {
         binary: env!("CARGO_BIN_EXE_readmark-node").into(),
         partitions: PARTITIONS,
@@ -59,7 +51,7 @@ async fn cluster(servers: usize) -> Cluster {
         checkpoint_every: Duration::from_secs(5),
     };
     let nodes: Vec<Process> = (0..2)
-        .map(|i| start_node(&root, &format!("node{i}"), &urls, &args).unwrap())
+        .map(|i| start_node(root, &format!("node{i}"), &urls, &args).unwrap())
         .collect();
     // Every partition owned before the clients come.
     let client = Client::connect(&urls, PARTITIONS)
@@ -94,89 +86,18 @@ fn token(user: u64) -> String {
     Tokens::new(SECRET).issue(UserId(user), exp)
 }
 
-/// One raw HTTP/1.1 backend request; the status and the body's `error`.
+/// One backend request; the status and the body's `error`.
 async fn backend(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {SERVICE}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(BOUND, s.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
-    let error = serde_json::from_str::<Value>(body)
+    let (status, body) = ws::http(addr, method, path, body, Some(SERVICE)).await;
+    let error = serde_json::from_str::<Value>(&body)
         .map(|v| v["error"].clone())
         .unwrap_or(Value::Null);
     (status, error)
 }
 
-struct Ws {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    pushes: VecDeque<Value>,
-}
-
-impl Ws {
-    async fn connect(addr: SocketAddr, user: u64) -> Ws {
-        let mut req = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
-        req.headers_mut().insert(
-            "Authorization",
-            format!("Bearer {}", token(user)).parse().unwrap(),
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        Ws {
-            ws,
-            pushes: VecDeque::new(),
-        }
-    }
-
-    /// Sends a request and returns its answer; pushes that come first are
-    /// kept for `push`.
-    async fn call(&mut self, request: &Value) -> Value {
-        self.ws
-            .send(Message::text(request.to_string()))
-            .await
-            .unwrap();
-        loop {
-            let frame = self.frame().await;
-            if matches!(
-                frame["type"].as_str(),
-                Some("receipt" | "resync" | "hidden" | "unread_flag")
-            ) {
-                self.pushes.push_back(frame);
-                continue;
-            }
-            return frame;
-        }
-    }
-
-    /// The next push.
-    async fn push(&mut self) -> Value {
-        if let Some(p) = self.pushes.pop_front() {
-            return p;
-        }
-        self.frame().await
-    }
-
-    async fn frame(&mut self) -> Value {
-        loop {
-            match tokio::time::timeout(BOUND, self.ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(t.as_str()).unwrap(),
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    }
+/// A WebSocket client of `user`.
+async fn connect(addr: SocketAddr, user: u64) -> Ws {
+    Ws::connect(addr, &token(user)).await.unwrap()
 }
 
 /// An answer with what may differ between two correct servers taken out:
@@ -221,8 +142,8 @@ async fn catch_up(ws: &mut Ws, view: &mut View) -> Vec<((u64, u64, u64), (u64, b
     // Bounded: a few pages at most, and one snapshot.
     for _ in 0..100 {
         let a = match &view.cursor {
-            None => ws.call(&json!({"op": "catch_up"})).await,
-            Some(c) => ws.call(&json!({"op": "catch_up", "cursor": c})).await,
+            None => ws.call(json!({"op": "catch_up"})).await,
+            Some(c) => ws.call(json!({"op": "catch_up", "cursor": c})).await,
         };
         match a["type"].as_str() {
             Some("snapshot_required") => {
@@ -303,10 +224,10 @@ async fn a_cluster_answers_like_one_store() {
     let mut one_ws = Vec::new();
     let mut cluster_ws = Vec::new();
     for u in 1..=USERS {
-        one_ws.push(Ws::connect(one.addr(), u).await);
+        one_ws.push(connect(one.addr(), u).await);
         cluster_ws.push([
-            Ws::connect(cluster_addrs[0], u).await,
-            Ws::connect(cluster_addrs[1], u).await,
+            connect(cluster_addrs[0], u).await,
+            connect(cluster_addrs[1], u).await,
         ]);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(0xc105);
@@ -439,8 +360,10 @@ async fn a_cluster_answers_like_one_store() {
             }
             _ => json!({"op": "read_by", "conversation": conv, "thread": 1, "message": 1000}),
         };
-        let want = one_ws[user as usize - 1].call(&request).await;
-        let got = cluster_ws[user as usize - 1][side].call(&request).await;
+        let want = one_ws[user as usize - 1].call(request.clone()).await;
+        let got = cluster_ws[user as usize - 1][side]
+            .call(request.clone())
+            .await;
         if request["op"] == "catch_up" {
             assert_eq!(got["more"], false, "a small snapshot fits one answer");
         }
@@ -488,11 +411,11 @@ async fn pushes_reach_members_on_every_server_node_and_nobody_else() {
         assert_eq!(backend(a, "PUT", path, None).await.0, status, "{path}");
     }
     let (mut alice, mut bob, mut bob_on_a) = (
-        Ws::connect(a, 1).await,
-        Ws::connect(b, 2).await,
-        Ws::connect(a, 2).await,
+        connect(a, 1).await,
+        connect(b, 2).await,
+        connect(a, 2).await,
     );
-    let (mut carol, mut dave) = (Ws::connect(a, 3).await, Ws::connect(b, 4).await);
+    let (mut carol, mut dave) = (connect(a, 3).await, connect(b, 4).await);
     let send = |c: u64, m: u64, sender: u64| async move {
         let (s, e) = backend(
             b,
@@ -506,7 +429,7 @@ async fn pushes_reach_members_on_every_server_node_and_nobody_else() {
     send(1, 10, 1).await;
     send(2, 20, 3).await;
     let read = bob
-        .call(&json!({"op": "read", "conversation": 1, "up_to": 10}))
+        .call(json!({"op": "read", "conversation": 1, "up_to": 10}))
         .await;
     assert_eq!(read["type"], "ok", "{read}");
     // Alice (on the other node) and bob's other device hear of it.
@@ -520,7 +443,7 @@ async fn pushes_reach_members_on_every_server_node_and_nobody_else() {
     }
     // The unread flag reaches bob's devices only.
     let flag = bob
-        .call(&json!({"op": "unread_flag", "conversation": 1, "unread": true}))
+        .call(json!({"op": "unread_flag", "conversation": 1, "unread": true}))
         .await;
     assert_eq!(flag["type"], "ok", "{flag}");
     let p = bob_on_a.push().await;
@@ -531,7 +454,7 @@ async fn pushes_reach_members_on_every_server_node_and_nobody_else() {
     );
     // The sentinel: dave reads in carol's conversation.
     let read = dave
-        .call(&json!({"op": "read", "conversation": 2, "up_to": 20}))
+        .call(json!({"op": "read", "conversation": 2, "up_to": 20}))
         .await;
     assert_eq!(read["type"], "ok", "{read}");
     let p = carol.push().await;
@@ -547,7 +470,7 @@ async fn pushes_reach_members_on_every_server_node_and_nobody_else() {
         json!({"op": "read_by", "conversation": 1, "message": 10}),
         json!({"op": "private", "conversation": 1, "private": true}),
     ] {
-        let e = carol.call(&r).await;
+        let e = carol.call(r.clone()).await;
         assert_eq!(
             (&e["type"], &e["code"]),
             (&json!("error"), &json!("not_member")),
@@ -587,9 +510,9 @@ async fn with_nats_unreachable_a_server_node_answers_unavailable_and_stops() {
     let addr = server.addr();
     let (status, _) = backend(addr, "GET", "/v1/health", None).await;
     assert_eq!(status, 503);
-    let mut ws = Ws::connect(addr, 1).await;
+    let mut ws = connect(addr, 1).await;
     let a = ws
-        .call(&json!({"op": "read", "conversation": 1, "up_to": 1}))
+        .call(json!({"op": "read", "conversation": 1, "up_to": 1}))
         .await;
     assert_eq!(
         (&a["type"], &a["code"]),

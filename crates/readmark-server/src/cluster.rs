@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use readmark::UserId;
 use readmark_cluster::{Answer, CatchUp, Client, Op, Query};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::config::ClusterConfig;
-use crate::protocol::Request;
+use crate::protocol::{self, Request};
 use crate::ws::Answer as WsAnswer;
 
 /// The cluster as this server node sees it.
@@ -158,13 +158,7 @@ impl ClusterBackend {
                     .unread_counts(user, &self.after())
                     .await
                     .map_err(unavailable)?;
-                let counts: Vec<Value> = counts
-                    .iter()
-                    .map(|(c, n, m, f)| {
-                        json!({"conversation": c, "unread": n, "mentions": m, "marked_unread": f})
-                    })
-                    .collect();
-                return Ok(json!({"type": "unread_counts", "counts": counts}));
+                return Ok(protocol::unread_counts_answer(counts));
             }
             Request::ReadBy {
                 conversation,
@@ -186,22 +180,13 @@ impl ClusterBackend {
                         count,
                         readers,
                         next,
-                    } => {
-                        let readers: Vec<Value> = readers
+                    } => Ok(protocol::read_by_answer(
+                        count,
+                        readers
                             .iter()
-                            .map(|r| {
-                                let at = if r.exact {
-                                    json!({"at": r.at})
-                                } else {
-                                    json!({"no_later_than": r.at})
-                                };
-                                json!({"user": r.user, "read_at": at})
-                            })
-                            .collect();
-                        Ok(
-                            json!({"type": "read_by", "count": count, "readers": readers, "next": next}),
-                        )
-                    }
+                            .map(|r| (r.user, protocol::read_time(r.at, r.exact))),
+                        next,
+                    )),
                     Answer::Refused { code, message } => Err(client_code(&code, message)),
                     other => Err(unexpected(&other)),
                 };
@@ -209,7 +194,7 @@ impl ClusterBackend {
             Request::Ping => return Ok(json!({"type": "pong"})),
         };
         match self.write(&write).await? {
-            None => Ok(crate::protocol::ok(None, op)),
+            None => Ok(protocol::ok(None, op)),
             Some(code) => Err(client_code(&code, format!("{op} refused: {code}"))),
         }
     }
@@ -222,28 +207,24 @@ impl ClusterBackend {
                 cursor,
                 more,
             }) => {
-                let states: Vec<Value> = states
+                let states = states
                     .iter()
                     .map(|s| {
-                        json!({
-                            "conversation": s.conversation, "thread": s.thread, "reader": s.reader,
-                            "up_to": s.up_to, "read_at": s.read_at, "marked_unread": s.marked_unread,
-                        })
+                        protocol::state_row(
+                            s.conversation,
+                            s.thread,
+                            s.reader,
+                            s.up_to,
+                            s.read_at,
+                            s.marked_unread,
+                        )
                     })
                     .collect();
-                let hidden: Vec<Value> = hidden
+                let hidden = hidden
                     .iter()
-                    .map(|h| match h.thread {
-                        None => json!({"conversation": h.conversation, "reader": h.reader}),
-                        Some(t) => {
-                            json!({"conversation": h.conversation, "thread": t, "reader": h.reader})
-                        }
-                    })
+                    .map(|h| protocol::hidden_row(h.conversation, h.thread, h.reader))
                     .collect();
-                Ok(json!({
-                    "type": "state", "states": states, "hidden": hidden, "more": more,
-                    "cursor": cursor,
-                }))
+                Ok(protocol::state_answer(states, hidden, more, cursor))
             }
             Ok(CatchUp::SnapshotRequired) => Ok(json!({"type": "snapshot_required"})),
             Err(readmark_cluster::Error::Decode { what: "cursor", .. }) => Err((

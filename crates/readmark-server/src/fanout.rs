@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use readmark::{Event, Store, UserId};
-use readmark_cluster::async_nats;
-use serde_json::json;
+use readmark_cluster::{async_nats, push_of, resync_frame};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -238,54 +237,17 @@ pub(crate) fn dispatch(store: &Store, registry: &Registry, stop: &AtomicBool) {
     let events = store.subscribe();
     while !stop.load(Ordering::Acquire) {
         match events.recv_timeout(Duration::from_millis(100)) {
-            Ok(Some(Event::Receipt(e))) => {
-                let frame = text(&json!({
-                    "type": "receipt",
-                    "conversation": e.conversation.0,
-                    "thread": e.thread.map(|m| m.0),
-                    "reader": e.reader.0,
-                    "up_to": e.up_to.0,
-                    "read_at": e.read_at.0,
-                }));
-                // The reader's other devices, and whoever readmark says
-                // may see it (never a non-member, never a private read).
-                registry.push(
-                    std::iter::once(e.reader).chain(e.recipients.iter().copied()),
-                    &frame,
-                );
-            }
-            Ok(Some(Event::Hidden {
-                conversation,
-                reader,
-                recipients,
-            })) => {
-                let frame = text(&json!({
-                    "type": "hidden",
-                    "conversation": conversation.0,
-                    "reader": reader.0,
-                }));
-                registry.push(recipients, &frame);
-            }
-            Ok(Some(Event::UnreadFlag {
-                conversation,
-                thread,
-                reader,
-                marked_unread,
-            })) => {
-                let frame = text(&json!({
-                    "type": "unread_flag",
-                    "conversation": conversation.0,
-                    "thread": thread.map(|m| m.0),
-                    "marked_unread": marked_unread,
-                }));
-                registry.push([reader], &frame);
-            }
             Ok(Some(Event::Lagged { dropped })) => {
                 tracing::warn!(dropped, "event subscription lagged; every client resyncs");
-                registry.push_all(&text(&json!({"type": "resync"})));
+                registry.push_all(&text(&resync_frame()));
                 registry.metrics.resyncs.inc();
             }
-            Ok(Some(_) | None) => {}
+            Ok(Some(event)) => {
+                if let Some(push) = push_of(&event) {
+                    registry.push(push.to, &text(&push.frame));
+                }
+            }
+            Ok(None) => {}
             // One event could not be resolved (a read failed); the
             // subscription reports it as `Lagged` next, so clients resync.
             // Pushes must not stop for good over it.
@@ -306,7 +268,7 @@ pub(crate) async fn resyncs(nats: async_nats::Client, registry: Arc<Registry>) {
         return;
     };
     while sub.next().await.is_some() {
-        registry.push_all(&text(&json!({"type": "resync"})));
+        registry.push_all(&text(&resync_frame()));
         registry.metrics.resyncs.inc();
     }
 }
@@ -318,6 +280,7 @@ pub(crate) fn text(v: &serde_json::Value) -> Utf8Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn limits_hold_and_a_users_entry_goes_with_their_last_connection() {

@@ -118,22 +118,96 @@ pub(crate) fn ok(id: Option<u64>, op: &str) -> Value {
 }
 
 pub(crate) fn state_json(s: &ReadState) -> Value {
+    state_row(
+        s.conversation.0,
+        s.thread.map(|m| m.0),
+        s.reader.0,
+        s.up_to.0,
+        s.read_at.0,
+        s.marked_unread,
+    )
+}
+
+/// One entry of a `state` answer's `states`.
+pub(crate) fn state_row(
+    conversation: u64,
+    thread: Option<u64>,
+    reader: u64,
+    up_to: u64,
+    read_at: u64,
+    marked_unread: bool,
+) -> Value {
     json!({
-        "conversation": s.conversation.0,
-        "thread": s.thread.map(|m| m.0),
-        "reader": s.reader.0,
-        "up_to": s.up_to.0,
-        "read_at": s.read_at.0,
-        "marked_unread": s.marked_unread,
+        "conversation": conversation,
+        "thread": thread,
+        "reader": reader,
+        "up_to": up_to,
+        "read_at": read_at,
+        "marked_unread": marked_unread,
     })
+}
+
+/// One entry of a `state` answer's `hidden`: `thread` only when only a
+/// thread's reader is to be forgotten.
+pub(crate) fn hidden_row(conversation: u64, thread: Option<u64>, reader: u64) -> Value {
+    match thread {
+        None => json!({"conversation": conversation, "reader": reader}),
+        Some(t) => json!({"conversation": conversation, "thread": t, "reader": reader}),
+    }
+}
+
+/// `{"type":"state", ...}`.
+pub(crate) fn state_answer(
+    states: Vec<Value>,
+    hidden: Vec<Value>,
+    more: bool,
+    cursor: String,
+) -> Value {
+    json!({"type": "state", "states": states, "hidden": hidden, "more": more, "cursor": cursor})
+}
+
+/// `{"type":"unread_counts", ...}` of `(conversation, unread, mentions,
+/// marked_unread)`.
+pub(crate) fn unread_counts_answer(
+    counts: impl IntoIterator<Item = (u64, u64, u64, bool)>,
+) -> Value {
+    let counts: Vec<Value> = counts
+        .into_iter()
+        .map(|(c, n, m, f)| {
+            json!({"conversation": c, "unread": n, "mentions": m, "marked_unread": f})
+        })
+        .collect();
+    json!({"type": "unread_counts", "counts": counts})
+}
+
+/// A `read_by` reader's `read_at`: exact, or a bound.
+pub(crate) fn read_time(at: u64, exact: bool) -> Value {
+    if exact {
+        json!({"at": at})
+    } else {
+        json!({"no_later_than": at})
+    }
 }
 
 pub(crate) fn read_time_json(t: ReadTime) -> Value {
     match t {
-        ReadTime::At(at) => json!({"at": at.0}),
-        ReadTime::NoLaterThan(at) => json!({"no_later_than": at.0}),
+        ReadTime::At(at) => read_time(at.0, true),
+        ReadTime::NoLaterThan(at) => read_time(at.0, false),
         _ => Value::Null,
     }
+}
+
+/// `{"type":"read_by", ...}` of `(user, read_at)` readers.
+pub(crate) fn read_by_answer(
+    count: u64,
+    readers: impl IntoIterator<Item = (u64, Value)>,
+    next: Option<u64>,
+) -> Value {
+    let readers: Vec<Value> = readers
+        .into_iter()
+        .map(|(user, read_at)| json!({"user": user, "read_at": read_at}))
+        .collect();
+    json!({"type": "read_by", "count": count, "readers": readers, "next": next})
 }
 
 #[cfg(test)]

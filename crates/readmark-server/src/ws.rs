@@ -215,7 +215,7 @@ impl Connection {
                     }
                     if self.registration.lagged.swap(false, Ordering::AcqRel) {
                         app.metrics.resyncs.inc();
-                        let resync = text(&json!({"type": "resync"}));
+                        let resync = text(&readmark_cluster::resync_frame());
                         if let Err(e) = send(&mut sink, write_timeout, Message::Text(resync)).await {
                             break e;
                         }
@@ -456,14 +456,11 @@ fn blocking(store: &Store, user: UserId, req: Request) -> Answer {
         Request::CatchUp { cursor } => return catch_up(store, user, cursor.as_deref()),
         Request::UnreadCounts => {
             let counts = store.unread_counts(user).map_err(err)?;
-            let counts: Vec<Value> = counts
-                .iter()
-                .map(|(c, u)| {
-                    json!({"conversation": c.0, "unread": u.count, "mentions": u.mentions,
-                           "marked_unread": u.marked_unread})
-                })
-                .collect();
-            return Ok(json!({"type": "unread_counts", "counts": counts}));
+            return Ok(protocol::unread_counts_answer(
+                counts
+                    .iter()
+                    .map(|(c, u)| (c.0, u.count, u.mentions, u.marked_unread)),
+            ));
         }
         Request::ReadBy {
             conversation,
@@ -478,17 +475,13 @@ fn blocking(store: &Store, user: UserId, req: Request) -> Answer {
             let r = store
                 .read_by(t, user, MessageId(message), page)
                 .map_err(err)?;
-            let readers: Vec<Value> = r
-                .readers
-                .iter()
-                .map(|x| json!({"user": x.user.0, "read_at": read_time_json(x.read_at)}))
-                .collect();
-            return Ok(json!({
-                "type": "read_by",
-                "count": r.count,
-                "readers": readers,
-                "next": r.next.map(|u| u.0),
-            }));
+            return Ok(protocol::read_by_answer(
+                r.count,
+                r.readers
+                    .iter()
+                    .map(|x| (x.user.0, read_time_json(x.read_at))),
+                r.next.map(|u| u.0),
+            ));
         }
         Request::Ping => return Ok(json!({"type": "pong"})),
     }
@@ -500,10 +493,12 @@ fn catch_up(store: &Store, user: UserId, cursor: Option<&str>) -> Answer {
     let Some(text) = cursor else {
         let snap = store.snapshot(user).map_err(err)?;
         let states: Vec<Value> = snap.states.iter().map(state_json).collect();
-        return Ok(json!({
-            "type": "state", "states": states, "hidden": [], "more": false,
-            "cursor": snap.cursor.to_string(),
-        }));
+        return Ok(protocol::state_answer(
+            states,
+            Vec::new(),
+            false,
+            snap.cursor.to_string(),
+        ));
     };
     let mut cursor: Cursor = text.parse().map_err(|_| {
         (
@@ -512,34 +507,37 @@ fn catch_up(store: &Store, user: UserId, cursor: Option<&str>) -> Answer {
         )
     })?;
     let (mut states, mut hidden) = (Vec::new(), Vec::new());
-    let more =
-        loop {
-            match store.changes_since(user, cursor, 500).map_err(err)? {
-                CatchUp::SnapshotRequired => return Ok(json!({"type": "snapshot_required"})),
-                CatchUp::Changes(page) => {
-                    states.extend(page.states.iter().map(state_json));
-                    hidden.extend(
-                        page.hidden
-                            .iter()
-                            .map(|(c, r)| json!({"conversation": c.0, "reader": r.0})),
-                    );
-                    hidden.extend(page.hidden_threads.iter().map(
-                        |(c, t, r)| json!({"conversation": c.0, "thread": t.0, "reader": r.0}),
-                    ));
-                    cursor = page.next;
-                    if !page.more {
-                        break false;
-                    }
-                    if states.len() + hidden.len() >= CATCH_UP_STATES {
-                        break true;
-                    }
+    let more = loop {
+        match store.changes_since(user, cursor, 500).map_err(err)? {
+            CatchUp::SnapshotRequired => return Ok(json!({"type": "snapshot_required"})),
+            CatchUp::Changes(page) => {
+                states.extend(page.states.iter().map(state_json));
+                hidden.extend(
+                    page.hidden
+                        .iter()
+                        .map(|(c, r)| protocol::hidden_row(c.0, None, r.0)),
+                );
+                hidden.extend(
+                    page.hidden_threads
+                        .iter()
+                        .map(|(c, t, r)| protocol::hidden_row(c.0, Some(t.0), r.0)),
+                );
+                cursor = page.next;
+                if !page.more {
+                    break false;
+                }
+                if states.len() + hidden.len() >= CATCH_UP_STATES {
+                    break true;
                 }
             }
-        };
-    Ok(json!({
-        "type": "state", "states": states, "hidden": hidden, "more": more,
-        "cursor": cursor.to_string(),
-    }))
+        }
+    };
+    Ok(protocol::state_answer(
+        states,
+        hidden,
+        more,
+        cursor.to_string(),
+    ))
 }
 
 /// The code and text a client gets for a store error. A client that is
